@@ -1,0 +1,52 @@
+"""Turn a plain Keras model into one built from `keras_kfac.layers`."""
+
+import keras
+
+from keras_kfac import layers
+
+_REPLACEMENTS = {
+    keras.layers.Dense: layers.Dense,
+    keras.layers.Conv2D: layers.Conv2D,
+}
+
+
+def convert(model: keras.Model) -> keras.Model:
+    """A copy of `model` whose `Dense` and `Conv2D` layers tap K-FAC factors.
+
+    The copy has the same architecture, configuration and weights; every
+    `keras.layers.Dense` and `keras.layers.Conv2D` (exactly those classes,
+    not subclasses) becomes its `keras_kfac.layers` counterpart. Other layers
+    are cloned unchanged and train first-order under `keras_kfac.KFAC`.
+
+    Args:
+        model: A built Sequential or functional Keras model.
+
+    Returns:
+        A new, uncompiled model.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "convert expects a keras.Model. "
+            f"Received: {type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"convert needs a built model; {model.name!r} has no weights yet. "
+            "Call it on data or give it an Input first."
+        )
+
+    def clone(layer):
+        kind = _REPLACEMENTS.get(type(layer))
+        if kind is None:
+            return layer.__class__.from_config(layer.get_config())
+        return kind.from_config(layer.get_config())
+
+    try:
+        converted = keras.models.clone_model(model, clone_function=clone)
+    except ValueError as error:
+        raise ValueError(
+            f"convert cannot clone {model.name!r}: subclassed models must be "
+            "rebuilt from keras_kfac.layers by hand."
+        ) from error
+    converted.set_weights(model.get_weights())
+    return converted

@@ -1,0 +1,133 @@
+"""Kronecker factors of one layer: batch estimates of `A` and `G`.
+
+For a layer with kernel `W` and bias `b`, `a` is the layer input with a
+homogeneous 1 appended (the bias folded in), `s` the pre-activation and
+`g = n · ∂L/∂s` the per-example gradient of a mean-reduced loss over a batch
+of `n` examples. The Fisher block of `[W; b]` is approximated by `A ⊗ G` with
+`A = E[a aᵀ]` and `G = E[g gᵀ]` (Martens & Grosse 2015, eq. 1).
+
+Convolutions (Grosse & Martens 2016, "A Kronecker-factored approximate Fisher
+matrix for convolution layers"): `a` ranges over the `T` image patches a
+filter sees and `g` over the `T` output positions. Under spatial homogeneity
+and spatially uncorrelated derivatives, `F ≈ T · Ω ⊗ Γ` where `Ω` and `Γ`
+average over positions. Here `A = Ω` and `G = T · Γ`, which for `T = 1` (a
+Dense layer on a batch of vectors) reduces to the formulas above.
+
+These functions are pure; the layers in `keras_kfac.layers` call them from
+their forward and backward passes and store the results.
+"""
+
+import math
+
+import tensorflow as tf
+
+
+def _append_homogeneous(a: tf.Tensor) -> tf.Tensor:
+    ones = tf.ones_like(a[:, :1])
+    return tf.concat([a, ones], axis=1)
+
+
+def input_factor(a: tf.Tensor, use_bias: bool) -> tf.Tensor:
+    """`A = E[a aᵀ]` over the rows of `a`, shape `(rows, d_in)`.
+
+    Each row is one (example, position) pair; with `use_bias` the homogeneous
+    coordinate is appended, making `A` of shape `(d_in + 1, d_in + 1)`.
+    """
+    a = tf.cast(a, tf.float32)
+    if use_bias:
+        a = _append_homogeneous(a)
+    rows = tf.cast(tf.shape(a)[0], tf.float32)
+    return tf.matmul(a, a, transpose_a=True) / rows
+
+
+def dense_inputs(x: tf.Tensor) -> tf.Tensor:
+    """Rows of `a` for a Dense layer: all leading axes become rows."""
+    return tf.reshape(x, (-1, tf.shape(x)[-1]))
+
+
+def conv2d_patches(
+    x: tf.Tensor,
+    kernel_size: tuple[int, int],
+    strides: tuple[int, int],
+    dilation_rate: tuple[int, int],
+    padding: str,
+    data_format: str,
+) -> tf.Tensor:
+    """Rows of `a` for a Conv2D layer: one flattened patch per output position.
+
+    The patch layout `(kh, kw, c_in)` matches the Keras kernel layout
+    `(kh, kw, c_in, c_out)` reshaped to `(kh · kw · c_in, c_out)`.
+    """
+    if data_format == "channels_first":
+        x = tf.transpose(x, (0, 2, 3, 1))
+    patches = tf.image.extract_patches(
+        tf.cast(x, tf.float32),
+        sizes=(1, *kernel_size, 1),
+        strides=(1, *strides, 1),
+        rates=(1, *dilation_rate, 1),
+        padding=padding.upper(),
+    )
+    return tf.reshape(patches, (-1, tf.shape(patches)[-1]))
+
+
+def output_factor(
+    ds: tf.Tensor, batch_size: tf.Tensor, num_replicas: int, channels_axis: int
+) -> tf.Tensor:
+    """`G = (1/n) Σ_{i,t} g gᵀ` with `g = n · ∂L/∂s`, shape `(d_out, d_out)`.
+
+    Args:
+        ds: `∂L/∂s` of this replica's share of the loss.
+        batch_size: Examples on this replica.
+        num_replicas: Replicas in sync. Keras divides each replica's loss by
+            the number of replicas, so the global batch `n` is
+            `batch_size · num_replicas` and `g = n · ds`.
+        channels_axis: The axis of `ds` holding the `d_out` outputs.
+    """
+    ds = tf.cast(ds, tf.float32)
+    if channels_axis != -1 and channels_axis != len(ds.shape) - 1:
+        ds = tf.experimental.numpy.moveaxis(ds, channels_axis, -1)
+    ds = tf.reshape(ds, (-1, tf.shape(ds)[-1]))
+    n_local = tf.cast(batch_size, tf.float32)
+    n_global = n_local * num_replicas
+    # (1/n_local) Σ (n_global ds)(n_global ds)ᵀ; averaging that over the
+    # replicas gives (1/n_global) Σ_all g gᵀ.
+    return tf.matmul(ds, ds, transpose_a=True) * (n_global * n_global / n_local)
+
+
+class KroneckerBlock:
+    """Maps a layer's `(kernel, bias)` gradients to and from the matrix `V`.
+
+    `V = [∇W; ∇b]` has shape `(dim A, dim G)`: the kernel gradient with every
+    axis but the last flattened (Dense `(d_in, d_out)`, Conv2D
+    `(kh · kw · c_in, c_out)`) and the bias gradient as an extra row.
+
+    Args:
+        layer: The `keras_kfac` layer whose statistics feed this block.
+        kernel_index: Position of the kernel in the optimizer's variables.
+        bias_index: Position of the bias, or `None` without a bias.
+    """
+
+    def __init__(self, layer, kernel_index: int, bias_index: int | None):
+        self.layer = layer
+        self.kernel_index = kernel_index
+        self.bias_index = bias_index
+        kernel_shape = tuple(layer.kernel.shape)
+        self.kernel_shape = kernel_shape
+        self.dim_G = kernel_shape[-1]
+        self.dim_A = (
+            math.prod(kernel_shape[:-1]) + (bias_index is not None)
+        )
+
+    def gradient_matrix(
+        self, kernel_grad: tf.Tensor, bias_grad: tf.Tensor | None
+    ) -> tf.Tensor:
+        V = tf.reshape(tf.cast(kernel_grad, tf.float32), (-1, self.dim_G))
+        if bias_grad is not None:
+            V = tf.concat([V, tf.cast(bias_grad, tf.float32)[None, :]], axis=0)
+        return V
+
+    def split(self, X: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """Inverse of `gradient_matrix`: `(kernel_step, bias_step)`."""
+        if self.bias_index is None:
+            return tf.reshape(X, self.kernel_shape), None
+        return tf.reshape(X[:-1], self.kernel_shape), X[-1]

@@ -1,0 +1,235 @@
+"""Keras layers that tap the Kronecker factors K-FAC needs.
+
+`Dense` and `Conv2D` behave exactly like their Keras parents and load the
+same weights. When called with `training=True` they also record, for the
+optimizer:
+
+- `A`, from the layer input, and `G`, from the gradient reaching the
+  pre-activation `s`, through an identity on `s` with a custom gradient
+  (`keras_kfac.curvature` has the formulas);
+- `‖∇W‖²` of every backward pass through the kernel, which lets the
+  optimizer undo a loss scale applied to that pass (mixed precision).
+
+Collection can be switched off with `collecting_statistics(False)`. The switch
+is read while TensorFlow traces the backward pass, so it works inside a
+`tf.function`: ACKTR differentiates its Fisher loss under
+`collecting_statistics(True)` and its training loss under
+`collecting_statistics(False)`.
+
+The statistics live in variables the layer does not track: they are scratch
+space between the backward pass and the optimizer step, are not saved with
+the model, and do not change the layer's weight list.
+"""
+
+import contextlib
+import math
+import weakref
+
+import keras
+import tensorflow as tf
+
+from keras_kfac import curvature
+
+_collecting = [True]
+_live_layers: "weakref.WeakSet[KFACLayer]" = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def collecting_statistics(enabled: bool = True):
+    """Turns factor collection on or off for backward passes traced inside.
+
+    Args:
+        enabled: Whether backward passes traced in this block record `A` and
+            `G`. Defaults to `True`.
+    """
+    previous = _collecting[0]
+    _collecting[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _collecting[0] = previous
+
+
+def is_collecting_statistics() -> bool:
+    """Whether backward passes traced now record factor statistics."""
+    return _collecting[0]
+
+
+def kfac_layer_of(variable) -> "KFACLayer | None":
+    """The live `keras_kfac` layer whose kernel or bias is `variable`."""
+    for layer in list(_live_layers):
+        if not layer.built:
+            continue
+        if layer.kernel is variable or (
+            layer.bias is not None and layer.bias is variable
+        ):
+            return layer
+    return None
+
+
+class FactorStatistics:
+    """The latest batch `A`, `G` and `‖∇W‖²` of one layer.
+
+    Variables average over replicas (`aggregation="mean"`), so under
+    `tf.distribute` they hold the statistics of the global batch. `fresh` is
+    1 after a backward pass recorded `A` and `G`; the optimizer folds them
+    into its running averages and sets it back to 0.
+    """
+
+    def __init__(self, dim_A: int, dim_G: int, name: str):
+        def variable(shape, suffix):
+            return keras.Variable(
+                initializer="zeros",
+                shape=shape,
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+                aggregation="mean",
+                name=f"{name}_{suffix}",
+            )
+
+        self.A = variable((dim_A, dim_A), "batch_A")
+        self.G = variable((dim_G, dim_G), "batch_G")
+        self.fresh = variable((), "fresh")
+        self.kernel_grad_sq = variable((), "kernel_grad_sq")
+
+
+class KFACLayer:
+    """Mixin for layers with a kernel whose last axis is the output axis."""
+
+    def _build_statistics(self) -> None:
+        dim_A = math.prod(self.kernel.shape[:-1]) + self.use_bias
+        dim_G = int(self.kernel.shape[-1])
+        self.statistics = FactorStatistics(dim_A, dim_G, self.name)
+        _live_layers.add(self)
+
+    def _input_rows(self, x: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def _channels_axis(self) -> int:
+        return -1
+
+    def _watch_kernel(self, kernel: tf.Tensor) -> tf.Tensor:
+        """Identity on the kernel that records `‖∇W‖²` of the backward pass."""
+        statistics = self.statistics
+
+        @tf.custom_gradient
+        def identity(k):
+            def grad(dk):
+                statistics.kernel_grad_sq.assign(
+                    tf.reduce_sum(tf.square(tf.cast(dk, tf.float32)))
+                )
+                return dk
+
+            return tf.identity(k), grad
+
+        return identity(kernel)
+
+    def _tap(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        """Identity on `s` whose gradient records the batch `A` and `G`."""
+        statistics = self.statistics
+        use_bias = self.use_bias
+
+        @tf.custom_gradient
+        def identity(pre_activation):
+            def grad(ds):
+                if is_collecting_statistics():
+                    context = tf.distribute.get_replica_context()
+                    replicas = context.num_replicas_in_sync if context else 1
+                    statistics.A.assign(
+                        curvature.input_factor(self._input_rows(x), use_bias)
+                    )
+                    statistics.G.assign(
+                        curvature.output_factor(
+                            ds, tf.shape(x)[0], replicas, self._channels_axis()
+                        )
+                    )
+                    statistics.fresh.assign(1.0)
+                return ds
+
+            return tf.identity(pre_activation), grad
+
+        return identity(s)
+
+    def _finish(self, x, s, training) -> tf.Tensor:
+        if training:
+            s = self._tap(x, s)
+        if self.activation is not None:
+            return self.activation(s)
+        return s
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class Dense(KFACLayer, keras.layers.Dense):
+    """`keras.layers.Dense` that records its K-FAC factors when training.
+
+    Same arguments and weights as `keras.layers.Dense`. Inputs of rank > 2
+    treat every leading position as a row of `a`.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_statistics()
+
+    def _input_rows(self, x):
+        return curvature.dense_inputs(x)
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel
+        if training:
+            kernel = self._watch_kernel(kernel)
+        s = tf.matmul(inputs, kernel) if inputs.shape.rank == 2 else (
+            tf.tensordot(inputs, kernel, axes=1)
+        )
+        if self.bias is not None:
+            s = s + self.bias
+        return self._finish(inputs, s, training)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class Conv2D(KFACLayer, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that records its K-FAC factors when training.
+
+    Same arguments and weights as `keras.layers.Conv2D`: any padding,
+    strides, dilation and data format. Grouped convolutions (`groups > 1`)
+    are not supported.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1:
+            raise ValueError(
+                "keras_kfac.layers.Conv2D supports only groups=1. "
+                f"Received: groups={self.groups}"
+            )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_statistics()
+
+    def _input_rows(self, x):
+        return curvature.conv2d_patches(
+            x,
+            self.kernel_size,
+            self.strides,
+            self.dilation_rate,
+            self.padding,
+            self.data_format,
+        )
+
+    def _channels_axis(self):
+        return 1 if self.data_format == "channels_first" else -1
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel
+        if training:
+            kernel = self._watch_kernel(kernel)
+        s = self.convolution_op(inputs, kernel)
+        if self.use_bias:
+            shape = (
+                (1, 1, 1, self.filters)
+                if self.data_format == "channels_last"
+                else (1, self.filters, 1, 1)
+            )
+            s = s + tf.reshape(self.bias, shape)
+        return self._finish(inputs, s, training)

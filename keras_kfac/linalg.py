@@ -1,0 +1,157 @@
+"""Pure tensor functions of K-FAC: eigen solves, damping, the KL-clip step.
+
+Every function takes tensors and returns tensors; none owns state.
+
+Notation (Martens & Grosse 2015, "Optimizing Neural Networks with
+Kronecker-factored Approximate Curvature"): a layer's Fisher block is
+approximated by `F̂ = A ⊗ G`, with `A = Q_A diag(λ_A) Q_Aᵀ` and
+`G = Q_G diag(λ_G) Q_Gᵀ`. For a gradient written as a matrix `V` of shape
+`(dim A, dim G)`, `(A ⊗ G) vec(X) = vec(A X G)` (row-major `vec`), so any
+damped Kronecker system diagonal in the eigenbases is solved by
+
+    X = Q_A [(Q_Aᵀ V Q_G) / D] Q_Gᵀ
+
+for an elementwise divisor `D` of shape `(dim A, dim G)`.
+"""
+
+import tensorflow as tf
+
+EIGEN = "eigen"
+FACTORED = "factored"
+DAMPING_MODES = (EIGEN, FACTORED)
+
+
+def symmetric_eigh(M: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Eigendecomposition of a symmetric positive semi-definite factor.
+
+    Args:
+        M: Square float32 matrix, symmetric up to roundoff.
+
+    Returns:
+        `(eigenvalues, eigenvectors, ok)`. Eigenvalues are clipped at zero:
+        the factors are PSD by construction, so negative values are roundoff
+        and would make `λ_A λ_Gᵀ + λ` vanish. `ok` is a boolean scalar, false
+        when the input or the result is not finite (the caller then keeps
+        its previous decomposition).
+    """
+    M = 0.5 * (M + tf.transpose(M))
+    input_ok = tf.reduce_all(tf.math.is_finite(M))
+    # eigh of a non-finite matrix is undefined; decompose a zero matrix
+    # instead so the op itself never sees NaN.
+    M = tf.where(input_ok, M, tf.zeros_like(M))
+    eigenvalues, eigenvectors = tf.linalg.eigh(M)
+    ok = tf.logical_and(
+        input_ok,
+        tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(eigenvalues)),
+            tf.reduce_all(tf.math.is_finite(eigenvectors)),
+        ),
+    )
+    return tf.maximum(eigenvalues, 0.0), eigenvectors, ok
+
+
+def pi_adjustment(eigenvalues_A: tf.Tensor, eigenvalues_G: tf.Tensor) -> tf.Tensor:
+    """π of factored Tikhonov damping (Martens & Grosse 2015, §6.3).
+
+    `π = sqrt((tr(A) / dim A) / (tr(G) / dim G))`, the trace-norm choice that
+    splits the damping between the two factors. Returns 1 when either trace
+    is zero, where the ratio is undefined.
+    """
+    mean_A = tf.reduce_mean(eigenvalues_A)
+    mean_G = tf.reduce_mean(eigenvalues_G)
+    defined = tf.logical_and(mean_A > 0.0, mean_G > 0.0)
+    ratio = tf.math.divide_no_nan(mean_A, mean_G)
+    return tf.where(defined, tf.sqrt(ratio), tf.ones_like(ratio))
+
+
+def damped_eigenvalues(
+    eigenvalues_A: tf.Tensor,
+    eigenvalues_G: tf.Tensor,
+    damping: tf.Tensor,
+    mode: str,
+) -> tf.Tensor:
+    """The divisor `D` of the damped Kronecker solve, shape `(dim A, dim G)`.
+
+    Args:
+        eigenvalues_A: `λ_A`, shape `(dim A,)`.
+        eigenvalues_G: `λ_G`, shape `(dim G,)`.
+        damping: `λ`, a scalar.
+        mode: `"eigen"` solves `(A ⊗ G + λ I) x = v` exactly, so
+            `D = λ_A λ_Gᵀ + λ`. `"factored"` solves
+            `((A + π√λ I) ⊗ (G + √λ/π I)) x = v`, so
+            `D = (λ_A + π√λ)(λ_G + √λ/π)ᵀ`.
+
+    Returns:
+        The elementwise divisor.
+    """
+    if mode == EIGEN:
+        return eigenvalues_A[:, None] * eigenvalues_G[None, :] + damping
+    if mode == FACTORED:
+        pi = pi_adjustment(eigenvalues_A, eigenvalues_G)
+        root = tf.sqrt(damping)
+        return (eigenvalues_A + pi * root)[:, None] * (
+            eigenvalues_G + root / pi
+        )[None, :]
+    raise ValueError(
+        f"damping_mode must be one of {DAMPING_MODES}. Received: {mode!r}"
+    )
+
+
+def kronecker_solve(
+    eigenvectors_A: tf.Tensor,
+    eigenvectors_G: tf.Tensor,
+    divisor: tf.Tensor,
+    V: tf.Tensor,
+) -> tf.Tensor:
+    """`X = Q_A [(Q_Aᵀ V Q_G) / D] Q_Gᵀ`: the damped natural-gradient block."""
+    rotated = tf.matmul(
+        tf.matmul(eigenvectors_A, V, transpose_a=True), eigenvectors_G
+    )
+    return tf.matmul(
+        tf.matmul(eigenvectors_A, rotated / divisor),
+        eigenvectors_G,
+        transpose_b=True,
+    )
+
+
+def running_average(
+    average: tf.Tensor, batch: tf.Tensor, decay: tf.Tensor
+) -> tf.Tensor:
+    """Exponential moving average `decay · average + (1 - decay) · batch`."""
+    return decay * average + (1.0 - decay) * batch
+
+
+def warm_start_decay(stats_decay: float, updates: tf.Tensor) -> tf.Tensor:
+    """`min(stats_decay, k / (k + 1))` after `k` earlier updates.
+
+    The first updates then average the batches seen so far exactly instead of
+    shrinking them towards the zero initial value of the running factors.
+    """
+    k = tf.cast(updates, tf.float32)
+    return tf.minimum(tf.constant(stats_decay, tf.float32), k / (k + 1.0))
+
+
+def kl_clip_learning_rate(
+    learning_rate: tf.Tensor, kl_clip: float | None, quadratic: tf.Tensor
+) -> tf.Tensor:
+    """Trust-region step size of ACKTR (Wu et al. 2017, §3.1).
+
+    `η = min(η_max, sqrt(2δ / (Δᵀ F̂ Δ)))` where `Δ = F̂⁻¹ ∇` is the
+    preconditioned gradient, so `Δᵀ F̂ Δ = ∇ᵀ Δ` (`quadratic`). The step
+    `η Δ` then has a second-order KL estimate `½ η² Δᵀ F̂ Δ ≤ δ`.
+
+    Args:
+        learning_rate: `η_max`.
+        kl_clip: `δ`, or `None` for no clipping.
+        quadratic: `∇ᵀ Δ`, summed over all layers.
+
+    Returns:
+        `η` as a float32 scalar.
+    """
+    learning_rate = tf.cast(learning_rate, tf.float32)
+    if kl_clip is None:
+        return learning_rate
+    bound = tf.sqrt(
+        tf.math.divide_no_nan(2.0 * tf.constant(kl_clip, tf.float32), quadratic)
+    )
+    return tf.where(quadratic > 0.0, tf.minimum(learning_rate, bound), learning_rate)

@@ -1,0 +1,465 @@
+"""K-FAC with KL clipping as a Keras 3 optimizer (TensorFlow backend).
+
+One update, for the stacked parameters `[W; b]` of every `keras_kfac` layer
+(Martens & Grosse 2015; trust region: Wu et al. 2017, ACKTR, §3.1):
+
+1. fold the layer's batch factors into running averages,
+   `A ← ε A + (1 - ε) A_batch`, `G ← ε G + (1 - ε) G_batch`,
+   `ε = min(stats_decay, k / (k + 1))` after `k` earlier updates;
+2. every `inverse_update_freq` updates, eigendecompose `A` and `G`;
+3. precondition: `Δ = Q_A [(Q_Aᵀ ∇ Q_G) / D] Q_Gᵀ`, `D` from `damping_mode`
+   (`keras_kfac.linalg.damped_eigenvalues`); variables of other layers keep
+   `Δ = ∇`;
+4. one step size for the whole model, `η = min(η_max, sqrt(2δ / Σ ∇ᵀΔ))`;
+5. momentum averages the clipped steps, `v ← μ v + (1 - μ) η Δ`, `θ ← θ - v`.
+
+During the first `cold_steps` updates `Δ = ∇` for every variable (momentum
+SGD with the same clipping, measured with `‖∇‖²`) while the factors warm up.
+"""
+
+import warnings
+
+import keras
+import tensorflow as tf
+from keras.src import backend
+
+from keras_kfac import linalg
+from keras_kfac.curvature import KroneckerBlock
+from keras_kfac.layers import kfac_layer_of
+
+
+def _local(distribution, value):
+    """The value on the first replica; all-reduced values agree on all."""
+    return distribution.experimental_local_results(value)[0]
+
+
+def _all_finite(tensors) -> tf.Tensor:
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class KFAC(keras.optimizers.Optimizer):
+    """Kronecker-factored natural gradient with a KL trust region.
+
+    Preconditions the variables of `keras_kfac.layers.Dense` and
+    `keras_kfac.layers.Conv2D`; any other trainable variable gets a plain
+    momentum-SGD update with the same step size. The layers record the
+    factor statistics of every backward pass made with `training=True`, so
+    `model.fit` uses the empirical Fisher (the gradient of the training loss
+    at the real labels); `keras_kfac.TrueFisherModel` uses the true Fisher.
+
+    Args:
+        learning_rate: `η_max`, the largest step size. A float or a
+            `keras.optimizers.schedules.LearningRateSchedule`. Defaults to
+            `0.25`.
+        damping: `λ ≥ 0`, Tikhonov damping added to the Fisher. Defaults to
+            `1e-2`.
+        kl_clip: `δ > 0`, the trust-region radius: each step satisfies
+            `½ Δθᵀ F̂ Δθ ≤ δ` (the second-order estimate of the KL divergence
+            it causes). OpenAI baselines' `kfac_clip` bounds `Δθᵀ F̂ Δθ`
+            instead, so baselines' `kfac_clip=0.001` is `kl_clip=0.0005`
+            here. `None` turns clipping off. Defaults to `1e-3`.
+        momentum: `μ ∈ [0, 1)`; the update is the running average of the
+            clipped steps. Defaults to `0.9`.
+        stats_decay: `ε ∈ [0, 1)`, decay of the running factors. Defaults
+            to `0.95`.
+        inverse_update_freq: Eigendecompose the factors every this many
+            updates. Defaults to `10`.
+        cold_steps: Number of first updates that skip preconditioning.
+            Defaults to `0`.
+        damping_mode: `"eigen"` solves `(A ⊗ G + λ I) x = ∇` exactly in the
+            factors' eigenbases (OpenAI baselines); `"factored"` uses
+            `(A + π√λ I) ⊗ (G + √λ/π I)` (Martens & Grosse 2015, §6.3).
+            Defaults to `"eigen"`.
+        {{base_optimizer_keyword_args}}
+
+    A step whose gradients, factor statistics or resulting update are not
+    finite changes nothing but the counter `skipped_steps`.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.25,
+        damping: float = 1e-2,
+        kl_clip: float | None = 1e-3,
+        momentum: float = 0.9,
+        stats_decay: float = 0.95,
+        inverse_update_freq: int = 10,
+        cold_steps: int = 0,
+        damping_mode: str = "eigen",
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name="kfac",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            name=name,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            **kwargs,
+        )
+        if isinstance(learning_rate, (int, float)) and learning_rate <= 0:
+            raise ValueError(
+                f"learning_rate must be > 0. Received: learning_rate={learning_rate}"
+            )
+        if not damping >= 0:
+            raise ValueError(f"damping must be >= 0. Received: damping={damping}")
+        if kl_clip is not None and not kl_clip > 0:
+            raise ValueError(
+                f"kl_clip must be > 0 or None. Received: kl_clip={kl_clip}"
+            )
+        if not 0 <= momentum < 1:
+            raise ValueError(
+                f"momentum must be in [0, 1). Received: momentum={momentum}"
+            )
+        if not 0 <= stats_decay < 1:
+            raise ValueError(
+                f"stats_decay must be in [0, 1). Received: stats_decay={stats_decay}"
+            )
+        if (
+            isinstance(inverse_update_freq, bool)
+            or not isinstance(inverse_update_freq, int)
+            or inverse_update_freq < 1
+        ):
+            raise ValueError(
+                "inverse_update_freq must be an integer >= 1. "
+                f"Received: inverse_update_freq={inverse_update_freq!r}"
+            )
+        if (
+            isinstance(cold_steps, bool)
+            or not isinstance(cold_steps, int)
+            or cold_steps < 0
+        ):
+            raise ValueError(
+                "cold_steps must be an integer >= 0. "
+                f"Received: cold_steps={cold_steps!r}"
+            )
+        if damping_mode not in linalg.DAMPING_MODES:
+            raise ValueError(
+                f"damping_mode must be one of {linalg.DAMPING_MODES}. "
+                f"Received: damping_mode={damping_mode!r}"
+            )
+        self.damping = float(damping)
+        self.kl_clip = None if kl_clip is None else float(kl_clip)
+        self.momentum = float(momentum)
+        self.stats_decay = float(stats_decay)
+        self.inverse_update_freq = inverse_update_freq
+        self.cold_steps = cold_steps
+        self.damping_mode = damping_mode
+        self._backward_scale_sq = None
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._blocks = self._find_blocks(var_list)
+        self._block_of_variable = {}
+        for b, block in enumerate(self._blocks):
+            self._block_of_variable[block.kernel_index] = b
+            if block.bias_index is not None:
+                self._block_of_variable[block.bias_index] = b
+        self._velocities = [
+            self.add_variable_from_reference(v, name="velocity")
+            for v in var_list
+        ]
+
+        def factor(shape, name, initializer="zeros"):
+            return self.add_variable(
+                shape, initializer=initializer, dtype="float32", name=name
+            )
+
+        self._factors = []
+        for block in self._blocks:
+            dim_A, dim_G = block.dim_A, block.dim_G
+            self._factors.append(
+                {
+                    "A": factor((dim_A, dim_A), "A"),
+                    "G": factor((dim_G, dim_G), "G"),
+                    "Q_A": factor((dim_A, dim_A), "Q_A", "identity"),
+                    "eigenvalues_A": factor((dim_A,), "eigenvalues_A"),
+                    "Q_G": factor((dim_G, dim_G), "Q_G", "identity"),
+                    "eigenvalues_G": factor((dim_G,), "eigenvalues_G"),
+                    "updates": factor((), "factor_updates"),
+                }
+            )
+        self._update_count = self.add_variable(
+            (), dtype="int64", name="update_count"
+        )
+        self._skipped_steps = self.add_variable(
+            (), dtype="int64", name="skipped_steps"
+        )
+        self._clip_coefficient = self.add_variable(
+            (), initializer="ones", dtype="float32", name="clip_coefficient"
+        )
+
+    def _find_blocks(self, var_list) -> list[KroneckerBlock]:
+        index = {id(v): i for i, v in enumerate(var_list)}
+        blocks, seen = [], set()
+        for variable in var_list:
+            layer = kfac_layer_of(variable)
+            if layer is None or id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            kernel_index = index.get(id(layer.kernel))
+            bias_index = (
+                None if layer.bias is None else index.get(id(layer.bias))
+            )
+            if kernel_index is None or (
+                layer.bias is not None and bias_index is None
+            ):
+                warnings.warn(
+                    f"Layer {layer.name!r} has a kernel or bias that is not "
+                    "trained by this optimizer; its variables get first-order "
+                    "updates.",
+                    stacklevel=3,
+                )
+                continue
+            blocks.append(KroneckerBlock(layer, kernel_index, bias_index))
+        if not blocks:
+            warnings.warn(
+                "KFAC found no keras_kfac.layers.Dense or Conv2D among the "
+                f"{len(var_list)} variables it trains, so every update is "
+                "first-order (momentum SGD). Build the model from "
+                "keras_kfac.layers or call keras_kfac.convert(model).",
+                stacklevel=3,
+            )
+        return blocks
+
+    @property
+    def skipped_steps(self):
+        """Updates skipped because something was not finite."""
+        return self._skipped_steps
+
+    @property
+    def update_count(self):
+        """Updates applied (the iteration counter of the K-FAC schedule)."""
+        return self._update_count
+
+    @property
+    def clip_coefficient(self):
+        """`η / η_max` of the last applied update (1 when not clipped)."""
+        return self._clip_coefficient
+
+    def apply(self, grads, trainable_variables=None):
+        # The layers recorded ‖∇W‖² of the backward pass as it was scaled
+        # (dynamic or fixed loss scale); the gradients arrive unscaled. Their
+        # ratio is the scale² that divides G. It is taken before clipping.
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with backend.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
+                self.built = True
+        variables = trainable_variables or self._trainable_variables
+        scale = self.loss_scale_factor
+        scaled, unscaled = [], []
+        for g, v in zip(grads, variables):
+            if g is None:
+                continue
+            b = self._block_of_variable.get(self._get_variable_index(v))
+            if b is None or self._blocks[b].kernel_index != self._get_variable_index(v):
+                continue
+            scaled.append(self._blocks[b].layer.statistics.kernel_grad_sq)
+            g = tf.cast(g, tf.float32)
+            if scale is not None:
+                g = g / scale
+            unscaled.append(tf.reduce_sum(tf.square(g)))
+        if scaled:
+            received = tf.add_n(unscaled)
+            context = tf.distribute.get_replica_context()
+            if context is not None:
+                received = context.all_reduce(tf.distribute.ReduceOp.MEAN, received)
+            recorded = tf.add_n([tf.convert_to_tensor(s) for s in scaled])
+            self._backward_scale_sq = tf.where(
+                received > 0.0, recorded / received, tf.ones_like(received)
+            )
+        else:
+            self._backward_scale_sq = tf.constant(1.0)
+        return super().apply(grads, trainable_variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        grads_and_vars = self._all_reduce_sum_gradients(
+            list(zip(grads, trainable_variables))
+        )
+        scale_sq = self._backward_scale_sq
+        if scale_sq is None:
+            scale_sq = tf.constant(1.0)
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_kfac_step,
+            self._distribution_strategy,
+            grads_and_vars,
+            learning_rate,
+            scale_sq,
+        )
+
+    def _distributed_kfac_step(
+        self, distribution, grads_and_vars, learning_rate, scale_sq
+    ):
+        """The K-FAC update, once, in cross-replica context."""
+        grads = [_local(distribution, g) for g, _ in grads_and_vars]
+        variables = [v for _, v in grads_and_vars]
+        scale_sq = tf.cast(_local(distribution, scale_sq), tf.float32)
+        learning_rate = _local(distribution, learning_rate)
+        indices = [self._get_variable_index(v) for v in variables]
+        grad_of = dict(zip(indices, grads))
+
+        count = self._update_count
+        is_cold = count < self.cold_steps
+        grads_finite = _all_finite(grads)
+        self._update_factors(scale_sq)
+        warm = count - self.cold_steps
+        refresh = tf.logical_and(
+            tf.logical_and(grads_finite, warm >= 0),
+            tf.math.floormod(warm, self.inverse_update_freq) == 0,
+        )
+        tf.cond(refresh, self._update_inverses, lambda: tf.no_op())
+
+        directions = {i: tf.cast(grad_of[i], tf.float32) for i in indices}
+        preconditioned = self._precondition(grad_of)
+        for i, d in preconditioned.items():
+            directions[i] = tf.where(is_cold, directions[i], d)
+        quadratic = tf.add_n(
+            [
+                tf.reduce_sum(tf.cast(grad_of[i], tf.float32) * directions[i])
+                for i in indices
+            ]
+        )
+        eta = linalg.kl_clip_learning_rate(learning_rate, self.kl_clip, quadratic)
+        mu = self.momentum
+        new_velocities = {
+            i: mu * tf.cast(self._velocities[i], tf.float32)
+            + (1.0 - mu) * eta * directions[i]
+            for i in indices
+        }
+        ok = tf.logical_and(
+            grads_finite, _all_finite(list(new_velocities.values()))
+        )
+        for i, variable in zip(indices, variables):
+            velocity = tf.where(
+                ok, new_velocities[i], tf.cast(self._velocities[i], tf.float32)
+            )
+            self.assign(self._velocities[i], velocity)
+            step = tf.where(ok, velocity, tf.zeros_like(velocity))
+            distribution.extended.update(
+                variable.value if isinstance(variable, backend.Variable) else variable,
+                lambda v, d: v.assign_sub(tf.cast(d, v.dtype)),
+                args=(step,),
+                group=False,
+            )
+        self.assign_add(self._update_count, tf.cast(ok, tf.int64))
+        self.assign_add(self._skipped_steps, 1 - tf.cast(ok, tf.int64))
+        self.assign(
+            self._clip_coefficient,
+            tf.where(
+                ok,
+                eta / tf.cast(learning_rate, tf.float32),
+                tf.convert_to_tensor(self._clip_coefficient),
+            ),
+        )
+
+    def _update_factors(self, scale_sq):
+        """Folds every fresh, finite batch `A`, `G` into the running factors."""
+        for block, state in zip(self._blocks, self._factors):
+            statistics = block.layer.statistics
+            A_batch = tf.convert_to_tensor(statistics.A)
+            G_batch = tf.convert_to_tensor(statistics.G) / scale_sq
+            use = tf.logical_and(
+                tf.convert_to_tensor(statistics.fresh) > 0.0,
+                _all_finite([A_batch, G_batch]),
+            )
+            decay = linalg.warm_start_decay(self.stats_decay, state["updates"])
+            for name, batch in (("A", A_batch), ("G", G_batch)):
+                average = tf.convert_to_tensor(state[name])
+                self.assign(
+                    state[name],
+                    tf.where(
+                        use,
+                        linalg.running_average(average, batch, decay),
+                        average,
+                    ),
+                )
+            self.assign_add(state["updates"], tf.cast(use, tf.float32))
+            statistics.fresh.assign(0.0)
+
+    def _update_inverses(self):
+        for state in self._factors:
+            for factor in ("A", "G"):
+                eigenvalues, Q, ok = linalg.symmetric_eigh(
+                    tf.convert_to_tensor(state[factor])
+                )
+                for name, new in (
+                    (f"eigenvalues_{factor}", eigenvalues),
+                    (f"Q_{factor}", Q),
+                ):
+                    old = tf.convert_to_tensor(state[name])
+                    self.assign(state[name], tf.where(ok, new, old))
+        return tf.no_op()
+
+    def _precondition(self, grad_of) -> dict:
+        """`Δ` for every kernel and bias of a block present in `grad_of`."""
+        directions = {}
+        damping = tf.constant(self.damping, tf.float32)
+        for block, state in zip(self._blocks, self._factors):
+            if block.kernel_index not in grad_of:
+                continue
+            bias_grad = (
+                None if block.bias_index is None else grad_of.get(block.bias_index)
+            )
+            if block.bias_index is not None and bias_grad is None:
+                bias_grad = tf.zeros((block.dim_G,), tf.float32)
+            V = block.gradient_matrix(grad_of[block.kernel_index], bias_grad)
+            D = linalg.damped_eigenvalues(
+                tf.convert_to_tensor(state["eigenvalues_A"]),
+                tf.convert_to_tensor(state["eigenvalues_G"]),
+                damping,
+                self.damping_mode,
+            )
+            X = linalg.kronecker_solve(
+                tf.convert_to_tensor(state["Q_A"]),
+                tf.convert_to_tensor(state["Q_G"]),
+                D,
+                V,
+            )
+            kernel_step, bias_step = block.split(X)
+            directions[block.kernel_index] = kernel_step
+            if block.bias_index is not None and block.bias_index in grad_of:
+                directions[block.bias_index] = bias_step
+        return directions
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "damping": self.damping,
+                "kl_clip": self.kl_clip,
+                "momentum": self.momentum,
+                "stats_decay": self.stats_decay,
+                "inverse_update_freq": self.inverse_update_freq,
+                "cold_steps": self.cold_steps,
+                "damping_mode": self.damping_mode,
+            }
+        )
+        return config
+
+
+KFAC.__doc__ = KFAC.__doc__.replace(
+    "{{base_optimizer_keyword_args}}",
+    keras.src.optimizers.optimizer.base_optimizer_keyword_args,
+)
