@@ -123,7 +123,7 @@ class KFACLayer:
 
             return tf.identity(k), grad
 
-        return identity(kernel)
+        return identity(tf.convert_to_tensor(kernel))
 
     def _tap(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
         """Identity on `s` whose gradient records the batch `A` and `G`."""

@@ -1,0 +1,117 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_kfac
+from keras_kfac import layers
+from reference import numpy_patches
+
+
+def test_batch_size_one_dense_block_equals_exact_fisher(rng):
+    """With one example, A ⊗ G is the exact (empirical) Fisher block of [W; b]."""
+    layer = layers.Dense(3)
+    x = tf.constant(rng.normal(size=(1, 4)).astype("float32"))
+    y = tf.constant(rng.normal(size=(1, 3)).astype("float32"))
+    layer.build((None, 4))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(layer(x, training=True) - y))
+    dW, db = tape.gradient(loss, [layer.kernel, layer.bias])
+    theta_grad = np.concatenate([dW.numpy(), db.numpy()[None]], axis=0).ravel()
+    exact = np.outer(theta_grad, theta_grad)
+    kron = np.kron(layer.statistics.A.numpy(), layer.statistics.G.numpy())
+    np.testing.assert_allclose(kron, exact, rtol=1e-5, atol=1e-7)
+    assert layer.statistics.fresh.numpy() == 1.0
+
+
+def test_statistics_are_not_weights():
+    layer = layers.Dense(3)
+    layer.build((None, 4))
+    assert [w.name for w in layer.weights] == ["kernel", "bias"]
+
+
+def test_collection_switch_and_inference_leave_statistics_alone(rng):
+    layer = layers.Dense(2)
+    x = tf.constant(rng.normal(size=(5, 3)).astype("float32"))
+    layer.build((None, 3))
+
+    @tf.function
+    def fisher_then_loss():
+        with tf.GradientTape(persistent=True) as tape:
+            out = layer(x, training=True)
+            fisher_loss = tf.reduce_sum(out)
+            loss = tf.reduce_sum(tf.square(out))
+        with keras_kfac.collecting_statistics(True):
+            tape.gradient(fisher_loss, layer.trainable_weights)
+        with keras_kfac.collecting_statistics(False):
+            return tape.gradient(loss, layer.trainable_weights)
+
+    fisher_then_loss()
+    # G from sum(out): ∂L/∂s = 1, g = n · 1, G = (1/n) Σ g gᵀ = n² · ones.
+    np.testing.assert_allclose(layer.statistics.G.numpy(), 25.0 * np.ones((2, 2)), rtol=1e-6)
+    layer.statistics.fresh.assign(0.0)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=False))
+    tape.gradient(loss, layer.trainable_weights)
+    assert layer.statistics.fresh.numpy() == 0.0
+
+
+@pytest.mark.parametrize(
+    "padding,strides,dilation,use_bias",
+    [("valid", 1, 1, True), ("same", 1, 1, True), ("same", 2, 1, False),
+     ("valid", 2, 1, True), ("same", 1, 2, True), ("valid", 1, 2, False)],
+)
+def test_conv2d_factors_match_patch_formulas(rng, padding, strides, dilation, use_bias):
+    layer = layers.Conv2D(3, (3, 2), strides=strides, dilation_rate=dilation,
+                          padding=padding, use_bias=use_bias)
+    x = rng.normal(size=(2, 7, 6, 2)).astype("float32")
+    layer.build(x.shape)
+    with tf.GradientTape(persistent=True) as tape:
+        s = layer(x, training=True)
+        loss = tf.reduce_mean(tf.square(s))
+    ds = tape.gradient(loss, s).numpy().reshape(-1, 3)
+    a, T = numpy_patches(x, (3, 2), (strides,) * 2, (dilation,) * 2, padding)
+    # The patch layout is the kernel layout: ∇W = Σ_t a_t dsᵀ.
+    dW = tape.gradient(loss, layer.kernel).numpy()
+    np.testing.assert_allclose(dW.reshape(-1, 3), a.T @ ds, rtol=1e-4, atol=1e-6)
+    if use_bias:
+        a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    np.testing.assert_allclose(layer.statistics.A.numpy(), a.T @ a / len(a), rtol=1e-4, atol=1e-6)
+    n = 2
+    np.testing.assert_allclose(layer.statistics.G.numpy(), n * ds.T @ ds, rtol=1e-4, atol=1e-9)
+    assert len(a) == n * T
+
+
+def test_dense_on_sequences_treats_positions_as_rows(rng):
+    layer = layers.Dense(2)
+    x = rng.normal(size=(3, 4, 5)).astype("float32")
+    layer.build(x.shape)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(layer(x, training=True)))
+    tape.gradient(loss, layer.trainable_weights)
+    a = np.concatenate([x.reshape(-1, 5), np.ones((12, 1))], axis=1)
+    np.testing.assert_allclose(layer.statistics.A.numpy(), a.T @ a / 12, rtol=1e-5, atol=1e-6)
+
+
+def test_layers_match_keras_outputs_and_serialize(rng):
+    x = rng.normal(size=(2, 5, 5, 3)).astype("float32")
+    plain = keras.Sequential([keras.Input((5, 5, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(2, activation="tanh")])
+    ours = keras_kfac.convert(plain)
+    assert [type(l) for l in ours.layers] == [layers.Conv2D, keras.layers.Flatten, layers.Dense]
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
+    np.testing.assert_allclose(ours(x, training=True), plain(x), rtol=1e-6)
+    clone = keras.Sequential.from_config(ours.get_config())
+    assert type(clone.layers[0]) is layers.Conv2D
+
+
+def test_grouped_conv_is_rejected():
+    with pytest.raises(ValueError, match="groups=2"):
+        layers.Conv2D(4, 3, groups=2)
+
+
+def test_convert_rejects_bad_input():
+    with pytest.raises(TypeError, match="str"):
+        keras_kfac.convert("model")
+    with pytest.raises(ValueError, match="built"):
+        keras_kfac.convert(keras.Sequential([keras.layers.Dense(2)]))

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_kfac import linalg
+
+
+def spd(rng, n):
+    M = rng.normal(size=(n, n))
+    return (M @ M.T / n + 0.1 * np.eye(n)).astype("float32")
+
+
+def test_symmetric_eigh_reconstructs(rng):
+    A = spd(rng, 5)
+    lam, Q, ok = linalg.symmetric_eigh(tf.constant(A))
+    assert bool(ok)
+    np.testing.assert_allclose(Q.numpy() @ np.diag(lam) @ Q.numpy().T, A, atol=1e-5)
+
+
+def test_symmetric_eigh_clips_roundoff_negatives():
+    lam, _, ok = linalg.symmetric_eigh(tf.constant([[1.0, 0.0], [0.0, -1e-7]]))
+    assert bool(ok)
+    np.testing.assert_array_equal(lam.numpy(), [0.0, 1.0])
+
+
+def test_symmetric_eigh_flags_nonfinite_input():
+    _, _, ok = linalg.symmetric_eigh(tf.constant([[np.nan, 0.0], [0.0, 1.0]]))
+    assert not bool(ok)
+
+
+def test_pi_adjustment_is_trace_ratio():
+    pi = linalg.pi_adjustment(tf.constant([1.0, 3.0]), tf.constant([0.5, 0.5, 0.5]))
+    # (4 / 2) / (1.5 / 3) = 4
+    np.testing.assert_allclose(pi.numpy(), 2.0, rtol=1e-6)
+    assert linalg.pi_adjustment(tf.zeros(2), tf.ones(2)).numpy() == 1.0
+
+
+@pytest.mark.parametrize("mode", ["eigen", "factored"])
+def test_kronecker_solve_equals_dense_solve(rng, mode):
+    A, G = spd(rng, 4), spd(rng, 3)
+    V = rng.normal(size=(4, 3)).astype("float32")
+    damping = 0.05
+    lam_A, Q_A, _ = linalg.symmetric_eigh(tf.constant(A))
+    lam_G, Q_G, _ = linalg.symmetric_eigh(tf.constant(G))
+    D = linalg.damped_eigenvalues(lam_A, lam_G, tf.constant(damping), mode)
+    X = linalg.kronecker_solve(Q_A, Q_G, D, tf.constant(V)).numpy()
+    if mode == "eigen":
+        F = np.kron(A, G) + damping * np.eye(12)
+    else:
+        pi = np.sqrt((np.trace(A) / 4) / (np.trace(G) / 3))
+        r = np.sqrt(damping)
+        F = np.kron(A + pi * r * np.eye(4), G + r / pi * np.eye(3))
+    expected = np.linalg.solve(F.astype("float64"), V.ravel()).reshape(4, 3)
+    np.testing.assert_allclose(X, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_damped_eigenvalues_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="'bogus'"):
+        linalg.damped_eigenvalues(tf.ones(2), tf.ones(2), 0.1, "bogus")
+
+
+def test_kl_clip_learning_rate_by_hand():
+    # sqrt(2 * 0.01 / 8) = 0.05 < 0.25
+    eta = linalg.kl_clip_learning_rate(0.25, 0.01, tf.constant(8.0))
+    np.testing.assert_allclose(eta.numpy(), 0.05, rtol=1e-6)
+    # sqrt(2 * 0.01 / 0.02) = 1 > 0.25: not clipped
+    eta = linalg.kl_clip_learning_rate(0.25, 0.01, tf.constant(0.02))
+    np.testing.assert_allclose(eta.numpy(), 0.25)
+    assert linalg.kl_clip_learning_rate(0.25, None, tf.constant(8.0)).numpy() == 0.25
+    assert linalg.kl_clip_learning_rate(0.25, 0.01, tf.constant(0.0)).numpy() == 0.25
+
+
+def test_warm_start_decay():
+    assert [float(linalg.warm_start_decay(0.95, k)) for k in (0, 1, 3)] == [0.0, 0.5, 0.75]
+    np.testing.assert_allclose(float(linalg.warm_start_decay(0.95, 1000)), 0.95)
+
+
+def test_running_average():
+    out = linalg.running_average(tf.constant(2.0), tf.constant(4.0), tf.constant(0.25))
+    assert float(out) == 3.5

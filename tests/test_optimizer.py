@@ -1,0 +1,242 @@
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_kfac
+from keras_kfac import layers
+from reference import (dense_fisher, factored_damped_fisher, factors,
+                       numpy_patches, stacked_gradient, with_ones)
+
+EXACT = dict(momentum=0.0, kl_clip=None, stats_decay=0.0, cold_steps=0,
+             inverse_update_freq=1)
+
+
+def mlp(d_in=3, hidden=4, d_out=2):
+    return keras.Sequential([keras.Input((d_in,)),
+                             layers.Dense(hidden, activation="tanh"),
+                             layers.Dense(d_out)])
+
+
+def mlp_reference(model, x, y):
+    """Independent forward/backward of `mlp`: per-layer (A, G) and [∇W; ∇b]."""
+    W1, b1, W2, b2 = [tf.constant(w) for w in model.get_weights()]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([W1, b1, W2, b2])
+        s1 = x @ W1 + b1
+        h = tf.tanh(s1)
+        s2 = h @ W2 + b2
+        tape.watch([s1, s2])
+        loss = tf.reduce_mean(tf.reduce_mean(tf.square(s2 - y), axis=-1))
+    n = len(x)
+    ds1, ds2, dW1, db1, dW2, db2 = [t.numpy() for t in tape.gradient(loss, [s1, s2, W1, b1, W2, b2])]
+    blocks = [factors(with_ones(x), ds1, n), factors(with_ones(h.numpy()), ds2, n)]
+    grads = [stacked_gradient(dW1, db1), stacked_gradient(dW2, db2)]
+    return blocks, grads
+
+
+def cnn():
+    return keras.Sequential([keras.Input((5, 5, 2)),
+                             layers.Conv2D(3, 3, padding="same", activation="tanh"),
+                             keras.layers.Flatten(),
+                             layers.Dense(2)])
+
+
+def cnn_reference(model, x, y):
+    K, c, W, b = [tf.constant(w) for w in model.get_weights()]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([K, c, W, b])
+        s1 = tf.nn.conv2d(x, K, 1, "SAME") + c
+        h = tf.reshape(tf.tanh(s1), (len(x), -1))
+        s2 = h @ W + b
+        tape.watch([s1, s2])
+        loss = tf.reduce_mean(tf.reduce_mean(tf.square(s2 - y), axis=-1))
+    n = len(x)
+    ds1, ds2, dK, dc, dW, db = [t.numpy() for t in tape.gradient(loss, [s1, s2, K, c, W, b])]
+    a, _ = numpy_patches(x, (3, 3), (1, 1), (1, 1), "same")
+    blocks = [factors(with_ones(a), ds1.reshape(-1, 3), n), factors(with_ones(h.numpy()), ds2, n)]
+    grads = [stacked_gradient(dK, dc), stacked_gradient(dW, db)]
+    return blocks, grads
+
+
+def stacked_weights(model):
+    w = model.get_weights()
+    return [stacked_gradient(w[i], w[i + 1]) for i in range(0, len(w), 2)]
+
+
+def flat(mats):
+    return np.concatenate([m.ravel() for m in mats]).astype("float64")
+
+
+def one_step(model, x, y, **kwargs):
+    model.compile(optimizer=keras_kfac.KFAC(**kwargs), loss="mse")
+    before = flat(stacked_weights(model))
+    model.train_on_batch(x, y)
+    return flat(stacked_weights(model)) - before
+
+
+@pytest.mark.parametrize("mode", ["eigen", "factored"])
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_one_step_equals_dense_damped_solve(rng, mode, net):
+    damping, lr = 0.03, 0.1
+    if net == "mlp":
+        model, reference = mlp(), mlp_reference
+        x = rng.normal(size=(16, 3)).astype("float32")
+    else:
+        model, reference = cnn(), cnn_reference
+        x = rng.normal(size=(4, 5, 5, 2)).astype("float32")
+    y = rng.normal(size=(len(x), 2)).astype("float32")
+    blocks, grads = reference(model, x, y)
+    if mode == "eigen":
+        F = dense_fisher(blocks) + damping * np.eye(len(flat(grads)))
+    else:
+        F = factored_damped_fisher(blocks, damping)
+    expected = -lr * np.linalg.solve(F, flat(grads))
+    step = one_step(model, x, y, learning_rate=lr, damping=damping, damping_mode=mode, **EXACT)
+    np.testing.assert_allclose(step, expected, rtol=2e-3, atol=1e-6)
+
+
+def affine_pair(rng):
+    """Two models computing the same function, on x and on x' = x M + c."""
+    M = np.eye(3) + 0.3 * rng.normal(size=(3, 3))
+    c = rng.normal(size=(3,))
+    base = mlp(hidden=3)
+    moved = mlp(hidden=3)
+    W1, b1, W2, b2 = base.get_weights()
+    M_inv_W1 = np.linalg.solve(M, W1)
+    moved.set_weights([M_inv_W1, b1 - c @ M_inv_W1, W2, b2])
+    return base, moved, M.astype("float32"), c.astype("float32")
+
+
+@pytest.mark.parametrize(
+    "optimizer,invariant",
+    [(lambda: keras_kfac.KFAC(learning_rate=0.5, damping=0.0, **EXACT), True),
+     (lambda: keras.optimizers.SGD(0.5), False),
+     (lambda: keras.optimizers.Adam(0.1), False)],
+    ids=["kfac", "sgd", "adam"],
+)
+def test_undamped_step_is_invariant_to_affine_input_change(rng, optimizer, invariant):
+    base, moved, M, c = affine_pair(rng)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = rng.normal(size=(64, 2)).astype("float32")
+    x_moved = x @ M + c
+    np.testing.assert_allclose(base(x), moved(x_moved), atol=1e-5)
+    before = base(x).numpy()
+    for model, inputs in ((base, x), (moved, x_moved)):
+        model.compile(optimizer=optimizer(), loss="mse")
+        model.train_on_batch(inputs, y)
+    change = np.max(np.abs(base(x) - before))
+    gap = np.max(np.abs(base(x) - moved(x_moved)))
+    assert change > 0.05  # the step moved the function substantially
+    if invariant:
+        assert gap < 1e-3 * change
+    else:
+        assert gap > 0.1 * change
+
+
+@pytest.mark.parametrize("mode", ["eigen", "factored"])
+def test_kl_clip_caps_the_quadratic_form_at_the_radius(rng, mode):
+    damping, kl_clip = 0.01, 1e-3
+    model = mlp()
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    blocks, grads = mlp_reference(model, x, y)
+    settings = dict(EXACT, kl_clip=kl_clip)
+    step = one_step(model, x, y, learning_rate=10.0, damping=damping, damping_mode=mode, **settings)
+    F = dense_fisher(blocks)
+    if mode == "eigen":
+        F_damped = F + damping * np.eye(len(F))
+    else:
+        F_damped = factored_damped_fisher(blocks, damping)
+    # The clip is active: ½ Δθᵀ F̂_λ Δθ equals δ, and the undamped F̂ gives less.
+    np.testing.assert_allclose(0.5 * step @ F_damped @ step, kl_clip, rtol=1e-3)
+    assert 0.5 * step @ F @ step <= kl_clip * (1 + 1e-4)
+    assert model.optimizer.clip_coefficient.numpy() < 1.0
+
+
+def test_small_steps_are_not_clipped(rng):
+    model = mlp()
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    blocks, grads = mlp_reference(model, x, y)
+    F = dense_fisher(blocks) + 0.01 * np.eye(len(flat(grads)))
+    expected = -1e-3 * np.linalg.solve(F, flat(grads))
+    step = one_step(model, x, y, learning_rate=1e-3, damping=0.01, **dict(EXACT, kl_clip=1.0))
+    np.testing.assert_allclose(step, expected, rtol=2e-3, atol=1e-7)
+    assert model.optimizer.clip_coefficient.numpy() == 1.0
+
+
+def test_cold_steps_are_plain_sgd(rng):
+    model = mlp()
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    _, grads = mlp_reference(model, x, y)
+    step = one_step(model, x, y, learning_rate=0.1, **dict(EXACT, cold_steps=1))
+    np.testing.assert_allclose(step, -0.1 * flat(grads), rtol=1e-4, atol=1e-7)
+
+
+def test_momentum_averages_steps(rng):
+    """v ← μ v + (1 - μ) η Δ, θ ← θ - v, checked over two steps on SGD-like cold steps."""
+    model = mlp()
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    model.compile(optimizer=keras_kfac.KFAC(learning_rate=0.1, momentum=0.5, kl_clip=None,
+                                            cold_steps=2), loss="mse")
+    theta0 = flat(stacked_weights(model))
+    _, g0 = mlp_reference(model, x, y)
+    model.train_on_batch(x, y)
+    _, g1 = mlp_reference(model, x, y)
+    model.train_on_batch(x, y)
+    v1 = 0.5 * 0.1 * flat(g0)
+    v2 = 0.5 * v1 + 0.5 * 0.1 * flat(g1)
+    np.testing.assert_allclose(flat(stacked_weights(model)), theta0 - v1 - v2, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kwargs,received",
+    [(dict(damping=-1.0), "damping=-1.0"), (dict(kl_clip=0.0), "kl_clip=0.0"),
+     (dict(kl_clip=-1e-3), "kl_clip=-0.001"), (dict(stats_decay=1.0), "stats_decay=1.0"),
+     (dict(stats_decay=-0.1), "stats_decay=-0.1"), (dict(momentum=1.0), "momentum=1.0"),
+     (dict(inverse_update_freq=0), "inverse_update_freq=0"),
+     (dict(inverse_update_freq=2.5), "inverse_update_freq=2.5"),
+     (dict(cold_steps=-1), "cold_steps=-1"), (dict(damping_mode="exact"), "damping_mode='exact'"),
+     (dict(learning_rate=-0.1), "learning_rate=-0.1")],
+)
+def test_invalid_hyperparameters_name_what_was_received(kwargs, received):
+    with pytest.raises(ValueError, match=received.replace("(", r"\(").replace(".", r"\.")):
+        keras_kfac.KFAC(**kwargs)
+
+
+def test_config_round_trip():
+    opt = keras_kfac.KFAC(learning_rate=0.1, damping=0.02, kl_clip=None, momentum=0.5,
+                          stats_decay=0.9, inverse_update_freq=3, cold_steps=4,
+                          damping_mode="factored", clipnorm=1.0, weight_decay=1e-4)
+    config = opt.get_config()
+    again = keras_kfac.KFAC.from_config(config)
+    assert again.get_config() == config
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(restored) is keras_kfac.KFAC and restored.get_config() == config
+
+
+def test_model_without_kfac_layers_warns_once_and_trains_first_order(rng):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = rng.normal(size=(8, 2)).astype("float32")
+    W, b = [w.copy() for w in model.get_weights()]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.reduce_mean(tf.square(model(x) - y), -1))
+    dW, db = tape.gradient(loss, model.trainable_weights)
+    model.compile(optimizer=keras_kfac.KFAC(learning_rate=0.1, **EXACT), loss="mse")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train_on_batch(x, y)
+        model.train_on_batch(x, y)
+    messages = [str(w.message) for w in caught if "no keras_kfac" in str(w.message)]
+    assert len(messages) == 1
+    model2 = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model2.set_weights([W, b])
+    model2.compile(optimizer=keras_kfac.KFAC(learning_rate=0.1, **EXACT), loss="mse")
+    model2.train_on_batch(x, y)
+    np.testing.assert_allclose(model2.get_weights()[0], W - 0.1 * dW.numpy(), rtol=1e-5, atol=1e-7)
