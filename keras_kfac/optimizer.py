@@ -322,11 +322,17 @@ class KFAC(keras.optimizers.Optimizer):
 
         count = self._update_count
         is_cold = count < self.cold_steps
-        grads_finite = _all_finite(grads)
-        self._update_factors(scale_sq)
+        batches = self._batch_factors(scale_sq)
+        # One non-finite gradient or statistic skips the whole update, so
+        # the running factors never mix in a batch the weights did not see.
+        inputs_finite = tf.logical_and(
+            _all_finite(grads),
+            _all_finite([t for A, G, _ in batches for t in (A, G)]),
+        )
+        self._update_factors(batches, inputs_finite)
         warm = count - self.cold_steps
         refresh = tf.logical_and(
-            tf.logical_and(grads_finite, warm >= 0),
+            tf.logical_and(inputs_finite, warm >= 0),
             tf.math.floormod(warm, self.inverse_update_freq) == 0,
         )
         tf.cond(refresh, self._update_inverses, lambda: tf.no_op())
@@ -349,7 +355,7 @@ class KFAC(keras.optimizers.Optimizer):
             for i in indices
         }
         ok = tf.logical_and(
-            grads_finite, _all_finite(list(new_velocities.values()))
+            inputs_finite, _all_finite(list(new_velocities.values()))
         )
         for i, variable in zip(indices, variables):
             velocity = tf.where(
@@ -374,16 +380,33 @@ class KFAC(keras.optimizers.Optimizer):
             ),
         )
 
-    def _update_factors(self, scale_sq):
-        """Folds every fresh, finite batch `A`, `G` into the running factors."""
-        for block, state in zip(self._blocks, self._factors):
+    def _batch_factors(self, scale_sq):
+        """`(A, G, fresh)` of every block's latest batch, G unscaled.
+
+        A block whose layer recorded nothing since the last update reads as
+        zeros, so stale statistics are neither folded in again nor checked.
+        """
+        batches = []
+        for block in self._blocks:
             statistics = block.layer.statistics
-            A_batch = tf.convert_to_tensor(statistics.A)
-            G_batch = tf.convert_to_tensor(statistics.G) / scale_sq
-            use = tf.logical_and(
-                tf.convert_to_tensor(statistics.fresh) > 0.0,
-                _all_finite([A_batch, G_batch]),
+            fresh = tf.convert_to_tensor(statistics.fresh) > 0.0
+            A = tf.convert_to_tensor(statistics.A)
+            G = tf.convert_to_tensor(statistics.G) / scale_sq
+            batches.append(
+                (
+                    tf.where(fresh, A, tf.zeros_like(A)),
+                    tf.where(fresh, G, tf.zeros_like(G)),
+                    fresh,
+                )
             )
+        return batches
+
+    def _update_factors(self, batches, ok):
+        """Folds every fresh batch `A`, `G` into the running factors if `ok`."""
+        for block, state, (A_batch, G_batch, fresh) in zip(
+            self._blocks, self._factors, batches
+        ):
+            use = tf.logical_and(fresh, ok)
             decay = linalg.warm_start_decay(self.stats_decay, state["updates"])
             for name, batch in (("A", A_batch), ("G", G_batch)):
                 average = tf.convert_to_tensor(state[name])
@@ -396,7 +419,7 @@ class KFAC(keras.optimizers.Optimizer):
                     ),
                 )
             self.assign_add(state["updates"], tf.cast(use, tf.float32))
-            statistics.fresh.assign(0.0)
+            block.layer.statistics.fresh.assign(0.0)
 
     def _update_inverses(self):
         for state in self._factors:
