@@ -9,8 +9,9 @@
 
 from keras_kfac import layers
 from keras_kfac.convert import convert
+from keras_kfac.fisher import TrueFisherModel
 from keras_kfac.layers import collecting_statistics
 from keras_kfac.optimizer import KFAC
 
-__all__ = ["KFAC", "collecting_statistics", "convert", "layers"]
+__all__ = ["KFAC", "TrueFisherModel", "collecting_statistics", "convert", "layers"]
 __version__ = "0.1.0"

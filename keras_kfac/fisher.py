@@ -1,0 +1,163 @@
+"""The true Fisher for supervised training.
+
+`model.fit` on a `keras_kfac` model taps the factors from the gradient of the
+training loss at the real labels: the empirical Fisher. The true Fisher
+`F = E_x E_{ŷ ~ p(·|x)}[∇ log p(ŷ|x) ∇ log p(ŷ|x)ᵀ]` instead draws targets
+from the model's own predictive distribution (Martens & Grosse 2015, §5).
+`TrueFisherModel` wraps a model so that `fit` takes its factors from such a
+sampled loss and its gradient from the real one.
+"""
+
+import keras
+import tensorflow as tf
+from keras.src.losses import loss as loss_module
+
+from keras_kfac.layers import collecting_statistics
+
+CATEGORICAL = "categorical"
+GAUSSIAN = "gaussian"
+DISTRIBUTIONS = (CATEGORICAL, GAUSSIAN)
+
+
+def categorical_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
+    """`mean_i -log p(ŷ_i | x_i)` with `ŷ_i ~ softmax(logits_i)`.
+
+    Its gradient at the logits is `p - onehot(ŷ)`, whose covariance over `ŷ`
+    is the Fisher of the categorical likelihood, `diag(p) - p pᵀ`.
+    """
+    logits = tf.cast(logits, tf.float32)
+    flat = tf.reshape(logits, (-1, tf.shape(logits)[-1]))
+    sampled = tf.stop_gradient(
+        tf.random.categorical(flat, 1, seed=seed)[:, 0]
+    )
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(sampled, flat)
+    )
+
+
+def gaussian_fisher_loss(
+    mean: tf.Tensor, variance: float | None = None, seed=None
+) -> tf.Tensor:
+    """`mean_i ‖f_i - ŷ_i‖² / (2σ²)` with `ŷ_i ~ N(f_i, σ² I)`.
+
+    Its gradient at the outputs is `(f - ŷ) / σ²`, whose covariance is the
+    Fisher of the Gaussian likelihood, `I / σ²`.
+
+    Args:
+        mean: Model outputs `f`, shape `(batch, d)`.
+        variance: `σ²`. Defaults to `d / 2`, for which the Fisher equals the
+            Hessian of Keras' `mean_squared_error` (the mean over `d`).
+        seed: Optional seed of the noise.
+    """
+    mean = tf.cast(mean, tf.float32)
+    d = tf.cast(tf.shape(mean)[-1], tf.float32)
+    variance = d / 2.0 if variance is None else tf.constant(variance, tf.float32)
+    noise = tf.random.normal(tf.shape(mean), seed=seed) * tf.sqrt(variance)
+    sampled = tf.stop_gradient(mean + noise)
+    per_example = tf.reduce_sum(
+        tf.reshape(tf.square(mean - sampled), (tf.shape(mean)[0], -1)), axis=1
+    )
+    return tf.reduce_mean(per_example) / (2.0 * variance)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class TrueFisherModel(keras.Model):
+    """Trains `model` with factors from the true Fisher instead of the empirical.
+
+    Each `fit` step differentiates two losses through one forward pass: a
+    Fisher loss at targets sampled from the model's predictive distribution,
+    with factor collection on, and the compiled loss at the real targets,
+    with collection off, whose gradient the optimizer applies.
+
+        model = keras_kfac.TrueFisherModel(net, distribution="categorical")
+        model.compile(optimizer=keras_kfac.KFAC(), loss=...)
+        model.fit(x, y)
+
+    Args:
+        model: A model built from `keras_kfac.layers`, with one output.
+        distribution: `"categorical"` (outputs are logits) or `"gaussian"`
+            (outputs are means, for regression).
+        variance: `σ²` of the `"gaussian"` distribution. Defaults to half the
+            output width, which matches Keras' `"mse"` loss.
+        **kwargs: Passed to `keras.Model`.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        distribution: str = CATEGORICAL,
+        variance: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                "TrueFisherModel wraps a keras.Model. "
+                f"Received: {type(model).__name__}"
+            )
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"distribution must be one of {DISTRIBUTIONS}. "
+                f"Received: distribution={distribution!r}"
+            )
+        if variance is not None and not variance > 0:
+            raise ValueError(f"variance must be > 0. Received: variance={variance}")
+        self.model = model
+        self.distribution = distribution
+        self.variance = variance
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def fisher_loss(self, y_pred: tf.Tensor) -> tf.Tensor:
+        """The sampled loss whose backward pass feeds the factors."""
+        if self.distribution == CATEGORICAL:
+            return categorical_fisher_loss(y_pred)
+        return gaussian_fisher_loss(y_pred, self.variance)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                training=True,
+            )
+            self._loss_tracker.update_state(
+                loss_module.unscale_loss_for_distribution(loss),
+                sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
+            )
+            # Scaled like the training loss (replicas, loss scale) so the
+            # factors and the gradient see the same backward scale.
+            fisher = loss_module.scale_loss_for_distribution(
+                self.fisher_loss(y_pred)
+            )
+            loss = self.optimizer.scale_loss(loss)
+            fisher = self.optimizer.scale_loss(fisher)
+        weights = self.trainable_weights
+        with collecting_statistics(True):
+            tape.gradient(fisher, weights)
+        with collecting_statistics(False):
+            gradients = tape.gradient(loss, weights)
+        del tape
+        self.optimizer.apply_gradients(zip(gradients, weights))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "model": keras.saving.serialize_keras_object(self.model),
+                "distribution": self.distribution,
+                "variance": self.variance,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(
+            config["model"], custom_objects=custom_objects
+        )
+        return cls(**config)
