@@ -25,4 +25,4 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 bench: $(STAMP)
-	$(PY) bench/optimizer_speed.py
+	$(PY) bench/optimizer.py

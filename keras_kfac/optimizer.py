@@ -169,11 +169,7 @@ class KFAC(keras.optimizers.Optimizer):
             return
         super().build(var_list)
         self._blocks = self._find_blocks(var_list)
-        self._block_of_variable = {}
-        for b, block in enumerate(self._blocks):
-            self._block_of_variable[block.kernel_index] = b
-            if block.bias_index is not None:
-                self._block_of_variable[block.bias_index] = b
+        self._kernel_blocks = {b.kernel_index: b for b in self._blocks}
         self._velocities = [
             self.add_variable_from_reference(v, name="velocity")
             for v in var_list
@@ -257,9 +253,6 @@ class KFAC(keras.optimizers.Optimizer):
         return self._clip_coefficient
 
     def apply(self, grads, trainable_variables=None):
-        # The layers recorded ‖∇W‖² of the backward pass as it was scaled
-        # (dynamic or fixed loss scale); the gradients arrive unscaled. Their
-        # ratio is the scale² that divides G. It is taken before clipping.
         grads = list(grads)
         if trainable_variables is not None:
             trainable_variables = list(trainable_variables)
@@ -267,46 +260,54 @@ class KFAC(keras.optimizers.Optimizer):
                 with backend.name_scope(self.name, caller=self):
                     self.build(trainable_variables)
                 self.built = True
-        variables = trainable_variables or self._trainable_variables
-        scale = self.loss_scale_factor
-        scaled, unscaled = [], []
-        for g, v in zip(grads, variables):
-            if g is None:
-                continue
-            b = self._block_of_variable.get(self._get_variable_index(v))
-            if b is None or self._blocks[b].kernel_index != self._get_variable_index(v):
-                continue
-            scaled.append(self._blocks[b].layer.statistics.kernel_grad_sq)
-            g = tf.cast(g, tf.float32)
-            if scale is not None:
-                g = g / scale
-            unscaled.append(tf.reduce_sum(tf.square(g)))
-        if scaled:
-            received = tf.add_n(unscaled)
-            context = tf.distribute.get_replica_context()
-            if context is not None:
-                received = context.all_reduce(tf.distribute.ReduceOp.MEAN, received)
-            recorded = tf.add_n([tf.convert_to_tensor(s) for s in scaled])
-            self._backward_scale_sq = tf.where(
-                received > 0.0, recorded / received, tf.ones_like(received)
-            )
-        else:
-            self._backward_scale_sq = tf.constant(1.0)
+        self._backward_scale_sq = self._measure_backward_scale_sq(
+            grads, trainable_variables or self._trainable_variables
+        )
         return super().apply(grads, trainable_variables)
+
+    def _measure_backward_scale_sq(self, grads, variables) -> tf.Tensor:
+        """The square of the loss scale of the backward pass, measured.
+
+        The layers recorded `‖∇W‖²` of the pass as it was scaled (a dynamic
+        or fixed loss scale); the gradients arrive here unscaled. The ratio,
+        taken before any clipping, is the factor by which `G` is too large.
+        """
+        recorded, received = [], []
+        for g, v in zip(grads, variables):
+            block = self._kernel_blocks.get(self._get_variable_index(v))
+            if g is None or block is None:
+                continue
+            recorded.append(
+                tf.convert_to_tensor(block.layer.statistics.kernel_grad_sq)
+            )
+            g = tf.cast(g, tf.float32)
+            if self.loss_scale_factor is not None:
+                g = g / self.loss_scale_factor
+            received.append(tf.reduce_sum(tf.square(g)))
+        if not recorded:
+            return tf.constant(1.0)
+        received = tf.add_n(received)
+        context = tf.distribute.get_replica_context()
+        if context is not None:
+            # The recorded values are replica means; match them.
+            received = context.all_reduce(tf.distribute.ReduceOp.MEAN, received)
+        recorded = tf.add_n(recorded)
+        return tf.where(
+            tf.logical_and(received > 0.0, recorded > 0.0),
+            tf.math.divide_no_nan(recorded, received),
+            tf.ones_like(received),
+        )
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         grads_and_vars = self._all_reduce_sum_gradients(
             list(zip(grads, trainable_variables))
         )
-        scale_sq = self._backward_scale_sq
-        if scale_sq is None:
-            scale_sq = tf.constant(1.0)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_kfac_step,
             self._distribution_strategy,
             grads_and_vars,
             learning_rate,
-            scale_sq,
+            self._backward_scale_sq,
         )
 
     def _distributed_kfac_step(

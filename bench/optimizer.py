@@ -1,0 +1,119 @@
+"""KFAC vs Adam inside `model.fit`: per-step time and loss vs epochs / seconds.
+
+    python bench/optimizer.py > bench_out.md     # or: make bench
+
+Per-step time is the median wall time of a training batch (callback around
+each batch, first epoch dropped for tracing), measured for Adam and for KFAC
+with `inverse_update_freq` 1 and 10, alternating runs in one process. The
+loss curves train the digits CNN with both optimizers from the same weights.
+Prints Markdown for BENCHMARKS.md.
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+from sklearn.datasets import load_digits
+
+import keras_kfac
+
+
+class BatchTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times, self.epoch_ends, self.start = [], [], None
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append(time.perf_counter() - self.start)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._t)
+
+
+def mlp():
+    return keras.Sequential([keras.Input((64,)),
+                             keras_kfac.layers.Dense(256, activation="tanh"),
+                             keras_kfac.layers.Dense(256, activation="tanh"),
+                             keras_kfac.layers.Dense(10)])
+
+
+def cnn():
+    return keras.Sequential([keras.Input((8, 8, 1)),
+                             keras_kfac.layers.Conv2D(32, 3, padding="same", activation="relu"),
+                             keras_kfac.layers.Conv2D(32, 3, padding="same", activation="relu"),
+                             keras.layers.MaxPooling2D(),
+                             keras.layers.Flatten(),
+                             keras_kfac.layers.Dense(128, activation="tanh"),
+                             keras_kfac.layers.Dense(10)])
+
+
+OPTIMIZERS = {
+    "Adam": lambda: keras.optimizers.Adam(1e-3),
+    "KFAC freq=1": lambda: keras_kfac.KFAC(inverse_update_freq=1),
+    "KFAC freq=10": lambda: keras_kfac.KFAC(inverse_update_freq=10),
+}
+
+
+def train(build, initial, optimizer, x, y, epochs, batch_size):
+    model = build()
+    model.set_weights(initial)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = BatchTimer()
+    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
+                        shuffle=True, callbacks=[timer])
+    steps = len(timer.times) // epochs
+    return np.median(timer.times[steps:]), history.history["loss"], timer.epoch_ends
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    y = y.astype("int32")
+    inputs = {"MLP 64-256-256-10": (mlp, x), "CNN 2xconv32-128-10": (cnn, x.reshape(-1, 8, 8, 1))}
+
+    print(f"## Per-step time in model.fit (digits, batch {args.batch_size}, median of "
+          f"{args.repeats} alternating runs, CPU)\n")
+    print("| model | optimizer | ms/step | vs Adam |")
+    print("|---|---|---|---|")
+    curves = {}
+    for label, (build, data) in inputs.items():
+        initial = build().get_weights()
+        times = {name: [] for name in OPTIMIZERS}
+        for _ in range(args.repeats):
+            for name, make in OPTIMIZERS.items():
+                step, losses, ends = train(build, initial, make(), data, y,
+                                           args.epochs, args.batch_size)
+                times[name].append(step)
+                curves.setdefault(label, {})[name] = (losses, ends)
+        adam = np.median(times["Adam"])
+        for name, t in times.items():
+            t = np.median(t)
+            print(f"| {label} | {name} | {1000 * t:.2f} | {t / adam:.2f}x |")
+
+    print(f"\n## Training loss vs epochs and seconds (last run of each, {args.epochs} epochs)\n")
+    for label, runs in curves.items():
+        print(f"### {label}\n")
+        print("| epoch | " + " | ".join(f"{n} loss | {n} s" for n in runs) + " |")
+        print("|---|" + "---|---|" * len(runs))
+        for e in range(args.epochs):
+            cells = " | ".join(f"{losses[e]:.4f} | {ends[e]:.1f}" for losses, ends in runs.values())
+            print(f"| {e + 1} | {cells} |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
