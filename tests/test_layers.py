@@ -115,3 +115,21 @@ def test_convert_rejects_bad_input():
         keras_kfac.convert("model")
     with pytest.raises(ValueError, match="built"):
         keras_kfac.convert(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_conv2d_channels_first_matches_channels_last_factors(rng):
+    x = rng.normal(size=(2, 7, 6, 2)).astype("float32")
+    stats = []
+    for data_format, inputs in (("channels_last", x), ("channels_first", np.transpose(x, (0, 3, 1, 2)))):
+        layer = layers.Conv2D(3, (3, 2), padding="same", data_format=data_format,
+                              kernel_initializer="ones")
+        layer.build(inputs.shape)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(layer(inputs, training=True)))
+        tape.gradient(loss, layer.trainable_weights)
+        stats.append((layer.statistics.A.numpy(), layer.statistics.G.numpy()))
+    a, _ = numpy_patches(x, (3, 2), (1, 1), (1, 1), "same")
+    a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    np.testing.assert_allclose(stats[1][0], a.T @ a / len(a), rtol=1e-5, atol=1e-6)
+    for first, last in zip(stats[1], stats[0]):
+        np.testing.assert_allclose(first, last, rtol=1e-5, atol=1e-6)

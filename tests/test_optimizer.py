@@ -240,3 +240,21 @@ def test_model_without_kfac_layers_warns_once_and_trains_first_order(rng):
     model2.compile(optimizer=keras_kfac.KFAC(learning_rate=0.1, **EXACT), loss="mse")
     model2.train_on_batch(x, y)
     np.testing.assert_allclose(model2.get_weights()[0], W - 0.1 * dW.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_accumulation_applies_the_mean_gradient_once(rng):
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    once, accumulated = mlp(), mlp()
+    accumulated.set_weights(once.get_weights())
+    settings = dict(EXACT, kl_clip=1e-2, learning_rate=0.1)
+    once.compile(optimizer=keras_kfac.KFAC(**settings), loss="mse")
+    accumulated.compile(optimizer=keras_kfac.KFAC(gradient_accumulation_steps=2, **settings),
+                        loss="mse")
+    once.train_on_batch(x, y)
+    accumulated.train_on_batch(x, y)
+    assert int(accumulated.optimizer.update_count) == 0
+    accumulated.train_on_batch(x, y)
+    assert int(accumulated.optimizer.update_count) == 1
+    for a, b in zip(accumulated.get_weights(), once.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
