@@ -33,6 +33,13 @@ def _local(distribution, value):
     return distribution.experimental_local_results(value)[0]
 
 
+def _check_integer(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}. Received: {name}={value!r}"
+        )
+
+
 def _all_finite(tensors) -> tf.Tensor:
     flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
     return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
@@ -132,24 +139,8 @@ class KFAC(keras.optimizers.Optimizer):
             raise ValueError(
                 f"stats_decay must be in [0, 1). Received: stats_decay={stats_decay}"
             )
-        if (
-            isinstance(inverse_update_freq, bool)
-            or not isinstance(inverse_update_freq, int)
-            or inverse_update_freq < 1
-        ):
-            raise ValueError(
-                "inverse_update_freq must be an integer >= 1. "
-                f"Received: inverse_update_freq={inverse_update_freq!r}"
-            )
-        if (
-            isinstance(cold_steps, bool)
-            or not isinstance(cold_steps, int)
-            or cold_steps < 0
-        ):
-            raise ValueError(
-                "cold_steps must be an integer >= 0. "
-                f"Received: cold_steps={cold_steps!r}"
-            )
+        _check_integer("inverse_update_freq", inverse_update_freq, 1)
+        _check_integer("cold_steps", cold_steps, 0)
         if damping_mode not in linalg.DAMPING_MODES:
             raise ValueError(
                 f"damping_mode must be one of {linalg.DAMPING_MODES}. "
@@ -338,10 +329,11 @@ class KFAC(keras.optimizers.Optimizer):
         )
         tf.cond(refresh, self._update_inverses, lambda: tf.no_op())
 
-        directions = {i: tf.cast(grad_of[i], tf.float32) for i in indices}
-        preconditioned = self._precondition(grad_of)
-        for i, d in preconditioned.items():
-            directions[i] = tf.where(is_cold, directions[i], d)
+        raw = {i: tf.cast(grad_of[i], tf.float32) for i in indices}
+        # Cold steps skip the rotations into the eigenbases altogether.
+        directions = tf.cond(
+            is_cold, lambda: raw, lambda: {**raw, **self._precondition(grad_of)}
+        )
         quadratic = tf.add_n(
             [
                 tf.reduce_sum(tf.cast(grad_of[i], tf.float32) * directions[i])
