@@ -1,0 +1,28 @@
+"""ACKTR, with A2C beside it, as tf-agents agents on Gymnasium.
+
+    from agents import AcktrAgent, GymnasiumEnvironment
+    from agents.networks import ActorCriticNetwork
+
+Names load on first use (PEP 562), so `python -m agents.evaluate` runs
+without importing the training code or `keras_kfac`.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "AcktrAgent": "agents.acktr",
+    "acktr_optimizer": "agents.acktr",
+    "A2CAgent": "agents.a2c",
+    "a2c_optimizer": "agents.a2c",
+    "ActorCriticNetwork": "agents.networks",
+    "ActorCriticPolicy": "agents.policies",
+    "GymnasiumEnvironment": "agents.envs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")

@@ -1,0 +1,72 @@
+"""A2C: advantage actor-critic with a first-order optimizer.
+
+Mnih et al. (2016), synchronous form, the baseline of the ACKTR paper. The
+same network, batch, losses and returns as `agents.AcktrAgent`; only the
+update differs: the gradient of `pg_loss - ent_coef · H + vf_coef · vf_loss`
+goes straight to a Keras optimizer (RMSprop by default), so ACKTR vs A2C is
+a clean ablation of the K-FAC step.
+"""
+
+import keras
+import tensorflow as tf
+
+from agents.on_policy import OnPolicyActorCriticAgent, apply_gradients
+
+
+def a2c_optimizer(
+    learning_rate=7e-4,
+    rho: float = 0.99,
+    epsilon: float = 1e-5,
+    max_grad_norm: float | None = 0.5,
+    **kwargs,
+) -> keras.optimizers.Optimizer:
+    """`keras.optimizers.RMSprop` with OpenAI baselines' A2C settings."""
+    return keras.optimizers.RMSprop(
+        learning_rate=learning_rate,
+        rho=rho,
+        epsilon=epsilon,
+        global_clipnorm=max_grad_norm,
+        **kwargs,
+    )
+
+
+class A2CAgent(OnPolicyActorCriticAgent):
+    """A2C as a tf-agents agent.
+
+    Args:
+        time_step_spec: The environment's `TimeStep` spec.
+        action_spec: The environment's action spec.
+        actor_critic_network: A network mapping observations to
+            `((distribution, value), state)`.
+        optimizer: A Keras optimizer. Defaults to `a2c_optimizer()`.
+        **kwargs: `gamma`, `gae_lambda`, `ent_coef`, `vf_coef`, ... as in
+            `agents.on_policy.OnPolicyActorCriticAgent`.
+    """
+
+    def __init__(
+        self,
+        time_step_spec,
+        action_spec,
+        actor_critic_network,
+        optimizer: keras.optimizers.Optimizer | None = None,
+        name: str = "A2CAgent",
+        **kwargs,
+    ):
+        optimizer = a2c_optimizer() if optimizer is None else optimizer
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise ValueError(
+                f"optimizer must be a keras.optimizers.Optimizer. Received: {optimizer!r}"
+            )
+        super().__init__(
+            time_step_spec,
+            action_spec,
+            actor_critic_network,
+            optimizer,
+            name=name,
+            **kwargs,
+        )
+
+    def _update(self, tape, terms, variables):
+        gradients = tape.gradient(terms.total, variables)
+        apply_gradients(self._optimizer, gradients, variables)
+        return tf.constant(1.0)

@@ -1,0 +1,250 @@
+"""Gymnasium environments as batched tf-agents `PyEnvironment`s.
+
+tf-agents' own suites wrap the old `gym` package. `GymnasiumEnvironment`
+wraps `N` copies of any registered Gymnasium id in one batched
+`PyEnvironment` (`batch_size = N`), in this process or one subprocess per
+copy, and keeps the distinction Gymnasium makes between the two ways an
+episode ends:
+
+- `terminated` (the MDP reached a terminal state): a `LAST` time step with
+  `discount = 0`, so nothing is bootstrapped past it;
+- `truncated` (a time limit cut the episode): a `LAST` time step with
+  `discount = 1`, so returns still bootstrap from `V(s_T)`, the value of
+  the final observation, which that `LAST` time step carries.
+
+The step after a `LAST` one resets that copy and returns its `FIRST` time
+step (the action is ignored), which is both Gymnasium's `NEXT_STEP`
+autoreset and tf-agents' convention for auto-resetting environments.
+"""
+
+import functools
+import importlib
+
+import gymnasium
+import numpy as np
+from tf_agents.environments import py_environment
+from tf_agents.specs import array_spec
+from tf_agents.trajectories import time_step as ts
+
+
+class EnvironmentStepError(RuntimeError):
+    """An environment raised while being reset or stepped."""
+
+
+def _observation_spec(space: gymnasium.Space) -> array_spec.ArraySpec:
+    if isinstance(space, gymnasium.spaces.Box):
+        if space.dtype == np.uint8:  # images stay bytes; networks rescale
+            return array_spec.BoundedArraySpec(
+                space.shape, np.uint8, 0, 255, name="observation"
+            )
+        return array_spec.ArraySpec(space.shape, np.float32, name="observation")
+    if isinstance(space, gymnasium.spaces.Discrete):  # one-hot encoded
+        return array_spec.BoundedArraySpec(
+            (int(space.n),), np.float32, 0.0, 1.0, name="observation"
+        )
+    raise ValueError(
+        "Observation spaces must be Box or Discrete. "
+        f"Received: observation_space={space}"
+    )
+
+
+def _action_spec(space: gymnasium.Space) -> array_spec.BoundedArraySpec:
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return array_spec.BoundedArraySpec(
+            (), np.int64, 0, int(space.n) - 1, name="action"
+        )
+    if isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1:
+        return array_spec.BoundedArraySpec(
+            space.shape,
+            np.float32,
+            space.low.astype(np.float32),
+            space.high.astype(np.float32),
+            name="action",
+        )
+    raise ValueError(
+        "Action spaces must be Discrete or a one-dimensional Box. "
+        f"Received: action_space={space}"
+    )
+
+
+def check_env_id(env_id: str) -> None:
+    """Raises `ValueError` unless `env_id` is a registered Gymnasium id.
+
+    `"module:Env-v0"` imports `module` first (which registers `Env-v0`), as
+    `gymnasium.make` does.
+    """
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        importlib.import_module(module)
+    if env_id not in gymnasium.registry:
+        close = [k for k in gymnasium.registry if k.lower() == env_id.lower()]
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"Unknown Gymnasium environment id. Received: env_id={env_id!r}."
+            + hint
+        )
+
+
+class GymnasiumEnvironment(py_environment.PyEnvironment):
+    """`num_envs` copies of a Gymnasium environment as one batched env.
+
+    Actions outside a Box action space are clipped to its bounds before the
+    environment sees them (the policy's Gaussian samples are unbounded; the
+    trajectory keeps the sampled action, so its log-probability is exact).
+
+    Episode returns and lengths are tallied per copy from the environment's
+    own rewards; `pop_completed_episodes()` hands over the finished ones.
+
+    Args:
+        env_id: A registered Gymnasium id, for example `"CartPole-v1"`.
+        num_envs: Number of copies. Defaults to `1`.
+        seed: Copy `i` is reset with seed `seed + i` the first time.
+            Defaults to `None` (unseeded).
+        processes: Run each copy in its own subprocess
+            (`gymnasium.vector.AsyncVectorEnv`) instead of in this process.
+            Defaults to `False`.
+        env_kwargs: Keyword arguments for `gymnasium.make`.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int = 1,
+        seed: int | None = None,
+        processes: bool = False,
+        env_kwargs: dict | None = None,
+    ):
+        super().__init__(handle_auto_reset=False)
+        check_env_id(env_id)
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(
+                f"num_envs must be an integer >= 1. Received: num_envs={num_envs!r}"
+            )
+        self.env_id = env_id
+        self._num_envs = num_envs
+        self._seed = seed
+        # A partial of gymnasium.make pickles by reference, so subprocesses
+        # import gymnasium only, not this package or TensorFlow.
+        make = functools.partial(gymnasium.make, env_id, **(env_kwargs or {}))
+        probe = make()
+        try:
+            self._observation_space = probe.observation_space
+            self._action_space = probe.action_space
+            self._observation_spec = _observation_spec(self._observation_space)
+            self._action_spec = _action_spec(self._action_space)
+        finally:
+            probe.close()
+        mode = gymnasium.vector.AutoresetMode.NEXT_STEP
+        if processes:
+            self._vector = gymnasium.vector.AsyncVectorEnv(
+                [make] * num_envs, context="spawn", autoreset_mode=mode
+            )
+        else:
+            self._vector = gymnasium.vector.SyncVectorEnv(
+                [make] * num_envs, autoreset_mode=mode
+            )
+        self._steps = 0
+        self._episode_return = np.zeros(num_envs, np.float64)
+        self._episode_length = np.zeros(num_envs, np.int64)
+        self._ended = np.zeros(num_envs, bool)
+        self._completed: list[tuple[float, int]] = []
+
+    @property
+    def batched(self) -> bool:
+        return True
+
+    @property
+    def batch_size(self) -> int:
+        return self._num_envs
+
+    @property
+    def gymnasium_spaces(self) -> tuple[gymnasium.Space, gymnasium.Space]:
+        """`(observation_space, action_space)` of one copy."""
+        return self._observation_space, self._action_space
+
+    def observation_spec(self) -> array_spec.ArraySpec:
+        return self._observation_spec
+
+    def action_spec(self) -> array_spec.BoundedArraySpec:
+        return self._action_spec
+
+    def pop_completed_episodes(self) -> list[tuple[float, int]]:
+        """`(return, length)` of the episodes finished since the last call."""
+        completed, self._completed = self._completed, []
+        return completed
+
+    def _observation(self, observation: np.ndarray) -> np.ndarray:
+        if isinstance(self._observation_space, gymnasium.spaces.Discrete):
+            one_hot = np.zeros((self._num_envs, self._observation_space.n), np.float32)
+            one_hot[np.arange(self._num_envs), observation - self._observation_space.start] = 1.0
+            return one_hot
+        return np.asarray(observation, self._observation_spec.dtype)
+
+    def _call(self, what: str, fn, **kwargs):
+        try:
+            return fn(**kwargs)
+        except Exception as error:
+            self._vector.close(terminate=True)
+            raise EnvironmentStepError(
+                f"Environment {self.env_id!r} ({self._num_envs} copies) raised "
+                f"in {what} after {self._steps} steps: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+    def _reset(self) -> ts.TimeStep:
+        seed = self._seed if self._steps == 0 else None
+        observation, _ = self._call("reset", self._vector.reset, seed=seed)
+        self._episode_return[:] = 0.0
+        self._episode_length[:] = 0
+        self._ended[:] = False
+        n = self._num_envs
+        return ts.TimeStep(
+            step_type=np.full(n, ts.StepType.FIRST, np.int32),
+            reward=np.zeros(n, np.float32),
+            discount=np.ones(n, np.float32),
+            observation=self._observation(observation),
+        )
+
+    def _env_action(self, action: np.ndarray) -> np.ndarray:
+        action = np.asarray(action)
+        if isinstance(self._action_space, gymnasium.spaces.Discrete):
+            return action.astype(np.int64) + int(self._action_space.start)
+        return np.clip(action, self._action_space.low, self._action_space.high)
+
+    def _step(self, action) -> ts.TimeStep:
+        self._steps += 1
+        observation, reward, terminated, truncated, _ = self._call(
+            "step", self._vector.step, actions=self._env_action(action)
+        )
+        reward = np.asarray(reward, np.float64)
+        restarted = self._ended
+        ended = np.logical_or(terminated, truncated)
+
+        self._episode_return = np.where(restarted, 0.0, self._episode_return + reward)
+        self._episode_length = np.where(restarted, 0, self._episode_length + 1)
+        for i in np.flatnonzero(ended & ~restarted):
+            self._completed.append(
+                (float(self._episode_return[i]), int(self._episode_length[i]))
+            )
+        self._ended = ended & ~restarted
+
+        step_type = np.where(
+            restarted,
+            ts.StepType.FIRST,
+            np.where(ended, ts.StepType.LAST, ts.StepType.MID),
+        ).astype(np.int32)
+        discount = np.where(
+            ~restarted & np.asarray(terminated), 0.0, 1.0
+        ).astype(np.float32)
+        return ts.TimeStep(
+            step_type=step_type,
+            reward=np.where(restarted, 0.0, reward).astype(np.float32),
+            discount=discount,
+            observation=self._observation(observation),
+        )
+
+    def close(self) -> None:
+        self._vector.close()
+
+    def render(self, mode: str = "rgb_array"):
+        raise NotImplementedError("Rendering is not supported.")

@@ -1,0 +1,239 @@
+"""Actor-critic networks built from `keras_kfac.layers`.
+
+An actor-critic network is a `tf_agents.networks.Network` whose `call` maps
+observations to `((action_distribution, value), network_state)`:
+a `tfp.distributions.Distribution` over actions and `V(s)` of shape
+`[batch]`. The agents accept any network with that contract; its layers
+must be `keras_kfac.layers` for K-FAC to precondition them.
+
+`ActorCriticNetwork` builds the ones of the ACKTR paper:
+
+- torso `"mlp"` (dense, tanh) or `"atari"` (the convolutional network of
+  Mnih et al. 2015 for `84×84×4` frames, ReLU), shared by both heads
+  (`shared_torso=True`, one joint Fisher over the torso) or one each;
+- a Categorical head (logits) for `Discrete` actions, a diagonal Gaussian
+  head (mean, learned state-independent `log σ`) for `Box` actions;
+- optional observation normalization, kept in the network so that an
+  exported policy normalizes the same way without this package.
+"""
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tf_agents.networks import network
+from tf_agents.specs import tensor_spec
+
+import keras_kfac
+
+TORSOS = ("mlp", "atari")
+
+
+class ObservationNormalizer(keras.layers.Layer):
+    """`clip((x - μ) / sqrt(σ² + 1e-8), ±clip)` with running `μ`, `σ²`.
+
+    The moments are non-trainable weights, merged batch by batch with
+    `update(x)` (Chan et al. 1979), so they are saved with the network.
+
+    Args:
+        clip: Bound of the normalized values. Defaults to `10.0`.
+    """
+
+    def __init__(self, clip: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.clip = float(clip)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape[1:])
+        self.count = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="count"
+        )
+        self.mean = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="mean"
+        )
+        self.variance = self.add_weight(
+            shape=shape, initializer="ones", trainable=False, name="variance"
+        )
+
+    def update(self, x: tf.Tensor) -> None:
+        """Merges the moments of the batch `x` into the running ones."""
+        x = tf.cast(x, tf.float32)
+        batch_mean, batch_variance = tf.nn.moments(x, axes=[0])
+        n = tf.cast(tf.shape(x)[0], tf.float32)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        mean = self.mean + delta * n / total
+        m2 = (
+            self.variance * self.count
+            + batch_variance * n
+            + tf.square(delta) * self.count * n / total
+        )
+        self.mean.assign(mean)
+        self.variance.assign(m2 / total)
+        self.count.assign(total)
+
+    def call(self, x):
+        x = tf.cast(x, tf.float32)
+        normalized = (x - self.mean) / tf.sqrt(self.variance + 1e-8)
+        return tf.clip_by_value(normalized, -self.clip, self.clip)
+
+    def get_config(self):
+        return {**super().get_config(), "clip": self.clip}
+
+
+def _orthogonal(gain: float) -> keras.initializers.Initializer:
+    return keras.initializers.Orthogonal(gain=gain)
+
+
+def _torso(kind: str, hidden_units: Sequence[int], activation: str, name: str):
+    """The layers of one torso, in call order."""
+    if kind == "mlp":
+        layers = [keras.layers.Flatten()]
+        for i, units in enumerate(hidden_units):
+            layers.append(
+                keras_kfac.layers.Dense(
+                    units,
+                    activation=activation,
+                    kernel_initializer=_orthogonal(np.sqrt(2.0)),
+                    name=f"{name}_dense_{i}",
+                )
+            )
+        return layers
+    # Mnih et al. 2015, as used by the ACKTR paper for Atari.
+    conv = dict(activation="relu", kernel_initializer=_orthogonal(np.sqrt(2.0)))
+    return [
+        keras_kfac.layers.Conv2D(32, 8, strides=4, name=f"{name}_conv_0", **conv),
+        keras_kfac.layers.Conv2D(64, 4, strides=2, name=f"{name}_conv_1", **conv),
+        keras_kfac.layers.Conv2D(64, 3, strides=1, name=f"{name}_conv_2", **conv),
+        keras.layers.Flatten(),
+        keras_kfac.layers.Dense(512, name=f"{name}_dense", **conv),
+    ]
+
+
+class ActorCriticNetwork(network.Network):
+    """Policy and value heads over one shared torso or one torso each.
+
+    Args:
+        observation_spec: `TensorSpec` of one observation. Images
+            (`uint8`) are scaled to `[0, 1]`.
+        action_spec: `BoundedTensorSpec`, a scalar integer (Categorical
+            head) or a float vector (diagonal Gaussian head).
+        torso: `"mlp"` or `"atari"`. Defaults to `"mlp"`.
+        hidden_units: Widths of the `"mlp"` torso. Defaults to `(64, 64)`.
+        activation: Activation of the `"mlp"` torso. Defaults to `"tanh"`.
+        shared_torso: One torso for both heads. Defaults to `False` for
+            `"mlp"` and `True` for `"atari"` (as in the paper).
+        normalize_observations: Normalize observations with running
+            moments (`ObservationNormalizer`; the agents update them).
+            Defaults to `False`.
+        initial_log_std: Initial `log σ` of the Gaussian head. Defaults to
+            `0.0`.
+        name: Defaults to `"ActorCriticNetwork"`.
+    """
+
+    def __init__(
+        self,
+        observation_spec: tf.TensorSpec,
+        action_spec: tensor_spec.BoundedTensorSpec,
+        torso: str = "mlp",
+        hidden_units: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        shared_torso: bool | None = None,
+        normalize_observations: bool = False,
+        initial_log_std: float = 0.0,
+        name: str = "ActorCriticNetwork",
+    ):
+        super().__init__(input_tensor_spec=observation_spec, state_spec=(), name=name)
+        if torso not in TORSOS:
+            raise ValueError(f"torso must be one of {TORSOS}. Received: torso={torso!r}")
+        if tf.nest.flatten(action_spec) != [action_spec]:
+            raise ValueError(f"Nested action specs are not supported. Received: {action_spec}")
+        if any(int(u) < 1 for u in hidden_units):
+            raise ValueError(f"hidden_units must be positive. Received: {tuple(hidden_units)}")
+        self._discrete = action_spec.dtype.is_integer
+        if self._discrete:
+            if action_spec.shape.rank != 0:
+                raise ValueError(
+                    "Discrete actions must be scalars. "
+                    f"Received: action_spec.shape={action_spec.shape}"
+                )
+            minimum = int(np.min(action_spec.minimum))
+            maximum = int(np.max(action_spec.maximum))
+            if minimum != 0:
+                raise ValueError(
+                    "Discrete actions must start at 0. "
+                    f"Received: action_spec.minimum={minimum}"
+                )
+            outputs = maximum + 1
+        else:
+            if action_spec.shape.rank != 1:
+                raise ValueError(
+                    "Continuous actions must be vectors. "
+                    f"Received: action_spec.shape={action_spec.shape}"
+                )
+            outputs = int(action_spec.shape[0])
+        if torso == "atari" and observation_spec.shape.rank != 3:
+            raise ValueError(
+                "The atari torso needs (height, width, channels) observations. "
+                f"Received: observation_spec.shape={observation_spec.shape}"
+            )
+        shared = torso == "atari" if shared_torso is None else bool(shared_torso)
+        self._action_spec = action_spec
+        self._rescale = observation_spec.dtype == tf.uint8
+        self._normalizer = (
+            ObservationNormalizer(name="observation_normalizer")
+            if normalize_observations
+            else None
+        )
+        self._policy_torso = _torso(torso, hidden_units, activation, "policy")
+        self._value_torso = (
+            None if shared else _torso(torso, hidden_units, activation, "value")
+        )
+        self._policy_head = keras_kfac.layers.Dense(
+            outputs, kernel_initializer=_orthogonal(0.01), name="policy_head"
+        )
+        self._value_head = keras_kfac.layers.Dense(
+            1, kernel_initializer=_orthogonal(1.0), name="value_head"
+        )
+        if not self._discrete:
+            self._log_std = self.add_weight(
+                shape=(outputs,),
+                initializer=keras.initializers.Constant(initial_log_std),
+                name="log_std",
+            )
+
+    @property
+    def observation_normalizer(self) -> ObservationNormalizer | None:
+        return self._normalizer
+
+    @staticmethod
+    def _run(layers, x, training):
+        for layer in layers:
+            x = layer(x, training=training)
+        return x
+
+    def call(self, observation, step_type=None, network_state=(), training=False):
+        x = tf.cast(observation, tf.float32)
+        if self._rescale:
+            x = x / 255.0
+        if self._normalizer is not None:
+            x = self._normalizer(x)
+        policy_features = self._run(self._policy_torso, x, training)
+        value_features = (
+            policy_features
+            if self._value_torso is None
+            else self._run(self._value_torso, x, training)
+        )
+        params = self._policy_head(policy_features, training=training)
+        value = tf.squeeze(self._value_head(value_features, training=training), -1)
+        if self._discrete:
+            distribution = tfp.distributions.Categorical(
+                logits=params, dtype=self._action_spec.dtype
+            )
+        else:
+            distribution = tfp.distributions.MultivariateNormalDiag(
+                loc=params, scale_diag=tf.exp(self._log_std) * tf.ones_like(params)
+            )
+        return (distribution, value), network_state

@@ -1,0 +1,309 @@
+"""The on-policy actor-critic core that ACKTR and A2C share.
+
+One `train(experience)` call is one update from a batch of trajectories
+shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
+`V(s_T)` to bootstrap from):
+
+1. `V(s_T)` of the last time steps, then, under one `GradientTape`, the
+   network on the `B·T` earlier observations with `training=True`;
+2. advantages `Â` and returns `R` (`agents.advantages`: GAE when
+   `gae_lambda` is set, n-step returns otherwise), masking episode
+   boundaries;
+3. the loss terms (`agents.losses`) and, for agents that want them, the
+   Fisher losses;
+4. `_update(tape, terms, variables)`: where the agents differ;
+5. the realized `KL(π_old || π_new)` on the batch, and the observation
+   normalizer's moments.
+"""
+
+import collections
+
+import tensorflow as tf
+from tf_agents.agents import tf_agent
+from tf_agents.networks import network
+from tf_agents.policies import greedy_policy
+from tf_agents.specs import tensor_spec
+from tf_agents.trajectories import time_step as ts
+from tf_agents.utils import nest_utils
+import tensorflow_probability as tfp
+
+from agents import advantages as advantages_lib
+from agents import losses
+from agents.policies import ActorCriticPolicy
+
+ActorCriticLossInfo = collections.namedtuple(
+    "ActorCriticLossInfo",
+    ("policy_loss", "value_loss", "entropy", "clip_coefficient", "kl"),
+)
+ActorCriticLossInfo.__doc__ = """`LossInfo.extra` of the actor-critic agents.
+
+`clip_coefficient` is `η / η_max` of the K-FAC step (1 for first-order
+agents, which have no trust region); `kl` is the mean
+`KL(π_old(·|s) || π_new(·|s))` over the batch's states, measured after the
+update."""
+
+LossTerms = collections.namedtuple(
+    "LossTerms", ("total", "policy", "value", "entropy", "fisher")
+)
+
+
+def _check_unit_interval(name: str, value) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1]. Received: {name}={value!r}")
+
+
+def _check_non_negative(name: str, value) -> None:
+    if not value >= 0.0:
+        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
+
+
+def _rows(x: tf.Tensor) -> tf.Tensor:
+    """`[B, T, ...]` -> `[B·T, ...]`."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], 0))
+
+
+class OnPolicyActorCriticAgent(tf_agent.TFAgent):
+    """Base class of the actor-critic agents; subclasses define `_update`.
+
+    Args:
+        time_step_spec: The environment's `TimeStep` spec.
+        action_spec: The environment's action spec (one scalar integer or
+            one float vector).
+        actor_critic_network: A `tf_agents.networks.Network` mapping
+            observations to `((distribution, value), state)`, for example
+            `agents.networks.ActorCriticNetwork`.
+        optimizer: A Keras optimizer.
+        gamma: Discount `γ`. Defaults to `0.99`.
+        gae_lambda: `λ` of GAE; `None` uses n-step returns. Defaults to
+            `None`.
+        ent_coef: Weight of the entropy bonus. Defaults to `0.01`.
+        vf_coef: Weight of the value loss. Defaults to `0.5`.
+        normalize_advantages: Standardize `Â` over the batch. Defaults to
+            `False`.
+        seed: Seed of the agent's own random draws. Defaults to `0`.
+        debug_summaries, summarize_grads_and_vars, train_step_counter,
+        name: As in `tf_agents.agents.TFAgent`.
+    """
+
+    def __init__(
+        self,
+        time_step_spec: ts.TimeStep,
+        action_spec,
+        actor_critic_network: network.Network,
+        optimizer,
+        gamma: float = 0.99,
+        gae_lambda: float | None = None,
+        ent_coef: float = 0.01,
+        vf_coef: float = 0.5,
+        normalize_advantages: bool = False,
+        seed: int = 0,
+        debug_summaries: bool = False,
+        summarize_grads_and_vars: bool = False,
+        train_step_counter: tf.Variable | None = None,
+        name: str | None = None,
+    ):
+        tf.Module.__init__(self, name=name)
+        _check_unit_interval("gamma", gamma)
+        if gae_lambda is not None:
+            _check_unit_interval("gae_lambda", gae_lambda)
+        _check_non_negative("ent_coef", ent_coef)
+        _check_non_negative("vf_coef", vf_coef)
+        if not isinstance(actor_critic_network, network.Network):
+            raise ValueError(
+                "actor_critic_network must be a tf_agents.networks.Network. "
+                f"Received: {actor_critic_network!r}"
+            )
+        self._network = actor_critic_network
+        self._check_network(time_step_spec, action_spec)
+        self._optimizer = optimizer
+        self._gamma = float(gamma)
+        self._gae_lambda = None if gae_lambda is None else float(gae_lambda)
+        self._ent_coef = float(ent_coef)
+        self._vf_coef = float(vf_coef)
+        self._normalize_advantages = bool(normalize_advantages)
+        self._seed = int(seed)
+        self._optimizer.build(self._network.trainable_variables)
+
+        collect_policy = ActorCriticPolicy(
+            time_step_spec, action_spec, self._network, clip=False
+        )
+        policy = greedy_policy.GreedyPolicy(
+            ActorCriticPolicy(time_step_spec, action_spec, self._network, clip=True)
+        )
+        super().__init__(
+            time_step_spec,
+            action_spec,
+            policy,
+            collect_policy,
+            train_sequence_length=None,
+            debug_summaries=debug_summaries,
+            summarize_grads_and_vars=summarize_grads_and_vars,
+            train_step_counter=train_step_counter,
+        )
+
+    @property
+    def actor_critic_network(self) -> network.Network:
+        return self._network
+
+    @property
+    def optimizer(self):
+        return self._optimizer
+
+    def _check_network(self, time_step_spec, action_spec) -> None:
+        """Calls the network once and checks what it returns."""
+        observation = tensor_spec.sample_spec_nest(
+            time_step_spec.observation, outer_dims=(2,)
+        )
+        outputs, _ = self._network(observation, training=False)
+        ok = isinstance(outputs, (tuple, list)) and len(outputs) == 2
+        if ok:
+            distribution, value = outputs
+            ok = isinstance(distribution, tfp.distributions.Distribution)
+            ok = ok and tuple(value.shape) == (2,)
+        if not ok:
+            raise ValueError(
+                "actor_critic_network must return ((distribution, value), "
+                "state) with a tfp distribution and values of shape [batch]. "
+                f"Received outputs: {outputs!r}"
+            )
+        actions = distribution.sample()
+        if actions.dtype != action_spec.dtype or actions.shape[1:] != action_spec.shape:
+            raise ValueError(
+                "The network's distribution samples "
+                f"{actions.dtype.name}{actions.shape[1:]} actions; the action "
+                f"spec wants {action_spec.dtype.name}{action_spec.shape}. "
+                f"Received: action_spec={action_spec}"
+            )
+
+    def _initialize(self):
+        return tf.no_op()
+
+    def _check_experience(self, experience) -> None:
+        """Raises `ValueError` unless `experience` fits `collect_data_spec`."""
+        spec = self.collect_data_spec
+        try:
+            tf.nest.assert_same_structure(experience, spec)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                "experience must be a Trajectory matching the agent's "
+                f"collect_data_spec. {error}"
+            ) from None
+        paths = nest_utils.flatten_with_joined_paths(spec)
+        for (path, s), tensor in zip(paths, tf.nest.flatten(experience)):
+            tensor = tf.convert_to_tensor(tensor)
+            if tensor.dtype != s.dtype or tensor.shape[2:] != s.shape:
+                raise ValueError(
+                    f"experience.{path} must be {s.dtype.name} shaped "
+                    f"[batch, time] + {s.shape.as_list()}. Received: "
+                    f"{tensor.dtype.name} shaped {tensor.shape.as_list()}"
+                )
+        time = tf.convert_to_tensor(experience.step_type).shape[1]
+        if time is not None and time < 2:
+            raise ValueError(
+                "experience needs at least 2 time steps (the last one only "
+                f"bootstraps). Received: {time}"
+            )
+
+    def _returns_and_advantages(self, transitions, values, valid, continues):
+        """`(R, Â)`, `[B, T]`, from values `[B, T + 1]` without gradient."""
+        args = (transitions.reward, transitions.discount, values, valid, continues)
+        if self._gae_lambda is None:
+            returns = advantages_lib.nstep_returns(*args, self._gamma)
+            advantages = valid * (returns - values[:, :-1])
+        else:
+            advantages = advantages_lib.generalized_advantages(
+                *args, self._gamma, self._gae_lambda
+            )
+            returns = valid * (advantages + values[:, :-1])
+        if self._normalize_advantages:
+            mean = losses.weighted_mean(advantages, valid)
+            variance = losses.weighted_mean(tf.square(advantages - mean), valid)
+            advantages = valid * (advantages - mean) / (tf.sqrt(variance) + 1e-8)
+        return returns, advantages
+
+    def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
+        """The loss whose backward pass feeds K-FAC; `None` if unused."""
+        return None
+
+    def _update(self, tape, terms: LossTerms, variables) -> tf.Tensor:
+        """Applies one update; returns the clip coefficient it used."""
+        raise NotImplementedError
+
+    def _train(self, experience, weights=None):
+        self._check_experience(experience)
+        transitions = tf.nest.map_structure(lambda x: x[:, :-1], experience)
+        batch, time = tf.shape(transitions.step_type)[0], tf.shape(transitions.step_type)[1]
+        valid, continues = advantages_lib.episode_masks(
+            transitions.step_type, transitions.next_step_type
+        )
+        sample_weights = tf.ones_like(valid)
+        if weights is not None:
+            weights = tf.cast(weights, tf.float32)
+            if weights.shape.rank == 1:
+                weights = weights[:, None]
+            sample_weights = sample_weights * weights
+        loss_weights = _rows(valid * sample_weights)
+        fisher_weights = _rows(sample_weights)
+
+        (_, bootstrap_value), _ = self._network(
+            experience.observation[:, -1], training=False
+        )
+        observation = _rows(transitions.observation)
+        actions = _rows(transitions.action)
+        variables = self._network.trainable_variables
+        noise_seed = tf.stack(
+            [tf.constant(self._seed, tf.int64), tf.cast(self.train_step_counter, tf.int64)]
+        )
+        with tf.GradientTape(persistent=True) as tape:
+            (distribution, values), _ = self._network(observation, training=True)
+            all_values = tf.concat(
+                [tf.reshape(tf.stop_gradient(values), (batch, time)), bootstrap_value[:, None]],
+                axis=1,
+            )
+            returns, advantages = self._returns_and_advantages(
+                transitions, all_values, valid, continues
+            )
+            log_prob = distribution.log_prob(actions)
+            policy_loss = losses.policy_gradient_loss(
+                log_prob, _rows(advantages), loss_weights
+            )
+            value_loss = losses.value_loss(values, _rows(returns), loss_weights)
+            entropy = losses.entropy(distribution.entropy(), loss_weights)
+            total = policy_loss - self._ent_coef * entropy + self._vf_coef * value_loss
+            fisher = self._fisher_loss(
+                distribution, actions, values, fisher_weights, noise_seed
+            )
+        terms = LossTerms(total, policy_loss, value_loss, entropy, fisher)
+        clip_coefficient = self._update(tape, terms, variables)
+        del tape
+
+        (new_distribution, _), _ = self._network(observation, training=False)
+        kl = losses.weighted_mean(
+            tfp.distributions.kl_divergence(distribution, new_distribution),
+            loss_weights,
+        )
+        normalizer = getattr(self._network, "observation_normalizer", None)
+        if normalizer is not None:
+            normalizer.update(observation)
+        self.train_step_counter.assign_add(1)
+
+        extra = ActorCriticLossInfo(
+            policy_loss=policy_loss,
+            value_loss=value_loss,
+            entropy=entropy,
+            clip_coefficient=tf.cast(clip_coefficient, tf.float32),
+            kl=kl,
+        )
+        if self.summaries_enabled:
+            step = self.train_step_counter
+            tf.summary.scalar("loss/total", total, step=step)
+            for name, value in extra._asdict().items():
+                tf.summary.scalar(f"loss/{name}", value, step=step)
+        return tf_agent.LossInfo(loss=total, extra=extra)
+
+
+def apply_gradients(optimizer, gradients, variables) -> None:
+    """`optimizer.apply` on the variables that received a gradient."""
+    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])

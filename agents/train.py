@@ -1,0 +1,475 @@
+"""Train an agent on a Gymnasium environment from the command line.
+
+    python -m agents.train --algo acktr --env CartPole-v1
+    python -m agents.train --algo a2c --env CartPole-v1 --seed 1
+    python -m agents.train --algo acktr --env CartPole-v1 --resume   # after a kill
+
+Writes into `--logdir` (default `runs/<algo>-<env>-seed<seed>`):
+
+- `config.json`: the run's full configuration;
+- TensorBoard summaries against environment steps: episode return and
+  length, the loss terms, entropy, KL, clip coefficient, steps/s;
+- `episodes.csv`: every finished training episode;
+- `checkpoints/`: periodic checkpoints (network, optimizer state, counters);
+  `--resume` continues from the latest one;
+- at the end, `policy/` (a `PolicySaver` SavedModel of the greedy policy,
+  which `python -m agents.evaluate` runs) and `learning_curve.png`.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+
+import numpy as np
+
+ALGORITHMS = ("acktr", "a2c")
+
+# Per-algorithm defaults: the papers' settings, with the batch sizes of
+# OpenAI baselines / rl-baselines-zoo for classic control.
+DEFAULTS = {
+    "acktr": dict(num_envs=8, n_steps=20, learning_rate=0.25, ent_coef=0.01),
+    "a2c": dict(num_envs=8, n_steps=5, learning_rate=7e-4, ent_coef=0.01),
+}
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything that defines a training run."""
+
+    algo: str = "acktr"
+    env: str = "CartPole-v1"
+    seed: int = 0
+    total_steps: int = 100_000
+    num_envs: int | None = None
+    n_steps: int | None = None
+    learning_rate: float | None = None
+    lr_schedule: str = "constant"
+    ent_coef: float | None = None
+    vf_coef: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float | None = None
+    max_grad_norm: float | None = 0.5
+    kl_clip: float = 0.0005
+    damping: float = 0.01
+    vf_fisher_coef: float = 1.0
+    hidden_units: tuple[int, ...] = (64, 64)
+    shared_torso: bool = False
+    normalize_observations: bool = False
+    processes: bool = False
+    checkpoint_every: int = 50
+    logdir: str | None = None
+
+    def __post_init__(self):
+        if self.algo not in ALGORITHMS:
+            raise ValueError(
+                f"algo must be one of {ALGORITHMS}. Received: algo={self.algo!r}"
+            )
+        for key, value in DEFAULTS[self.algo].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(
+                "lr_schedule must be 'constant' or 'linear'. "
+                f"Received: lr_schedule={self.lr_schedule!r}"
+            )
+        for name in ("total_steps", "num_envs", "n_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{name} must be an integer >= 1. Received: {name}={value!r}"
+                )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"learning_rate must be > 0. Received: learning_rate={self.learning_rate!r}"
+            )
+        if self.logdir is None:
+            self.logdir = os.path.join(
+                "runs", f"{self.algo}-{self.env}-seed{self.seed}"
+            )
+
+    @property
+    def batch_steps(self) -> int:
+        """Environment steps per update, `num_envs · n_steps`."""
+        return self.num_envs * self.n_steps
+
+    @property
+    def total_updates(self) -> int:
+        return math.ceil(self.total_steps / self.batch_steps)
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a finished run reports."""
+
+    algo: str
+    env: str
+    seed: int
+    env_steps: int
+    seconds: float
+    steps_per_second: float
+    episodes: int
+    mean_return_last_100: float
+    policy_dir: str
+
+    def line(self) -> str:
+        return (
+            f"{self.algo} on {self.env} (seed {self.seed}): {self.env_steps} steps "
+            f"in {self.seconds:.0f} s ({self.steps_per_second:.0f} steps/s), "
+            f"{self.episodes} episodes, mean return of the last 100: "
+            f"{self.mean_return_last_100:.1f}; policy: {self.policy_dir}"
+        )
+
+
+def build(config: Config):
+    """`(py_env, tf_env, agent)` for `config`; raises on bad input."""
+    import keras
+    import tensorflow as tf
+    from tf_agents.environments import tf_py_environment
+
+    from agents.a2c import A2CAgent, a2c_optimizer
+    from agents.acktr import AcktrAgent, acktr_optimizer
+    from agents.envs import GymnasiumEnvironment
+    from agents.networks import ActorCriticNetwork
+
+    keras.utils.set_random_seed(config.seed)
+    py_env = GymnasiumEnvironment(
+        config.env, config.num_envs, seed=config.seed, processes=config.processes
+    )
+    try:
+        tf_env = tf_py_environment.TFPyEnvironment(py_env)
+        network = ActorCriticNetwork(
+            tf_env.observation_spec(),
+            tf_env.action_spec(),
+            torso="atari" if len(tf_env.observation_spec().shape) == 3 else "mlp",
+            hidden_units=config.hidden_units,
+            shared_torso=config.shared_torso,
+            normalize_observations=config.normalize_observations,
+        )
+        learning_rate = config.learning_rate
+        if config.lr_schedule == "linear":
+            learning_rate = keras.optimizers.schedules.PolynomialDecay(
+                config.learning_rate, config.total_updates, end_learning_rate=0.0
+            )
+        common = dict(
+            gamma=config.gamma,
+            gae_lambda=config.gae_lambda,
+            ent_coef=config.ent_coef,
+            vf_coef=config.vf_coef,
+            seed=config.seed,
+            train_step_counter=tf.Variable(0, dtype=tf.int64, name="train_step"),
+        )
+        if config.algo == "acktr":
+            optimizer = acktr_optimizer(
+                learning_rate=learning_rate,
+                kl_clip=config.kl_clip,
+                damping=config.damping,
+                max_grad_norm=config.max_grad_norm,
+            )
+            agent = AcktrAgent(
+                tf_env.time_step_spec(),
+                tf_env.action_spec(),
+                network,
+                optimizer,
+                vf_fisher_coef=config.vf_fisher_coef,
+                **common,
+            )
+        else:
+            optimizer = a2c_optimizer(
+                learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
+            )
+            agent = A2CAgent(
+                tf_env.time_step_spec(), tf_env.action_spec(), network, optimizer, **common
+            )
+    except BaseException:
+        py_env.close()
+        raise
+    return py_env, tf_env, agent
+
+
+class EpisodeLog:
+    """`episodes.csv`: one row per finished training episode."""
+
+    FIELDS = ("env_steps", "return", "length")
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[tuple[int, float, int]] = []
+
+    def load(self, up_to_env_steps: int) -> None:
+        """Reads the rows of a resumed run up to its checkpoint."""
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                for row in csv.DictReader(f):
+                    if int(row["env_steps"]) <= up_to_env_steps:
+                        self.rows.append(
+                            (int(row["env_steps"]), float(row["return"]), int(row["length"]))
+                        )
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        temporary = self.path + ".tmp"
+        with open(temporary, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.FIELDS)
+            writer.writerows(self.rows)
+        os.replace(temporary, self.path)
+
+    def append(self, rows) -> None:
+        if not os.path.exists(self.path):
+            self._rewrite()
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerows(rows)
+        self.rows.extend(rows)
+
+    def mean_return(self, last: int = 100) -> float:
+        returns = [r for _, r, _ in self.rows[-last:]]
+        return float(np.mean(returns)) if returns else float("nan")
+
+
+def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([s for s, _, _ in episodes.rows])
+    returns = np.array([r for _, r, _ in episodes.rows])
+    figure, axes = plt.subplots(figsize=(6, 4))
+    if len(returns):
+        window = min(100, len(returns))
+        smooth = np.convolve(returns, np.ones(window) / window, mode="valid")
+        axes.plot(steps, returns, ".", alpha=0.2, label="episode")
+        axes.plot(steps[window - 1 :], smooth, label=f"mean of last {window}")
+        axes.legend()
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel("episode return")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path + ".tmp.png", dpi=100)
+    plt.close(figure)
+    os.replace(path + ".tmp.png", path)
+
+
+def export_policy(agent, directory: str) -> None:
+    """Saves the greedy policy with `PolicySaver`, replacing `directory`
+    only once the new SavedModel is complete."""
+    from tf_agents.policies import policy_saver
+
+    temporary = directory + ".tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    policy_saver.PolicySaver(
+        agent.policy, batch_size=None, train_step=agent.train_step_counter
+    ).save(temporary)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(temporary, directory)
+
+
+class _Stop(Exception):
+    """SIGTERM, turned into an exception so the run checkpoints and exits."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
+    """Trains, checkpointing as it goes; returns the run's `Summary`."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from agents.rollout import RolloutCollector
+
+    config_path = os.path.join(config.logdir, "config.json")
+    checkpoint_dir = os.path.join(config.logdir, "checkpoints")
+    if resume:
+        if not os.path.exists(config_path):
+            raise ValueError(
+                f"--resume needs a previous run in logdir. Received: "
+                f"logdir={config.logdir!r} (no config.json)"
+            )
+        with open(config_path) as f:
+            saved = json.load(f)
+        saved.update(total_steps=config.total_steps, logdir=config.logdir)
+        config = Config(**saved)
+    elif tf.train.latest_checkpoint(checkpoint_dir):
+        raise ValueError(
+            f"logdir {config.logdir!r} already holds a run; pass --resume to "
+            "continue it or choose another --logdir."
+        )
+
+    py_env, tf_env, agent = build(config)  # before anything is written
+    try:
+        os.makedirs(config.logdir, exist_ok=True)
+        if not resume:
+            with open(config_path + ".tmp", "w") as f:
+                json.dump(dataclasses.asdict(config), f, indent=2)
+            os.replace(config_path + ".tmp", config_path)
+
+        env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
+        checkpoint = tf.train.Checkpoint(agent=agent, env_steps=env_steps)
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
+        episodes = EpisodeLog(os.path.join(config.logdir, "episodes.csv"))
+        if resume and manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            print(f"Resumed {manager.latest_checkpoint} at {int(env_steps)} steps.")
+        episodes.load(int(env_steps))
+
+        collector = RolloutCollector(tf_env, agent.collect_policy, config.n_steps)
+        train = tf.function(agent.train)
+        writer = tf.summary.create_file_writer(config.logdir)
+        recent = deque((r for _, r, _ in episodes.rows[-100:]), maxlen=100)
+        start_steps, start_time = int(env_steps), time.perf_counter()
+        previous_handler = signal.signal(signal.SIGTERM, _raise_stop)
+        bar = tqdm(
+            total=config.total_steps,
+            initial=int(env_steps),
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        try:
+            while int(env_steps) < config.total_steps:
+                experience = collector.collect()
+                loss_info = train(experience)
+                env_steps.assign_add(config.batch_steps)
+                steps = int(env_steps)
+                finished = [(steps, r, n) for r, n in py_env.pop_completed_episodes()]
+                episodes.append(finished)
+                recent.extend(r for _, r, _ in finished)
+                rate = (steps - start_steps) / (time.perf_counter() - start_time)
+                with writer.as_default(step=steps):
+                    for _, r, n in finished:
+                        tf.summary.scalar("episode/return", r)
+                        tf.summary.scalar("episode/length", n)
+                    tf.summary.scalar("loss/total", loss_info.loss)
+                    for name, value in loss_info.extra._asdict().items():
+                        tf.summary.scalar(f"train/{name}", value)
+                    tf.summary.scalar("train/steps_per_second", rate)
+                bar.update(config.batch_steps)
+                bar.set_postfix(
+                    steps_per_s=f"{rate:.0f}",
+                    recent_return=f"{np.mean(recent):.1f}" if recent else "-",
+                )
+                if int(agent.train_step_counter) % config.checkpoint_every == 0:
+                    manager.save(checkpoint_number=steps)
+        except (KeyboardInterrupt, _Stop):
+            manager.save(checkpoint_number=int(env_steps))
+            bar.close()
+            print(
+                f"Interrupted at {int(env_steps)} steps; checkpoint saved. "
+                f"Continue with --resume --logdir {config.logdir}",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            bar.close()
+            writer.flush()
+        manager.save(checkpoint_number=int(env_steps))
+        policy_dir = os.path.join(config.logdir, "policy")
+        export_policy(agent, policy_dir)
+        plot_learning_curve(
+            episodes,
+            os.path.join(config.logdir, "learning_curve.png"),
+            f"{config.algo} on {config.env}, seed {config.seed}",
+        )
+        seconds = time.perf_counter() - start_time
+        return Summary(
+            algo=config.algo,
+            env=config.env,
+            seed=config.seed,
+            env_steps=int(env_steps),
+            seconds=seconds,
+            steps_per_second=(int(env_steps) - start_steps) / seconds,
+            episodes=len(episodes.rows),
+            mean_return_last_100=episodes.mean_return(),
+            policy_dir=policy_dir,
+        )
+    finally:
+        py_env.close()
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.train", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--algo", choices=ALGORITHMS, default="acktr")
+    parser.add_argument("--env", default="CartPole-v1", help="a Gymnasium id")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--total-steps", type=int, default=100_000)
+    parser.add_argument("--num-envs", type=int, help="default: 8")
+    parser.add_argument(
+        "--n-steps", type=int, help="steps per env per update (acktr 20, a2c 5)"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, help="acktr: η_max 0.25; a2c: 7e-4"
+    )
+    parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant")
+    parser.add_argument("--ent-coef", type=float, help="default: 0.01")
+    parser.add_argument("--vf-coef", type=float, default=0.5)
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument(
+        "--gae-lambda", type=_optional_float, default=None,
+        help="GAE λ; default: n-step returns",
+    )
+    parser.add_argument("--max-grad-norm", type=_optional_float, default=0.5)
+    parser.add_argument(
+        "--kl-clip", type=float, default=0.0005,
+        help="acktr: the KL radius δ (baselines' kfac_clip = 2δ)",
+    )
+    parser.add_argument("--damping", type=float, default=0.01)
+    parser.add_argument("--vf-fisher-coef", type=float, default=1.0)
+    parser.add_argument(
+        "--hidden-units", type=lambda s: tuple(int(u) for u in s.split(",")),
+        default=(64, 64), help="comma-separated widths, default 64,64",
+    )
+    parser.add_argument("--shared-torso", action="store_true")
+    parser.add_argument("--normalize-observations", action="store_true")
+    parser.add_argument(
+        "--processes", action="store_true", help="one subprocess per env copy"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=50, help="updates between checkpoints"
+    )
+    parser.add_argument("--logdir", help="default: runs/<algo>-<env>-seed<seed>")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --logdir"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    config = Config(**{k: v for k, v in vars(args).items() if k in fields})
+    return config, args
+
+
+def main(argv=None) -> int:
+    try:
+        config, args = parse_args(argv)
+        from agents.envs import check_env_id
+
+        check_env_id(config.env)
+        summary = run(config, resume=args.resume, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, _Stop):
+        return 130
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
