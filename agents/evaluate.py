@@ -37,6 +37,16 @@ def _observation(space: gymnasium.Space, observation, dtype) -> np.ndarray:
     return np.asarray(observation, dtype)[None]
 
 
+def _time_step(step_type, reward, discount, observation) -> ts.TimeStep:
+    """A batch of one time step."""
+    return ts.TimeStep(
+        step_type=np.array([step_type], np.int32),
+        reward=np.array([reward], np.float32),
+        discount=np.array([discount], np.float32),
+        observation=observation,
+    )
+
+
 def evaluate(
     policy_dir: str, env_id: str, episodes: int = 10, seed: int = 0
 ) -> np.ndarray:
@@ -45,7 +55,7 @@ def evaluate(
         raise ValueError(f"episodes must be >= 1. Received: episodes={episodes}")
     env = _make_env(env_id)
     policy = py_tf_eager_policy.SavedModelPyTFEagerPolicy(
-        policy_dir, load_specs_from_pbtxt=True
+        policy_dir, load_specs_from_pbtxt=True, batch_time_steps=False
     )
     dtype = policy.time_step_spec.observation.dtype
     space = env.action_space
@@ -53,7 +63,10 @@ def evaluate(
     try:
         for episode in range(episodes):
             observation, _ = env.reset(seed=seed + episode)
-            time_step = ts.restart(_observation(env.observation_space, observation, dtype), 1)
+            time_step = _time_step(
+                ts.StepType.FIRST, 0.0, 1.0,
+                _observation(env.observation_space, observation, dtype),
+            )
             total, done = 0.0, False
             while not done:
                 action = policy.action(time_step).action[0]
@@ -64,14 +77,11 @@ def evaluate(
                 observation, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 done = terminated or truncated
-                observation = _observation(env.observation_space, observation, dtype)
-                reward = np.array([reward], np.float32)
-                time_step = (
-                    ts.termination(observation, reward)
-                    if terminated
-                    else ts.truncation(observation, reward)
-                    if truncated
-                    else ts.transition(observation, reward)
+                time_step = _time_step(
+                    ts.StepType.LAST if done else ts.StepType.MID,
+                    reward,
+                    0.0 if terminated else 1.0,
+                    _observation(env.observation_space, observation, dtype),
                 )
             returns.append(total)
     finally:

@@ -215,7 +215,11 @@ class ActorCriticNetwork(network.Network):
         return x
 
     def call(self, observation, step_type=None, network_state=(), training=False):
-        x = tf.cast(observation, tf.float32)
+        # Any outer dimensions ([batch] or [batch, time]) are folded into
+        # one for the layers and restored on the outputs.
+        inner_shape = self.input_tensor_spec.shape
+        outer_shape = tf.shape(observation)[: observation.shape.rank - inner_shape.rank]
+        x = tf.reshape(tf.cast(observation, tf.float32), [-1, *inner_shape])
         if self._rescale:
             x = x / 255.0
         if self._normalizer is not None:
@@ -227,7 +231,8 @@ class ActorCriticNetwork(network.Network):
             else self._run(self._value_torso, x, training)
         )
         params = self._policy_head(policy_features, training=training)
-        value = tf.squeeze(self._value_head(value_features, training=training), -1)
+        params = tf.reshape(params, tf.concat([outer_shape, tf.shape(params)[-1:]], 0))
+        value = tf.reshape(self._value_head(value_features, training=training), outer_shape)
         if self._discrete:
             distribution = tfp.distributions.Categorical(
                 logits=params, dtype=self._action_spec.dtype

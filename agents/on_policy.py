@@ -82,8 +82,10 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         normalize_advantages: Standardize `Â` over the batch. Defaults to
             `False`.
         seed: Seed of the agent's own random draws. Defaults to `0`.
-        debug_summaries, summarize_grads_and_vars, train_step_counter,
-        name: As in `tf_agents.agents.TFAgent`.
+        train_step_counter: The agent's update counter. Defaults to a new
+            `tf.Variable` of its own.
+        debug_summaries, summarize_grads_and_vars, name: As in
+            `tf_agents.agents.TFAgent`.
     """
 
     def __init__(
@@ -124,6 +126,8 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._normalize_advantages = bool(normalize_advantages)
         self._seed = int(seed)
         self._optimizer.build(self._network.trainable_variables)
+        if train_step_counter is None:  # one per agent, not a global step
+            train_step_counter = tf.Variable(0, dtype=tf.int64, name="train_step")
 
         collect_policy = ActorCriticPolicy(
             time_step_spec, action_spec, self._network, clip=False

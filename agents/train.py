@@ -273,12 +273,32 @@ def export_policy(agent, directory: str) -> None:
     os.replace(temporary, directory)
 
 
-class _Stop(Exception):
-    """SIGTERM, turned into an exception so the run checkpoints and exits."""
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint."""
 
 
-def _raise_stop(signum, frame):
-    raise _Stop()
+class _StopRequests:
+    """Records SIGINT/SIGTERM; the loop stops at the end of its update, so a
+    signal never lands inside an environment step or a checkpoint write.
+    A second SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+
+    def __call__(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        self._previous = [signal.signal(s, self) for s in self.SIGNALS]
+        return self
+
+    def __exit__(self, *exc_info):
+        for s, handler in zip(self.SIGNALS, self._previous):
+            signal.signal(s, handler)
 
 
 def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
@@ -328,7 +348,6 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
         writer = tf.summary.create_file_writer(config.logdir)
         recent = deque((r for _, r, _ in episodes.rows[-100:]), maxlen=100)
         start_steps, start_time = int(env_steps), time.perf_counter()
-        previous_handler = signal.signal(signal.SIGTERM, _raise_stop)
         bar = tqdm(
             total=config.total_steps,
             initial=int(env_steps),
@@ -336,8 +355,8 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
             disable=not progress,
             dynamic_ncols=True,
         )
-        try:
-            while int(env_steps) < config.total_steps:
+        with _StopRequests() as stop:
+            while int(env_steps) < config.total_steps and stop.received is None:
                 experience = collector.collect()
                 loss_info = train(experience)
                 env_steps.assign_add(config.batch_steps)
@@ -361,20 +380,14 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
                 )
                 if int(agent.train_step_counter) % config.checkpoint_every == 0:
                     manager.save(checkpoint_number=steps)
-        except (KeyboardInterrupt, _Stop):
-            manager.save(checkpoint_number=int(env_steps))
-            bar.close()
-            print(
-                f"Interrupted at {int(env_steps)} steps; checkpoint saved. "
-                f"Continue with --resume --logdir {config.logdir}",
-                file=sys.stderr,
-            )
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous_handler)
             bar.close()
             writer.flush()
-        manager.save(checkpoint_number=int(env_steps))
+            manager.save(checkpoint_number=int(env_steps))
+        if stop.received is not None:
+            raise TrainingInterrupted(
+                f"Interrupted at {int(env_steps)} steps; checkpoint saved. "
+                f"Continue with --resume --logdir {config.logdir}"
+            )
         policy_dir = os.path.join(config.logdir, "policy")
         export_policy(agent, policy_dir)
         plot_learning_curve(
@@ -465,7 +478,8 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, _Stop):
+    except TrainingInterrupted as interrupted:
+        print(interrupted, file=sys.stderr)
         return 130
     print(summary.line())
     return 0

@@ -1,0 +1,104 @@
+"""The Gymnasium adapter: specs, episode ends, faults, subprocesses."""
+
+import numpy as np
+import pytest
+from tf_agents.trajectories import time_step as ts
+
+from agents.envs import EnvironmentStepError, GymnasiumEnvironment, check_env_id
+
+F, M, L = ts.StepType.FIRST, ts.StepType.MID, ts.StepType.LAST
+
+
+def _run(env, steps, action=0):
+    time_steps = [env.reset()]
+    for _ in range(steps):
+        time_steps.append(env.step(np.full(env.batch_size, action)))
+    return time_steps
+
+
+def test_specs_of_classic_control():
+    env = GymnasiumEnvironment("CartPole-v1", num_envs=2)
+    assert env.batched and env.batch_size == 2
+    assert env.observation_spec().shape == (4,)
+    assert env.observation_spec().dtype == np.float32
+    action = env.action_spec()
+    assert (action.shape, action.dtype, action.minimum, action.maximum) == (
+        (), np.int64, 0, 1
+    )
+    env.close()
+    env = GymnasiumEnvironment("Pendulum-v1")
+    assert env.action_spec().shape == (1,)
+    np.testing.assert_array_equal(env.action_spec().maximum, [2.0])
+    env.close()
+
+
+def test_discrete_observations_are_one_hot():
+    env = GymnasiumEnvironment("FrozenLake-v1", seed=0)
+    first = env.reset()
+    assert first.observation.shape == (1, 16)
+    np.testing.assert_array_equal(first.observation[0], np.eye(16)[0])
+    env.close()
+
+
+def test_termination_is_terminal_and_truncation_bootstraps():
+    # Countdown terminates after 3 steps; a time limit of 2 truncates it.
+    for limit, discount in ((None, 0.0), (2, 1.0)):
+        env = GymnasiumEnvironment(
+            "toy_envs:Countdown-v0", env_kwargs={"max_episode_steps": limit}
+        )
+        length = 3 if limit is None else limit
+        time_steps = _run(env, length + 2)
+        step_types = [int(t.step_type[0]) for t in time_steps]
+        assert step_types == [F] + [M] * (length - 1) + [L, F, M]
+        last = time_steps[length]
+        assert last.discount[0] == discount
+        # The LAST time step carries the final observation, to bootstrap from.
+        assert last.observation[0, 0] == 3 - length
+        # The reset step ignores the action, has reward 0, starts afresh.
+        assert time_steps[length + 1].reward[0] == 0.0
+        assert time_steps[length + 1].observation[0, 0] == 3
+        assert env.pop_completed_episodes() == [(sum(range(1, length + 1)), length)]
+        assert env.pop_completed_episodes() == []
+        env.close()
+
+
+def test_box_actions_are_clipped_for_the_environment():
+    env = GymnasiumEnvironment("toy_envs:Slider-v0")
+    env.reset()
+    assert env.step(np.array([[5.0]], np.float32)).reward[0] == 1.0
+    assert env.step(np.array([[-0.25]], np.float32)).reward[0] == -0.25
+    env.close()
+
+
+def test_bad_ids_and_spaces_raise_with_what_was_received():
+    with pytest.raises(ValueError, match="'CartPole-v7'"):
+        GymnasiumEnvironment("CartPole-v7")
+    with pytest.raises(ValueError, match="Did you mean 'CartPole-v1'"):
+        check_env_id("cartpole-v1")
+    with pytest.raises(ValueError, match="MultiDiscrete"):
+        GymnasiumEnvironment("toy_envs:TwoKnobs-v0")
+    with pytest.raises(ValueError, match="num_envs=0"):
+        GymnasiumEnvironment("CartPole-v1", num_envs=0)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_raising_environment_names_itself_and_the_step(processes):
+    env = GymnasiumEnvironment("toy_envs:Faulty-v0", num_envs=2, processes=processes)
+    with pytest.raises(EnvironmentStepError, match=r"Faulty-v0.*after 5 steps.*blew up"):
+        _run(env, 10)
+    env.close()
+
+
+def test_subprocesses_match_in_process():
+    runs = []
+    for processes in (False, True):
+        env = GymnasiumEnvironment("CartPole-v1", num_envs=2, seed=3, processes=processes)
+        rng = np.random.default_rng(0)
+        time_steps = [env.reset()]
+        for _ in range(30):
+            time_steps.append(env.step(rng.integers(0, 2, size=2)))
+        runs.append(time_steps)
+        env.close()
+    for a, b in zip(*runs):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
