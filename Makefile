@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-all bench
+DEMO_RUN := runs/demo-acktr-CartPole-v1
+
+.PHONY: demo demo-digits test test-all bench
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +17,13 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# Train ACKTR on CartPole-v1 with the defaults, export, evaluate the export.
 demo: $(STAMP)
+	rm -rf $(DEMO_RUN)
+	$(PY) -m agents.train --algo acktr --env CartPole-v1 --logdir $(DEMO_RUN)
+	$(PY) -m agents.evaluate $(DEMO_RUN)/policy --env CartPole-v1 --episodes 20
+
+demo-digits: $(STAMP)
 	$(PY) examples/digits.py
 
 test: $(STAMP)
@@ -26,3 +34,4 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/optimizer.py
+	$(PY) bench/cartpole.py
