@@ -99,7 +99,9 @@ class AcktrAgent(OnPolicyActorCriticAgent):
     def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
         # The actions were sampled from the policy being trained, so their
         # log-likelihood gradients give the true Fisher (not the empirical).
-        pg_fisher = losses.policy_fisher_loss(distribution.log_prob(actions), weights)
+        pg_fisher = losses.policy_fisher_loss(
+            distribution.log_prob(actions), weights
+        )
         noise = tf.random.stateless_normal(tf.shape(values), noise_seed)
         vf_fisher = losses.value_fisher_loss(
             values, noise, weights, self._vf_fisher_coef

@@ -30,7 +30,9 @@ def episode_masks(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """`(valid, continues)`, float32 `[B, T]`, from `[B, T]` step types."""
     valid = tf.cast(tf.not_equal(step_type, ts.StepType.LAST), tf.float32)
-    continues = tf.cast(tf.not_equal(next_step_type, ts.StepType.LAST), tf.float32)
+    continues = tf.cast(
+        tf.not_equal(next_step_type, ts.StepType.LAST), tf.float32
+    )
     return valid, continues
 
 
@@ -69,7 +71,12 @@ def generalized_advantages(
         + gamma * tf.cast(discounts, tf.float32) * values[:, 1:]
         - values[:, :-1]
     )
-    decay = gamma * lambda_ * tf.cast(discounts, tf.float32) * tf.cast(continues, tf.float32)
+    decay = (
+        gamma
+        * lambda_
+        * tf.cast(discounts, tf.float32)
+        * tf.cast(continues, tf.float32)
+    )
     deltas, decay, valid_t = _time_major(deltas, decay, valid)
 
     def step(next_advantage, inputs):

@@ -116,7 +116,11 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
     ):
         super().__init__(handle_auto_reset=False)
         check_env_id(env_id)
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+        if (
+            isinstance(num_envs, bool)
+            or not isinstance(num_envs, int)
+            or num_envs < 1
+        ):
             raise ValueError(
                 f"num_envs must be an integer >= 1. Received: num_envs={num_envs!r}"
             )
@@ -175,8 +179,13 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
 
     def _observation(self, observation: np.ndarray) -> np.ndarray:
         if isinstance(self._observation_space, gymnasium.spaces.Discrete):
-            one_hot = np.zeros((self._num_envs, self._observation_space.n), np.float32)
-            one_hot[np.arange(self._num_envs), observation - self._observation_space.start] = 1.0
+            one_hot = np.zeros(
+                (self._num_envs, self._observation_space.n), np.float32
+            )
+            one_hot[
+                np.arange(self._num_envs),
+                observation - self._observation_space.start,
+            ] = 1.0
             return one_hot
         return np.asarray(observation, self._observation_spec.dtype)
 
@@ -220,7 +229,9 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         restarted = self._ended
         ended = np.logical_or(terminated, truncated)
 
-        self._episode_return = np.where(restarted, 0.0, self._episode_return + reward)
+        self._episode_return = np.where(
+            restarted, 0.0, self._episode_return + reward
+        )
         self._episode_length = np.where(restarted, 0, self._episode_length + 1)
         for i in np.flatnonzero(ended & ~restarted):
             self._completed.append(

@@ -25,7 +25,9 @@ def _make_env(env_id: str) -> gymnasium.Env:
         module, env_id = env_id.split(":", 1)
         importlib.import_module(module)
     if env_id not in gymnasium.registry:
-        raise ValueError(f"Unknown Gymnasium environment id. Received: env={env_id!r}")
+        raise ValueError(
+            f"Unknown Gymnasium environment id. Received: env={env_id!r}"
+        )
     return gymnasium.make(env_id)
 
 
@@ -52,7 +54,9 @@ def evaluate(
 ) -> np.ndarray:
     """Returns of `episodes` episodes of the SavedModel policy in `policy_dir`."""
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1. Received: episodes={episodes}")
+        raise ValueError(
+            f"episodes must be >= 1. Received: episodes={episodes}"
+        )
     env = _make_env(env_id)
     policy = py_tf_eager_policy.SavedModelPyTFEagerPolicy(
         policy_dir, load_specs_from_pbtxt=True, batch_time_steps=False
@@ -64,7 +68,9 @@ def evaluate(
         for episode in range(episodes):
             observation, _ = env.reset(seed=seed + episode)
             time_step = _time_step(
-                ts.StepType.FIRST, 0.0, 1.0,
+                ts.StepType.FIRST,
+                0.0,
+                1.0,
                 _observation(env.observation_space, observation, dtype),
             )
             total, done = 0.0, False

@@ -27,7 +27,9 @@ def weighted_mean(x: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """`Σ w x / Σ w`, 0 when all weights are 0."""
     x = tf.cast(x, tf.float32)
     weights = tf.cast(weights, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(weights * x), tf.reduce_sum(weights))
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(weights * x), tf.reduce_sum(weights)
+    )
 
 
 def policy_gradient_loss(

@@ -104,9 +104,15 @@ def _torso(kind: str, hidden_units: Sequence[int], activation: str, name: str):
     # Mnih et al. 2015, as used by the ACKTR paper for Atari.
     conv = dict(activation="relu", kernel_initializer=_orthogonal(np.sqrt(2.0)))
     return [
-        keras_kfac.layers.Conv2D(32, 8, strides=4, name=f"{name}_conv_0", **conv),
-        keras_kfac.layers.Conv2D(64, 4, strides=2, name=f"{name}_conv_1", **conv),
-        keras_kfac.layers.Conv2D(64, 3, strides=1, name=f"{name}_conv_2", **conv),
+        keras_kfac.layers.Conv2D(
+            32, 8, strides=4, name=f"{name}_conv_0", **conv
+        ),
+        keras_kfac.layers.Conv2D(
+            64, 4, strides=2, name=f"{name}_conv_1", **conv
+        ),
+        keras_kfac.layers.Conv2D(
+            64, 3, strides=1, name=f"{name}_conv_2", **conv
+        ),
         keras.layers.Flatten(),
         keras_kfac.layers.Dense(512, name=f"{name}_dense", **conv),
     ]
@@ -145,13 +151,21 @@ class ActorCriticNetwork(network.Network):
         initial_log_std: float = 0.0,
         name: str = "ActorCriticNetwork",
     ):
-        super().__init__(input_tensor_spec=observation_spec, state_spec=(), name=name)
+        super().__init__(
+            input_tensor_spec=observation_spec, state_spec=(), name=name
+        )
         if torso not in TORSOS:
-            raise ValueError(f"torso must be one of {TORSOS}. Received: torso={torso!r}")
+            raise ValueError(
+                f"torso must be one of {TORSOS}. Received: torso={torso!r}"
+            )
         if tf.nest.flatten(action_spec) != [action_spec]:
-            raise ValueError(f"Nested action specs are not supported. Received: {action_spec}")
+            raise ValueError(
+                f"Nested action specs are not supported. Received: {action_spec}"
+            )
         if any(int(u) < 1 for u in hidden_units):
-            raise ValueError(f"hidden_units must be positive. Received: {tuple(hidden_units)}")
+            raise ValueError(
+                f"hidden_units must be positive. Received: {tuple(hidden_units)}"
+            )
         self._discrete = action_spec.dtype.is_integer
         if self._discrete:
             if action_spec.shape.rank != 0:
@@ -179,7 +193,9 @@ class ActorCriticNetwork(network.Network):
                 "The atari torso needs (height, width, channels) observations. "
                 f"Received: observation_spec.shape={observation_spec.shape}"
             )
-        shared = torso == "atari" if shared_torso is None else bool(shared_torso)
+        shared = (
+            torso == "atari" if shared_torso is None else bool(shared_torso)
+        )
         self._action_spec = action_spec
         self._rescale = observation_spec.dtype == tf.uint8
         self._normalizer = (
@@ -214,11 +230,15 @@ class ActorCriticNetwork(network.Network):
             x = layer(x, training=training)
         return x
 
-    def call(self, observation, step_type=None, network_state=(), training=False):
+    def call(
+        self, observation, step_type=None, network_state=(), training=False
+    ):
         # Any outer dimensions ([batch] or [batch, time]) are folded into
         # one for the layers and restored on the outputs.
         inner_shape = self.input_tensor_spec.shape
-        outer_shape = tf.shape(observation)[: observation.shape.rank - inner_shape.rank]
+        outer_shape = tf.shape(observation)[
+            : observation.shape.rank - inner_shape.rank
+        ]
         x = tf.reshape(tf.cast(observation, tf.float32), [-1, *inner_shape])
         if self._rescale:
             x = x / 255.0
@@ -231,14 +251,19 @@ class ActorCriticNetwork(network.Network):
             else self._run(self._value_torso, x, training)
         )
         params = self._policy_head(policy_features, training=training)
-        params = tf.reshape(params, tf.concat([outer_shape, tf.shape(params)[-1:]], 0))
-        value = tf.reshape(self._value_head(value_features, training=training), outer_shape)
+        params = tf.reshape(
+            params, tf.concat([outer_shape, tf.shape(params)[-1:]], 0)
+        )
+        value = tf.reshape(
+            self._value_head(value_features, training=training), outer_shape
+        )
         if self._discrete:
             distribution = tfp.distributions.Categorical(
                 logits=params, dtype=self._action_spec.dtype
             )
         else:
             distribution = tfp.distributions.MultivariateNormalDiag(
-                loc=params, scale_diag=tf.exp(self._log_std) * tf.ones_like(params)
+                loc=params,
+                scale_diag=tf.exp(self._log_std) * tf.ones_like(params),
             )
         return (distribution, value), network_state

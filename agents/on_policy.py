@@ -19,13 +19,13 @@ shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
 import collections
 
 import tensorflow as tf
+import tensorflow_probability as tfp
 from tf_agents.agents import tf_agent
 from tf_agents.networks import network
 from tf_agents.policies import greedy_policy
 from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import time_step as ts
 from tf_agents.utils import nest_utils
-import tensorflow_probability as tfp
 
 from agents import advantages as advantages_lib
 from agents import losses
@@ -49,7 +49,9 @@ LossTerms = collections.namedtuple(
 
 def _check_unit_interval(name: str, value) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1]. Received: {name}={value!r}")
+        raise ValueError(
+            f"{name} must be in [0, 1]. Received: {name}={value!r}"
+        )
 
 
 def _check_non_negative(name: str, value) -> None:
@@ -127,13 +129,17 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._seed = int(seed)
         self._optimizer.build(self._network.trainable_variables)
         if train_step_counter is None:  # one per agent, not a global step
-            train_step_counter = tf.Variable(0, dtype=tf.int64, name="train_step")
+            train_step_counter = tf.Variable(
+                0, dtype=tf.int64, name="train_step"
+            )
 
         collect_policy = ActorCriticPolicy(
             time_step_spec, action_spec, self._network, clip=False
         )
         policy = greedy_policy.GreedyPolicy(
-            ActorCriticPolicy(time_step_spec, action_spec, self._network, clip=True)
+            ActorCriticPolicy(
+                time_step_spec, action_spec, self._network, clip=True
+            )
         )
         super().__init__(
             time_step_spec,
@@ -172,7 +178,10 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                 f"Received outputs: {outputs!r}"
             )
         actions = distribution.sample()
-        if actions.dtype != action_spec.dtype or actions.shape[1:] != action_spec.shape:
+        if (
+            actions.dtype != action_spec.dtype
+            or actions.shape[1:] != action_spec.shape
+        ):
             raise ValueError(
                 "The network's distribution samples "
                 f"{actions.dtype.name}{actions.shape[1:]} actions; the action "
@@ -211,7 +220,13 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
 
     def _returns_and_advantages(self, transitions, values, valid, continues):
         """`(R, Â)`, `[B, T]`, from values `[B, T + 1]` without gradient."""
-        args = (transitions.reward, transitions.discount, values, valid, continues)
+        args = (
+            transitions.reward,
+            transitions.discount,
+            values,
+            valid,
+            continues,
+        )
         if self._gae_lambda is None:
             returns = advantages_lib.nstep_returns(*args, self._gamma)
             advantages = valid * (returns - values[:, :-1])
@@ -223,7 +238,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         if self._normalize_advantages:
             mean = losses.weighted_mean(advantages, valid)
             variance = losses.weighted_mean(tf.square(advantages - mean), valid)
-            advantages = valid * (advantages - mean) / (tf.sqrt(variance) + 1e-8)
+            advantages = (
+                valid * (advantages - mean) / (tf.sqrt(variance) + 1e-8)
+            )
         return returns, advantages
 
     def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
@@ -237,7 +254,10 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
     def _train(self, experience, weights=None):
         self._check_experience(experience)
         transitions = tf.nest.map_structure(lambda x: x[:, :-1], experience)
-        batch, time = tf.shape(transitions.step_type)[0], tf.shape(transitions.step_type)[1]
+        batch, time = (
+            tf.shape(transitions.step_type)[0],
+            tf.shape(transitions.step_type)[1],
+        )
         valid, continues = advantages_lib.episode_masks(
             transitions.step_type, transitions.next_step_type
         )
@@ -257,12 +277,20 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         actions = _rows(transitions.action)
         variables = self._network.trainable_variables
         noise_seed = tf.stack(
-            [tf.constant(self._seed, tf.int64), tf.cast(self.train_step_counter, tf.int64)]
+            [
+                tf.constant(self._seed, tf.int64),
+                tf.cast(self.train_step_counter, tf.int64),
+            ]
         )
         with tf.GradientTape(persistent=True) as tape:
-            (distribution, values), _ = self._network(observation, training=True)
+            (distribution, values), _ = self._network(
+                observation, training=True
+            )
             all_values = tf.concat(
-                [tf.reshape(tf.stop_gradient(values), (batch, time)), bootstrap_value[:, None]],
+                [
+                    tf.reshape(tf.stop_gradient(values), (batch, time)),
+                    bootstrap_value[:, None],
+                ],
                 axis=1,
             )
             returns, advantages = self._returns_and_advantages(
@@ -274,7 +302,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             )
             value_loss = losses.value_loss(values, _rows(returns), loss_weights)
             entropy = losses.entropy(distribution.entropy(), loss_weights)
-            total = policy_loss - self._ent_coef * entropy + self._vf_coef * value_loss
+            total = (
+                policy_loss
+                - self._ent_coef * entropy
+                + self._vf_coef * value_loss
+            )
             fisher = self._fisher_loss(
                 distribution, actions, values, fisher_weights, noise_seed
             )

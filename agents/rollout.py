@@ -24,7 +24,11 @@ class RolloutCollector:
     """
 
     def __init__(self, env: tf_environment.TFEnvironment, policy, n_steps: int):
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        if (
+            isinstance(n_steps, bool)
+            or not isinstance(n_steps, int)
+            or n_steps < 1
+        ):
             raise ValueError(
                 f"n_steps must be an integer >= 1. Received: n_steps={n_steps!r}"
             )
@@ -46,7 +50,9 @@ class RolloutCollector:
             action_step = self._action(time_step)
             next_time_step = self._env.step(action_step.action)
             entries.append(
-                trajectory.from_transition(time_step, action_step, next_time_step)
+                trajectory.from_transition(
+                    time_step, action_step, next_time_step
+                )
             )
             time_step = next_time_step
         placeholder = policy_step.PolicyStep(
@@ -54,6 +60,8 @@ class RolloutCollector:
             action_step.state,
             action_step.info,
         )
-        entries.append(trajectory.from_transition(time_step, placeholder, time_step))
+        entries.append(
+            trajectory.from_transition(time_step, placeholder, time_step)
+        )
         self._time_step = time_step
         return tf.nest.map_structure(lambda *x: tf.stack(x, axis=1), *entries)

@@ -83,7 +83,11 @@ class Config:
             )
         for name in ("total_steps", "num_envs", "n_steps", "checkpoint_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 1
+            ):
                 raise ValueError(
                     f"{name} must be an integer >= 1. Received: {name}={value!r}"
                 )
@@ -142,14 +146,19 @@ def build(config: Config):
 
     keras.utils.set_random_seed(config.seed)
     py_env = GymnasiumEnvironment(
-        config.env, config.num_envs, seed=config.seed, processes=config.processes
+        config.env,
+        config.num_envs,
+        seed=config.seed,
+        processes=config.processes,
     )
     try:
         tf_env = tf_py_environment.TFPyEnvironment(py_env)
         network = ActorCriticNetwork(
             tf_env.observation_spec(),
             tf_env.action_spec(),
-            torso="atari" if len(tf_env.observation_spec().shape) == 3 else "mlp",
+            torso="atari"
+            if len(tf_env.observation_spec().shape) == 3
+            else "mlp",
             hidden_units=config.hidden_units,
             shared_torso=config.shared_torso,
             normalize_observations=config.normalize_observations,
@@ -157,7 +166,9 @@ def build(config: Config):
         learning_rate = config.learning_rate
         if config.lr_schedule == "linear":
             learning_rate = keras.optimizers.schedules.PolynomialDecay(
-                config.learning_rate, config.total_updates, end_learning_rate=0.0
+                config.learning_rate,
+                config.total_updates,
+                end_learning_rate=0.0,
             )
         common = dict(
             gamma=config.gamma,
@@ -165,7 +176,9 @@ def build(config: Config):
             ent_coef=config.ent_coef,
             vf_coef=config.vf_coef,
             seed=config.seed,
-            train_step_counter=tf.Variable(0, dtype=tf.int64, name="train_step"),
+            train_step_counter=tf.Variable(
+                0, dtype=tf.int64, name="train_step"
+            ),
         )
         if config.algo == "acktr":
             optimizer = acktr_optimizer(
@@ -187,7 +200,11 @@ def build(config: Config):
                 learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
             )
             agent = A2CAgent(
-                tf_env.time_step_spec(), tf_env.action_spec(), network, optimizer, **common
+                tf_env.time_step_spec(),
+                tf_env.action_spec(),
+                network,
+                optimizer,
+                **common,
             )
     except BaseException:
         py_env.close()
@@ -211,7 +228,11 @@ class EpisodeLog:
                 for row in csv.DictReader(f):
                     if int(row["env_steps"]) <= up_to_env_steps:
                         self.rows.append(
-                            (int(row["env_steps"]), float(row["return"]), int(row["length"]))
+                            (
+                                int(row["env_steps"]),
+                                float(row["return"]),
+                                int(row["length"]),
+                            )
                         )
         self._rewrite()
 
@@ -336,14 +357,22 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
 
         env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
         checkpoint = tf.train.Checkpoint(agent=agent, env_steps=env_steps)
-        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
+        manager = tf.train.CheckpointManager(
+            checkpoint, checkpoint_dir, max_to_keep=3
+        )
         episodes = EpisodeLog(os.path.join(config.logdir, "episodes.csv"))
         if resume and manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            print(f"Resumed {manager.latest_checkpoint} at {int(env_steps)} steps.")
+            checkpoint.restore(
+                manager.latest_checkpoint
+            ).assert_existing_objects_matched()
+            print(
+                f"Resumed {manager.latest_checkpoint} at {int(env_steps)} steps."
+            )
         episodes.load(int(env_steps))
 
-        collector = RolloutCollector(tf_env, agent.collect_policy, config.n_steps)
+        collector = RolloutCollector(
+            tf_env, agent.collect_policy, config.n_steps
+        )
         train = tf.function(agent.train)
         writer = tf.summary.create_file_writer(config.logdir)
         recent = deque((r for _, r, _ in episodes.rows[-100:]), maxlen=100)
@@ -361,10 +390,14 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
                 loss_info = train(experience)
                 env_steps.assign_add(config.batch_steps)
                 steps = int(env_steps)
-                finished = [(steps, r, n) for r, n in py_env.pop_completed_episodes()]
+                finished = [
+                    (steps, r, n) for r, n in py_env.pop_completed_episodes()
+                ]
                 episodes.append(finished)
                 recent.extend(r for _, r, _ in finished)
-                rate = (steps - start_steps) / (time.perf_counter() - start_time)
+                rate = (steps - start_steps) / (
+                    time.perf_counter() - start_time
+                )
                 with writer.as_default(step=steps):
                     for _, r, n in finished:
                         tf.summary.scalar("episode/return", r)
@@ -430,24 +463,32 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument(
         "--learning-rate", type=float, help="acktr: η_max 0.25; a2c: 7e-4"
     )
-    parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant")
+    parser.add_argument(
+        "--lr-schedule", choices=("constant", "linear"), default="constant"
+    )
     parser.add_argument("--ent-coef", type=float, help="default: 0.01")
     parser.add_argument("--vf-coef", type=float, default=0.5)
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument(
-        "--gae-lambda", type=_optional_float, default=None,
+        "--gae-lambda",
+        type=_optional_float,
+        default=None,
         help="GAE λ; default: n-step returns",
     )
     parser.add_argument("--max-grad-norm", type=_optional_float, default=0.5)
     parser.add_argument(
-        "--kl-clip", type=float, default=0.0005,
+        "--kl-clip",
+        type=float,
+        default=0.0005,
         help="acktr: the KL radius δ (baselines' kfac_clip = 2δ)",
     )
     parser.add_argument("--damping", type=float, default=0.01)
     parser.add_argument("--vf-fisher-coef", type=float, default=1.0)
     parser.add_argument(
-        "--hidden-units", type=lambda s: tuple(int(u) for u in s.split(",")),
-        default=(64, 64), help="comma-separated widths, default 64,64",
+        "--hidden-units",
+        type=lambda s: tuple(int(u) for u in s.split(",")),
+        default=(64, 64),
+        help="comma-separated widths, default 64,64",
     )
     parser.add_argument("--shared-torso", action="store_true")
     parser.add_argument("--normalize-observations", action="store_true")
@@ -455,9 +496,14 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         "--processes", action="store_true", help="one subprocess per env copy"
     )
     parser.add_argument(
-        "--checkpoint-every", type=int, default=50, help="updates between checkpoints"
+        "--checkpoint-every",
+        type=int,
+        default=50,
+        help="updates between checkpoints",
     )
-    parser.add_argument("--logdir", help="default: runs/<algo>-<env>-seed<seed>")
+    parser.add_argument(
+        "--logdir", help="default: runs/<algo>-<env>-seed<seed>"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --logdir"
     )

@@ -44,15 +44,28 @@ def steps_to_threshold(rows, threshold=THRESHOLD, window=100):
 
 def read_episodes(logdir):
     with open(os.path.join(logdir, "episodes.csv")) as f:
-        return [(int(r["env_steps"]), float(r["return"])) for r in csv.DictReader(f)]
+        return [
+            (int(r["env_steps"]), float(r["return"])) for r in csv.DictReader(f)
+        ]
 
 
 def train_run(algo, seed, total_steps, out, extra):
     logdir = os.path.join(out, f"{algo}-seed{seed}")
     command = [
-        sys.executable, "-m", "agents.train", "--algo", algo, "--seed", str(seed),
-        "--total-steps", str(total_steps), "--logdir", logdir, "--no-progress",
-        *BATCH, *extra,
+        sys.executable,
+        "-m",
+        "agents.train",
+        "--algo",
+        algo,
+        "--seed",
+        str(seed),
+        "--total-steps",
+        str(total_steps),
+        "--logdir",
+        logdir,
+        "--no-progress",
+        *BATCH,
+        *extra,
     ]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -106,12 +119,17 @@ def plot(curves, path):
         for rows in runs:
             steps = np.array([s for s, _ in rows])
             returns = np.array([r for _, r in rows])
-            means = [returns[max(0, i - 99) : i + 1].mean() for i in range(len(returns))]
+            means = [
+                returns[max(0, i - 99) : i + 1].mean()
+                for i in range(len(returns))
+            ]
             smoothed.append(np.interp(grid, steps, means, right=np.nan))
         smoothed = np.array(smoothed)
         mean = np.nanmean(smoothed, axis=0)
         axes.plot(grid, mean, label=algo)
-        axes.fill_between(grid, np.nanmin(smoothed, 0), np.nanmax(smoothed, 0), alpha=0.2)
+        axes.fill_between(
+            grid, np.nanmin(smoothed, 0), np.nanmax(smoothed, 0), alpha=0.2
+        )
     axes.axhline(THRESHOLD, color="gray", linestyle="--", linewidth=1)
     axes.set_xlabel("environment steps")
     axes.set_ylabel("mean return, last 100 episodes")
@@ -135,25 +153,37 @@ def main():
     os.makedirs(args.out, exist_ok=True)
 
     budgets = {"acktr": args.acktr_steps, "a2c": args.a2c_steps}
-    extra = {"acktr": [], "a2c": ["--learning-rate", str(args.a2c_learning_rate)]}
+    extra = {
+        "acktr": [],
+        "a2c": ["--learning-rate", str(args.a2c_learning_rate)],
+    }
     curves, solved, seconds = {}, {}, {}
     for algo in ("acktr", "a2c"):
         curves[algo], solved[algo], seconds[algo] = [], [], []
         for seed in range(args.seeds):
-            rows, wall = train_run(algo, seed, budgets[algo], args.out, extra[algo])
+            rows, wall = train_run(
+                algo, seed, budgets[algo], args.out, extra[algo]
+            )
             curves[algo].append(rows)
             solved[algo].append(steps_to_threshold(rows))
             seconds[algo].append(wall)
-            print(f"{algo} seed {seed}: {solved[algo][-1]} steps to {THRESHOLD}", file=sys.stderr)
+            print(
+                f"{algo} seed {seed}: {solved[algo][-1]} steps to {THRESHOLD}",
+                file=sys.stderr,
+            )
     plot(curves, os.path.join(args.out, "cartpole.png"))
     times = {n: per_update_times(args.repeats, n) for n in (8, 32)}
 
-    print("| algorithm | budget | steps to 475, per seed | solved | median steps | run time, s |")
+    print(
+        "| algorithm | budget | steps to 475, per seed | solved | median steps | run time, s |"
+    )
     print("|---|---|---|---|---|---|")
     for algo in ("acktr", "a2c"):
         done = [s for s in solved[algo] if s is not None]
         per_seed = ", ".join("-" if s is None else str(s) for s in solved[algo])
-        median = f"{int(np.median(done))}" if len(done) == len(solved[algo]) else "-"
+        median = (
+            f"{int(np.median(done))}" if len(done) == len(solved[algo]) else "-"
+        )
         print(
             f"| {algo} | {budgets[algo]} | {per_seed} | {len(done)}/{args.seeds} "
             f"| {median} | {np.mean(seconds[algo]):.0f} |"

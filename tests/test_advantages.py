@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from tf_agents.trajectories import time_step as ts
 
 from agents import advantages
-from tf_agents.trajectories import time_step as ts
 
 F, M, L = ts.StepType.FIRST, ts.StepType.MID, ts.StepType.LAST
 
@@ -83,10 +83,16 @@ def test_truncation_bootstraps_and_termination_does_not():
     # One transition into a LAST step, reward 1, V(final observation) = 10.
     step_types = np.array([[M, L]], np.int32)
     values = np.array([[0.0, 10.0]], np.float32)
-    valid, continues = advantages.episode_masks(step_types[:, :1], step_types[:, 1:])
+    valid, continues = advantages.episode_masks(
+        step_types[:, :1], step_types[:, 1:]
+    )
     for discount, expected in ((1.0, 1.0 + 0.5 * 10.0), (0.0, 1.0)):
         returns = advantages.nstep_returns(
-            np.ones((1, 1), np.float32), np.full((1, 1), discount, np.float32),
-            values, valid, continues, 0.5,
+            np.ones((1, 1), np.float32),
+            np.full((1, 1), discount, np.float32),
+            values,
+            valid,
+            continues,
+            0.5,
         )
         np.testing.assert_allclose(returns, [[expected]])

@@ -28,12 +28,18 @@ L = ts.StepType.LAST
 
 
 def _setup(
-    env_id="CartPole-v1", num_envs=4, algo="acktr", network_kwargs=None, **agent_kwargs
+    env_id="CartPole-v1",
+    num_envs=4,
+    algo="acktr",
+    network_kwargs=None,
+    **agent_kwargs,
 ):
     py_env = GymnasiumEnvironment(env_id, num_envs=num_envs, seed=0)
     env = tf_py_environment.TFPyEnvironment(py_env)
     net = ActorCriticNetwork(
-        env.observation_spec(), env.action_spec(), hidden_units=(8,),
+        env.observation_spec(),
+        env.action_spec(),
+        hidden_units=(8,),
         **(network_kwargs or {}),
     )
     Agent = AcktrAgent if algo == "acktr" else A2CAgent
@@ -46,12 +52,18 @@ def _rollout(env, agent, n_steps=6):
 
 
 def _weights(agent):
-    return [v.numpy().copy() for v in agent.actor_critic_network.trainable_variables]
+    return [
+        v.numpy().copy() for v in agent.actor_critic_network.trainable_variables
+    ]
 
 
 def test_loss_info_matches_formulas_on_the_batch():
     py_env, env, agent = _setup(
-        "toy_envs:Countdown-v0", algo="a2c", gamma=0.9, ent_coef=0.1, vf_coef=0.5
+        "toy_envs:Countdown-v0",
+        algo="a2c",
+        gamma=0.9,
+        ent_coef=0.1,
+        vf_coef=0.5,
     )
     experience = _rollout(env, agent, n_steps=7)
     net = agent.actor_critic_network
@@ -83,11 +95,15 @@ def test_loss_info_matches_formulas_on_the_batch():
     expected_entropy = (-(p * log_p).sum(-1))[:, :-1][valid].mean()
 
     info = agent.train(experience)
-    np.testing.assert_allclose(info.extra.policy_loss, expected_pg, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        info.extra.policy_loss, expected_pg, rtol=1e-4, atol=1e-6
+    )
     np.testing.assert_allclose(info.extra.value_loss, expected_vf, rtol=1e-4)
     np.testing.assert_allclose(info.extra.entropy, expected_entropy, rtol=1e-5)
     np.testing.assert_allclose(
-        info.loss, expected_pg - 0.1 * expected_entropy + 0.5 * expected_vf, rtol=1e-4
+        info.loss,
+        expected_pg - 0.1 * expected_entropy + 0.5 * expected_vf,
+        rtol=1e-4,
     )
     py_env.close()
 
@@ -105,13 +121,17 @@ def test_factors_come_from_the_fisher_pass_only():
     n = len(actions)
 
     agent.train(experience)
-    factors = {id(b.layer): f for b, f in zip(optimizer._blocks, optimizer._factors)}
+    factors = {
+        id(b.layer): f for b, f in zip(optimizer._blocks, optimizer._factors)
+    }
     # Policy head: g = ∇_logits log π(a|s) = onehot(a) - p, G = E[g gᵀ].
     g = np.eye(2)[actions] - p
     G_policy = factors[id(net._policy_head)]["G"].numpy()
     np.testing.assert_allclose(G_policy, g.T @ g / n, rtol=1e-4, atol=1e-7)
     # Value head: g = 2ε with the agent's noise for train step 0, G = E[4ε²].
-    noise = tf.random.stateless_normal((n,), tf.constant([7, 0], tf.int64)).numpy()
+    noise = tf.random.stateless_normal(
+        (n,), tf.constant([7, 0], tf.int64)
+    ).numpy()
     G_value = factors[id(net._value_head)]["G"].numpy()
     np.testing.assert_allclose(G_value, [[np.mean(4 * noise**2)]], rtol=1e-4)
     py_env.close()
@@ -140,7 +160,10 @@ def test_one_train_changes_the_weights_within_the_kl_clip():
     for kl_clip in (delta, None):
         keras.utils.set_random_seed(0)
         optimizer = acktr_optimizer(
-            learning_rate=10.0, kl_clip=kl_clip, momentum=0.0, cold_steps=0,
+            learning_rate=10.0,
+            kl_clip=kl_clip,
+            momentum=0.0,
+            cold_steps=0,
             max_grad_norm=None,
         )
         py_env, env, agent = _setup(optimizer=optimizer, ent_coef=0.0)
@@ -195,18 +218,25 @@ class _UserNetwork(network.Network):
 
     def __init__(self, observation_spec):
         super().__init__(
-            input_tensor_spec=observation_spec, state_spec=(), name="user_network"
+            input_tensor_spec=observation_spec,
+            state_spec=(),
+            name="user_network",
         )
         self.torso = keras_kfac.layers.Dense(16, activation="relu")
         self.logits = keras_kfac.layers.Dense(2)
         self.value = keras_kfac.layers.Dense(1)
 
-    def call(self, observation, step_type=None, network_state=(), training=False):
+    def call(
+        self, observation, step_type=None, network_state=(), training=False
+    ):
         h = self.torso(observation, training=training)
         distribution = tfp.distributions.Categorical(
             logits=self.logits(h, training=training), dtype=tf.int64
         )
-        return (distribution, self.value(h, training=training)[:, 0]), network_state
+        return (
+            distribution,
+            self.value(h, training=training)[:, 0],
+        ), network_state
 
 
 def test_a_users_network_trains_with_kfac_on_all_its_layers():
@@ -236,18 +266,24 @@ def test_bad_arguments_raise_with_what_was_received():
     with pytest.raises(ValueError, match="must return"):
         AcktrAgent(*specs, _NotActorCritic(env.observation_spec()))
     with pytest.raises(ValueError, match="torso='resnet'"):
-        ActorCriticNetwork(env.observation_spec(), env.action_spec(), torso="resnet")
+        ActorCriticNetwork(
+            env.observation_spec(), env.action_spec(), torso="resnet"
+        )
     py_env.close()
 
 
 class _NotActorCritic(network.Network):
     def __init__(self, observation_spec):
         super().__init__(
-            input_tensor_spec=observation_spec, state_spec=(), name="not_actor_critic"
+            input_tensor_spec=observation_spec,
+            state_spec=(),
+            name="not_actor_critic",
         )
         self.dense = keras_kfac.layers.Dense(2)
 
-    def call(self, observation, step_type=None, network_state=(), training=False):
+    def call(
+        self, observation, step_type=None, network_state=(), training=False
+    ):
         return self.dense(observation), network_state
 
 
@@ -255,7 +291,9 @@ def test_a_trajectory_with_the_wrong_spec_is_rejected():
     py_env, env, agent = _setup()
     experience = _rollout(env, agent)
     wrong = experience._replace(observation=experience.observation[..., :3])
-    with pytest.raises(ValueError, match=r"experience.observation.*\[4, 7, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"experience.observation.*\[4, 7, 3\]"
+    ):
         agent.train(wrong)
     with pytest.raises(ValueError, match="at least 2 time steps"):
         agent.train(tf.nest.map_structure(lambda x: x[:, :1], experience))
@@ -280,19 +318,29 @@ def test_gaussian_policy_on_box_actions():
 def test_atari_torso_on_frames():
     from tf_agents.specs import tensor_spec
 
-    observation_spec = tensor_spec.BoundedTensorSpec((84, 84, 4), tf.uint8, 0, 255)
+    observation_spec = tensor_spec.BoundedTensorSpec(
+        (84, 84, 4), tf.uint8, 0, 255
+    )
     action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 5)
     net = ActorCriticNetwork(observation_spec, action_spec, torso="atari")
     frames = tf.zeros((3, 84, 84, 4), tf.uint8)
     (dist, value), _ = net(frames)
     assert dist.logits.shape == (3, 6) and value.shape == (3,)
-    kfac_layers = [l for l in net._policy_torso if isinstance(l, keras_kfac.layers.KFACLayer)]
-    assert len(kfac_layers) == 4 and net._value_torso is None  # shared, as in the paper
+    kfac_layers = [
+        layer
+        for layer in net._policy_torso
+        if isinstance(layer, keras_kfac.layers.KFACLayer)
+    ]
+    assert (
+        len(kfac_layers) == 4 and net._value_torso is None
+    )  # shared, as in the paper
 
 
 def test_observation_normalizer_matches_the_moments_of_all_data(rng):
     normalizer = ObservationNormalizer()
-    batches = [rng.normal(3.0, 2.0, size=(n, 2)).astype(np.float32) for n in (5, 1, 17)]
+    batches = [
+        rng.normal(3.0, 2.0, size=(n, 2)).astype(np.float32) for n in (5, 1, 17)
+    ]
     normalizer.build((None, 2))
     for batch in batches:
         normalizer.update(batch)
@@ -300,7 +348,8 @@ def test_observation_normalizer_matches_the_moments_of_all_data(rng):
     np.testing.assert_allclose(normalizer.mean, data.mean(0), rtol=1e-5)
     np.testing.assert_allclose(normalizer.variance, data.var(0), rtol=1e-4)
     np.testing.assert_allclose(
-        normalizer(data[:2]), (data[:2] - data.mean(0)) / np.sqrt(data.var(0) + 1e-8),
+        normalizer(data[:2]),
+        (data[:2] - data.mean(0)) / np.sqrt(data.var(0) + 1e-8),
         rtol=1e-4,
     )
 
@@ -329,7 +378,9 @@ _LOAD_WITHOUT_OUR_PACKAGES = textwrap.dedent(
 @pytest.mark.parametrize(
     "env_id, normalize", [("CartPole-v1", False), ("Pendulum-v1", True)]
 )
-def test_policy_saver_round_trip_without_our_packages(tmp_path, env_id, normalize):
+def test_policy_saver_round_trip_without_our_packages(
+    tmp_path, env_id, normalize
+):
     py_env, env, agent = _setup(
         env_id, num_envs=2, network_kwargs={"normalize_observations": normalize}
     )
@@ -338,30 +389,45 @@ def test_policy_saver_round_trip_without_our_packages(tmp_path, env_id, normaliz
     assert (normalizer is not None) == normalize
     if normalize:
         assert float(normalizer.count) == 2 * 6
-    policy_saver.PolicySaver(agent.policy, batch_size=None).save(str(tmp_path / "policy"))
-    observation = np.random.default_rng(0).normal(
-        size=(5,) + env.observation_spec().shape
-    ).astype(np.float32)
+    policy_saver.PolicySaver(agent.policy, batch_size=None).save(
+        str(tmp_path / "policy")
+    )
+    observation = (
+        np.random.default_rng(0)
+        .normal(size=(5,) + env.observation_spec().shape)
+        .astype(np.float32)
+    )
     np.save(tmp_path / "obs.npy", observation)
     script = tmp_path / "load.py"
     script.write_text(_LOAD_WITHOUT_OUR_PACKAGES)
     subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "policy"),
-         str(tmp_path / "obs.npy"), str(tmp_path / "actions.npy")],
-        check=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""},
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "policy"),
+            str(tmp_path / "obs.npy"),
+            str(tmp_path / "actions.npy"),
+        ],
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
     )
     step = ts.TimeStep(
         tf.zeros(5, tf.int32), tf.zeros(5), tf.ones(5), tf.constant(observation)
     )
     expected = agent.policy.action(step).action.numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "actions.npy"), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "actions.npy"), expected, rtol=1e-5
+    )
     py_env.close()
 
 
 def test_checkpoint_resume_gives_the_same_next_update(tmp_path):
     def make():
         keras.utils.set_random_seed(1)
-        return _setup(optimizer=acktr_optimizer(cold_steps=1, inverse_update_freq=2))
+        return _setup(
+            optimizer=acktr_optimizer(cold_steps=1, inverse_update_freq=2)
+        )
 
     py_env, env, agent = make()
     batches = [_rollout(env, agent) for _ in range(4)]
@@ -374,7 +440,9 @@ def test_checkpoint_resume_gives_the_same_next_update(tmp_path):
 
     keras.utils.set_random_seed(2)  # different initial weights
     py_env, env, resumed = make()
-    tf.train.Checkpoint(agent=resumed).restore(path).assert_existing_objects_matched()
+    tf.train.Checkpoint(agent=resumed).restore(
+        path
+    ).assert_existing_objects_matched()
     resumed.train(batches[3])
     for got, want in zip(_weights(resumed), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

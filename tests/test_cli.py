@@ -11,7 +11,15 @@ import pytest
 
 from agents import train
 
-TINY = ["--num-envs", "2", "--n-steps", "20", "--hidden-units", "8", "--no-progress"]
+TINY = [
+    "--num-envs",
+    "2",
+    "--n-steps",
+    "20",
+    "--hidden-units",
+    "8",
+    "--no-progress",
+]
 
 
 def _episodes(logdir):
@@ -21,20 +29,45 @@ def _episodes(logdir):
 
 def test_train_exports_and_evaluate_runs_the_export(tmp_path, capsys):
     logdir = str(tmp_path / "run")
-    code = train.main(TINY + ["--total-steps", "400", "--logdir", logdir, "--checkpoint-every", "4"])
+    code = train.main(
+        TINY
+        + [
+            "--total-steps",
+            "400",
+            "--logdir",
+            logdir,
+            "--checkpoint-every",
+            "4",
+        ]
+    )
     assert code == 0
     summary = capsys.readouterr().out
     assert "acktr on CartPole-v1 (seed 0): 400 steps" in summary
-    for name in ("config.json", "episodes.csv", "learning_curve.png", "policy/saved_model.pb"):
+    for name in (
+        "config.json",
+        "episodes.csv",
+        "learning_curve.png",
+        "policy/saved_model.pb",
+    ):
         assert os.path.exists(os.path.join(logdir, name)), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
     rows = _episodes(logdir)
     assert rows and all(int(r["env_steps"]) <= 400 for r in rows)
 
     result = subprocess.run(
-        [sys.executable, "-m", "agents.evaluate", os.path.join(logdir, "policy"),
-         "--env", "CartPole-v1", "--episodes", "3"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "agents.evaluate",
+            os.path.join(logdir, "policy"),
+            "--env",
+            "CartPole-v1",
+            "--episodes",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "CartPole-v1: mean return" in result.stdout
     assert "over 3 episodes" in result.stdout
@@ -42,9 +75,28 @@ def test_train_exports_and_evaluate_runs_the_export(tmp_path, capsys):
 
 def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
     logdir = str(tmp_path / "run")
-    assert train.main(TINY + ["--algo", "a2c", "--total-steps", "200", "--logdir", logdir]) == 0
+    assert (
+        train.main(
+            TINY + ["--algo", "a2c", "--total-steps", "200", "--logdir", logdir]
+        )
+        == 0
+    )
     first = _episodes(logdir)
-    assert train.main(TINY + ["--algo", "a2c", "--total-steps", "400", "--logdir", logdir, "--resume"]) == 0
+    assert (
+        train.main(
+            TINY
+            + [
+                "--algo",
+                "a2c",
+                "--total-steps",
+                "400",
+                "--logdir",
+                logdir,
+                "--resume",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Resumed" in out and "at 200 steps" in out
     assert "a2c on CartPole-v1 (seed 0): 400 steps" in out
@@ -58,7 +110,10 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
     assert "Received: env_id='CartPole-v7'" in capsys.readouterr().err
     assert train.main(["--learning-rate", "-1", "--logdir", str(logdir)]) == 2
     assert "learning_rate=-1" in capsys.readouterr().err
-    assert train.main(["--env", "toy_envs:TwoKnobs-v0", "--logdir", str(logdir)]) == 2
+    assert (
+        train.main(["--env", "toy_envs:TwoKnobs-v0", "--logdir", str(logdir)])
+        == 2
+    )
     assert "MultiDiscrete" in capsys.readouterr().err
     assert train.main(["--resume", "--logdir", str(logdir)]) == 2
     assert not logdir.exists()
@@ -78,12 +133,26 @@ def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
 def test_sigterm_checkpoints_and_resume_picks_up(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     process = subprocess.Popen(
-        [sys.executable, "-m", "agents.train", *TINY, "--total-steps", "10000000",
-         "--checkpoint-every", "1000000", "--logdir", logdir],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agents.train",
+            *TINY,
+            "--total-steps",
+            "10000000",
+            "--checkpoint-every",
+            "1000000",
+            "--logdir",
+            logdir,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not os.path.exists(os.path.join(logdir, "episodes.csv")):
+    while time.time() < deadline and not os.path.exists(
+        os.path.join(logdir, "episodes.csv")
+    ):
         time.sleep(0.5)
     time.sleep(2.0)
     process.send_signal(signal.SIGTERM)
@@ -93,6 +162,11 @@ def test_sigterm_checkpoints_and_resume_picks_up(tmp_path, capsys):
     steps = int(err.split("Interrupted at ")[1].split(" steps")[0])
     assert steps > 0
     total = steps + 80
-    assert train.main(TINY + ["--total-steps", str(total), "--logdir", logdir, "--resume"]) == 0
+    assert (
+        train.main(
+            TINY + ["--total-steps", str(total), "--logdir", logdir, "--resume"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"at {steps} steps" in out and f"{total} steps in" in out

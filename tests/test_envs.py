@@ -23,7 +23,10 @@ def test_specs_of_classic_control():
     assert env.observation_spec().dtype == np.float32
     action = env.action_spec()
     assert (action.shape, action.dtype, action.minimum, action.maximum) == (
-        (), np.int64, 0, 1
+        (),
+        np.int64,
+        0,
+        1,
     )
     env.close()
     env = GymnasiumEnvironment("Pendulum-v1")
@@ -57,7 +60,9 @@ def test_termination_is_terminal_and_truncation_bootstraps():
         # The reset step ignores the action, has reward 0, starts afresh.
         assert time_steps[length + 1].reward[0] == 0.0
         assert time_steps[length + 1].observation[0, 0] == 3
-        assert env.pop_completed_episodes() == [(sum(range(1, length + 1)), length)]
+        assert env.pop_completed_episodes() == [
+            (sum(range(1, length + 1)), length)
+        ]
         assert env.pop_completed_episodes() == []
         env.close()
 
@@ -83,8 +88,12 @@ def test_bad_ids_and_spaces_raise_with_what_was_received():
 
 @pytest.mark.parametrize("processes", [False, True])
 def test_a_raising_environment_names_itself_and_the_step(processes):
-    env = GymnasiumEnvironment("toy_envs:Faulty-v0", num_envs=2, processes=processes)
-    with pytest.raises(EnvironmentStepError, match=r"Faulty-v0.*after 5 steps.*blew up"):
+    env = GymnasiumEnvironment(
+        "toy_envs:Faulty-v0", num_envs=2, processes=processes
+    )
+    with pytest.raises(
+        EnvironmentStepError, match=r"Faulty-v0.*after 5 steps.*blew up"
+    ):
         _run(env, 10)
     env.close()
 
@@ -92,7 +101,9 @@ def test_a_raising_environment_names_itself_and_the_step(processes):
 def test_subprocesses_match_in_process():
     runs = []
     for processes in (False, True):
-        env = GymnasiumEnvironment("CartPole-v1", num_envs=2, seed=3, processes=processes)
+        env = GymnasiumEnvironment(
+            "CartPole-v1", num_envs=2, seed=3, processes=processes
+        )
         rng = np.random.default_rng(0)
         time_steps = [env.reset()]
         for _ in range(30):

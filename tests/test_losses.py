@@ -23,7 +23,9 @@ def test_policy_gradient_loss():
 def test_policy_gradient_loss_does_not_differentiate_advantages():
     advantages = tf.Variable([1.0, 2.0])
     with tf.GradientTape() as tape:
-        loss = losses.policy_gradient_loss(tf.constant([-1.0, -1.0]), advantages, [1.0, 1.0])
+        loss = losses.policy_gradient_loss(
+            tf.constant([-1.0, -1.0]), advantages, [1.0, 1.0]
+        )
     assert tape.gradient(loss, advantages) is None
 
 
@@ -42,7 +44,9 @@ def test_entropy_of_a_categorical():
     logits = tf.math.log([[0.25, 0.75], [0.5, 0.5]])
     entropies = tfp.distributions.Categorical(logits=logits).entropy()
     expected = (-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)) + np.log(2.0)) / 2
-    assert float(losses.entropy(entropies, [1.0, 1.0])) == pytest.approx(expected, rel=1e-5)
+    assert float(losses.entropy(entropies, [1.0, 1.0])) == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_policy_fisher_loss():
@@ -57,7 +61,9 @@ def test_value_fisher_loss_and_its_gradient():
     values = tf.Variable([1.0, 2.0])
     noise = tf.constant([0.5, -1.0])
     with tf.GradientTape() as tape:
-        loss = losses.value_fisher_loss(values, noise, [1.0, 1.0], vf_fisher_coef=2.0)
+        loss = losses.value_fisher_loss(
+            values, noise, [1.0, 1.0], vf_fisher_coef=2.0
+        )
     # -c mean(ε²) = -2 (0.25 + 1) / 2
     assert float(loss) == pytest.approx(-1.25)
     # d/dV = 2 c ε / n with c = 2, n = 2.

@@ -49,6 +49,8 @@ class Slider(Countdown):
 
 
 gymnasium.register("Countdown-v0", entry_point=Countdown)
-gymnasium.register("Faulty-v0", entry_point=Countdown, kwargs={"length": 10, "fail_at": 4})
+gymnasium.register(
+    "Faulty-v0", entry_point=Countdown, kwargs={"length": 10, "fail_at": 4}
+)
 gymnasium.register("TwoKnobs-v0", entry_point=TwoKnobs)
 gymnasium.register("Slider-v0", entry_point=Slider)
