@@ -26,6 +26,8 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
+from agents.checks import check_positive_integer
+
 
 class EnvironmentStepError(RuntimeError):
     """An environment raised while being reset or stepped."""
@@ -116,14 +118,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
     ):
         super().__init__(handle_auto_reset=False)
         check_env_id(env_id)
-        if (
-            isinstance(num_envs, bool)
-            or not isinstance(num_envs, int)
-            or num_envs < 1
-        ):
-            raise ValueError(
-                f"num_envs must be an integer >= 1. Received: num_envs={num_envs!r}"
-            )
+        check_positive_integer("num_envs", num_envs)
         self.env_id = env_id
         self._num_envs = num_envs
         self._seed = seed

@@ -29,6 +29,7 @@ from tf_agents.utils import nest_utils
 
 from agents import advantages as advantages_lib
 from agents import losses
+from agents.checks import check_non_negative, check_unit_interval
 from agents.policies import ActorCriticPolicy
 
 ActorCriticLossInfo = collections.namedtuple(
@@ -45,18 +46,6 @@ update."""
 LossTerms = collections.namedtuple(
     "LossTerms", ("total", "policy", "value", "entropy", "fisher")
 )
-
-
-def _check_unit_interval(name: str, value) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"{name} must be in [0, 1]. Received: {name}={value!r}"
-        )
-
-
-def _check_non_negative(name: str, value) -> None:
-    if not value >= 0.0:
-        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
 
 
 def _rows(x: tf.Tensor) -> tf.Tensor:
@@ -108,11 +97,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         name: str | None = None,
     ):
         tf.Module.__init__(self, name=name)
-        _check_unit_interval("gamma", gamma)
+        check_unit_interval("gamma", gamma)
         if gae_lambda is not None:
-            _check_unit_interval("gae_lambda", gae_lambda)
-        _check_non_negative("ent_coef", ent_coef)
-        _check_non_negative("vf_coef", vf_coef)
+            check_unit_interval("gae_lambda", gae_lambda)
+        check_non_negative("ent_coef", ent_coef)
+        check_non_negative("vf_coef", vf_coef)
         if not isinstance(actor_critic_network, network.Network):
             raise ValueError(
                 "actor_critic_network must be a tf_agents.networks.Network. "

@@ -13,6 +13,8 @@ from tf_agents.environments import tf_environment
 from tf_agents.trajectories import policy_step, trajectory
 from tf_agents.utils import common
 
+from agents.checks import check_positive_integer
+
 
 class RolloutCollector:
     """`n_steps` transitions per environment copy per `collect()`.
@@ -24,14 +26,7 @@ class RolloutCollector:
     """
 
     def __init__(self, env: tf_environment.TFEnvironment, policy, n_steps: int):
-        if (
-            isinstance(n_steps, bool)
-            or not isinstance(n_steps, int)
-            or n_steps < 1
-        ):
-            raise ValueError(
-                f"n_steps must be an integer >= 1. Received: n_steps={n_steps!r}"
-            )
+        check_positive_integer("n_steps", n_steps)
         self._env = env
         self._action = common.function(policy.action)
         self._n_steps = n_steps

@@ -30,6 +30,8 @@ from collections import deque
 
 import numpy as np
 
+from agents.checks import check_positive_integer
+
 ALGORITHMS = ("acktr", "a2c")
 
 # Per-algorithm defaults: the papers' settings, with the batch sizes of
@@ -82,15 +84,7 @@ class Config:
                 f"Received: lr_schedule={self.lr_schedule!r}"
             )
         for name in ("total_steps", "num_envs", "n_steps", "checkpoint_every"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < 1
-            ):
-                raise ValueError(
-                    f"{name} must be an integer >= 1. Received: {name}={value!r}"
-                )
+            check_positive_integer(name, getattr(self, name))
         if not self.learning_rate > 0:
             raise ValueError(
                 f"learning_rate must be > 0. Received: learning_rate={self.learning_rate!r}"
