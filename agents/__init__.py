@@ -1,4 +1,4 @@
-"""ACKTR, with A2C beside it, as tf-agents agents on Gymnasium.
+"""ACKTR, with A2C and TRPO beside it, as tf-agents agents on Gymnasium.
 
     from agents import AcktrAgent, GymnasiumEnvironment
     from agents.networks import ActorCriticNetwork
@@ -14,6 +14,8 @@ _EXPORTS = {
     "acktr_optimizer": "agents.acktr",
     "A2CAgent": "agents.a2c",
     "a2c_optimizer": "agents.a2c",
+    "TrpoAgent": "agents.trpo",
+    "trpo_value_optimizer": "agents.trpo",
     "ActorCriticNetwork": "agents.networks",
     "ActorCriticPolicy": "agents.policies",
     "GymnasiumEnvironment": "agents.envs",

@@ -66,7 +66,7 @@ class A2CAgent(OnPolicyActorCriticAgent):
             **kwargs,
         )
 
-    def _update(self, tape, terms, variables):
+    def _update(self, tape, terms, batch, variables):
         gradients = tape.gradient(terms.total, variables)
         apply_gradients(self._optimizer, gradients, variables)
         return tf.constant(1.0)

@@ -108,7 +108,7 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         )
         return pg_fisher + vf_fisher
 
-    def _update(self, tape, terms, variables):
+    def _update(self, tape, terms, batch, variables):
         with keras_kfac.collecting_statistics(True):
             # Only the factor statistics recorded by this pass are wanted.
             tape.gradient(terms.fisher, variables)

@@ -11,13 +11,19 @@ shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
    boundaries;
 3. the loss terms (`agents.losses`) and, for agents that want them, the
    Fisher losses;
-4. `_update(tape, terms, variables)`: where the agents differ;
-5. the realized `KL(π_old || π_new)` on the batch, and the observation
-   normalizer's moments.
+4. `_update(tape, terms, batch, variables)`: where the agents differ;
+5. the realized `KL(π_old || π_new)` on the batch, the observation
+   normalizer's moments and, with `target_kl`, the step size.
+
+Adaptive step size (Schulman et al. 2016, used by the ACKTR paper for
+continuous control): with `target_kl = κ`, the optimizer's learning rate is
+divided by 1.5 after an update whose realized KL exceeds `2κ` and
+multiplied by 1.5 after one below `κ / 2`, within `[1e-8, 1]`.
 """
 
 import collections
 
+import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tf_agents.agents import tf_agent
@@ -47,6 +53,22 @@ LossTerms = collections.namedtuple(
     "LossTerms", ("total", "policy", "value", "entropy", "fisher")
 )
 
+UpdateBatch = collections.namedtuple(
+    "UpdateBatch",
+    (
+        "observation",
+        "actions",
+        "advantages",
+        "returns",
+        "weights",
+        "distribution",
+    ),
+)
+UpdateBatch.__doc__ = """The `B·T` rows an update trains on.
+
+`weights` is zero on rows that train nothing; `distribution` is `π_old`,
+the policy's distribution at the rows before the update."""
+
 
 def _rows(x: tf.Tensor) -> tf.Tensor:
     """`[B, T, ...]` -> `[B·T, ...]`."""
@@ -72,6 +94,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         vf_coef: Weight of the value loss. Defaults to `0.5`.
         normalize_advantages: Standardize `Â` over the batch. Defaults to
             `False`.
+        target_kl: Adapt the learning rate toward this realized KL per
+            update (see above); `None` keeps it fixed. Needs an optimizer
+            with a constant learning rate. Defaults to `None`.
         seed: Seed of the agent's own random draws. Defaults to `0`.
         train_step_counter: The agent's update counter. Defaults to a new
             `tf.Variable` of its own.
@@ -90,6 +115,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         ent_coef: float = 0.01,
         vf_coef: float = 0.5,
         normalize_advantages: bool = False,
+        target_kl: float | None = None,
         seed: int = 0,
         debug_summaries: bool = False,
         summarize_grads_and_vars: bool = False,
@@ -110,6 +136,19 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._network = actor_critic_network
         self._check_network(time_step_spec, action_spec)
         self._optimizer = optimizer
+        if target_kl is not None:
+            if not target_kl > 0:
+                raise ValueError(
+                    f"target_kl must be > 0. Received: target_kl={target_kl!r}"
+                )
+            schedule = keras.optimizers.schedules.LearningRateSchedule
+            if isinstance(getattr(optimizer, "_learning_rate", None), schedule):
+                raise ValueError(
+                    "target_kl adapts the learning rate, so the optimizer "
+                    "needs a constant one. Received a schedule: "
+                    f"{optimizer._learning_rate!r}"
+                )
+        self._target_kl = None if target_kl is None else float(target_kl)
         self._gamma = float(gamma)
         self._gae_lambda = None if gae_lambda is None else float(gae_lambda)
         self._ent_coef = float(ent_coef)
@@ -236,9 +275,22 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         """The loss whose backward pass feeds K-FAC; `None` if unused."""
         return None
 
-    def _update(self, tape, terms: LossTerms, variables) -> tf.Tensor:
+    def _update(
+        self, tape, terms: LossTerms, batch: UpdateBatch, variables
+    ) -> tf.Tensor:
         """Applies one update; returns the clip coefficient it used."""
         raise NotImplementedError
+
+    def _adapt_learning_rate(self, kl: tf.Tensor) -> None:
+        factor = tf.where(
+            kl > 2.0 * self._target_kl,
+            1.0 / 1.5,
+            tf.where(kl < 0.5 * self._target_kl, 1.5, 1.0),
+        )
+        learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
+        self._optimizer.learning_rate = tf.clip_by_value(
+            learning_rate * factor, 1e-8, 1.0
+        )
 
     def _train(self, experience, weights=None):
         self._check_experience(experience)
@@ -300,7 +352,15 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                 distribution, actions, values, fisher_weights, noise_seed
             )
         terms = LossTerms(total, policy_loss, value_loss, entropy, fisher)
-        clip_coefficient = self._update(tape, terms, variables)
+        batch = UpdateBatch(
+            observation,
+            actions,
+            tf.stop_gradient(_rows(advantages)),
+            tf.stop_gradient(_rows(returns)),
+            loss_weights,
+            distribution,
+        )
+        clip_coefficient = self._update(tape, terms, batch, variables)
         del tape
 
         (new_distribution, _), _ = self._network(observation, training=False)
@@ -308,6 +368,8 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             tfp.distributions.kl_divergence(distribution, new_distribution),
             loss_weights,
         )
+        if self._target_kl is not None:
+            self._adapt_learning_rate(kl)
         normalizer = getattr(self._network, "observation_normalizer", None)
         if normalizer is not None:
             normalizer.update(observation)

@@ -1,0 +1,300 @@
+"""TRPO: trust region policy optimization.
+
+Schulman, Levine, Moritz, Jordan & Abbeel (2015), the single-path variant
+with GAE advantages (Schulman et al. 2016), the baseline the ACKTR paper
+compares with. One update:
+
+1. `g = ∇_θ L(θ_old)`, the gradient of the surrogate
+   `L(θ) = mean_w(π_θ(a|s) / π_old(a|s) · Â) + ent_coef · H(θ)`;
+2. `x ≈ F⁻¹g` by conjugate gradient (`cg_iterations`), with Fisher-vector
+   products `Fv + λv` from the Hessian of `mean_w KL(π_old || π_θ)`
+   (`agents.trust_region`);
+3. the full step `Δ = sqrt(2δ / xᵀFx) · x`, at the trust-region boundary;
+4. backtracking line search: `θ_old + 2⁻ᵏ Δ` for `k = 0, 1, ...,
+   line_search_steps - 1`, accepting the first whose KL is at most `δ` and
+   whose improvement `L(θ) - L(θ_old)` is positive and at least
+   `accept_ratio` times the expected `2⁻ᵏ gᵀΔ`; if none is accepted the
+   policy keeps `θ_old`;
+5. the value function, fitted separately: `value_epochs` passes of
+   minibatch steps of its own optimizer on `mean_w((R - V(s))²)`.
+
+The policy and the value function must not share parameters
+(`ActorCriticNetwork(..., shared_torso=False)`).
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tf_agents.specs import tensor_spec
+
+import keras_kfac
+from agents import losses, trust_region
+from agents.checks import check_non_negative, check_positive_integer
+from agents.on_policy import OnPolicyActorCriticAgent, apply_gradients
+
+
+def trpo_value_optimizer(learning_rate: float = 1e-3) -> keras.Optimizer:
+    """Adam for TRPO's value function (the rate baselines' TRPO uses)."""
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+class TrpoAgent(OnPolicyActorCriticAgent):
+    """TRPO as a tf-agents agent (see the module docstring).
+
+    Args:
+        time_step_spec: The environment's `TimeStep` spec.
+        action_spec: The environment's action spec.
+        actor_critic_network: A network mapping observations to
+            `((distribution, value), state)` whose policy and value have no
+            parameter in common.
+        optimizer: The value function's Keras optimizer. Defaults to
+            `trpo_value_optimizer()` (Adam, 1e-3).
+        max_kl: The trust-region radius `δ` on the mean KL. Defaults to
+            `0.01`.
+        damping: `λ` added to the Fisher in CG. Defaults to `0.1`.
+        cg_iterations: Conjugate-gradient iterations. Defaults to `10`.
+        cg_residual_tolerance: CG stops once `‖r‖²` is at most this.
+            Defaults to `1e-10`.
+        line_search_steps: Step halvings tried. Defaults to `10`.
+        accept_ratio: Fraction of the expected improvement a step must
+            achieve. Defaults to `0.1`.
+        value_epochs: Passes over the batch fitting the value function.
+            Defaults to `5`.
+        value_minibatch_size: Rows per value-function step. Defaults to
+            `64`.
+        **kwargs: `gamma`, `gae_lambda`, `ent_coef` (defaults to `0`),
+            `normalize_advantages`, `seed`, ... as in
+            `agents.on_policy.OnPolicyActorCriticAgent`.
+    """
+
+    def __init__(
+        self,
+        time_step_spec,
+        action_spec,
+        actor_critic_network,
+        optimizer: keras.Optimizer | None = None,
+        max_kl: float = 0.01,
+        damping: float = 0.1,
+        cg_iterations: int = 10,
+        cg_residual_tolerance: float = 1e-10,
+        line_search_steps: int = 10,
+        accept_ratio: float = 0.1,
+        value_epochs: int = 5,
+        value_minibatch_size: int = 64,
+        ent_coef: float = 0.0,
+        name: str = "TrpoAgent",
+        **kwargs,
+    ):
+        optimizer = trpo_value_optimizer() if optimizer is None else optimizer
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise ValueError(
+                "optimizer (the value function's) must be a "
+                f"keras.optimizers.Optimizer. Received: {optimizer!r}"
+            )
+        if isinstance(optimizer, keras_kfac.KFAC):
+            raise ValueError(
+                "TrpoAgent fits its value function with a first-order "
+                f"optimizer. Received: {optimizer!r}"
+            )
+        if "target_kl" in kwargs:
+            raise ValueError(
+                "TrpoAgent sizes every step to the KL radius max_kl; it "
+                f"takes no target_kl. Received: target_kl={kwargs['target_kl']}"
+            )
+        if not max_kl > 0:
+            raise ValueError(f"max_kl must be > 0. Received: max_kl={max_kl!r}")
+        check_non_negative("damping", damping)
+        check_positive_integer("cg_iterations", cg_iterations)
+        check_non_negative("cg_residual_tolerance", cg_residual_tolerance)
+        check_positive_integer("line_search_steps", line_search_steps)
+        check_non_negative("accept_ratio", accept_ratio)
+        check_positive_integer("value_epochs", value_epochs)
+        check_positive_integer("value_minibatch_size", value_minibatch_size)
+        self._max_kl = float(max_kl)
+        self._damping = float(damping)
+        self._cg_iterations = int(cg_iterations)
+        self._cg_residual_tolerance = float(cg_residual_tolerance)
+        self._line_search_steps = int(line_search_steps)
+        self._accept_ratio = float(accept_ratio)
+        self._value_epochs = int(value_epochs)
+        self._value_minibatch_size = int(value_minibatch_size)
+        super().__init__(
+            time_step_spec,
+            action_spec,
+            actor_critic_network,
+            optimizer,
+            ent_coef=ent_coef,
+            name=name,
+            **kwargs,
+        )
+        self._policy_variables, self._value_variables = self._split_variables(
+            time_step_spec
+        )
+
+    def _split_variables(self, time_step_spec):
+        """`(policy, value)` variables; raises if the two share any."""
+        observation = tensor_spec.sample_spec_nest(
+            time_step_spec.observation, outer_dims=(2,)
+        )
+        variables = self._network.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            (distribution, value), _ = self._network(
+                observation, training=False
+            )
+            actions = tf.stop_gradient(distribution.sample(seed=0))
+            policy_output = tf.reduce_sum(
+                distribution.log_prob(actions)
+            ) + tf.reduce_sum(distribution.entropy())
+        policy_gradients = tape.gradient(policy_output, variables)
+        value_gradients = tape.gradient(value, variables)
+        del tape
+        policy, value = [], []
+        for variable, p, v in zip(variables, policy_gradients, value_gradients):
+            in_policy, in_value = p is not None, v is not None
+            if in_policy and in_value:
+                raise ValueError(
+                    "TrpoAgent needs separate policy and value parameters "
+                    "(e.g. ActorCriticNetwork(..., shared_torso=False)). "
+                    f"Received a network whose {variable.path} feeds both"
+                )
+            (policy if in_policy else value).append(variable)
+        return policy, value
+
+    @property
+    def max_kl(self) -> float:
+        return self._max_kl
+
+    def _surrogate(self, batch, log_prob_old):
+        """`L(θ)` and `mean_w KL(π_old || π_θ)` at the current variables."""
+        (distribution, _), _ = self._network(batch.observation, training=False)
+        ratio = tf.exp(distribution.log_prob(batch.actions) - log_prob_old)
+        surrogate = losses.weighted_mean(
+            ratio * batch.advantages, batch.weights
+        ) + self._ent_coef * losses.entropy(
+            distribution.entropy(), batch.weights
+        )
+        kl = losses.weighted_mean(
+            tfp.distributions.kl_divergence(batch.distribution, distribution),
+            batch.weights,
+        )
+        return surrogate, kl
+
+    def _update(self, tape, terms, batch, variables):
+        with keras_kfac.collecting_statistics(False):
+            step_fraction = self._policy_step(tape, terms, batch)
+            self._fit_value(batch)
+        return step_fraction
+
+    def _policy_step(self, tape, terms, batch):
+        """Steps 1-4 of the module docstring; returns the accepted `2⁻ᵏ`
+        (0 when the line search rejects every step)."""
+        parameters = self._policy_variables
+        # The tape stopped recording, so each term is differentiated alone:
+        # g = -∇pg_loss + ent_coef · ∇H.
+        g = -trust_region.flatten(
+            trust_region.zeros_for_none(
+                tape.gradient(terms.policy, parameters), parameters
+            )
+        )
+        if self._ent_coef:
+            g += self._ent_coef * trust_region.flatten(
+                trust_region.zeros_for_none(
+                    tape.gradient(terms.entropy, parameters), parameters
+                )
+            )
+        log_prob_old = tf.stop_gradient(
+            batch.distribution.log_prob(batch.actions)
+        )
+
+        def mean_kl():
+            return self._surrogate(batch, log_prob_old)[1]
+
+        fisher_product = trust_region.fisher_vector_product(
+            mean_kl, parameters, self._damping
+        )
+        direction = trust_region.conjugate_gradient(
+            fisher_product,
+            g,
+            self._cg_iterations,
+            self._cg_residual_tolerance,
+        )
+        full_step = trust_region.trust_region_step(
+            direction, fisher_product(direction), self._max_kl
+        )
+        expected = tf.tensordot(g, full_step, 1)
+        old = [tf.identity(p) for p in parameters]
+        old_surrogate, _ = self._surrogate(batch, log_prob_old)
+        return self._line_search(
+            parameters,
+            old,
+            full_step,
+            expected,
+            old_surrogate,
+            batch,
+            log_prob_old,
+        )
+
+    def _line_search(
+        self,
+        parameters,
+        old,
+        full_step,
+        expected,
+        old_surrogate,
+        batch,
+        log_prob_old,
+    ):
+        steps = trust_region.unflatten(full_step, parameters)
+        accepted = tf.constant(0.0)
+        fraction = tf.constant(1.0)
+        for _ in tf.range(self._line_search_steps):
+            for p, p_old, step in zip(parameters, old, steps):
+                p.assign(p_old + fraction * step)
+            surrogate, kl = self._surrogate(batch, log_prob_old)
+            improvement = surrogate - old_surrogate
+            if (
+                tf.math.is_finite(surrogate)
+                and kl <= self._max_kl
+                and improvement > 0.0
+                and improvement >= self._accept_ratio * fraction * expected
+            ):
+                accepted = fraction
+                break
+            fraction = 0.5 * fraction
+        if accepted == 0.0:
+            for p, p_old in zip(parameters, old):
+                p.assign(p_old)
+        return accepted
+
+    def _fit_value(self, batch):
+        """Minibatch steps of the value optimizer on `mean_w((R - V)²)`."""
+        rows = tf.shape(batch.returns)[0]
+        size = tf.minimum(self._value_minibatch_size, rows)
+        minibatches = rows // size
+        for epoch in tf.range(self._value_epochs):
+            seed = tf.stack(
+                [
+                    tf.constant(self._seed, tf.int64),
+                    tf.cast(self.train_step_counter, tf.int64)
+                    * self._value_epochs
+                    + tf.cast(epoch, tf.int64),
+                ]
+            )
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(rows), seed
+            )
+            for i in tf.range(minibatches):
+                index = order[i * size : (i + 1) * size]
+                with tf.GradientTape() as tape:
+                    (_, values), _ = self._network(
+                        tf.gather(batch.observation, index), training=True
+                    )
+                    loss = losses.value_loss(
+                        values,
+                        tf.gather(batch.returns, index),
+                        tf.gather(batch.weights, index),
+                    )
+                gradients = tape.gradient(loss, self._value_variables)
+                apply_gradients(
+                    self._optimizer, gradients, self._value_variables
+                )
