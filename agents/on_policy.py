@@ -387,6 +387,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             tf.summary.scalar("loss/total", total, step=step)
             for name, value in extra._asdict().items():
                 tf.summary.scalar(f"loss/{name}", value, step=step)
+            tf.summary.scalar(
+                "train/learning_rate",
+                tf.cast(self._optimizer.learning_rate, tf.float32),
+                step=step,
+            )
         return tf_agent.LossInfo(loss=total, extra=extra)
 
 

@@ -3,6 +3,12 @@
     python -m agents.train --algo acktr --env CartPole-v1
     python -m agents.train --algo a2c --env CartPole-v1 --seed 1
     python -m agents.train --algo acktr --env CartPole-v1 --resume   # after a kill
+    python -m agents.train --algo trpo --env CartPole-v1
+    python -m agents.train --algo acktr --preset mujoco --env HalfCheetah-v5
+
+`--preset` picks the settings of every option not given (`PRESETS`):
+`default` (the discrete-action settings) or `mujoco` (the ACKTR paper's
+continuous-control settings).
 
 Writes into `--logdir` (default `runs/<algo>-<env>-seed<seed>`):
 
@@ -32,39 +38,118 @@ import numpy as np
 
 from agents.checks import check_positive_integer
 
-ALGORITHMS = ("acktr", "a2c")
+ALGORITHMS = ("acktr", "a2c", "trpo")
 
-# Per-algorithm defaults: the papers' settings, with the batch sizes of
+# Settings every preset starts from; a preset's per-algorithm entries
+# override them, and what the user sets overrides both.
+COMMON = dict(
+    gamma=0.99,
+    gae_lambda=None,
+    vf_coef=0.5,
+    max_grad_norm=0.5,
+    hidden_units=(64, 64),
+    shared_torso=False,
+    normalize_observations=False,
+    normalize_advantages=False,
+    target_kl=None,
+)
+
+# "default": the papers' discrete-action settings, with the batch sizes of
 # OpenAI baselines / rl-baselines-zoo for classic control.
-DEFAULTS = {
-    "acktr": dict(num_envs=8, n_steps=20, learning_rate=0.25, ent_coef=0.01),
-    "a2c": dict(num_envs=8, n_steps=5, learning_rate=7e-4, ent_coef=0.01),
+# "mujoco": the ACKTR paper's continuous-control settings (its §5.2 and
+# baselines' `acktr_cont.py`): separate policy and value networks, 2500
+# steps per batch (here 4 envs x 625), GAE λ = 0.97, standardized
+# advantages, normalized observations, and a step size adapted toward a
+# target KL of 0.002 (starting from 0.03 for ACKTR). TRPO takes δ = 0.01.
+PRESETS = {
+    "default": {
+        "acktr": dict(
+            num_envs=8,
+            n_steps=20,
+            learning_rate=0.25,
+            ent_coef=0.01,
+            kl_clip=0.0005,
+            damping=0.01,
+            inverse_update_freq=10,
+        ),
+        "a2c": dict(num_envs=8, n_steps=5, learning_rate=7e-4, ent_coef=0.01),
+        "trpo": dict(
+            num_envs=8,
+            n_steps=128,
+            learning_rate=1e-3,
+            ent_coef=0.0,
+            gae_lambda=0.98,
+            normalize_advantages=True,
+            max_kl=0.01,
+            damping=0.1,
+        ),
+    },
+    "mujoco": {
+        algo: dict(
+            num_envs=4,
+            n_steps=625,
+            gae_lambda=0.97,
+            normalize_observations=True,
+            normalize_advantages=True,
+            ent_coef=0.0,
+            **settings,
+        )
+        for algo, settings in {
+            "acktr": dict(
+                learning_rate=0.03,
+                target_kl=0.002,
+                kl_clip=0.005,
+                damping=0.01,
+                inverse_update_freq=2,
+                max_grad_norm=None,
+            ),
+            "a2c": dict(learning_rate=3e-4, target_kl=0.002),
+            "trpo": dict(learning_rate=1e-3, max_kl=0.01, damping=0.1),
+        }.items()
+    },
 }
+
+
+class _FromPreset:
+    """Default of the `Config` fields a preset fills in (`None` is a value:
+    no gradient clipping, n-step returns, a fixed step size)."""
+
+    def __repr__(self) -> str:
+        return "FROM_PRESET"
+
+
+FROM_PRESET = _FromPreset()
 
 
 @dataclasses.dataclass
 class Config:
-    """Everything that defines a training run."""
+    """Everything that defines a training run; fields left at
+    `FROM_PRESET` take the preset's value for the algorithm (`PRESETS`)."""
 
     algo: str = "acktr"
     env: str = "CartPole-v1"
+    preset: str = "default"
     seed: int = 0
     total_steps: int = 100_000
-    num_envs: int | None = None
-    n_steps: int | None = None
-    learning_rate: float | None = None
+    num_envs: int = FROM_PRESET
+    n_steps: int = FROM_PRESET
+    learning_rate: float = FROM_PRESET
     lr_schedule: str = "constant"
-    ent_coef: float | None = None
-    vf_coef: float = 0.5
-    gamma: float = 0.99
-    gae_lambda: float | None = None
-    max_grad_norm: float | None = 0.5
-    kl_clip: float = 0.0005
-    damping: float = 0.01
+    target_kl: float | None = FROM_PRESET
+    ent_coef: float = FROM_PRESET
+    vf_coef: float = FROM_PRESET
+    gamma: float = FROM_PRESET
+    gae_lambda: float | None = FROM_PRESET
+    normalize_advantages: bool = FROM_PRESET
+    max_grad_norm: float | None = FROM_PRESET
+    kl_clip: float = FROM_PRESET
+    damping: float = FROM_PRESET
+    inverse_update_freq: int = FROM_PRESET
     vf_fisher_coef: float = 1.0
-    hidden_units: tuple[int, ...] = (64, 64)
-    shared_torso: bool = False
-    normalize_observations: bool = False
+    max_kl: float = FROM_PRESET
+    hidden_units: tuple[int, ...] = FROM_PRESET
+    shared_torso: bool = FROM_PRESET
+    normalize_observations: bool = FROM_PRESET
     processes: bool = False
     checkpoint_every: int = 50
     logdir: str | None = None
@@ -74,14 +159,27 @@ class Config:
             raise ValueError(
                 f"algo must be one of {ALGORITHMS}. Received: algo={self.algo!r}"
             )
-        for key, value in DEFAULTS[self.algo].items():
-            if getattr(self, key) is None:
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"preset must be one of {tuple(PRESETS)}. "
+                f"Received: preset={self.preset!r}"
+            )
+        for key, value in {**COMMON, **PRESETS[self.preset][self.algo]}.items():
+            if getattr(self, key) is FROM_PRESET:
                 setattr(self, key, value)
+        for field in dataclasses.fields(self):  # unused by this algorithm
+            if getattr(self, field.name) is FROM_PRESET:
+                setattr(self, field.name, None)
         self.hidden_units = tuple(int(u) for u in self.hidden_units)
         if self.lr_schedule not in ("constant", "linear"):
             raise ValueError(
                 "lr_schedule must be 'constant' or 'linear'. "
                 f"Received: lr_schedule={self.lr_schedule!r}"
+            )
+        if self.lr_schedule == "linear" and self.target_kl is not None:
+            raise ValueError(
+                "target_kl adapts the learning rate, so it cannot follow "
+                f"lr_schedule='linear'. Received: target_kl={self.target_kl}"
             )
         for name in ("total_steps", "num_envs", "n_steps", "checkpoint_every"):
             check_positive_integer(name, getattr(self, name))
@@ -137,6 +235,7 @@ def build(config: Config):
     from agents.acktr import AcktrAgent, acktr_optimizer
     from agents.envs import GymnasiumEnvironment
     from agents.networks import ActorCriticNetwork
+    from agents.trpo import TrpoAgent, trpo_value_optimizer
 
     keras.utils.set_random_seed(config.seed)
     py_env = GymnasiumEnvironment(
@@ -168,36 +267,46 @@ def build(config: Config):
             gamma=config.gamma,
             gae_lambda=config.gae_lambda,
             ent_coef=config.ent_coef,
-            vf_coef=config.vf_coef,
+            normalize_advantages=config.normalize_advantages,
             seed=config.seed,
             train_step_counter=tf.Variable(
                 0, dtype=tf.int64, name="train_step"
             ),
         )
+        specs = (tf_env.time_step_spec(), tf_env.action_spec(), network)
         if config.algo == "acktr":
             optimizer = acktr_optimizer(
                 learning_rate=learning_rate,
                 kl_clip=config.kl_clip,
                 damping=config.damping,
+                inverse_update_freq=config.inverse_update_freq,
                 max_grad_norm=config.max_grad_norm,
             )
             agent = AcktrAgent(
-                tf_env.time_step_spec(),
-                tf_env.action_spec(),
-                network,
+                *specs,
                 optimizer,
                 vf_fisher_coef=config.vf_fisher_coef,
+                vf_coef=config.vf_coef,
+                target_kl=config.target_kl,
                 **common,
             )
-        else:
+        elif config.algo == "a2c":
             optimizer = a2c_optimizer(
                 learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
             )
             agent = A2CAgent(
-                tf_env.time_step_spec(),
-                tf_env.action_spec(),
-                network,
+                *specs,
                 optimizer,
+                vf_coef=config.vf_coef,
+                target_kl=config.target_kl,
+                **common,
+            )
+        else:
+            agent = TrpoAgent(
+                *specs,
+                trpo_value_optimizer(learning_rate),
+                max_kl=config.max_kl,
+                damping=config.damping,
                 **common,
             )
     except BaseException:
@@ -443,65 +552,79 @@ def _optional_float(text: str) -> float | None:
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
+    """`(Config, namespace)`; options not given take the preset's value."""
     parser = argparse.ArgumentParser(
-        prog="python -m agents.train", description=__doc__.split("\n\n")[0]
+        prog="python -m agents.train",
+        description=__doc__.split("\n\n")[0],
+        argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--algo", choices=ALGORITHMS, default="acktr")
-    parser.add_argument("--env", default="CartPole-v1", help="a Gymnasium id")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--total-steps", type=int, default=100_000)
-    parser.add_argument("--num-envs", type=int, help="default: 8")
-    parser.add_argument(
-        "--n-steps", type=int, help="steps per env per update (acktr 20, a2c 5)"
+    add = parser.add_argument
+    add("--algo", choices=ALGORITHMS, default="acktr")
+    add("--env", default="CartPole-v1", help="a Gymnasium id")
+    add(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="default",
+        help="settings per algorithm (agents.train.PRESETS); 'mujoco' is the "
+        "ACKTR paper's continuous-control setup",
     )
-    parser.add_argument(
-        "--learning-rate", type=float, help="acktr: η_max 0.25; a2c: 7e-4"
+    add("--seed", type=int, default=0)
+    add("--total-steps", type=int, default=100_000)
+    add("--num-envs", type=int)
+    add("--n-steps", type=int, help="steps per env per update")
+    add(
+        "--learning-rate",
+        type=float,
+        help="acktr: η_max; a2c: RMSprop's rate; trpo: the value function's "
+        "Adam rate",
     )
-    parser.add_argument(
-        "--lr-schedule", choices=("constant", "linear"), default="constant"
+    add("--lr-schedule", choices=("constant", "linear"))
+    add(
+        "--target-kl",
+        type=_optional_float,
+        help="adapt the learning rate toward this KL per update (acktr, a2c)",
     )
-    parser.add_argument("--ent-coef", type=float, help="default: 0.01")
-    parser.add_argument("--vf-coef", type=float, default=0.5)
-    parser.add_argument("--gamma", type=float, default=0.99)
-    parser.add_argument(
+    add("--ent-coef", type=float)
+    add("--vf-coef", type=float)
+    add("--gamma", type=float)
+    add(
         "--gae-lambda",
         type=_optional_float,
-        default=None,
-        help="GAE λ; default: n-step returns",
+        help="GAE λ; 'none': n-step returns",
     )
-    parser.add_argument("--max-grad-norm", type=_optional_float, default=0.5)
-    parser.add_argument(
+    add("--normalize-advantages", action=argparse.BooleanOptionalAction)
+    add("--max-grad-norm", type=_optional_float, help="'none': no clipping")
+    add(
         "--kl-clip",
         type=float,
-        default=0.0005,
         help="acktr: the KL radius δ (baselines' kfac_clip = 2δ)",
     )
-    parser.add_argument("--damping", type=float, default=0.01)
-    parser.add_argument("--vf-fisher-coef", type=float, default=1.0)
-    parser.add_argument(
+    add("--damping", type=float, help="acktr: K-FAC's; trpo: CG's")
+    add("--inverse-update-freq", type=int, help="acktr: K-FAC's")
+    add("--vf-fisher-coef", type=float, help="acktr")
+    add("--max-kl", type=float, help="trpo: the trust-region radius δ")
+    add(
         "--hidden-units",
         type=lambda s: tuple(int(u) for u in s.split(",")),
-        default=(64, 64),
-        help="comma-separated widths, default 64,64",
+        help="comma-separated widths, e.g. 64,64",
     )
-    parser.add_argument("--shared-torso", action="store_true")
-    parser.add_argument("--normalize-observations", action="store_true")
-    parser.add_argument(
-        "--processes", action="store_true", help="one subprocess per env copy"
+    add("--shared-torso", action=argparse.BooleanOptionalAction)
+    add("--normalize-observations", action=argparse.BooleanOptionalAction)
+    add(
+        "--processes",
+        action="store_true",
+        default=False,
+        help="one subprocess per env copy",
     )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=50,
-        help="updates between checkpoints",
+    add("--checkpoint-every", type=int, help="updates between checkpoints")
+    add("--logdir", help="default: runs/<algo>-<env>-seed<seed>")
+    add(
+        "--resume",
+        action="store_true",
+        default=False,
+        help="continue the run in --logdir",
     )
-    parser.add_argument(
-        "--logdir", help="default: runs/<algo>-<env>-seed<seed>"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --logdir"
-    )
-    parser.add_argument("--no-progress", action="store_true")
+    add("--no-progress", action="store_true", default=False)
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(Config)}
     config = Config(**{k: v for k, v in vars(args).items() if k in fields})

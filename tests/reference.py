@@ -10,8 +10,19 @@ def numpy_patches(x, k, stride, dilation, padding):
     eff = [(k[i] - 1) * dilation[i] + 1 for i in range(2)]
     if padding == "same":
         out = [-(-s // st) for s, st in zip((h, w), stride)]
-        pad = [max((o - 1) * st + e - s, 0) for o, st, e, s in zip(out, stride, eff, (h, w))]
-        x = np.pad(x, ((0, 0), (pad[0] // 2, pad[0] - pad[0] // 2), (pad[1] // 2, pad[1] - pad[1] // 2), (0, 0)))
+        pad = [
+            max((o - 1) * st + e - s, 0)
+            for o, st, e, s in zip(out, stride, eff, (h, w))
+        ]
+        x = np.pad(
+            x,
+            (
+                (0, 0),
+                (pad[0] // 2, pad[0] - pad[0] // 2),
+                (pad[1] // 2, pad[1] - pad[1] // 2),
+                (0, 0),
+            ),
+        )
     else:
         out = [(s - e) // st + 1 for s, e, st in zip((h, w), eff, stride)]
     rows = []
@@ -19,7 +30,12 @@ def numpy_patches(x, k, stride, dilation, padding):
         for p in range(out[0]):
             for q in range(out[1]):
                 r0, c0 = p * stride[0], q * stride[1]
-                patch = x[i, r0:r0 + eff[0]:dilation[0], c0:c0 + eff[1]:dilation[1], :]
+                patch = x[
+                    i,
+                    r0 : r0 + eff[0] : dilation[0],
+                    c0 : c0 + eff[1] : dilation[1],
+                    :,
+                ]
                 rows.append(patch.ravel())
     return np.array(rows), out[0] * out[1]
 
@@ -53,5 +69,7 @@ def factored_damped_fisher(blocks, damping):
         A, G = A.astype("float64"), G.astype("float64")
         pi = np.sqrt((np.trace(A) / len(A)) / (np.trace(G) / len(G)))
         r = np.sqrt(damping)
-        parts.append(np.kron(A + pi * r * np.eye(len(A)), G + r / pi * np.eye(len(G))))
+        parts.append(
+            np.kron(A + pi * r * np.eye(len(A)), G + r / pi * np.eye(len(G)))
+        )
     return scipy.linalg.block_diag(*parts)

@@ -1,6 +1,7 @@
 """The training and evaluation command lines, end to end on tiny budgets."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,38 @@ def test_train_exports_and_evaluate_runs_the_export(tmp_path, capsys):
     assert "over 3 episodes" in result.stdout
 
 
+def _config(logdir):
+    with open(os.path.join(logdir, "config.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("algo", train.ALGORITHMS)
+def test_the_mujoco_preset_trains_gaussian_policies(algo, tmp_path, capsys):
+    logdir = str(tmp_path / algo)
+    argv = TINY + ["--algo", algo, "--preset", "mujoco", "--env", "Pendulum-v1"]
+    argv += ["--total-steps", "240", "--logdir", logdir, "--gae-lambda", "0.9"]
+    assert train.main(argv) == 0
+    assert (
+        f"{algo} on Pendulum-v1 (seed 0): 240 steps" in capsys.readouterr().out
+    )
+    config = _config(logdir)
+    preset = {**train.COMMON, **train.PRESETS["mujoco"][algo]}
+    # What the command line gives wins; the rest comes from the preset.
+    assert (config["num_envs"], config["n_steps"]) == (2, 20)
+    assert config["gae_lambda"] == 0.9
+    for key in ("learning_rate", "target_kl", "normalize_observations"):
+        assert config[key] == preset[key], key
+    assert config["shared_torso"] is False
+    assert os.path.exists(os.path.join(logdir, "policy", "saved_model.pb"))
+
+
+def test_none_on_the_command_line_turns_a_preset_setting_off(tmp_path):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--total-steps", "40", "--logdir", logdir]
+    assert train.main(argv + ["--max-grad-norm", "none"]) == 0
+    assert _config(logdir)["max_grad_norm"] is None
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     assert (
@@ -119,6 +152,17 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
     assert not logdir.exists()
     with pytest.raises(SystemExit):
         train.main(["--algo", "ppo"])
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "atari"])
+    assert (
+        train.main(
+            ["--lr-schedule", "linear", "--target-kl", "0.01"]
+            + ["--logdir", str(logdir)]
+        )
+        == 2
+    )
+    assert "target_kl=0.01" in capsys.readouterr().err
+    assert not logdir.exists()
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path, capsys):

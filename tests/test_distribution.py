@@ -52,11 +52,16 @@ SCRIPT = textwrap.dedent(
 
 def test_mirrored_strategy_matches_single_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True,
-                         text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
-    result = json.loads(line[len("RESULT"):])
+    result = json.loads(line[len("RESULT") :])
     (w_m, f_m), (w_s, f_s) = result["mirrored"], result["single"]
     for a, b in zip(f_m, f_s):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -35,6 +35,29 @@ def test_specs_of_classic_control():
     env.close()
 
 
+@pytest.mark.parametrize(
+    "env_id, observation, action, bounds",
+    [
+        ("LunarLander-v3", (8,), (), (0, 3)),
+        ("InvertedPendulum-v5", (4,), (1,), (-3.0, 3.0)),
+        ("HalfCheetah-v5", (17,), (6,), (-1.0, 1.0)),
+    ],
+)
+def test_box2d_and_mujoco_environments(env_id, observation, action, bounds):
+    env = GymnasiumEnvironment(env_id, num_envs=2, seed=0)
+    assert env.observation_spec().shape == observation
+    spec = env.action_spec()
+    assert spec.shape == action
+    np.testing.assert_array_equal(spec.minimum, bounds[0])
+    np.testing.assert_array_equal(spec.maximum, bounds[1])
+    first = env.reset()
+    assert first.observation.shape == (2, *observation)
+    assert np.all(first.step_type == F)
+    step = env.step(np.zeros((2, *action), spec.dtype))
+    assert np.all(step.step_type == M) and np.all(np.isfinite(step.reward))
+    env.close()
+
+
 def test_discrete_observations_are_one_hot():
     env = GymnasiumEnvironment("FrozenLake-v1", seed=0)
     first = env.reset()

@@ -20,7 +20,9 @@ def test_categorical_fisher_loss_gives_the_categorical_fisher(rng):
     layer = layers.Dense(3)
     x = np.repeat(rng.normal(size=(1, 4)).astype("float32"), 20000, axis=0)
     layer.build(x.shape)
-    out, G = output_G_after_fisher_pass(x, layer, fisher.categorical_fisher_loss)
+    out, G = output_G_after_fisher_pass(
+        x, layer, fisher.categorical_fisher_loss
+    )
     p = tf.nn.softmax(out[0]).numpy()
     np.testing.assert_allclose(G, np.diag(p) - np.outer(p, p), atol=0.01)
 
@@ -29,7 +31,9 @@ def test_gaussian_fisher_loss_gives_identity_over_variance(rng):
     layer = layers.Dense(2)
     x = np.repeat(rng.normal(size=(1, 3)).astype("float32"), 20000, axis=0)
     layer.build(x.shape)
-    _, G = output_G_after_fisher_pass(x, layer, lambda f: fisher.gaussian_fisher_loss(f, 0.5))
+    _, G = output_G_after_fisher_pass(
+        x, layer, lambda f: fisher.gaussian_fisher_loss(f, 0.5)
+    )
     np.testing.assert_allclose(G, np.eye(2) / 0.5, atol=0.06)
     # Default σ² = d / 2 gives 2/d I: the Hessian of Keras' mean squared error.
     _, G = output_G_after_fisher_pass(x, layer, fisher.gaussian_fisher_loss)
@@ -39,18 +43,28 @@ def test_gaussian_fisher_loss_gives_identity_over_variance(rng):
 def test_true_fisher_model_fits_saves_and_loads(rng, tmp_path):
     x = rng.normal(size=(128, 8)).astype("float32")
     y = (x[:, :3].argmax(1)).astype("int32")
-    net = keras.Sequential([keras.Input((8,)), layers.Dense(16, activation="tanh"), layers.Dense(3)])
+    net = keras.Sequential(
+        [
+            keras.Input((8,)),
+            layers.Dense(16, activation="tanh"),
+            layers.Dense(3),
+        ]
+    )
     model = keras_kfac.TrueFisherModel(net, distribution="categorical")
-    model.compile(optimizer=keras_kfac.KFAC(learning_rate=0.25, kl_clip=1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras_kfac.KFAC(learning_rate=0.25, kl_clip=1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     history = model.fit(x, y, epochs=6, batch_size=32, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
     path = tmp_path / "tf.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, keras_kfac.TrueFisherModel)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
+    )
 
 
 def test_true_fisher_model_rejects_bad_arguments():
@@ -68,10 +82,14 @@ def test_fit_taps_sampled_targets_only_with_true_fisher(rng, true_fisher):
     """Uniform predictions, all labels 0: the two Fishers differ in closed form."""
     x = rng.normal(size=(6000, 4)).astype("float32")
     y = np.zeros(6000, dtype="int32")
-    net = keras.Sequential([keras.Input((4,)), layers.Dense(3, kernel_initializer="zeros")])
+    net = keras.Sequential(
+        [keras.Input((4,)), layers.Dense(3, kernel_initializer="zeros")]
+    )
     model = keras_kfac.TrueFisherModel(net) if true_fisher else net
-    model.compile(optimizer=keras_kfac.KFAC(stats_decay=0.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras_kfac.KFAC(stats_decay=0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     model.train_on_batch(x, y)
     G = np.asarray(model.optimizer._factors[0]["G"])
     p = np.full(3, 1 / 3)

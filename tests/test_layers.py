@@ -2,10 +2,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference import numpy_patches
 
 import keras_kfac
 from keras_kfac import layers
-from reference import numpy_patches
 
 
 def test_batch_size_one_dense_block_equals_exact_fisher(rng):
@@ -48,7 +48,9 @@ def test_collection_switch_and_inference_leave_statistics_alone(rng):
 
     fisher_then_loss()
     # G from sum(out): ∂L/∂s = 1, g = n · 1, G = (1/n) Σ g gᵀ = n² · ones.
-    np.testing.assert_allclose(layer.statistics.G.numpy(), 25.0 * np.ones((2, 2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), 25.0 * np.ones((2, 2)), rtol=1e-6
+    )
     layer.statistics.fresh.assign(0.0)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(layer(x, training=False))
@@ -58,12 +60,26 @@ def test_collection_switch_and_inference_leave_statistics_alone(rng):
 
 @pytest.mark.parametrize(
     "padding,strides,dilation,use_bias",
-    [("valid", 1, 1, True), ("same", 1, 1, True), ("same", 2, 1, False),
-     ("valid", 2, 1, True), ("same", 1, 2, True), ("valid", 1, 2, False)],
+    [
+        ("valid", 1, 1, True),
+        ("same", 1, 1, True),
+        ("same", 2, 1, False),
+        ("valid", 2, 1, True),
+        ("same", 1, 2, True),
+        ("valid", 1, 2, False),
+    ],
 )
-def test_conv2d_factors_match_patch_formulas(rng, padding, strides, dilation, use_bias):
-    layer = layers.Conv2D(3, (3, 2), strides=strides, dilation_rate=dilation,
-                          padding=padding, use_bias=use_bias)
+def test_conv2d_factors_match_patch_formulas(
+    rng, padding, strides, dilation, use_bias
+):
+    layer = layers.Conv2D(
+        3,
+        (3, 2),
+        strides=strides,
+        dilation_rate=dilation,
+        padding=padding,
+        use_bias=use_bias,
+    )
     x = rng.normal(size=(2, 7, 6, 2)).astype("float32")
     layer.build(x.shape)
     with tf.GradientTape(persistent=True) as tape:
@@ -73,12 +89,18 @@ def test_conv2d_factors_match_patch_formulas(rng, padding, strides, dilation, us
     a, T = numpy_patches(x, (3, 2), (strides,) * 2, (dilation,) * 2, padding)
     # The patch layout is the kernel layout: ∇W = Σ_t a_t dsᵀ.
     dW = tape.gradient(loss, layer.kernel).numpy()
-    np.testing.assert_allclose(dW.reshape(-1, 3), a.T @ ds, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        dW.reshape(-1, 3), a.T @ ds, rtol=1e-4, atol=1e-6
+    )
     if use_bias:
         a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-    np.testing.assert_allclose(layer.statistics.A.numpy(), a.T @ a / len(a), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        layer.statistics.A.numpy(), a.T @ a / len(a), rtol=1e-4, atol=1e-6
+    )
     n = 2
-    np.testing.assert_allclose(layer.statistics.G.numpy(), n * ds.T @ ds, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), n * ds.T @ ds, rtol=1e-4, atol=1e-9
+    )
     assert len(a) == n * T
 
 
@@ -90,15 +112,27 @@ def test_dense_on_sequences_treats_positions_as_rows(rng):
         loss = tf.reduce_mean(tf.square(layer(x, training=True)))
     tape.gradient(loss, layer.trainable_weights)
     a = np.concatenate([x.reshape(-1, 5), np.ones((12, 1))], axis=1)
-    np.testing.assert_allclose(layer.statistics.A.numpy(), a.T @ a / 12, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer.statistics.A.numpy(), a.T @ a / 12, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_layers_match_keras_outputs_and_serialize(rng):
     x = rng.normal(size=(2, 5, 5, 3)).astype("float32")
-    plain = keras.Sequential([keras.Input((5, 5, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
-                              keras.layers.Flatten(), keras.layers.Dense(2, activation="tanh")])
+    plain = keras.Sequential(
+        [
+            keras.Input((5, 5, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="tanh"),
+        ]
+    )
     ours = keras_kfac.convert(plain)
-    assert [type(l) for l in ours.layers] == [layers.Conv2D, keras.layers.Flatten, layers.Dense]
+    assert [type(l) for l in ours.layers] == [
+        layers.Conv2D,
+        keras.layers.Flatten,
+        layers.Dense,
+    ]
     np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
     np.testing.assert_allclose(ours(x, training=True), plain(x), rtol=1e-6)
     clone = keras.Sequential.from_config(ours.get_config())
@@ -120,9 +154,17 @@ def test_convert_rejects_bad_input():
 def test_conv2d_channels_first_matches_channels_last_factors(rng):
     x = rng.normal(size=(2, 7, 6, 2)).astype("float32")
     stats = []
-    for data_format, inputs in (("channels_last", x), ("channels_first", np.transpose(x, (0, 3, 1, 2)))):
-        layer = layers.Conv2D(3, (3, 2), padding="same", data_format=data_format,
-                              kernel_initializer="ones")
+    for data_format, inputs in (
+        ("channels_last", x),
+        ("channels_first", np.transpose(x, (0, 3, 1, 2))),
+    ):
+        layer = layers.Conv2D(
+            3,
+            (3, 2),
+            padding="same",
+            data_format=data_format,
+            kernel_initializer="ones",
+        )
         layer.build(inputs.shape)
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(layer(inputs, training=True)))
@@ -130,6 +172,8 @@ def test_conv2d_channels_first_matches_channels_last_factors(rng):
         stats.append((layer.statistics.A.numpy(), layer.statistics.G.numpy()))
     a, _ = numpy_patches(x, (3, 2), (1, 1), (1, 1), "same")
     a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-    np.testing.assert_allclose(stats[1][0], a.T @ a / len(a), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        stats[1][0], a.T @ a / len(a), rtol=1e-5, atol=1e-6
+    )
     for first, last in zip(stats[1], stats[0]):
         np.testing.assert_allclose(first, last, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,9 @@ def test_symmetric_eigh_reconstructs(rng):
     A = spd(rng, 5)
     lam, Q, ok = linalg.symmetric_eigh(tf.constant(A))
     assert bool(ok)
-    np.testing.assert_allclose(Q.numpy() @ np.diag(lam) @ Q.numpy().T, A, atol=1e-5)
+    np.testing.assert_allclose(
+        Q.numpy() @ np.diag(lam) @ Q.numpy().T, A, atol=1e-5
+    )
 
 
 def test_symmetric_eigh_clips_roundoff_negatives():
@@ -29,7 +31,9 @@ def test_symmetric_eigh_flags_nonfinite_input():
 
 
 def test_pi_adjustment_is_trace_ratio():
-    pi = linalg.pi_adjustment(tf.constant([1.0, 3.0]), tf.constant([0.5, 0.5, 0.5]))
+    pi = linalg.pi_adjustment(
+        tf.constant([1.0, 3.0]), tf.constant([0.5, 0.5, 0.5])
+    )
     # (4 / 2) / (1.5 / 3) = 4
     np.testing.assert_allclose(pi.numpy(), 2.0, rtol=1e-6)
     assert linalg.pi_adjustment(tf.zeros(2), tf.ones(2)).numpy() == 1.0
@@ -66,15 +70,27 @@ def test_kl_clip_learning_rate_by_hand():
     # sqrt(2 * 0.01 / 0.02) = 1 > 0.25: not clipped
     eta = linalg.kl_clip_learning_rate(0.25, 0.01, tf.constant(0.02))
     np.testing.assert_allclose(eta.numpy(), 0.25)
-    assert linalg.kl_clip_learning_rate(0.25, None, tf.constant(8.0)).numpy() == 0.25
-    assert linalg.kl_clip_learning_rate(0.25, 0.01, tf.constant(0.0)).numpy() == 0.25
+    assert (
+        linalg.kl_clip_learning_rate(0.25, None, tf.constant(8.0)).numpy()
+        == 0.25
+    )
+    assert (
+        linalg.kl_clip_learning_rate(0.25, 0.01, tf.constant(0.0)).numpy()
+        == 0.25
+    )
 
 
 def test_warm_start_decay():
-    assert [float(linalg.warm_start_decay(0.95, k)) for k in (0, 1, 3)] == [0.0, 0.5, 0.75]
+    assert [float(linalg.warm_start_decay(0.95, k)) for k in (0, 1, 3)] == [
+        0.0,
+        0.5,
+        0.75,
+    ]
     np.testing.assert_allclose(float(linalg.warm_start_decay(0.95, 1000)), 0.95)
 
 
 def test_running_average():
-    out = linalg.running_average(tf.constant(2.0), tf.constant(4.0), tf.constant(0.25))
+    out = linalg.running_average(
+        tf.constant(2.0), tf.constant(4.0), tf.constant(0.25)
+    )
     assert float(out) == 3.5

@@ -4,20 +4,35 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference import (
+    dense_fisher,
+    factored_damped_fisher,
+    factors,
+    numpy_patches,
+    stacked_gradient,
+    with_ones,
+)
 
 import keras_kfac
 from keras_kfac import layers
-from reference import (dense_fisher, factored_damped_fisher, factors,
-                       numpy_patches, stacked_gradient, with_ones)
 
-EXACT = dict(momentum=0.0, kl_clip=None, stats_decay=0.0, cold_steps=0,
-             inverse_update_freq=1)
+EXACT = dict(
+    momentum=0.0,
+    kl_clip=None,
+    stats_decay=0.0,
+    cold_steps=0,
+    inverse_update_freq=1,
+)
 
 
 def mlp(d_in=3, hidden=4, d_out=2):
-    return keras.Sequential([keras.Input((d_in,)),
-                             layers.Dense(hidden, activation="tanh"),
-                             layers.Dense(d_out)])
+    return keras.Sequential(
+        [
+            keras.Input((d_in,)),
+            layers.Dense(hidden, activation="tanh"),
+            layers.Dense(d_out),
+        ]
+    )
 
 
 def mlp_reference(model, x, y):
@@ -31,17 +46,26 @@ def mlp_reference(model, x, y):
         tape.watch([s1, s2])
         loss = tf.reduce_mean(tf.reduce_mean(tf.square(s2 - y), axis=-1))
     n = len(x)
-    ds1, ds2, dW1, db1, dW2, db2 = [t.numpy() for t in tape.gradient(loss, [s1, s2, W1, b1, W2, b2])]
-    blocks = [factors(with_ones(x), ds1, n), factors(with_ones(h.numpy()), ds2, n)]
+    ds1, ds2, dW1, db1, dW2, db2 = [
+        t.numpy() for t in tape.gradient(loss, [s1, s2, W1, b1, W2, b2])
+    ]
+    blocks = [
+        factors(with_ones(x), ds1, n),
+        factors(with_ones(h.numpy()), ds2, n),
+    ]
     grads = [stacked_gradient(dW1, db1), stacked_gradient(dW2, db2)]
     return blocks, grads
 
 
 def cnn():
-    return keras.Sequential([keras.Input((5, 5, 2)),
-                             layers.Conv2D(3, 3, padding="same", activation="tanh"),
-                             keras.layers.Flatten(),
-                             layers.Dense(2)])
+    return keras.Sequential(
+        [
+            keras.Input((5, 5, 2)),
+            layers.Conv2D(3, 3, padding="same", activation="tanh"),
+            keras.layers.Flatten(),
+            layers.Dense(2),
+        ]
+    )
 
 
 def cnn_reference(model, x, y):
@@ -54,9 +78,14 @@ def cnn_reference(model, x, y):
         tape.watch([s1, s2])
         loss = tf.reduce_mean(tf.reduce_mean(tf.square(s2 - y), axis=-1))
     n = len(x)
-    ds1, ds2, dK, dc, dW, db = [t.numpy() for t in tape.gradient(loss, [s1, s2, K, c, W, b])]
+    ds1, ds2, dK, dc, dW, db = [
+        t.numpy() for t in tape.gradient(loss, [s1, s2, K, c, W, b])
+    ]
     a, _ = numpy_patches(x, (3, 3), (1, 1), (1, 1), "same")
-    blocks = [factors(with_ones(a), ds1.reshape(-1, 3), n), factors(with_ones(h.numpy()), ds2, n)]
+    blocks = [
+        factors(with_ones(a), ds1.reshape(-1, 3), n),
+        factors(with_ones(h.numpy()), ds2, n),
+    ]
     grads = [stacked_gradient(dK, dc), stacked_gradient(dW, db)]
     return blocks, grads
 
@@ -94,7 +123,15 @@ def test_one_step_equals_dense_damped_solve(rng, mode, net):
     else:
         F = factored_damped_fisher(blocks, damping)
     expected = -lr * np.linalg.solve(F, flat(grads))
-    step = one_step(model, x, y, learning_rate=lr, damping=damping, damping_mode=mode, **EXACT)
+    step = one_step(
+        model,
+        x,
+        y,
+        learning_rate=lr,
+        damping=damping,
+        damping_mode=mode,
+        **EXACT,
+    )
     np.testing.assert_allclose(step, expected, rtol=2e-3, atol=1e-6)
 
 
@@ -112,12 +149,19 @@ def affine_pair(rng):
 
 @pytest.mark.parametrize(
     "optimizer,invariant",
-    [(lambda: keras_kfac.KFAC(learning_rate=0.5, damping=0.0, **EXACT), True),
-     (lambda: keras.optimizers.SGD(0.5), False),
-     (lambda: keras.optimizers.Adam(0.1), False)],
+    [
+        (
+            lambda: keras_kfac.KFAC(learning_rate=0.5, damping=0.0, **EXACT),
+            True,
+        ),
+        (lambda: keras.optimizers.SGD(0.5), False),
+        (lambda: keras.optimizers.Adam(0.1), False),
+    ],
     ids=["kfac", "sgd", "adam"],
 )
-def test_undamped_step_is_invariant_to_affine_input_change(rng, optimizer, invariant):
+def test_undamped_step_is_invariant_to_affine_input_change(
+    rng, optimizer, invariant
+):
     base, moved, M, c = affine_pair(rng)
     x = rng.normal(size=(64, 3)).astype("float32")
     y = rng.normal(size=(64, 2)).astype("float32")
@@ -144,7 +188,15 @@ def test_kl_clip_caps_the_quadratic_form_at_the_radius(rng, mode):
     y = rng.normal(size=(16, 2)).astype("float32")
     blocks, grads = mlp_reference(model, x, y)
     settings = dict(EXACT, kl_clip=kl_clip)
-    step = one_step(model, x, y, learning_rate=10.0, damping=damping, damping_mode=mode, **settings)
+    step = one_step(
+        model,
+        x,
+        y,
+        learning_rate=10.0,
+        damping=damping,
+        damping_mode=mode,
+        **settings,
+    )
     F = dense_fisher(blocks)
     if mode == "eigen":
         F_damped = F + damping * np.eye(len(F))
@@ -163,7 +215,14 @@ def test_small_steps_are_not_clipped(rng):
     blocks, grads = mlp_reference(model, x, y)
     F = dense_fisher(blocks) + 0.01 * np.eye(len(flat(grads)))
     expected = -1e-3 * np.linalg.solve(F, flat(grads))
-    step = one_step(model, x, y, learning_rate=1e-3, damping=0.01, **dict(EXACT, kl_clip=1.0))
+    step = one_step(
+        model,
+        x,
+        y,
+        learning_rate=1e-3,
+        damping=0.01,
+        **dict(EXACT, kl_clip=1.0),
+    )
     np.testing.assert_allclose(step, expected, rtol=2e-3, atol=1e-7)
     assert model.optimizer.clip_coefficient.numpy() == 1.0
 
@@ -182,8 +241,12 @@ def test_momentum_averages_steps(rng):
     model = mlp()
     x = rng.normal(size=(16, 3)).astype("float32")
     y = rng.normal(size=(16, 2)).astype("float32")
-    model.compile(optimizer=keras_kfac.KFAC(learning_rate=0.1, momentum=0.5, kl_clip=None,
-                                            cold_steps=2), loss="mse")
+    model.compile(
+        optimizer=keras_kfac.KFAC(
+            learning_rate=0.1, momentum=0.5, kl_clip=None, cold_steps=2
+        ),
+        loss="mse",
+    )
     theta0 = flat(stacked_weights(model))
     _, g0 = mlp_reference(model, x, y)
     model.train_on_batch(x, y)
@@ -191,28 +254,47 @@ def test_momentum_averages_steps(rng):
     model.train_on_batch(x, y)
     v1 = 0.5 * 0.1 * flat(g0)
     v2 = 0.5 * v1 + 0.5 * 0.1 * flat(g1)
-    np.testing.assert_allclose(flat(stacked_weights(model)), theta0 - v1 - v2, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        flat(stacked_weights(model)), theta0 - v1 - v2, rtol=1e-4, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs,received",
-    [(dict(damping=-1.0), "damping=-1.0"), (dict(kl_clip=0.0), "kl_clip=0.0"),
-     (dict(kl_clip=-1e-3), "kl_clip=-0.001"), (dict(stats_decay=1.0), "stats_decay=1.0"),
-     (dict(stats_decay=-0.1), "stats_decay=-0.1"), (dict(momentum=1.0), "momentum=1.0"),
-     (dict(inverse_update_freq=0), "inverse_update_freq=0"),
-     (dict(inverse_update_freq=2.5), "inverse_update_freq=2.5"),
-     (dict(cold_steps=-1), "cold_steps=-1"), (dict(damping_mode="exact"), "damping_mode='exact'"),
-     (dict(learning_rate=-0.1), "learning_rate=-0.1")],
+    [
+        (dict(damping=-1.0), "damping=-1.0"),
+        (dict(kl_clip=0.0), "kl_clip=0.0"),
+        (dict(kl_clip=-1e-3), "kl_clip=-0.001"),
+        (dict(stats_decay=1.0), "stats_decay=1.0"),
+        (dict(stats_decay=-0.1), "stats_decay=-0.1"),
+        (dict(momentum=1.0), "momentum=1.0"),
+        (dict(inverse_update_freq=0), "inverse_update_freq=0"),
+        (dict(inverse_update_freq=2.5), "inverse_update_freq=2.5"),
+        (dict(cold_steps=-1), "cold_steps=-1"),
+        (dict(damping_mode="exact"), "damping_mode='exact'"),
+        (dict(learning_rate=-0.1), "learning_rate=-0.1"),
+    ],
 )
 def test_invalid_hyperparameters_name_what_was_received(kwargs, received):
-    with pytest.raises(ValueError, match=received.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(
+        ValueError, match=received.replace("(", r"\(").replace(".", r"\.")
+    ):
         keras_kfac.KFAC(**kwargs)
 
 
 def test_config_round_trip():
-    opt = keras_kfac.KFAC(learning_rate=0.1, damping=0.02, kl_clip=None, momentum=0.5,
-                          stats_decay=0.9, inverse_update_freq=3, cold_steps=4,
-                          damping_mode="factored", clipnorm=1.0, weight_decay=1e-4)
+    opt = keras_kfac.KFAC(
+        learning_rate=0.1,
+        damping=0.02,
+        kl_clip=None,
+        momentum=0.5,
+        stats_decay=0.9,
+        inverse_update_freq=3,
+        cold_steps=4,
+        damping_mode="factored",
+        clipnorm=1.0,
+        weight_decay=1e-4,
+    )
     config = opt.get_config()
     again = keras_kfac.KFAC.from_config(config)
     assert again.get_config() == config
@@ -228,18 +310,26 @@ def test_model_without_kfac_layers_warns_once_and_trains_first_order(rng):
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.reduce_mean(tf.square(model(x) - y), -1))
     dW, db = tape.gradient(loss, model.trainable_weights)
-    model.compile(optimizer=keras_kfac.KFAC(learning_rate=0.1, **EXACT), loss="mse")
+    model.compile(
+        optimizer=keras_kfac.KFAC(learning_rate=0.1, **EXACT), loss="mse"
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.train_on_batch(x, y)
         model.train_on_batch(x, y)
-    messages = [str(w.message) for w in caught if "no keras_kfac" in str(w.message)]
+    messages = [
+        str(w.message) for w in caught if "no keras_kfac" in str(w.message)
+    ]
     assert len(messages) == 1
     model2 = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model2.set_weights([W, b])
-    model2.compile(optimizer=keras_kfac.KFAC(learning_rate=0.1, **EXACT), loss="mse")
+    model2.compile(
+        optimizer=keras_kfac.KFAC(learning_rate=0.1, **EXACT), loss="mse"
+    )
     model2.train_on_batch(x, y)
-    np.testing.assert_allclose(model2.get_weights()[0], W - 0.1 * dW.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        model2.get_weights()[0], W - 0.1 * dW.numpy(), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_gradient_accumulation_applies_the_mean_gradient_once(rng):
@@ -249,8 +339,10 @@ def test_gradient_accumulation_applies_the_mean_gradient_once(rng):
     accumulated.set_weights(once.get_weights())
     settings = dict(EXACT, kl_clip=1e-2, learning_rate=0.1)
     once.compile(optimizer=keras_kfac.KFAC(**settings), loss="mse")
-    accumulated.compile(optimizer=keras_kfac.KFAC(gradient_accumulation_steps=2, **settings),
-                        loss="mse")
+    accumulated.compile(
+        optimizer=keras_kfac.KFAC(gradient_accumulation_steps=2, **settings),
+        loss="mse",
+    )
     once.train_on_batch(x, y)
     accumulated.train_on_batch(x, y)
     assert int(accumulated.optimizer.update_count) == 0

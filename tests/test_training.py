@@ -2,21 +2,31 @@
 
 import keras
 import numpy as np
-import pytest
 
 import keras_kfac
 from keras_kfac import layers
 
-SETTINGS = dict(learning_rate=0.2, damping=0.01, kl_clip=1e-2, momentum=0.9,
-                stats_decay=0.9, inverse_update_freq=3, cold_steps=2)
+SETTINGS = dict(
+    learning_rate=0.2,
+    damping=0.01,
+    kl_clip=1e-2,
+    momentum=0.9,
+    stats_decay=0.9,
+    inverse_update_freq=3,
+    cold_steps=2,
+)
 
 
 def classifier():
-    return keras.Sequential([keras.Input((6, 6, 1)),
-                             layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
-                             keras.layers.Flatten(),
-                             layers.Dense(16, activation="tanh"),
-                             layers.Dense(3)])
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            layers.Dense(16, activation="tanh"),
+            layers.Dense(3),
+        ]
+    )
 
 
 def data(rng, n=96):
@@ -26,14 +36,19 @@ def data(rng, n=96):
 
 
 def compile_(model, jit_compile=False, **overrides):
-    model.compile(optimizer=keras_kfac.KFAC(**dict(SETTINGS, **overrides)),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=jit_compile)
+    model.compile(
+        optimizer=keras_kfac.KFAC(**dict(SETTINGS, **overrides)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
     return model
 
 
 def fit(model, x, y, epochs, **kwargs):
-    return model.fit(x, y, epochs=epochs, batch_size=16, shuffle=False, verbose=0, **kwargs)
+    return model.fit(
+        x, y, epochs=epochs, batch_size=16, shuffle=False, verbose=0, **kwargs
+    )
 
 
 def test_fit_reduces_loss(rng):
@@ -92,7 +107,9 @@ def test_nan_batch_is_skipped_and_changes_nothing(rng):
     assert int(poisoned.optimizer.skipped_steps) == 1
     assert int(poisoned.optimizer.update_count) == 3
     assert all(np.all(np.isfinite(w)) for w in poisoned.get_weights())
-    assert all(np.all(np.isfinite(np.asarray(v))) for v in poisoned.optimizer.variables)
+    assert all(
+        np.all(np.isfinite(np.asarray(v))) for v in poisoned.optimizer.variables
+    )
 
     clean = classifier()
     clean.set_weights(initial)
@@ -116,17 +133,24 @@ def test_mixed_float16_keeps_factors_float32_and_undoes_loss_scale(rng):
         compile_(model, **dict(cold_steps=0, stats_decay=0.0))
         fit(model, x[:16], y[:16], epochs=1)
         kfac = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-        assert all(f["G"].dtype == "float32" and f["Q_A"].dtype == "float32" for f in kfac._factors)
+        assert all(
+            f["G"].dtype == "float32" and f["Q_A"].dtype == "float32"
+            for f in kfac._factors
+        )
         factors[policy] = [np.asarray(f["G"]) for f in kfac._factors]
     keras.config.set_dtype_policy("float32")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     for g32, g16 in zip(factors["float32"], factors["mixed_float16"]):
-        np.testing.assert_allclose(g16, g32, rtol=0.05, atol=1e-3 * np.abs(g32).max())
+        np.testing.assert_allclose(
+            g16, g32, rtol=0.05, atol=1e-3 * np.abs(g32).max()
+        )
 
 
 def test_weight_decay_clipnorm_and_ema_work_together(rng):
     x, y = data(rng)
-    model = compile_(classifier(), weight_decay=1e-3, global_clipnorm=1.0, use_ema=True)
+    model = compile_(
+        classifier(), weight_decay=1e-3, global_clipnorm=1.0, use_ema=True
+    )
     history = fit(model, x, y, epochs=3)
     assert np.isfinite(history.history["loss"][-1])
     assert history.history["loss"][-1] < history.history["loss"][0]
