@@ -8,7 +8,11 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 DEMO_RUN := runs/demo-acktr-CartPole-v1
 
-.PHONY: demo demo-digits test test-all bench
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+.PHONY: demo demo-digits test test-all bench bench-quick
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +36,23 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
-bench: $(STAMP)
-	$(PY) bench/optimizer.py
-	$(PY) bench/cartpole.py
+# The benchmarks need torch and Stable-Baselines3 besides the project's
+# own lock: they get their own environment, so `make test` never needs them.
+$(BENCH_STAMP): requirements.lock requirements-bench.lock setup.cfg pyproject.toml
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q --no-deps -r requirements.lock -r requirements-bench.lock
+	$(BENCH_PY) -m pip install -q --no-deps -e .
+	touch $(BENCH_STAMP)
+
+# Everything in BENCHMARKS.md (hours on 2 cores; runs that finished are kept).
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) bench/optimizer.py
+	$(BENCH_PY) bench/autoencoder.py
+	$(BENCH_PY) bench/cartpole.py
+	$(BENCH_PY) bench/compare.py
+
+# The same comparison and autoencoder on small budgets, one seed: minutes.
+bench-quick: $(BENCH_STAMP)
+	$(BENCH_PY) bench/autoencoder.py --quick
+	$(BENCH_PY) bench/compare.py --quick

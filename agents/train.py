@@ -316,13 +316,20 @@ def build(config: Config):
 
 
 class EpisodeLog:
-    """`episodes.csv`: one row per finished training episode."""
+    """`episodes.csv`: one row per finished training episode, with the
+    environment steps and the training seconds (over all sessions of a
+    resumed run) at the end of the update in which it finished."""
 
-    FIELDS = ("env_steps", "return", "length")
+    FIELDS = ("env_steps", "return", "length", "wall_seconds")
 
     def __init__(self, path: str):
         self.path = path
-        self.rows: list[tuple[int, float, int]] = []
+        self.rows: list[tuple[int, float, int, float]] = []
+
+    @property
+    def seconds(self) -> float:
+        """Training seconds at the last row (0 for none)."""
+        return self.rows[-1][3] if self.rows else 0.0
 
     def load(self, up_to_env_steps: int) -> None:
         """Reads the rows of a resumed run up to its checkpoint."""
@@ -335,6 +342,7 @@ class EpisodeLog:
                                 int(row["env_steps"]),
                                 float(row["return"]),
                                 int(row["length"]),
+                                float(row["wall_seconds"]),
                             )
                         )
         self._rewrite()
@@ -355,7 +363,7 @@ class EpisodeLog:
         self.rows.extend(rows)
 
     def mean_return(self, last: int = 100) -> float:
-        returns = [r for _, r, _ in self.rows[-last:]]
+        returns = [row[1] for row in self.rows[-last:]]
         return float(np.mean(returns)) if returns else float("nan")
 
 
@@ -365,8 +373,8 @@ def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = np.array([s for s, _, _ in episodes.rows])
-    returns = np.array([r for _, r, _ in episodes.rows])
+    steps = np.array([row[0] for row in episodes.rows])
+    returns = np.array([row[1] for row in episodes.rows])
     figure, axes = plt.subplots(figsize=(6, 4))
     if len(returns):
         window = min(100, len(returns))
@@ -478,8 +486,9 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
         )
         train = tf.function(agent.train)
         writer = tf.summary.create_file_writer(config.logdir)
-        recent = deque((r for _, r, _ in episodes.rows[-100:]), maxlen=100)
+        recent = deque((row[1] for row in episodes.rows[-100:]), maxlen=100)
         start_steps, start_time = int(env_steps), time.perf_counter()
+        previous_seconds = episodes.seconds
         bar = tqdm(
             total=config.total_steps,
             initial=int(env_steps),
@@ -493,16 +502,18 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
                 loss_info = train(experience)
                 env_steps.assign_add(config.batch_steps)
                 steps = int(env_steps)
+                seconds = previous_seconds + time.perf_counter() - start_time
                 finished = [
-                    (steps, r, n) for r, n in py_env.pop_completed_episodes()
+                    (steps, r, n, round(seconds, 3))
+                    for r, n in py_env.pop_completed_episodes()
                 ]
                 episodes.append(finished)
-                recent.extend(r for _, r, _ in finished)
+                recent.extend(row[1] for row in finished)
                 rate = (steps - start_steps) / (
                     time.perf_counter() - start_time
                 )
                 with writer.as_default(step=steps):
-                    for _, r, n in finished:
+                    for _, r, n, _ in finished:
                         tf.summary.scalar("episode/return", r)
                         tf.summary.scalar("episode/length", n)
                     tf.summary.scalar("loss/total", loss_info.loss)

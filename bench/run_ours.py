@@ -1,0 +1,99 @@
+"""Trains one of this project's agents for the comparison benchmark.
+
+    python bench/run_ours.py --algo acktr --env CartPole-v1 --seed 0 \\
+        --total-steps 100000 --out bench/results/compare/CartPole-v1/acktr-seed0
+
+The run is `python -m agents.train` with the preset for the task:
+`default` for discrete actions (CartPole-v1, LunarLander-v3) and `mujoco`
+(the ACKTR paper's continuous-control settings) for Box actions. Writes the
+files `bench/runner_common.py` describes (`episodes.csv`, `summary.json`),
+plus the training run itself under `--out/run`. TensorFlow runs on one
+thread, as the third-party runners do, so two runs can share two cores.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+import gymnasium
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from runner_common import add_run_arguments, write_summary  # noqa: E402
+
+from agents import train  # noqa: E402
+
+
+def preset_for(env_id: str) -> str:
+    """`mujoco` for continuous actions, `default` otherwise."""
+    space = gymnasium.spec(env_id).make().action_space
+    return "mujoco" if isinstance(space, gymnasium.spaces.Box) else "default"
+
+
+def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
+    """Trains one run and writes its files; returns the summary."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    os.makedirs(out, exist_ok=True)
+    logdir = os.path.join(out, "run")
+    shutil.rmtree(logdir, ignore_errors=True)
+    config = train.Config(
+        algo=algo,
+        env=env_id,
+        preset=preset_for(env_id),
+        seed=seed,
+        total_steps=total_steps,
+        logdir=logdir,
+    )
+    cpu_start = time.process_time()
+    result = train.run(config, progress=False)
+    cpu_seconds = time.process_time() - cpu_start
+    shutil.copyfile(
+        os.path.join(logdir, "episodes.csv"),
+        os.path.join(out, "episodes.csv"),
+    )
+    settings = {
+        k: v
+        for k, v in vars(config).items()
+        if v is not None and k not in ("logdir", "env", "algo", "seed")
+    }
+    summary = {
+        "library": "keras-kfac",
+        "algo": algo,
+        "env": env_id,
+        "seed": seed,
+        "env_steps": result.env_steps,
+        "train_seconds": round(result.seconds, 3),
+        "train_cpu_seconds": round(cpu_seconds, 3),
+        "steps_per_second": round(result.steps_per_second, 1),
+        "episodes": result.episodes,
+        "hyperparameters": settings,
+        "source": f"agents.train preset {config.preset!r}",
+    }
+    write_summary(out, summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--algo", required=True, choices=train.ALGORITHMS)
+    add_run_arguments(parser, str)
+    args = parser.parse_args(argv)
+    summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
+    print(
+        f"{args.algo} on {args.env} (seed {args.seed}): "
+        f"{summary['env_steps']} steps, {summary['episodes']} episodes, "
+        f"{summary['train_seconds']:.1f} s "
+        f"({summary['steps_per_second']:.0f} steps/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
