@@ -6,7 +6,8 @@ update, as OpenAI baselines' `acktr.py` does it:
 
 1. the backward pass of `joint_fisher = pg_fisher + vf_fisher`
    (`agents.losses`) with factor collection on: K-FAC's `A` and `G` come
-   from it, and from it only;
+   from it, and from it only (`pg_fisher` alone when a `value_optimizer`
+   fits the critic apart, as the paper does for continuous control);
 2. the backward pass of `pg_loss - ent_coef · H + vf_coef · vf_loss` with
    collection off: the gradient;
 3. `keras_kfac.KFAC` preconditions that gradient with the running factors
@@ -102,6 +103,8 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         pg_fisher = losses.policy_fisher_loss(
             distribution.log_prob(actions), weights
         )
+        if self._value_optimizer is not None:  # the critic is fitted apart
+            return pg_fisher
         noise = tf.random.stateless_normal(tf.shape(values), noise_seed)
         vf_fisher = losses.value_fisher_loss(
             values, noise, weights, self._vf_fisher_coef

@@ -33,9 +33,14 @@ from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import time_step as ts
 from tf_agents.utils import nest_utils
 
+import keras_kfac
 from agents import advantages as advantages_lib
 from agents import losses
-from agents.checks import check_non_negative, check_unit_interval
+from agents.checks import (
+    check_non_negative,
+    check_positive_integer,
+    check_unit_interval,
+)
 from agents.policies import ActorCriticPolicy
 
 ActorCriticLossInfo = collections.namedtuple(
@@ -86,7 +91,8 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         actor_critic_network: A `tf_agents.networks.Network` mapping
             observations to `((distribution, value), state)`, for example
             `agents.networks.ActorCriticNetwork`.
-        optimizer: A Keras optimizer.
+        optimizer: The Keras optimizer of the update: of the policy, and of
+            the value function too unless `value_optimizer` is given.
         gamma: Discount `γ`. Defaults to `0.99`.
         gae_lambda: `λ` of GAE; `None` uses n-step returns. Defaults to
             `None`.
@@ -97,6 +103,17 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         target_kl: Adapt the learning rate toward this realized KL per
             update (see above); `None` keeps it fixed. Needs an optimizer
             with a constant learning rate. Defaults to `None`.
+        value_optimizer: A first-order Keras optimizer that fits the value
+            function separately after each update (`value_epochs` passes
+            of minibatch steps on `mean_w((R - V(s))²)`), as the ACKTR paper
+            does with separate policy and value networks; then `optimizer`
+            trains only the policy, the network's policy and value must not
+            share parameters, and `vf_coef` is unused. `None` trains both
+            with `optimizer` on the joint loss. Defaults to `None`.
+        value_epochs: Passes over the batch of the separate value fit.
+            Defaults to `5`.
+        value_minibatch_size: Rows per step of the separate value fit.
+            Defaults to `64`.
         seed: Seed of the agent's own random draws. Defaults to `0`.
         train_step_counter: The agent's update counter. Defaults to a new
             `tf.Variable` of its own.
@@ -116,6 +133,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         vf_coef: float = 0.5,
         normalize_advantages: bool = False,
         target_kl: float | None = None,
+        value_optimizer=None,
+        value_epochs: int = 5,
+        value_minibatch_size: int = 64,
         seed: int = 0,
         debug_summaries: bool = False,
         summarize_grads_and_vars: bool = False,
@@ -137,6 +157,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._check_network(time_step_spec, action_spec)
         self._optimizer = optimizer
         if target_kl is not None:
+            if optimizer is None:
+                raise ValueError(
+                    "target_kl adapts the optimizer's learning rate; this "
+                    f"agent has none. Received: target_kl={target_kl}"
+                )
             if not target_kl > 0:
                 raise ValueError(
                     f"target_kl must be > 0. Received: target_kl={target_kl!r}"
@@ -155,7 +180,26 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._vf_coef = float(vf_coef)
         self._normalize_advantages = bool(normalize_advantages)
         self._seed = int(seed)
-        self._optimizer.build(self._network.trainable_variables)
+        self._value_optimizer = value_optimizer
+        if value_optimizer is None:
+            self._policy_variables = list(self._network.trainable_variables)
+            self._value_variables = []
+        else:
+            if not isinstance(value_optimizer, keras.optimizers.Optimizer):
+                raise ValueError(
+                    "value_optimizer must be a keras.optimizers.Optimizer. "
+                    f"Received: {value_optimizer!r}"
+                )
+            check_positive_integer("value_epochs", value_epochs)
+            check_positive_integer("value_minibatch_size", value_minibatch_size)
+            self._value_epochs = int(value_epochs)
+            self._value_minibatch_size = int(value_minibatch_size)
+            self._policy_variables, self._value_variables = (
+                self._split_variables(time_step_spec)
+            )
+            value_optimizer.build(self._value_variables)
+        if optimizer is not None:
+            optimizer.build(self._policy_variables)
         if train_step_counter is None:  # one per agent, not a global step
             train_step_counter = tf.Variable(
                 0, dtype=tf.int64, name="train_step"
@@ -187,6 +231,73 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
     @property
     def optimizer(self):
         return self._optimizer
+
+    @property
+    def value_optimizer(self):
+        return self._value_optimizer
+
+    def _split_variables(self, time_step_spec):
+        """`(policy, value)` variables; raises if the two share any."""
+        observation = tensor_spec.sample_spec_nest(
+            time_step_spec.observation, outer_dims=(2,)
+        )
+        variables = self._network.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            (distribution, value), _ = self._network(
+                observation, training=False
+            )
+            actions = tf.stop_gradient(distribution.sample(seed=0))
+            policy_output = tf.reduce_sum(
+                distribution.log_prob(actions)
+            ) + tf.reduce_sum(distribution.entropy())
+        policy_gradients = tape.gradient(policy_output, variables)
+        value_gradients = tape.gradient(value, variables)
+        del tape
+        policy, value = [], []
+        for variable, p, v in zip(variables, policy_gradients, value_gradients):
+            if p is not None and v is not None:
+                raise ValueError(
+                    f"{type(self).__name__} fits the value function "
+                    "separately, so the network's policy and value must not "
+                    "share parameters (e.g. ActorCriticNetwork(..., "
+                    f"shared_torso=False)). Received a network whose "
+                    f"{variable.path} feeds both"
+                )
+            (policy if p is not None else value).append(variable)
+        return policy, value
+
+    def _fit_value(self, batch) -> None:
+        """`value_epochs` passes of minibatch steps of the value optimizer
+        on `mean_w((R - V(s))²)`, minibatches reshuffled every pass."""
+        rows = tf.shape(batch.returns)[0]
+        size = tf.minimum(self._value_minibatch_size, rows)
+        for epoch in tf.range(self._value_epochs):
+            seed = tf.stack(
+                [
+                    tf.constant(self._seed, tf.int64),
+                    tf.cast(self.train_step_counter, tf.int64)
+                    * self._value_epochs
+                    + tf.cast(epoch, tf.int64),
+                ]
+            )
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(rows), seed
+            )
+            for i in tf.range(rows // size):
+                index = order[i * size : (i + 1) * size]
+                with tf.GradientTape() as tape:
+                    (_, values), _ = self._network(
+                        tf.gather(batch.observation, index), training=True
+                    )
+                    loss = losses.value_loss(
+                        values,
+                        tf.gather(batch.returns, index),
+                        tf.gather(batch.weights, index),
+                    )
+                gradients = tape.gradient(loss, self._value_variables)
+                apply_gradients(
+                    self._value_optimizer, gradients, self._value_variables
+                )
 
     def _check_network(self, time_step_spec, action_spec) -> None:
         """Calls the network once and checks what it returns."""
@@ -316,7 +427,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         )
         observation = _rows(transitions.observation)
         actions = _rows(transitions.action)
-        variables = self._network.trainable_variables
+        variables = self._policy_variables
         noise_seed = tf.stack(
             [
                 tf.constant(self._seed, tf.int64),
@@ -343,11 +454,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             )
             value_loss = losses.value_loss(values, _rows(returns), loss_weights)
             entropy = losses.entropy(distribution.entropy(), loss_weights)
-            total = (
-                policy_loss
-                - self._ent_coef * entropy
-                + self._vf_coef * value_loss
-            )
+            total = policy_loss - self._ent_coef * entropy
+            if self._value_optimizer is None:
+                total += self._vf_coef * value_loss
             fisher = self._fisher_loss(
                 distribution, actions, values, fisher_weights, noise_seed
             )
@@ -362,6 +471,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         )
         clip_coefficient = self._update(tape, terms, batch, variables)
         del tape
+        if self._value_optimizer is not None:
+            with keras_kfac.collecting_statistics(False):
+                self._fit_value(batch)
 
         (new_distribution, _), _ = self._network(observation, training=False)
         kl = losses.weighted_mean(
@@ -387,11 +499,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             tf.summary.scalar("loss/total", total, step=step)
             for name, value in extra._asdict().items():
                 tf.summary.scalar(f"loss/{name}", value, step=step)
-            tf.summary.scalar(
-                "train/learning_rate",
-                tf.cast(self._optimizer.learning_rate, tf.float32),
-                step=step,
-            )
+            if self._optimizer is not None:
+                tf.summary.scalar(
+                    "train/learning_rate",
+                    tf.cast(self._optimizer.learning_rate, tf.float32),
+                    step=step,
+                )
         return tf_agent.LossInfo(loss=total, extra=extra)
 
 

@@ -52,6 +52,7 @@ COMMON = dict(
     normalize_observations=False,
     normalize_advantages=False,
     target_kl=None,
+    value_learning_rate=None,
 )
 
 # "default": the papers' discrete-action settings, with the batch sizes of
@@ -59,8 +60,10 @@ COMMON = dict(
 # "mujoco": the ACKTR paper's continuous-control settings (its §5.2 and
 # baselines' `acktr_cont.py`): separate policy and value networks, 2500
 # steps per batch (here 4 envs x 625), GAE λ = 0.97, standardized
-# advantages, normalized observations, and a step size adapted toward a
-# target KL of 0.002 (starting from 0.03 for ACKTR). TRPO takes δ = 0.01.
+# advantages, normalized observations, the value function fitted apart
+# (Adam 1e-3, 5 epochs of minibatches of 64; the paper uses K-FAC there),
+# and a policy step size adapted toward a target KL of 0.002 (starting
+# from 0.03 for ACKTR). TRPO takes δ = 0.01.
 PRESETS = {
     "default": {
         "acktr": dict(
@@ -71,12 +74,13 @@ PRESETS = {
             kl_clip=0.0005,
             damping=0.01,
             inverse_update_freq=10,
+            cold_steps=10,
         ),
         "a2c": dict(num_envs=8, n_steps=5, learning_rate=7e-4, ent_coef=0.01),
         "trpo": dict(
             num_envs=8,
             n_steps=128,
-            learning_rate=1e-3,
+            value_learning_rate=1e-3,
             ent_coef=0.0,
             gae_lambda=0.98,
             normalize_advantages=True,
@@ -92,6 +96,7 @@ PRESETS = {
             normalize_observations=True,
             normalize_advantages=True,
             ent_coef=0.0,
+            value_learning_rate=1e-3,
             **settings,
         )
         for algo, settings in {
@@ -101,10 +106,11 @@ PRESETS = {
                 kl_clip=0.005,
                 damping=0.01,
                 inverse_update_freq=2,
+                cold_steps=1,
                 max_grad_norm=None,
             ),
             "a2c": dict(learning_rate=3e-4, target_kl=0.002),
-            "trpo": dict(learning_rate=1e-3, max_kl=0.01, damping=0.1),
+            "trpo": dict(max_kl=0.01, damping=0.1),
         }.items()
     },
 }
@@ -134,6 +140,7 @@ class Config:
     num_envs: int = FROM_PRESET
     n_steps: int = FROM_PRESET
     learning_rate: float = FROM_PRESET
+    value_learning_rate: float | None = FROM_PRESET
     lr_schedule: str = "constant"
     target_kl: float | None = FROM_PRESET
     ent_coef: float = FROM_PRESET
@@ -145,6 +152,7 @@ class Config:
     kl_clip: float = FROM_PRESET
     damping: float = FROM_PRESET
     inverse_update_freq: int = FROM_PRESET
+    cold_steps: int = FROM_PRESET
     vf_fisher_coef: float = 1.0
     max_kl: float = FROM_PRESET
     hidden_units: tuple[int, ...] = FROM_PRESET
@@ -183,9 +191,16 @@ class Config:
             )
         for name in ("total_steps", "num_envs", "n_steps", "checkpoint_every"):
             check_positive_integer(name, getattr(self, name))
-        if not self.learning_rate > 0:
+        for name in ("learning_rate", "value_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(
+                    f"{name} must be > 0. Received: {name}={value!r}"
+                )
+        if self.algo == "trpo" and self.value_learning_rate is None:
             raise ValueError(
-                f"learning_rate must be > 0. Received: learning_rate={self.learning_rate!r}"
+                "trpo fits its value function apart and needs a "
+                "value_learning_rate. Received: None"
             )
         if self.logdir is None:
             self.logdir = os.path.join(
@@ -235,7 +250,7 @@ def build(config: Config):
     from agents.acktr import AcktrAgent, acktr_optimizer
     from agents.envs import GymnasiumEnvironment
     from agents.networks import ActorCriticNetwork
-    from agents.trpo import TrpoAgent, trpo_value_optimizer
+    from agents.trpo import TrpoAgent
 
     keras.utils.set_random_seed(config.seed)
     py_env = GymnasiumEnvironment(
@@ -257,7 +272,7 @@ def build(config: Config):
             normalize_observations=config.normalize_observations,
         )
         learning_rate = config.learning_rate
-        if config.lr_schedule == "linear":
+        if config.lr_schedule == "linear" and learning_rate is not None:
             learning_rate = keras.optimizers.schedules.PolynomialDecay(
                 config.learning_rate,
                 config.total_updates,
@@ -268,6 +283,9 @@ def build(config: Config):
             gae_lambda=config.gae_lambda,
             ent_coef=config.ent_coef,
             normalize_advantages=config.normalize_advantages,
+            value_optimizer=None
+            if config.value_learning_rate is None
+            else keras.optimizers.Adam(config.value_learning_rate),
             seed=config.seed,
             train_step_counter=tf.Variable(
                 0, dtype=tf.int64, name="train_step"
@@ -280,6 +298,7 @@ def build(config: Config):
                 kl_clip=config.kl_clip,
                 damping=config.damping,
                 inverse_update_freq=config.inverse_update_freq,
+                cold_steps=config.cold_steps,
                 max_grad_norm=config.max_grad_norm,
             )
             agent = AcktrAgent(
@@ -304,7 +323,6 @@ def build(config: Config):
         else:
             agent = TrpoAgent(
                 *specs,
-                trpo_value_optimizer(learning_rate),
                 max_kl=config.max_kl,
                 damping=config.damping,
                 **common,
@@ -586,8 +604,13 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     add(
         "--learning-rate",
         type=float,
-        help="acktr: η_max; a2c: RMSprop's rate; trpo: the value function's "
-        "Adam rate",
+        help="acktr: η_max; a2c: RMSprop's rate (trpo has none)",
+    )
+    add(
+        "--value-learning-rate",
+        type=_optional_float,
+        help="fit the value function apart with Adam at this rate (trpo "
+        "always); 'none': train it with the policy's optimizer",
     )
     add("--lr-schedule", choices=("constant", "linear"))
     add(
@@ -612,6 +635,11 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     )
     add("--damping", type=float, help="acktr: K-FAC's; trpo: CG's")
     add("--inverse-update-freq", type=int, help="acktr: K-FAC's")
+    add(
+        "--cold-steps",
+        type=int,
+        help="acktr: first-order updates before K-FAC's first inverse",
+    )
     add("--vf-fisher-coef", type=float, help="acktr")
     add("--max-kl", type=float, help="trpo: the trust-region radius δ")
     add(

@@ -15,8 +15,8 @@ compares with. One update:
    whose improvement `L(θ) - L(θ_old)` is positive and at least
    `accept_ratio` times the expected `2⁻ᵏ gᵀΔ`; if none is accepted the
    policy keeps `θ_old`;
-5. the value function, fitted separately: `value_epochs` passes of
-   minibatch steps of its own optimizer on `mean_w((R - V(s))²)`.
+5. the value function, fitted separately by `value_optimizer`
+   (`agents.on_policy`).
 
 The policy and the value function must not share parameters
 (`ActorCriticNetwork(..., shared_torso=False)`).
@@ -25,12 +25,11 @@ The policy and the value function must not share parameters
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tf_agents.specs import tensor_spec
 
 import keras_kfac
 from agents import losses, trust_region
 from agents.checks import check_non_negative, check_positive_integer
-from agents.on_policy import OnPolicyActorCriticAgent, apply_gradients
+from agents.on_policy import OnPolicyActorCriticAgent
 
 
 def trpo_value_optimizer(learning_rate: float = 1e-3) -> keras.Optimizer:
@@ -47,8 +46,8 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         actor_critic_network: A network mapping observations to
             `((distribution, value), state)` whose policy and value have no
             parameter in common.
-        optimizer: The value function's Keras optimizer. Defaults to
-            `trpo_value_optimizer()` (Adam, 1e-3).
+        value_optimizer: The value function's first-order Keras optimizer.
+            Defaults to `trpo_value_optimizer()` (Adam, 1e-3).
         max_kl: The trust-region radius `δ` on the mean KL. Defaults to
             `0.01`.
         damping: `λ` added to the Fisher in CG. Defaults to `0.1`.
@@ -58,12 +57,9 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         line_search_steps: Step halvings tried. Defaults to `10`.
         accept_ratio: Fraction of the expected improvement a step must
             achieve. Defaults to `0.1`.
-        value_epochs: Passes over the batch fitting the value function.
-            Defaults to `5`.
-        value_minibatch_size: Rows per value-function step. Defaults to
-            `64`.
         **kwargs: `gamma`, `gae_lambda`, `ent_coef` (defaults to `0`),
-            `normalize_advantages`, `seed`, ... as in
+            `normalize_advantages`, `value_epochs`, `value_minibatch_size`,
+            `seed`, ... as in
             `agents.on_policy.OnPolicyActorCriticAgent`.
     """
 
@@ -72,30 +68,19 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         time_step_spec,
         action_spec,
         actor_critic_network,
-        optimizer: keras.Optimizer | None = None,
+        value_optimizer: keras.Optimizer | None = None,
         max_kl: float = 0.01,
         damping: float = 0.1,
         cg_iterations: int = 10,
         cg_residual_tolerance: float = 1e-10,
         line_search_steps: int = 10,
         accept_ratio: float = 0.1,
-        value_epochs: int = 5,
-        value_minibatch_size: int = 64,
         ent_coef: float = 0.0,
         name: str = "TrpoAgent",
         **kwargs,
     ):
-        optimizer = trpo_value_optimizer() if optimizer is None else optimizer
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "optimizer (the value function's) must be a "
-                f"keras.optimizers.Optimizer. Received: {optimizer!r}"
-            )
-        if isinstance(optimizer, keras_kfac.KFAC):
-            raise ValueError(
-                "TrpoAgent fits its value function with a first-order "
-                f"optimizer. Received: {optimizer!r}"
-            )
+        if value_optimizer is None:
+            value_optimizer = trpo_value_optimizer()
         if "target_kl" in kwargs:
             raise ValueError(
                 "TrpoAgent sizes every step to the KL radius max_kl; it "
@@ -108,57 +93,22 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         check_non_negative("cg_residual_tolerance", cg_residual_tolerance)
         check_positive_integer("line_search_steps", line_search_steps)
         check_non_negative("accept_ratio", accept_ratio)
-        check_positive_integer("value_epochs", value_epochs)
-        check_positive_integer("value_minibatch_size", value_minibatch_size)
         self._max_kl = float(max_kl)
         self._damping = float(damping)
         self._cg_iterations = int(cg_iterations)
         self._cg_residual_tolerance = float(cg_residual_tolerance)
         self._line_search_steps = int(line_search_steps)
         self._accept_ratio = float(accept_ratio)
-        self._value_epochs = int(value_epochs)
-        self._value_minibatch_size = int(value_minibatch_size)
         super().__init__(
             time_step_spec,
             action_spec,
             actor_critic_network,
-            optimizer,
+            None,  # the policy step is the trust-region step below
+            value_optimizer=value_optimizer,
             ent_coef=ent_coef,
             name=name,
             **kwargs,
         )
-        self._policy_variables, self._value_variables = self._split_variables(
-            time_step_spec
-        )
-
-    def _split_variables(self, time_step_spec):
-        """`(policy, value)` variables; raises if the two share any."""
-        observation = tensor_spec.sample_spec_nest(
-            time_step_spec.observation, outer_dims=(2,)
-        )
-        variables = self._network.trainable_variables
-        with tf.GradientTape(persistent=True) as tape:
-            (distribution, value), _ = self._network(
-                observation, training=False
-            )
-            actions = tf.stop_gradient(distribution.sample(seed=0))
-            policy_output = tf.reduce_sum(
-                distribution.log_prob(actions)
-            ) + tf.reduce_sum(distribution.entropy())
-        policy_gradients = tape.gradient(policy_output, variables)
-        value_gradients = tape.gradient(value, variables)
-        del tape
-        policy, value = [], []
-        for variable, p, v in zip(variables, policy_gradients, value_gradients):
-            in_policy, in_value = p is not None, v is not None
-            if in_policy and in_value:
-                raise ValueError(
-                    "TrpoAgent needs separate policy and value parameters "
-                    "(e.g. ActorCriticNetwork(..., shared_torso=False)). "
-                    f"Received a network whose {variable.path} feeds both"
-                )
-            (policy if in_policy else value).append(variable)
-        return policy, value
 
     @property
     def max_kl(self) -> float:
@@ -181,9 +131,7 @@ class TrpoAgent(OnPolicyActorCriticAgent):
 
     def _update(self, tape, terms, batch, variables):
         with keras_kfac.collecting_statistics(False):
-            step_fraction = self._policy_step(tape, terms, batch)
-            self._fit_value(batch)
-        return step_fraction
+            return self._policy_step(tape, terms, batch)
 
     def _policy_step(self, tape, terms, batch):
         """Steps 1-4 of the module docstring; returns the accepted `2⁻ᵏ`
@@ -265,36 +213,3 @@ class TrpoAgent(OnPolicyActorCriticAgent):
             for p, p_old in zip(parameters, old):
                 p.assign(p_old)
         return accepted
-
-    def _fit_value(self, batch):
-        """Minibatch steps of the value optimizer on `mean_w((R - V)²)`."""
-        rows = tf.shape(batch.returns)[0]
-        size = tf.minimum(self._value_minibatch_size, rows)
-        minibatches = rows // size
-        for epoch in tf.range(self._value_epochs):
-            seed = tf.stack(
-                [
-                    tf.constant(self._seed, tf.int64),
-                    tf.cast(self.train_step_counter, tf.int64)
-                    * self._value_epochs
-                    + tf.cast(epoch, tf.int64),
-                ]
-            )
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(rows), seed
-            )
-            for i in tf.range(minibatches):
-                index = order[i * size : (i + 1) * size]
-                with tf.GradientTape() as tape:
-                    (_, values), _ = self._network(
-                        tf.gather(batch.observation, index), training=True
-                    )
-                    loss = losses.value_loss(
-                        values,
-                        tf.gather(batch.returns, index),
-                        tf.gather(batch.weights, index),
-                    )
-                gradients = tape.gradient(loss, self._value_variables)
-                apply_gradients(
-                    self._optimizer, gradients, self._value_variables
-                )

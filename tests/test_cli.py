@@ -93,8 +93,13 @@ def test_the_mujoco_preset_trains_gaussian_policies(algo, tmp_path, capsys):
     # What the command line gives wins; the rest comes from the preset.
     assert (config["num_envs"], config["n_steps"]) == (2, 20)
     assert config["gae_lambda"] == 0.9
-    for key in ("learning_rate", "target_kl", "normalize_observations"):
-        assert config[key] == preset[key], key
+    for key in (
+        "learning_rate",
+        "value_learning_rate",
+        "target_kl",
+        "normalize_observations",
+    ):
+        assert config[key] == preset.get(key), key
     assert config["shared_torso"] is False
     assert os.path.exists(os.path.join(logdir, "policy", "saved_model.pb"))
 

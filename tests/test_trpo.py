@@ -9,7 +9,7 @@ import tensorflow_probability as tfp
 from tf_agents.environments import tf_py_environment
 from tf_agents.specs import tensor_spec
 
-from agents import A2CAgent, TrpoAgent, a2c_optimizer, trust_region
+from agents import A2CAgent, AcktrAgent, TrpoAgent, a2c_optimizer, trust_region
 from agents.advantages import episode_masks
 from agents.envs import GymnasiumEnvironment
 from agents.networks import ActorCriticNetwork
@@ -207,7 +207,7 @@ def test_a_rejected_line_search_leaves_the_policy_unchanged():
 
 def test_the_value_fit_lowers_the_value_loss():
     agent, experience = _trpo(
-        optimizer=keras.optimizers.Adam(0.03), value_epochs=30
+        value_optimizer=keras.optimizers.Adam(0.03), value_epochs=30
     )
     before = agent.train(experience).extra.value_loss
     after = agent.train(experience).extra.value_loss
@@ -223,8 +223,45 @@ def test_trpo_on_gaussian_actions():
     assert np.isfinite(float(info.loss))
 
 
+def test_the_value_fit_takes_epochs_times_minibatches_steps():
+    # 4 envs x 32 steps = 128 rows: 2 minibatches of 64 per epoch.
+    agent, experience = _trpo(value_epochs=3)
+    agent.train(experience)
+    assert int(agent.value_optimizer.iterations) == 3 * 2
+
+
+@pytest.mark.parametrize("algo", ["acktr", "a2c"])
+def test_a_separate_value_fit_leaves_the_policy_step_to_the_optimizer(algo):
+    py_env = GymnasiumEnvironment("CartPole-v1", num_envs=4, seed=0)
+    env = tf_py_environment.TFPyEnvironment(py_env)
+    net = ActorCriticNetwork(
+        env.observation_spec(),
+        env.action_spec(),
+        hidden_units=(8,),
+        shared_torso=False,
+    )
+    Agent = AcktrAgent if algo == "acktr" else A2CAgent
+    agent = Agent(
+        env.time_step_spec(),
+        env.action_spec(),
+        net,
+        value_optimizer=keras.optimizers.Adam(1e-3),
+        value_epochs=2,
+        ent_coef=0.01,
+    )
+    experience = RolloutCollector(env, agent.collect_policy, 32).collect()
+    policy = [v.path for v in agent._policy_variables]
+    assert policy and all("value" not in p for p in policy)
+    info = agent.train(experience)
+    # The loss has no value term; the value optimizer took its own steps.
+    expected = info.extra.policy_loss - 0.01 * info.extra.entropy
+    assert float(info.loss) == pytest.approx(float(expected), rel=1e-6)
+    assert int(agent.value_optimizer.iterations) == 2 * 2
+    assert int(agent.optimizer.iterations) == 1
+
+
 def test_trpo_needs_separate_policy_and_value_parameters():
-    with pytest.raises(ValueError, match="separate policy and value"):
+    with pytest.raises(ValueError, match="must not share parameters"):
         _trpo(network_kwargs=dict(shared_torso=True))
 
 
@@ -237,7 +274,7 @@ def test_trpo_needs_separate_policy_and_value_parameters():
         (dict(value_minibatch_size=0), "value_minibatch_size"),
         (dict(damping=-1.0), "damping"),
         (dict(target_kl=0.01), "target_kl=0.01"),
-        (dict(optimizer="adam"), "Received: 'adam'"),
+        (dict(value_optimizer="adam"), "Received: 'adam'"),
     ],
 )
 def test_bad_trpo_arguments_raise_with_what_was_received(kwargs, message):
