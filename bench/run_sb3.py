@@ -1,0 +1,318 @@
+"""Train Stable-Baselines3 A2C or PPO with rl-baselines3-zoo's settings.
+
+    python bench/run_sb3.py --algo ppo --env CartPole-v1 --seed 0 \\
+        --total-steps 100000 --out runs/sb3-ppo-CartPole-v1-seed0
+
+Needs `requirements-bench.lock` on top of `requirements.lock`.
+
+Hyperparameters are rl-baselines3-zoo's (`hyperparams/a2c.yml` and
+`hyperparams/ppo.yml`), written out in `ZOO` below with the entry each set
+came from. Where the zoo has no entry for an environment's version, the
+entry of the closest version is used (`LunarLander-v2` for v3, the MuJoCo
+v4 or v2 entries for v5); where it has none at all, SB3's defaults.
+Interpreted as the zoo does:
+
+- anything not listed is SB3's default (`n_envs` defaults to 1);
+- `normalize: true` wraps the vector env in `VecNormalize` (observations
+  and rewards, with the algorithm's `gamma` as the reward discount);
+- `lin_X` is a schedule decaying linearly from `X` to 0 over the run
+  (here over `--total-steps`, where the zoo uses its own `n_timesteps`,
+  kept as `zoo_n_timesteps` in `summary.json` for reference).
+
+Training runs on the CPU with one torch thread (intra- and inter-op), so
+that two runs can share the machine's two cores without oversubscribing
+them. Each environment copy sits in a `Monitor` under the vector env (and
+under `VecNormalize`), so `episodes.csv` holds the raw, undiscounted
+returns. See `runner_common.py` for the output files; `train_seconds` is
+the wall time of `learn()`.
+"""
+
+import argparse
+import time
+
+import stable_baselines3
+import torch
+from runner_common import EpisodeLog, add_run_arguments, write_summary
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+ALGORITHMS = {"a2c": A2C, "ppo": PPO}
+
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+
+# MuJoCo-tuned PPO policy of the zoo (its `nn.ReLU` written as "relu").
+_PPO_MUJOCO_POLICY = {
+    "log_std_init": -2,
+    "ortho_init": False,
+    "activation_fn": "relu",
+    "net_arch": {"pi": [256, 256], "vf": [256, 256]},
+}
+
+# algo -> env -> the zoo entry used ("source"), its n_timesteps, and its
+# hyperparameters as the YAML gives them (policy "MlpPolicy" everywhere),
+# read from DLR-RM/rl-baselines3-zoo at commits c6c209e7 (a2c.yml) and
+# 208b6fdf (ppo.yml).
+ZOO = {
+    "a2c": {
+        "CartPole-v1": {
+            "source": "a2c.yml: CartPole-v1",
+            "n_timesteps": 500_000,
+            "hyperparameters": {"n_envs": 8, "ent_coef": 0.0},
+        },
+        "LunarLander-v3": {
+            "source": "a2c.yml: LunarLander-v2",
+            "n_timesteps": 200_000,
+            "hyperparameters": {
+                "n_envs": 8,
+                "gamma": 0.995,
+                "n_steps": 5,
+                "learning_rate": "lin_0.00083",
+                "ent_coef": 0.00001,
+            },
+        },
+        "Pendulum-v1": {
+            "source": "a2c.yml: Pendulum-v1 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {
+                "normalize": True,
+                "n_envs": 8,
+                "ent_coef": 0.0,
+                "max_grad_norm": 0.5,
+                "n_steps": 8,
+                "gae_lambda": 0.9,
+                "vf_coef": 0.4,
+                "gamma": 0.9,
+                "use_rms_prop": True,
+                "normalize_advantage": False,
+                "learning_rate": "lin_7e-4",
+                "use_sde": True,
+                "policy_kwargs": {"log_std_init": -2, "ortho_init": False},
+            },
+        },
+        "InvertedPendulum-v5": {
+            "source": "none: a2c.yml has no InvertedPendulum entry; "
+            "SB3 defaults",
+            "n_timesteps": None,
+            "hyperparameters": {},
+        },
+        "HalfCheetah-v5": {
+            "source": "a2c.yml: HalfCheetah-v4",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {"normalize": True},
+        },
+    },
+    "ppo": {
+        "CartPole-v1": {
+            "source": "ppo.yml: CartPole-v1 (tuned)",
+            "n_timesteps": 100_000,
+            "hyperparameters": {
+                "n_envs": 8,
+                "n_steps": 32,
+                "batch_size": 256,
+                "gae_lambda": 0.8,
+                "gamma": 0.98,
+                "n_epochs": 20,
+                "ent_coef": 0.0,
+                "learning_rate": "lin_0.001",
+                "clip_range": "lin_0.2",
+            },
+        },
+        "LunarLander-v3": {
+            "source": "ppo.yml: LunarLander-v2",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {
+                "n_envs": 16,
+                "n_steps": 1024,
+                "batch_size": 64,
+                "gae_lambda": 0.98,
+                "gamma": 0.999,
+                "n_epochs": 4,
+                "ent_coef": 0.01,
+            },
+        },
+        "Pendulum-v1": {
+            "source": "ppo.yml: Pendulum-v1 (tuned)",
+            "n_timesteps": 100_000,
+            "hyperparameters": {
+                "n_envs": 4,
+                "n_steps": 1024,
+                "gae_lambda": 0.95,
+                "gamma": 0.9,
+                "n_epochs": 10,
+                "ent_coef": 0.0,
+                "learning_rate": 1e-3,
+                "clip_range": 0.2,
+                "use_sde": True,
+                "sde_sample_freq": 4,
+            },
+        },
+        "InvertedPendulum-v5": {
+            "source": "ppo.yml: InvertedPendulum-v2 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {
+                "normalize": True,
+                "n_envs": 1,
+                "batch_size": 64,
+                "n_steps": 32,
+                "gamma": 0.999,
+                "learning_rate": 0.000222425,
+                "ent_coef": 1.37976e-07,
+                "clip_range": 0.4,
+                "n_epochs": 5,
+                "gae_lambda": 0.9,
+                "max_grad_norm": 0.3,
+                "vf_coef": 0.19816,
+            },
+        },
+        "HalfCheetah-v5": {
+            "source": "ppo.yml: HalfCheetah-v4 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {
+                "normalize": True,
+                "n_envs": 1,
+                "batch_size": 64,
+                "n_steps": 512,
+                "gamma": 0.98,
+                "learning_rate": 2.0633e-05,
+                "ent_coef": 0.000401762,
+                "clip_range": 0.1,
+                "n_epochs": 20,
+                "gae_lambda": 0.92,
+                "max_grad_norm": 0.8,
+                "vf_coef": 0.58096,
+                "policy_kwargs": _PPO_MUJOCO_POLICY,
+            },
+        },
+    },
+}
+
+ENVS = sorted(ZOO["a2c"])
+SCHEDULED = ("learning_rate", "clip_range")
+
+
+def _schedule(value):
+    """`"lin_X"` -> linear decay from `X` to 0; numbers stay as they are."""
+    if isinstance(value, str):
+        kind, initial = value.split("_", 1)
+        if kind != "lin":
+            raise ValueError(f"Unknown schedule. Received: {value!r}")
+        return LinearSchedule(start=float(initial), end=0.0, end_fraction=1.0)
+    return value
+
+
+def model_arguments(hyperparameters: dict) -> tuple[int, bool, dict]:
+    """Splits a zoo entry into `(n_envs, normalize, algorithm kwargs)`."""
+    kwargs = dict(hyperparameters)
+    n_envs = kwargs.pop("n_envs", 1)
+    normalize = kwargs.pop("normalize", False)
+    for key in SCHEDULED:
+        if key in kwargs:
+            kwargs[key] = _schedule(kwargs[key])
+    if "policy_kwargs" in kwargs:
+        policy = dict(kwargs["policy_kwargs"])
+        if "activation_fn" in policy:
+            policy["activation_fn"] = ACTIVATIONS[policy["activation_fn"]]
+        kwargs["policy_kwargs"] = policy
+    return n_envs, normalize, kwargs
+
+
+class EpisodeCallback(BaseCallback):
+    """Logs every episode a `Monitor` reports, as it finishes."""
+
+    def __init__(self, log: EpisodeLog, start_time: float):
+        super().__init__()
+        self._log = log
+        self._start_time = start_time
+
+    def _on_step(self) -> bool:
+        # `num_timesteps` already counts this vector step, all copies.
+        for info in self.locals["infos"]:
+            episode = info.get("episode")
+            if episode is not None:
+                self._log.write(
+                    self.num_timesteps,
+                    episode["r"],
+                    episode["l"],
+                    time.perf_counter() - self._start_time,
+                )
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self._log.flush()
+
+
+def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
+    """Trains one run and writes its files; returns the summary."""
+    entry = ZOO[algo][env_id]
+    n_envs, normalize, kwargs = model_arguments(entry["hyperparameters"])
+    env = make_vec_env(
+        env_id, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv
+    )
+    if normalize:  # as the zoo: VecNormalize discounts with the algo's gamma
+        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
+    model = ALGORITHMS[algo](
+        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs
+    )
+    log = EpisodeLog(out)
+    try:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        model.learn(
+            total_timesteps=total_steps,
+            callback=EpisodeCallback(log, start),
+        )
+        seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
+    finally:
+        log.close()
+        env.close()
+    summary = {
+        "library": "sb3",
+        "algo": algo,
+        "env": env_id,
+        "seed": seed,
+        "env_steps": int(model.num_timesteps),
+        "train_seconds": round(seconds, 3),
+        "train_cpu_seconds": round(cpu_seconds, 3),
+        "steps_per_second": round(model.num_timesteps / seconds, 1),
+        "episodes": log.count,
+        "hyperparameters": {
+            "n_envs": n_envs,
+            "normalize": normalize,
+            **entry["hyperparameters"],
+        },
+        "source": f"rl-baselines3-zoo {entry['source']}",
+        "zoo_n_timesteps": entry["n_timesteps"],
+        "versions": {
+            "stable_baselines3": stable_baselines3.__version__,
+            "torch": torch.__version__,
+        },
+    }
+    write_summary(out, summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    """Parses the command line, trains, prints a one-line result."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS))
+    add_run_arguments(parser, ENVS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
+    print(
+        f"sb3 {args.algo} {args.env} seed {args.seed}: "
+        f"{summary['env_steps']} steps, {summary['episodes']} episodes, "
+        f"{summary['train_seconds']:.1f} s "
+        f"({summary['steps_per_second']:.0f} steps/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""What the third-party baseline runners share: CLI checks and outputs.
+
+`bench/run_sb3.py` and `bench/run_tfagents_ppo.py` take the same
+arguments and write the same two files into `--out`:
+
+- `episodes.csv`, header `env_steps,return,length,wall_seconds`: one row
+  per finished training episode, with the environment steps taken so far
+  (all copies together) when it ended, its undiscounted return and length
+  as the environment gave them, and the seconds since training started;
+- `summary.json`: library, algorithm, environment, seed, steps, training
+  time (wall and this process's CPU time: on a machine shared with other
+  work, steps per CPU second estimates the speed it would have alone),
+  steps per second, hyperparameters and where they came from.
+"""
+
+import argparse
+import csv
+import json
+import os
+
+FIELDS = ("env_steps", "return", "length", "wall_seconds")
+
+
+def positive_int(text: str) -> int:
+    """`argparse` type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1. Received: {text!r}"
+        )
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """`argparse` type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 0. Received: {text!r}"
+        )
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, env_type) -> None:
+    """Adds `--env`, `--seed`, `--total-steps` and `--out`.
+
+    `env_type` checks `--env` (an `argparse` type or a list of choices).
+    """
+    if isinstance(env_type, (list, tuple)):
+        parser.add_argument("--env", required=True, choices=env_type)
+    else:
+        parser.add_argument("--env", required=True, type=env_type)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--total-steps",
+        type=positive_int,
+        required=True,
+        help="environment steps, all copies together; a run stops at the "
+        "first update boundary at or past it",
+    )
+    parser.add_argument(
+        "--out", required=True, help="directory for the run's files"
+    )
+
+
+class EpisodeLog:
+    """Writes `episodes.csv` row by row (flushed, so a killed run keeps
+    what it logged)."""
+
+    def __init__(self, out_dir: str):
+        os.makedirs(out_dir, exist_ok=True)
+        self._file = open(
+            os.path.join(out_dir, "episodes.csv"), "w", newline=""
+        )
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(FIELDS)
+        self.count = 0
+
+    def write(
+        self,
+        env_steps: int,
+        episode_return: float,
+        length: int,
+        wall_seconds: float,
+    ) -> None:
+        """Adds one episode's row."""
+        self._writer.writerow(
+            (
+                int(env_steps),
+                float(episode_return),
+                int(length),
+                round(wall_seconds, 3),
+            )
+        )
+        self.count += 1
+
+    def flush(self) -> None:
+        """Pushes the rows written so far to the file."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Closes the file."""
+        self._file.close()
+
+
+def write_summary(out_dir: str, summary: dict) -> None:
+    """Writes `summary.json` (atomically)."""
+    path = os.path.join(out_dir, "summary.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
