@@ -447,3 +447,25 @@ def test_checkpoint_resume_gives_the_same_next_update(tmp_path):
     for got, want in zip(_weights(resumed), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     py_env.close()
+
+
+def test_the_collector_chains_batches_without_losing_a_transition():
+    # Countdown (length 3) is deterministic: observations 3, 2, 1, then a
+    # reset to 3 on the step after the terminal one (NEXT_STEP autoreset).
+    py_env, env, agent = _setup("toy_envs:Countdown-v0", num_envs=2)
+    collector = RolloutCollector(env, agent.collect_policy, 5)
+    first, second = collector.collect(), collector.collect()
+    assert first.observation.shape == (2, 6, 1)
+    walk = np.concatenate(
+        [first.observation[0, :-1, 0], second.observation[0, :, 0]]
+    )
+    np.testing.assert_array_equal(walk, [3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1])
+    # The last entry of a batch is the first of the next.
+    np.testing.assert_array_equal(
+        first.observation[:, -1], second.observation[:, 0]
+    )
+    np.testing.assert_array_equal(
+        first.next_step_type[:, :-2], first.step_type[:, 1:-1]
+    )
+    np.testing.assert_array_equal(first.reward[0, :-1], [1, 2, 3, 0, 1])
+    np.testing.assert_array_equal(first.action[:, -1], [0, 0])
