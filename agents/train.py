@@ -56,7 +56,11 @@ COMMON = dict(
 )
 
 # "default": the papers' discrete-action settings, with the batch sizes of
-# OpenAI baselines / rl-baselines-zoo for classic control.
+# OpenAI baselines / rl-baselines-zoo for classic control. ACKTR fits its
+# critic apart (Adam 1e-3): with separate policy and value networks and one
+# joint K-FAC step, the critic's share of the KL budget left the policy
+# steps tiny (CartPole-v1, 100k steps, 3 seeds: final mean return 258 ± 21
+# joint vs 443 ± 23 apart; BENCHMARKS.md).
 # "mujoco": the ACKTR paper's continuous-control settings (its §5.2 and
 # baselines' `acktr_cont.py`): separate policy and value networks, 2500
 # steps per batch (here 4 envs x 625), GAE λ = 0.97, standardized
@@ -75,6 +79,7 @@ PRESETS = {
             damping=0.01,
             inverse_update_freq=10,
             cold_steps=10,
+            value_learning_rate=1e-3,
         ),
         "a2c": dict(num_envs=8, n_steps=5, learning_rate=7e-4, ent_coef=0.01),
         "trpo": dict(
