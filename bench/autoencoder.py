@@ -81,8 +81,12 @@ QUICK_GRIDS = {
     "Adam": ("learning_rate", [1e-3, 1e-2]),
     "SGD": ("learning_rate", [0.03, 0.1]),
 }
-COLORS = {"KFAC emp.": "tab:orange", "KFAC true": "tab:red",
-          "Adam": "tab:blue", "SGD": "tab:green"}
+COLORS = {
+    "KFAC emp.": "tab:orange",
+    "KFAC true": "tab:red",
+    "Adam": "tab:blue",
+    "SGD": "tab:green",
+}
 
 
 def make_optimizer(name, value):
@@ -96,8 +100,10 @@ def make_optimizer(name, value):
 def autoencoder():
     dense = keras_kfac.layers.Dense
     widths = [*ENCODER, CODE, *ENCODER[::-1]]
-    hidden = [dense(w, activation=None if i == len(ENCODER) else ACTIVATION)
-              for i, w in enumerate(widths)]
+    hidden = [
+        dense(w, activation=None if i == len(ENCODER) else ACTIVATION)
+        for i, w in enumerate(widths)
+    ]
     return keras.Sequential([keras.Input((64,)), *hidden, dense(64)])
 
 
@@ -119,7 +125,8 @@ def make_step(model, optimizer, x, true_fisher, generator):
             if true_fisher:
                 p = tf.sigmoid(logits)
                 sampled = tf.stop_gradient(
-                    tf.cast(generator.uniform(tf.shape(p)) < p, tf.float32))
+                    tf.cast(generator.uniform(tf.shape(p)) < p, tf.float32)
+                )
                 fisher = bernoulli_nll(sampled, logits)
         if true_fisher:
             # Factors from the sampled loss; the real loss's pass goes last
@@ -142,7 +149,9 @@ def make_evaluate(model, x):
     @tf.function
     def evaluate():
         logits = model(x, training=False)
-        error = tf.reduce_mean(tf.reduce_sum(tf.square(tf.sigmoid(logits) - x), axis=1))
+        error = tf.reduce_mean(
+            tf.reduce_sum(tf.square(tf.sigmoid(logits) - x), axis=1)
+        )
         return error, bernoulli_nll(x, logits)
 
     return evaluate
@@ -173,7 +182,7 @@ def train(name, value, initial, x, batches, eval_every, seed):
     clock = 0.0
     for start in range(0, len(batches), eval_every):
         t = time.perf_counter()
-        for indices in batches[start:start + eval_every]:
+        for indices in batches[start : start + eval_every]:
             loss = step(indices)
         loss.numpy()
         clock += time.perf_counter() - t
@@ -184,14 +193,23 @@ def train(name, value, initial, x, batches, eval_every, seed):
         if name.startswith("KFAC"):
             clip.append(float(optimizer.clip_coefficient))
     skipped = int(optimizer.skipped_steps) if name.startswith("KFAC") else 0
-    result = dict(updates=np.array(updates), seconds=np.array(seconds),
-                  errors=np.array(errors), nll=float(nll),
-                  ms=1000 * clock / len(batches),
-                  clip=float(np.mean(clip)) if clip else None, skipped=skipped)
+    result = dict(
+        updates=np.array(updates),
+        seconds=np.array(seconds),
+        errors=np.array(errors),
+        nll=float(nll),
+        ms=1000 * clock / len(batches),
+        clip=float(np.mean(clip)) if clip else None,
+        skipped=skipped,
+    )
     del model, optimizer, step, evaluate
     gc.collect()
-    print(f"  {name} {value:g} seed {seed}: error {errors[-1]:.3f}, "
-          f"{result['ms']:.2f} ms/update", file=sys.stderr, flush=True)
+    print(
+        f"  {name} {value:g} seed {seed}: error {errors[-1]:.3f}, "
+        f"{result['ms']:.2f} ms/update",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -199,8 +217,12 @@ def batch_sequence(n, batch_size, updates, seed):
     """`updates` batches of indices from consecutive shuffles of the data."""
     rng = np.random.default_rng(seed)
     epochs = updates * batch_size // n + 1
-    stream = np.concatenate([rng.permutation(n) for _ in range(epochs)]).astype("int32")
-    return [stream[k * batch_size:(k + 1) * batch_size] for k in range(updates)]
+    stream = np.concatenate([rng.permutation(n) for _ in range(epochs)]).astype(
+        "int32"
+    )
+    return [
+        stream[k * batch_size : (k + 1) * batch_size] for k in range(updates)
+    ]
 
 
 def final(run):
@@ -211,7 +233,11 @@ def final(run):
 def reach(run, target):
     """(updates, seconds) at the first evaluation with error <= target, or None."""
     hit = np.nonzero(run["errors"] <= target)[0]
-    return None if len(hit) == 0 else (run["updates"][hit[0]], run["seconds"][hit[0]])
+    return (
+        None
+        if len(hit) == 0
+        else (run["updates"][hit[0]], run["seconds"][hit[0]])
+    )
 
 
 def fmt(value):
@@ -228,41 +254,75 @@ def benchmark(x, batch_size, updates, grids, seeds, eval_every):
     grid_runs = {}
     for name, (_, values) in grids.items():
         for value in values:
-            grid_runs[name, value] = train(name, value, initial[seeds[0]], x,
-                                           batches[seeds[0]], eval_every, seeds[0])
+            grid_runs[name, value] = train(
+                name,
+                value,
+                initial[seeds[0]],
+                x,
+                batches[seeds[0]],
+                eval_every,
+                seeds[0],
+            )
     chosen, runs = {}, {}
     for name, (_, values) in grids.items():
         chosen[name] = min(values, key=lambda v: final(grid_runs[name, v]))
         runs[name] = [grid_runs[name, chosen[name]]]
     for seed in seeds[1:]:
         for name in grids:
-            runs[name].append(train(name, chosen[name], initial[seed], x,
-                                    batches[seed], eval_every, seed))
+            runs[name].append(
+                train(
+                    name,
+                    chosen[name],
+                    initial[seed],
+                    x,
+                    batches[seed],
+                    eval_every,
+                    seed,
+                )
+            )
     return grid_runs, chosen, runs
 
 
 def report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs):
     epochs = updates * batch_size / 1797
     print(f"### Batch {batch_size}, {updates} updates ({epochs:.0f} epochs)\n")
-    print(f"Error target {fmt(target)}; mean ± sample std over seeds {seeds}; "
-          "updates/seconds to target averaged over the seeds that reached it.\n")
-    print("| optimizer | tuned | final error | final NLL | updates to target "
-          "| seconds to target | ms/update |")
+    print(
+        f"Error target {fmt(target)}; mean ± sample std over seeds {seeds}; "
+        "updates/seconds to target averaged over the seeds that reached it.\n"
+    )
+    print(
+        "| optimizer | tuned | final error | final NLL | updates to target "
+        "| seconds to target | ms/update |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, seed_runs in runs.items():
         errors = np.array([r["errors"][-1] for r in seed_runs])
         nll = np.array([r["nll"] for r in seed_runs])
-        hits = [h for h in (reach(r, target) for r in seed_runs) if h is not None]
-        n = f" ({len(hits)}/{len(seed_runs)})" if len(hits) < len(seed_runs) else ""
-        to_updates = f"{np.mean([h[0] for h in hits]):.0f}{n}" if hits else "not reached"
-        to_seconds = f"{np.mean([h[1] for h in hits]):.1f}{n}" if hits else "not reached"
+        hits = [
+            h for h in (reach(r, target) for r in seed_runs) if h is not None
+        ]
+        n = (
+            f" ({len(hits)}/{len(seed_runs)})"
+            if len(hits) < len(seed_runs)
+            else ""
+        )
+        to_updates = (
+            f"{np.mean([h[0] for h in hits]):.0f}{n}" if hits else "not reached"
+        )
+        to_seconds = (
+            f"{np.mean([h[1] for h in hits]):.1f}{n}" if hits else "not reached"
+        )
         ms = np.mean([r["ms"] for r in seed_runs])
         param = grids[name][0]
-        print(f"| {name} | {param}={fmt(chosen[name])} | {errors.mean():.3f} ± "
-              f"{errors.std(ddof=1) if len(errors) > 1 else 0:.3f} | {nll.mean():.2f} | {to_updates} "
-              f"| {to_seconds} | {ms:.2f} |")
-    print(f"\nGrid (seed {seeds[0]}, final error; chosen in bold; for K-FAC also "
-          "the mean clip coefficient η/η_max at the evaluations):\n")
+        print(
+            f"| {name} | {param}={fmt(chosen[name])} | {errors.mean():.3f} ± "
+            f"{errors.std(ddof=1) if len(errors) > 1 else 0:.3f} | {nll.mean():.2f} | {to_updates} "
+            f"| {to_seconds} | {ms:.2f} |"
+        )
+    print(
+        f"\nGrid (seed {seeds[0]}, final error; chosen in bold; for K-FAC also "
+        "the mean clip coefficient η/η_max at the evaluations):\n"
+    )
     print("| optimizer | value | final error | η/η_max |")
     print("|---|---|---|---|")
     for name, (param, values) in grids.items():
@@ -272,8 +332,11 @@ def report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs):
             cell = f"**{cell}**" if value == chosen[name] else cell
             clip = "—" if run["clip"] is None else f"{run['clip']:.3f}"
             print(f"| {name} | {cell} | {run['errors'][-1]:.3f} | {clip} |")
-    skipped = {name: sum(r["skipped"] for r in seed_runs)
-               for name, seed_runs in runs.items() if name.startswith("KFAC")}
+    skipped = {
+        name: sum(r["skipped"] for r in seed_runs)
+        for name, seed_runs in runs.items()
+        if name.startswith("KFAC")
+    }
     print(f"\nK-FAC steps skipped as non-finite (all seeds): {skipped}\n")
 
 
@@ -295,8 +358,14 @@ def plot(results, path):
                 at = np.mean([r[key] for r in seed_runs], axis=0)
                 ax = axes[row, col]
                 ax.plot(at, mean, color=COLORS[name], label=name)
-                ax.fill_between(at, errors.min(axis=0), errors.max(axis=0),
-                                color=COLORS[name], alpha=0.2, linewidth=0)
+                ax.fill_between(
+                    at,
+                    errors.min(axis=0),
+                    errors.max(axis=0),
+                    color=COLORS[name],
+                    alpha=0.2,
+                    linewidth=0,
+                )
         for col, label in enumerate(("updates", "training seconds")):
             ax = axes[row, col]
             ax.set_yscale("log")
@@ -312,24 +381,43 @@ def plot(results, path):
 def write_curves(results, path):
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["batch_size", "optimizer", "seed_index", "update",
-                         "seconds", "error"])
+        writer.writerow(
+            [
+                "batch_size",
+                "optimizer",
+                "seed_index",
+                "update",
+                "seconds",
+                "error",
+            ]
+        )
         for batch_size, runs in results.items():
             for name, seed_runs in runs.items():
                 for i, r in enumerate(seed_runs):
                     for u, s, e in zip(r["updates"], r["seconds"], r["errors"]):
-                        writer.writerow([batch_size, name, i, u, f"{s:.4f}", f"{e:.5f}"])
+                        writer.writerow(
+                            [batch_size, name, i, u, f"{s:.4f}", f"{e:.5f}"]
+                        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="batch 128 only, 300 updates, 2-point grids, 2 seeds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="batch 128 only, 300 updates, 2-point grids, 2 seeds",
+    )
     parser.add_argument("--seeds", type=int, default=None, help="3 (quick: 2)")
-    parser.add_argument("--target", type=float, default=None,
-                        help="reconstruction error target, 1.0 (quick: 4.0); "
-                             "predicting the mean image gives 4.69")
-    parser.add_argument("--out", default=os.path.join("bench", "results", "autoencoder"))
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="reconstruction error target, 1.0 (quick: 4.0); "
+        "predicting the mean image gives 4.69",
+    )
+    parser.add_argument(
+        "--out", default=os.path.join("bench", "results", "autoencoder")
+    )
     args = parser.parse_args()
     if args.quick:
         plan, grids, seeds = [(128, 300, 25)], QUICK_GRIDS, args.seeds or 2
@@ -337,7 +425,11 @@ def main():
     else:
         target = 1.0 if args.target is None else args.target
         # (batch size, updates, evaluate every)
-        plan, grids, seeds = [(128, 2000, 25), (1024, 1000, 10)], GRIDS, args.seeds or 3
+        plan, grids, seeds = (
+            [(128, 2000, 25), (1024, 1000, 10)],
+            GRIDS,
+            args.seeds or 3,
+        )
     seeds = list(range(seeds))
     os.makedirs(args.out, exist_ok=True)
 
@@ -346,8 +438,9 @@ def main():
     start, load = time.perf_counter(), os.getloadavg()[0]
     results, sections = {}, []
     for batch_size, updates, eval_every in plan:
-        grid_runs, chosen, runs = benchmark(x, batch_size, updates, grids, seeds,
-                                            eval_every)
+        grid_runs, chosen, runs = benchmark(
+            x, batch_size, updates, grids, seeds, eval_every
+        )
         results[batch_size] = runs
         sections.append((batch_size, updates, grid_runs, chosen, runs))
     total = time.perf_counter() - start
@@ -356,20 +449,26 @@ def main():
     write_curves(results, os.path.join(args.out, f"curves{suffix}.csv"))
 
     print("## Deep autoencoder on digits: K-FAC vs Adam vs SGD\n")
-    print(f"Architecture {widths}, {ACTIVATION} hidden units, linear code layer, "
-          "sigmoid output; loss = Bernoulli NLL (cross-entropy summed over the 64 "
-          "pixels, mean over images); error = squared error summed over pixels, "
-          "mean over all 1797 images, inference mode. `KFAC emp.` / `KFAC true`: "
-          "`keras_kfac.KFAC` defaults but `damping`, empirical / sampled (true) "
-          f"Fisher; SGD: Nesterov momentum {MOMENTUM}. Same initial weights and "
-          "batch order per seed for every optimizer. Seconds = training only "
-          "(no tracing, no evaluation).\n")
+    print(
+        f"Architecture {widths}, {ACTIVATION} hidden units, linear code layer, "
+        "sigmoid output; loss = Bernoulli NLL (cross-entropy summed over the 64 "
+        "pixels, mean over images); error = squared error summed over pixels, "
+        "mean over all 1797 images, inference mode. `KFAC emp.` / `KFAC true`: "
+        "`keras_kfac.KFAC` defaults but `damping`, empirical / sampled (true) "
+        f"Fisher; SGD: Nesterov momentum {MOMENTUM}. Same initial weights and "
+        "batch order per seed for every optimizer. Seconds = training only "
+        "(no tracing, no evaluation).\n"
+    )
     for section in sections:
         batch_size, updates, grid_runs, chosen, runs = section
-        report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs)
-    print(f"Whole benchmark: {total / 60:.1f} min of wall time (load average "
-          f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
-          f"{os.cpu_count()} CPUs).")
+        report(
+            batch_size, updates, grids, seeds, target, grid_runs, chosen, runs
+        )
+    print(
+        f"Whole benchmark: {total / 60:.1f} min of wall time (load average "
+        f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
+        f"{os.cpu_count()} CPUs)."
+    )
 
 
 if __name__ == "__main__":

@@ -38,20 +38,28 @@ class BatchTimer(keras.callbacks.Callback):
 
 
 def mlp():
-    return keras.Sequential([keras.Input((64,)),
-                             keras_kfac.layers.Dense(256, activation="tanh"),
-                             keras_kfac.layers.Dense(256, activation="tanh"),
-                             keras_kfac.layers.Dense(10)])
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras_kfac.layers.Dense(256, activation="tanh"),
+            keras_kfac.layers.Dense(256, activation="tanh"),
+            keras_kfac.layers.Dense(10),
+        ]
+    )
 
 
 def cnn():
-    return keras.Sequential([keras.Input((8, 8, 1)),
-                             keras_kfac.layers.Conv2D(32, 3, padding="same", activation="relu"),
-                             keras_kfac.layers.Conv2D(32, 3, padding="same", activation="relu"),
-                             keras.layers.MaxPooling2D(),
-                             keras.layers.Flatten(),
-                             keras_kfac.layers.Dense(128, activation="tanh"),
-                             keras_kfac.layers.Dense(10)])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras_kfac.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras_kfac.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras_kfac.layers.Dense(128, activation="tanh"),
+            keras_kfac.layers.Dense(10),
+        ]
+    )
 
 
 OPTIMIZERS = {
@@ -64,13 +72,26 @@ OPTIMIZERS = {
 def train(build, initial, optimizer, x, y, epochs, batch_size):
     model = build()
     model.set_weights(initial)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     timer = BatchTimer()
-    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
-                        shuffle=True, callbacks=[timer])
+    history = model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=0,
+        shuffle=True,
+        callbacks=[timer],
+    )
     steps = len(timer.times) // epochs
-    return np.median(timer.times[steps:]), history.history["loss"], timer.epoch_ends
+    return (
+        np.median(timer.times[steps:]),
+        history.history["loss"],
+        timer.epoch_ends,
+    )
 
 
 def main():
@@ -83,10 +104,15 @@ def main():
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype("float32")
     y = y.astype("int32")
-    inputs = {"MLP 64-256-256-10": (mlp, x), "CNN 2xconv32-128-10": (cnn, x.reshape(-1, 8, 8, 1))}
+    inputs = {
+        "MLP 64-256-256-10": (mlp, x),
+        "CNN 2xconv32-128-10": (cnn, x.reshape(-1, 8, 8, 1)),
+    }
 
-    print(f"## Per-step time in model.fit (digits, batch {args.batch_size}, median of "
-          f"{args.repeats} alternating runs, CPU)\n")
+    print(
+        f"## Per-step time in model.fit (digits, batch {args.batch_size}, median of "
+        f"{args.repeats} alternating runs, CPU)\n"
+    )
     print("| model | optimizer | ms/step | vs Adam |")
     print("|---|---|---|---|")
     curves = {}
@@ -95,8 +121,15 @@ def main():
         times = {name: [] for name in OPTIMIZERS}
         for _ in range(args.repeats):
             for name, make in OPTIMIZERS.items():
-                step, losses, ends = train(build, initial, make(), data, y,
-                                           args.epochs, args.batch_size)
+                step, losses, ends = train(
+                    build,
+                    initial,
+                    make(),
+                    data,
+                    y,
+                    args.epochs,
+                    args.batch_size,
+                )
                 times[name].append(step)
                 curves.setdefault(label, {})[name] = (losses, ends)
         adam = np.median(times["Adam"])
@@ -104,13 +137,20 @@ def main():
             t = np.median(t)
             print(f"| {label} | {name} | {1000 * t:.2f} | {t / adam:.2f}x |")
 
-    print(f"\n## Training loss vs epochs and seconds (last run of each, {args.epochs} epochs)\n")
+    print(
+        f"\n## Training loss vs epochs and seconds (last run of each, {args.epochs} epochs)\n"
+    )
     for label, runs in curves.items():
         print(f"### {label}\n")
-        print("| epoch | " + " | ".join(f"{n} loss | {n} s" for n in runs) + " |")
+        print(
+            "| epoch | " + " | ".join(f"{n} loss | {n} s" for n in runs) + " |"
+        )
         print("|---|" + "---|---|" * len(runs))
         for e in range(args.epochs):
-            cells = " | ".join(f"{losses[e]:.4f} | {ends[e]:.1f}" for losses, ends in runs.values())
+            cells = " | ".join(
+                f"{losses[e]:.4f} | {ends[e]:.1f}"
+                for losses, ends in runs.values()
+            )
             print(f"| {e + 1} | {cells} |")
         print()
 
