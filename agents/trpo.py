@@ -192,6 +192,8 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         batch,
         log_prob_old,
     ):
+        """Step 4: tries `θ_old + 2⁻ᵏ Δ`, keeps the first acceptable one or
+        restores `θ_old`; returns the accepted `2⁻ᵏ` or 0."""
         steps = trust_region.unflatten(full_step, parameters)
         accepted = tf.constant(0.0)
         fraction = tf.constant(1.0)
