@@ -1,0 +1,31 @@
+"""The metrics `bench/compare.py` reports, against hand-computed numbers."""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+
+import compare  # noqa: E402
+
+
+def test_moving_mean_averages_the_last_window_episodes():
+    returns = np.array([1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(
+        compare.moving_mean(returns, 2), [1.0, 2.0, 4.0, 6.0]
+    )
+    np.testing.assert_allclose(
+        compare.moving_mean(returns, 10), [1.0, 2.0, 3.0, 4.0]
+    )
+
+
+def test_steps_to_target_needs_a_full_window_at_the_target():
+    steps = np.array([10, 20, 30, 40, 50])
+    returns = np.array([9.0, 1.0, 9.0, 9.0, 9.0])
+    # Windows of 2: (9, 1) 5, (1, 9) 5, (9, 9) 9 at step 40.
+    assert compare.steps_to_target(steps, returns, 2, 9.0) == 40
+    # A window of one episode: the first already reaches 9.
+    assert compare.steps_to_target(steps, returns, 1, 9.0) == 10
+    assert compare.steps_to_target(steps, returns, 2, 10.0) is None
+    assert compare.steps_to_target(steps[:1], returns[:1], 2, 0.0) is None
