@@ -137,28 +137,27 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         """Steps 1-4 of the module docstring; returns the accepted `2⁻ᵏ`
         (0 when the line search rejects every step)."""
         parameters = self._policy_variables
+
         # The tape stopped recording, so each term is differentiated alone:
         # g = -∇pg_loss + ent_coef · ∇H.
-        g = -trust_region.flatten(
-            trust_region.zeros_for_none(
-                tape.gradient(terms.policy, parameters), parameters
+        def flat_gradient(term):
+            gradients = tape.gradient(term, parameters)
+            return trust_region.flatten(
+                trust_region.zeros_for_none(gradients, parameters)
             )
-        )
+
+        g = -flat_gradient(terms.policy)
         if self._ent_coef:
-            g += self._ent_coef * trust_region.flatten(
-                trust_region.zeros_for_none(
-                    tape.gradient(terms.entropy, parameters), parameters
-                )
-            )
+            g += self._ent_coef * flat_gradient(terms.entropy)
         log_prob_old = tf.stop_gradient(
             batch.distribution.log_prob(batch.actions)
         )
 
-        def mean_kl():
-            return self._surrogate(batch, log_prob_old)[1]
+        def evaluate():
+            return self._surrogate(batch, log_prob_old)
 
         fisher_product = trust_region.fisher_vector_product(
-            mean_kl, parameters, self._damping
+            lambda: evaluate()[1], parameters, self._damping
         )
         direction = trust_region.conjugate_gradient(
             fisher_product,
@@ -170,37 +169,21 @@ class TrpoAgent(OnPolicyActorCriticAgent):
             direction, fisher_product(direction), self._max_kl
         )
         expected = tf.tensordot(g, full_step, 1)
-        old = [tf.identity(p) for p in parameters]
-        old_surrogate, _ = self._surrogate(batch, log_prob_old)
-        return self._line_search(
-            parameters,
-            old,
-            full_step,
-            expected,
-            old_surrogate,
-            batch,
-            log_prob_old,
-        )
+        return self._line_search(parameters, full_step, expected, evaluate)
 
-    def _line_search(
-        self,
-        parameters,
-        old,
-        full_step,
-        expected,
-        old_surrogate,
-        batch,
-        log_prob_old,
-    ):
+    def _line_search(self, parameters, full_step, expected, evaluate):
         """Step 4: tries `θ_old + 2⁻ᵏ Δ`, keeps the first acceptable one or
-        restores `θ_old`; returns the accepted `2⁻ᵏ` or 0."""
+        restores `θ_old`; returns the accepted `2⁻ᵏ` or 0. `evaluate()`
+        gives `(L(θ), KL)` at the current parameters."""
+        old = [tf.identity(p) for p in parameters]
+        old_surrogate, _ = evaluate()
         steps = trust_region.unflatten(full_step, parameters)
         accepted = tf.constant(0.0)
         fraction = tf.constant(1.0)
         for _ in tf.range(self._line_search_steps):
             for p, p_old, step in zip(parameters, old, steps):
                 p.assign(p_old + fraction * step)
-            surrogate, kl = self._surrogate(batch, log_prob_old)
+            surrogate, kl = evaluate()
             improvement = surrogate - old_surrogate
             if (
                 tf.math.is_finite(surrogate)

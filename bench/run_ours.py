@@ -21,7 +21,7 @@ import gymnasium
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from runner_common import add_run_arguments, write_summary  # noqa: E402
+from runner_common import add_run_arguments, summary_line, write_summary  # noqa: E402
 
 from agents import train  # noqa: E402
 
@@ -87,12 +87,7 @@ def main(argv=None) -> None:
     add_run_arguments(parser, str)
     args = parser.parse_args(argv)
     summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
-    print(
-        f"{args.algo} on {args.env} (seed {args.seed}): "
-        f"{summary['env_steps']} steps, {summary['episodes']} episodes, "
-        f"{summary['train_seconds']:.1f} s "
-        f"({summary['steps_per_second']:.0f} steps/s)"
-    )
+    print(summary_line(summary))
 
 
 if __name__ == "__main__":

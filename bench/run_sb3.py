@@ -32,7 +32,12 @@ import time
 
 import stable_baselines3
 import torch
-from runner_common import EpisodeLog, add_run_arguments, write_summary
+from runner_common import (
+    EpisodeLog,
+    add_run_arguments,
+    summary_line,
+    write_summary,
+)
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -306,12 +311,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
-    print(
-        f"sb3 {args.algo} {args.env} seed {args.seed}: "
-        f"{summary['env_steps']} steps, {summary['episodes']} episodes, "
-        f"{summary['train_seconds']:.1f} s "
-        f"({summary['steps_per_second']:.0f} steps/s)"
-    )
+    print(summary_line(summary))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tf_agents
-from runner_common import EpisodeLog, add_run_arguments, write_summary
+from runner_common import (
+    EpisodeLog,
+    add_run_arguments,
+    summary_line,
+    write_summary,
+)
 from tf_agents.agents.ppo import ppo_clip_agent
 from tf_agents.drivers import dynamic_step_driver
 from tf_agents.environments import tf_py_environment
@@ -356,12 +361,7 @@ def main(argv=None) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     summary = run(args.env, args.seed, args.total_steps, args.out)
-    print(
-        f"tf-agents ppo {args.env} seed {args.seed}: "
-        f"{summary['env_steps']} steps, {summary['episodes']} episodes, "
-        f"{summary['train_seconds']:.1f} s "
-        f"({summary['steps_per_second']:.0f} steps/s)"
-    )
+    print(summary_line(summary))
 
 
 if __name__ == "__main__":

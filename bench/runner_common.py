@@ -21,30 +21,21 @@ import os
 FIELDS = ("env_steps", "return", "length", "wall_seconds")
 
 
-def positive_int(text: str) -> int:
-    """`argparse` type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer >= 1. Received: {text!r}"
-        )
-    return value
+def int_at_least(minimum: int):
+    """`argparse` type: an integer >= `minimum`."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {minimum}. Received: {text!r}"
+            )
+        return value
 
-def non_negative_int(text: str) -> int:
-    """`argparse` type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer >= 0. Received: {text!r}"
-        )
-    return value
+    return parse
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, env_type) -> None:
@@ -56,10 +47,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, env_type) -> None:
         parser.add_argument("--env", required=True, choices=env_type)
     else:
         parser.add_argument("--env", required=True, type=env_type)
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument(
         "--total-steps",
-        type=positive_int,
+        type=int_at_least(1),
         required=True,
         help="environment steps, all copies together; a run stops at the "
         "first update boundary at or past it",
@@ -116,3 +107,13 @@ def write_summary(out_dir: str, summary: dict) -> None:
         json.dump(summary, f, indent=2)
         f.write("\n")
     os.replace(path + ".tmp", path)
+
+
+def summary_line(summary: dict) -> str:
+    """One line for the console: who ran what, how far and how fast."""
+    return (
+        f"{summary['library']} {summary['algo']} on {summary['env']} "
+        f"(seed {summary['seed']}): {summary['env_steps']} steps, "
+        f"{summary['episodes']} episodes, {summary['train_seconds']:.1f} s "
+        f"({summary['steps_per_second']:.0f} steps/s)"
+    )
