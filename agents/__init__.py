@@ -12,6 +12,7 @@ import importlib
 _EXPORTS = {
     "AcktrAgent": "agents.acktr",
     "acktr_optimizer": "agents.acktr",
+    "kfac_value_optimizer": "agents.acktr",
     "A2CAgent": "agents.a2c",
     "a2c_optimizer": "agents.a2c",
     "TrpoAgent": "agents.trpo",

@@ -69,4 +69,4 @@ class A2CAgent(OnPolicyActorCriticAgent):
     def _update(self, tape, terms, batch, variables):
         gradients = tape.gradient(terms.total, variables)
         apply_gradients(self._optimizer, gradients, variables)
-        return tf.constant(1.0)
+        return dict(clip_coefficient=tf.constant(1.0))

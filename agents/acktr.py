@@ -11,14 +11,31 @@ update, as OpenAI baselines' `acktr.py` does it:
 2. the backward pass of `pg_loss - ent_coef · H + vf_coef · vf_loss` with
    collection off: the gradient;
 3. `keras_kfac.KFAC` preconditions that gradient with the running factors
-   and takes the step `η = min(η_max, sqrt(2δ / Δᵀ F̂ Δ))` (§3.1).
+   and takes the step `η = min(η_max, sqrt(2δ / Δᵀ F̂ Δ))` (§3.1);
+4. the trust-region guard: the KL clip bounds the quadratic model of the
+   fresh direction under the running `F̂`, not the step momentum carries
+   nor the true KL, so the agent measures `mean_w KL(π_old || π_new)` on the
+   batch and, while it exceeds `max_kl_ratio · δ`, halves the step
+   (`θ_old + 2⁻ᵏ Δθ`) and the momentum that would carry it on; after
+   `guard_steps` halvings it keeps `θ_old`.
+
+The critic is trained with the policy in the joint step (baselines' Atari
+setting), or fitted apart by a `value_optimizer`: first-order, or
+`kfac_value_optimizer()`, K-FAC with the critic's Gauss-Newton matrix and
+several full-batch iterations per batch, as the paper's continuous-control
+experiments do.
 """
 
 import tensorflow as tf
 
 import keras_kfac
-from agents import losses
-from agents.on_policy import OnPolicyActorCriticAgent, apply_gradients
+from agents import losses, trust_region
+from agents.checks import check_positive_integer
+from agents.on_policy import (
+    OnPolicyActorCriticAgent,
+    TrustRegionLossInfo,
+    apply_gradients,
+)
 
 
 def acktr_optimizer(
@@ -52,6 +69,35 @@ def acktr_optimizer(
     )
 
 
+def kfac_value_optimizer(
+    learning_rate=0.5,
+    damping: float = 0.01,
+    kl_clip: float | None = None,
+    momentum: float = 0.0,
+    stats_decay: float = 0.95,
+    inverse_update_freq: int = 1,
+    **kwargs,
+) -> keras_kfac.KFAC:
+    """`keras_kfac.KFAC` for a critic fitted apart (`value_optimizer`).
+
+    With the value loss's Gauss-Newton `F̂` (`agents.losses`), a step of
+    `learning_rate = 1` with no damping is the Gauss-Newton step of
+    `mean_w((R - V)²)` under K-FAC's approximation; its "KL" `½ Δᵀ F̂ Δ`
+    is `mean_w((ΔV)²)`, the mean squared change of the predictions, so a
+    `kl_clip` here is in squared units of the returns. Other keyword
+    arguments go to `keras_kfac.KFAC`.
+    """
+    return keras_kfac.KFAC(
+        learning_rate=learning_rate,
+        damping=damping,
+        kl_clip=kl_clip,
+        momentum=momentum,
+        stats_decay=stats_decay,
+        inverse_update_freq=inverse_update_freq,
+        **kwargs,
+    )
+
+
 class AcktrAgent(OnPolicyActorCriticAgent):
     """ACKTR as a tf-agents agent.
 
@@ -62,8 +108,14 @@ class AcktrAgent(OnPolicyActorCriticAgent):
             `((distribution, value), state)` built from `keras_kfac.layers`,
             for example `agents.networks.ActorCriticNetwork`.
         optimizer: A `keras_kfac.KFAC`. Defaults to `acktr_optimizer()`.
-        vf_fisher_coef: Scale of the critic's Fisher loss. Defaults to
-            `1.0`.
+        vf_fisher_coef: Scale of the critic's Fisher loss in the joint
+            step. Defaults to `1.0`.
+        max_kl_ratio: The guard keeps no policy step whose measured mean
+            KL exceeds `max_kl_ratio · δ`, `δ` the optimizer's `kl_clip`
+            (see the module docstring); `None` turns the guard off.
+            Defaults to `2.0`.
+        guard_steps: Halvings the guard tries before it keeps `θ_old`.
+            Defaults to `10`.
         **kwargs: `gamma`, `gae_lambda`, `ent_coef`, `vf_coef`, ... as in
             `agents.on_policy.OnPolicyActorCriticAgent`.
     """
@@ -75,6 +127,8 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         actor_critic_network,
         optimizer: keras_kfac.KFAC | None = None,
         vf_fisher_coef: float = 1.0,
+        max_kl_ratio: float | None = 2.0,
+        guard_steps: int = 10,
         name: str = "AcktrAgent",
         **kwargs,
     ):
@@ -88,6 +142,25 @@ class AcktrAgent(OnPolicyActorCriticAgent):
                 f"vf_fisher_coef must be > 0. Received: vf_fisher_coef={vf_fisher_coef!r}"
             )
         self._vf_fisher_coef = float(vf_fisher_coef)
+        if max_kl_ratio is not None:
+            if not max_kl_ratio > 0:
+                raise ValueError(
+                    "max_kl_ratio must be > 0 or None. Received: "
+                    f"max_kl_ratio={max_kl_ratio!r}"
+                )
+            if optimizer.kl_clip is None:
+                raise ValueError(
+                    "The trust-region guard bounds the KL at max_kl_ratio · "
+                    "kl_clip, and the optimizer has kl_clip=None. Pass "
+                    "max_kl_ratio=None or give the optimizer a kl_clip."
+                )
+        check_positive_integer("guard_steps", guard_steps)
+        self._max_kl = (
+            None
+            if max_kl_ratio is None
+            else float(max_kl_ratio) * optimizer.kl_clip
+        )
+        self._guard_steps = int(guard_steps)
         super().__init__(
             time_step_spec,
             action_spec,
@@ -96,6 +169,13 @@ class AcktrAgent(OnPolicyActorCriticAgent):
             name=name,
             **kwargs,
         )
+
+    _loss_info_type = TrustRegionLossInfo
+
+    @property
+    def max_kl(self) -> float | None:
+        """The guard's bound on the measured KL of a kept step, or `None`."""
+        return self._max_kl
 
     def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
         # The actions were sampled from the policy being trained, so their
@@ -117,5 +197,25 @@ class AcktrAgent(OnPolicyActorCriticAgent):
             tape.gradient(terms.fisher, variables)
         with keras_kfac.collecting_statistics(False):
             gradients = tape.gradient(terms.total, variables)
+        old = [tf.identity(v) for v in variables]
         apply_gradients(self._optimizer, gradients, variables)
-        return self._optimizer.clip_coefficient
+        fraction = tf.constant(1.0)
+        if self._max_kl is not None:
+            fraction = self._guard(batch, variables, old)
+            self._optimizer.scale_velocities(fraction)
+        return dict(
+            clip_coefficient=self._optimizer.clip_coefficient,
+            predicted_kl=self._optimizer.predicted_kl(),
+            step_fraction=fraction,
+        )
+
+    def _guard(self, batch, variables, old) -> tf.Tensor:
+        """Step 4: the kept fraction of the step just taken."""
+        steps = [v - o for v, o in zip(variables, old)]
+        return trust_region.backtracking_line_search(
+            variables,
+            old,
+            steps,
+            lambda fraction: self._mean_kl(batch) <= self._max_kl,
+            self._guard_steps + 1,
+        )

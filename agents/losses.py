@@ -18,7 +18,18 @@ from the backward pass of `joint_fisher = pg_fisher + vf_fisher`:
   `ε ~ N(0, 1)`: the per-example gradient at `V` is `2ε`, so the critic
   is treated as a Gaussian predictor `N(V(s), ¼)`, whose Fisher is
   the Gauss-Newton matrix `4 ∇V ∇Vᵀ` (scaled by `vf_fisher_coef²`).
+
+A critic fitted apart by K-FAC (ACKTR paper §3.1 takes the Gauss-Newton
+matrix as the critic's Fisher) needs no noise: `V` is a scalar, so the
+backward pass of `value_gauss_newton_loss = √2 · mean_w(V(s))` gives every
+example the gradient `√2 ∇V` exactly (rows of weight 1), and K-FAC's `F̂` approximates
+`2 E[∇V ∇Vᵀ]`, the Gauss-Newton matrix of `vf_loss` itself. (The joint
+pass needs the noise: there the policy's and the critic's per-example
+gradients meet in shared layers, and only zero-mean noise keeps their
+cross terms out of `G`.)
 """
+
+import math
 
 import tensorflow as tf
 
@@ -65,3 +76,8 @@ def value_fisher_loss(
     """`vf_fisher = -vf_fisher_coef · mean_w((V - sg(V + ε))²)`, `ε = noise`."""
     sampled = tf.stop_gradient(values + noise)
     return -vf_fisher_coef * weighted_mean(tf.square(values - sampled), weights)
+
+
+def value_gauss_newton_loss(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """`√2 · mean_w(V(s))`: K-FAC factors of the value loss's Gauss-Newton."""
+    return math.sqrt(2.0) * weighted_mean(values, weights)

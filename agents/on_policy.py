@@ -54,6 +54,18 @@ agents, which have no trust region); `kl` is the mean
 `KL(π_old(·|s) || π_new(·|s))` over the batch's states, measured after the
 update."""
 
+TrustRegionLossInfo = collections.namedtuple(
+    "TrustRegionLossInfo",
+    ActorCriticLossInfo._fields + ("predicted_kl", "step_fraction"),
+)
+TrustRegionLossInfo.__doc__ = """`LossInfo.extra` of the trust-region agents.
+
+The fields of `ActorCriticLossInfo`, and: `predicted_kl`, the quadratic
+model `½ Δθᵀ F̂ Δθ` of the KL of the policy step that was kept (momentum
+included), to compare with the measured `kl`; `step_fraction`, the
+fraction `2⁻ᵏ` of the step that the backtracking kept (1: the step as
+computed; 0: none, the policy did not change)."""
+
 LossTerms = collections.namedtuple(
     "LossTerms", ("total", "policy", "value", "entropy", "fisher")
 )
@@ -82,7 +94,8 @@ def _rows(x: tf.Tensor) -> tf.Tensor:
 
 
 class OnPolicyActorCriticAgent(tf_agent.TFAgent):
-    """Base class of the actor-critic agents; subclasses define `_update`.
+    """Base class of the actor-critic agents; subclasses define `_update`
+    and may set `_loss_info_type`, the namedtuple of `LossInfo.extra`.
 
     Args:
         time_step_spec: The environment's `TimeStep` spec.
@@ -103,23 +116,30 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         target_kl: Adapt the learning rate toward this realized KL per
             update (see above); `None` keeps it fixed. Needs an optimizer
             with a constant learning rate. Defaults to `None`.
-        value_optimizer: A first-order Keras optimizer that fits the value
-            function separately after each update (`value_epochs` passes
-            of minibatch steps on `mean_w((R - V(s))²)`), as the ACKTR paper
+        value_optimizer: A Keras optimizer that fits the value function
+            separately after each update (`value_epochs` passes of
+            minibatch steps on `mean_w((R - V(s))²)`), as the ACKTR paper
             does with separate policy and value networks; then `optimizer`
             trains only the policy, the network's policy and value must not
-            share parameters, and `vf_coef` is unused. `None` trains both
-            with `optimizer` on the joint loss. Defaults to `None`.
+            share parameters, and `vf_coef` is unused. A `keras_kfac.KFAC`
+            here takes Gauss-Newton steps: before each step the backward
+            pass of `losses.value_gauss_newton_loss` records its factors,
+            so `F̂` approximates `2 E[∇V ∇Vᵀ]`, the Gauss-Newton matrix of
+            the value loss (`agents.acktr.kfac_value_optimizer`). `None`
+            trains both with `optimizer` on the joint loss. Defaults to
+            `None`.
         value_epochs: Passes over the batch of the separate value fit.
             Defaults to `5`.
-        value_minibatch_size: Rows per step of the separate value fit.
-            Defaults to `64`.
+        value_minibatch_size: Rows per step of the separate value fit;
+            `None` takes the whole batch in every step. Defaults to `64`.
         seed: Seed of the agent's own random draws. Defaults to `0`.
         train_step_counter: The agent's update counter. Defaults to a new
             `tf.Variable` of its own.
         debug_summaries, summarize_grads_and_vars, name: As in
             `tf_agents.agents.TFAgent`.
     """
+
+    _loss_info_type = ActorCriticLossInfo
 
     def __init__(
         self,
@@ -135,7 +155,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         target_kl: float | None = None,
         value_optimizer=None,
         value_epochs: int = 5,
-        value_minibatch_size: int = 64,
+        value_minibatch_size: int | None = 64,
         seed: int = 0,
         debug_summaries: bool = False,
         summarize_grads_and_vars: bool = False,
@@ -191,9 +211,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     f"Received: {value_optimizer!r}"
                 )
             check_positive_integer("value_epochs", value_epochs)
-            check_positive_integer("value_minibatch_size", value_minibatch_size)
+            if value_minibatch_size is not None:
+                check_positive_integer(
+                    "value_minibatch_size", value_minibatch_size
+                )
             self._value_epochs = int(value_epochs)
-            self._value_minibatch_size = int(value_minibatch_size)
+            self._value_minibatch_size = value_minibatch_size
             self._policy_variables, self._value_variables = (
                 self._split_variables(time_step_spec)
             )
@@ -268,9 +291,17 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
 
     def _fit_value(self, batch) -> None:
         """`value_epochs` passes of minibatch steps of the value optimizer
-        on `mean_w((R - V(s))²)`, minibatches reshuffled every pass."""
+        on `mean_w((R - V(s))²)`, minibatches reshuffled every pass; with a
+        K-FAC value optimizer, each step's factors come from the backward
+        pass of `losses.value_gauss_newton_loss` on its minibatch."""
+        gauss_newton = isinstance(self._value_optimizer, keras_kfac.KFAC)
+        variables = self._value_variables
         rows = tf.shape(batch.returns)[0]
-        size = tf.minimum(self._value_minibatch_size, rows)
+        size = (
+            rows
+            if self._value_minibatch_size is None
+            else tf.minimum(self._value_minibatch_size, rows)
+        )
         for epoch in tf.range(self._value_epochs):
             seed = tf.stack(
                 [
@@ -285,19 +316,24 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             )
             for i in tf.range(rows // size):
                 index = order[i * size : (i + 1) * size]
-                with tf.GradientTape() as tape:
+                weights = tf.gather(batch.weights, index)
+                with tf.GradientTape(persistent=gauss_newton) as tape:
                     (_, values), _ = self._network(
                         tf.gather(batch.observation, index), training=True
                     )
                     loss = losses.value_loss(
-                        values,
-                        tf.gather(batch.returns, index),
-                        tf.gather(batch.weights, index),
+                        values, tf.gather(batch.returns, index), weights
                     )
-                gradients = tape.gradient(loss, self._value_variables)
-                apply_gradients(
-                    self._value_optimizer, gradients, self._value_variables
-                )
+                if gauss_newton:
+                    with keras_kfac.collecting_statistics(True):
+                        tape.gradient(
+                            losses.value_gauss_newton_loss(values, weights),
+                            variables,
+                        )
+                with keras_kfac.collecting_statistics(False):
+                    gradients = tape.gradient(loss, variables)
+                del tape
+                apply_gradients(self._value_optimizer, gradients, variables)
 
     def _check_network(self, time_step_spec, action_spec) -> None:
         """Calls the network once and checks what it returns."""
@@ -388,9 +424,19 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
 
     def _update(
         self, tape, terms: LossTerms, batch: UpdateBatch, variables
-    ) -> tf.Tensor:
-        """Applies one update; returns the clip coefficient it used."""
+    ) -> dict:
+        """Applies one update; returns its statistics: the fields of
+        `_loss_info_type` that the core does not compute itself
+        (`clip_coefficient`, and those of `TrustRegionLossInfo`)."""
         raise NotImplementedError
+
+    def _mean_kl(self, batch: UpdateBatch) -> tf.Tensor:
+        """`mean_w KL(π_old || π)` at the current parameters."""
+        (distribution, _), _ = self._network(batch.observation, training=False)
+        return losses.weighted_mean(
+            tfp.distributions.kl_divergence(batch.distribution, distribution),
+            batch.weights,
+        )
 
     def _adapt_learning_rate(self, kl: tf.Tensor) -> None:
         factor = tf.where(
@@ -469,17 +515,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             loss_weights,
             distribution,
         )
-        clip_coefficient = self._update(tape, terms, batch, variables)
+        update_statistics = self._update(tape, terms, batch, variables)
         del tape
         if self._value_optimizer is not None:
-            with keras_kfac.collecting_statistics(False):
-                self._fit_value(batch)
+            self._fit_value(batch)
 
-        (new_distribution, _), _ = self._network(observation, training=False)
-        kl = losses.weighted_mean(
-            tfp.distributions.kl_divergence(distribution, new_distribution),
-            loss_weights,
-        )
+        kl = self._mean_kl(batch)
         if self._target_kl is not None:
             self._adapt_learning_rate(kl)
         normalizer = getattr(self._network, "observation_normalizer", None)
@@ -487,12 +528,15 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             normalizer.update(observation)
         self.train_step_counter.assign_add(1)
 
-        extra = ActorCriticLossInfo(
+        extra = self._loss_info_type(
             policy_loss=policy_loss,
             value_loss=value_loss,
             entropy=entropy,
-            clip_coefficient=tf.cast(clip_coefficient, tf.float32),
             kl=kl,
+            **{
+                name: tf.cast(value, tf.float32)
+                for name, value in update_statistics.items()
+            },
         )
         if self.summaries_enabled:
             step = self.train_step_counter

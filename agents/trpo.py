@@ -29,7 +29,7 @@ import tensorflow_probability as tfp
 import keras_kfac
 from agents import losses, trust_region
 from agents.checks import check_non_negative, check_positive_integer
-from agents.on_policy import OnPolicyActorCriticAgent
+from agents.on_policy import OnPolicyActorCriticAgent, TrustRegionLossInfo
 
 
 def trpo_value_optimizer(learning_rate: float = 1e-3) -> keras.Optimizer:
@@ -62,6 +62,8 @@ class TrpoAgent(OnPolicyActorCriticAgent):
             `seed`, ... as in
             `agents.on_policy.OnPolicyActorCriticAgent`.
     """
+
+    _loss_info_type = TrustRegionLossInfo
 
     def __init__(
         self,
@@ -134,8 +136,9 @@ class TrpoAgent(OnPolicyActorCriticAgent):
             return self._policy_step(tape, terms, batch)
 
     def _policy_step(self, tape, terms, batch):
-        """Steps 1-4 of the module docstring; returns the accepted `2⁻ᵏ`
-        (0 when the line search rejects every step)."""
+        """Steps 1-4 of the module docstring; returns the update's
+        statistics: the accepted `2⁻ᵏ` (0 when the line search rejects
+        every step) and the quadratic model of the KL of the kept step."""
         parameters = self._policy_variables
 
         # The tape stopped recording, so each term is differentiated alone:
@@ -165,11 +168,26 @@ class TrpoAgent(OnPolicyActorCriticAgent):
             self._cg_iterations,
             self._cg_residual_tolerance,
         )
+        f_direction = fisher_product(direction)
         full_step = trust_region.trust_region_step(
-            direction, fisher_product(direction), self._max_kl
+            direction, f_direction, self._max_kl
         )
         expected = tf.tensordot(g, full_step, 1)
-        return self._line_search(parameters, full_step, expected, evaluate)
+        # ½ ΔᵀFΔ of the full step Δ = c·x (damping included): c² = ΔᵀΔ / xᵀx.
+        full_step_kl = (
+            0.5
+            * tf.tensordot(direction, f_direction, 1)
+            * tf.math.divide_no_nan(
+                tf.tensordot(full_step, full_step, 1),
+                tf.tensordot(direction, direction, 1),
+            )
+        )
+        fraction = self._line_search(parameters, full_step, expected, evaluate)
+        return dict(
+            clip_coefficient=fraction,
+            predicted_kl=tf.square(fraction) * full_step_kl,
+            step_fraction=fraction,
+        )
 
     def _line_search(self, parameters, full_step, expected, evaluate):
         """Step 4: tries `θ_old + 2⁻ᵏ Δ`, keeps the first acceptable one or
@@ -178,23 +196,23 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         old = [tf.identity(p) for p in parameters]
         old_surrogate, _ = evaluate()
         steps = trust_region.unflatten(full_step, parameters)
-        accepted = tf.constant(0.0)
-        fraction = tf.constant(1.0)
-        for _ in tf.range(self._line_search_steps):
-            for p, p_old, step in zip(parameters, old, steps):
-                p.assign(p_old + fraction * step)
+        for p, p_old, step in zip(parameters, old, steps):
+            p.assign(p_old + step)
+
+        def acceptable(fraction):
             surrogate, kl = evaluate()
             improvement = surrogate - old_surrogate
-            if (
-                tf.math.is_finite(surrogate)
-                and kl <= self._max_kl
-                and improvement > 0.0
-                and improvement >= self._accept_ratio * fraction * expected
-            ):
-                accepted = fraction
-                break
-            fraction = 0.5 * fraction
-        if accepted == 0.0:
-            for p, p_old in zip(parameters, old):
-                p.assign(p_old)
-        return accepted
+            return tf.reduce_all(
+                tf.stack(
+                    [
+                        tf.math.is_finite(surrogate),
+                        kl <= self._max_kl,
+                        improvement > 0.0,
+                        improvement >= self._accept_ratio * fraction * expected,
+                    ]
+                )
+            )
+
+        return trust_region.backtracking_line_search(
+            parameters, old, steps, acceptable, self._line_search_steps
+        )

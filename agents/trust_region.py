@@ -7,7 +7,9 @@ KL constraint `½ ΔᵀFΔ ≤ δ`, where `F` is the Hessian of the mean
 1. `x ≈ F⁻¹g` by conjugate gradient, which needs only products `Fv`;
 2. `Fv` by double backprop: the gradient of `(∇_θ KL)ᵀ v`, plus `λv`
    (damping) so that CG works on a positive definite matrix;
-3. the step `Δ = sqrt(2δ / xᵀFx) · x`, on the boundary of the trust region.
+3. the step `Δ = sqrt(2δ / xᵀFx) · x`, on the boundary of the trust region;
+4. a backtracking line search that halves the step until the KL measured
+   after it (and, for TRPO, the improvement) is acceptable.
 
 Parameters travel as one flat vector here: `flatten` and `unflatten`
 convert between it and the list of variables.
@@ -113,3 +115,36 @@ def trust_region_step(
     """`sqrt(2δ / xᵀFx) · x`: the step along `x` whose `½ ΔᵀFΔ` is `δ`."""
     curvature = tf.tensordot(direction, f_direction, 1)
     return tf.sqrt(2.0 * max_kl / tf.maximum(curvature, 1e-20)) * direction
+
+
+def backtracking_line_search(
+    parameters: Sequence[tf.Variable],
+    old: Sequence[tf.Tensor],
+    steps: Sequence[tf.Tensor],
+    acceptable: Callable[[tf.Tensor], tf.Tensor],
+    max_tries: int,
+) -> tf.Tensor:
+    """Keeps the longest acceptable step `θ_old + 2⁻ᵏ Δ`, `k < max_tries`.
+
+    Expects `parameters` to hold the full step `old + steps` already, so a
+    step that is acceptable as taken is kept bit for bit. Otherwise the
+    step is halved until `acceptable(2⁻ᵏ)`, evaluated at the current
+    parameters, holds; if it holds for none of the `max_tries` steps, the
+    parameters go back to `old`.
+
+    Returns:
+        The kept fraction `2⁻ᵏ`, or `0.0` when every step was rejected.
+    """
+    accepted = tf.constant(0.0)
+    fraction = tf.constant(1.0)
+    for _ in tf.range(max_tries):
+        if acceptable(fraction):
+            accepted = fraction
+            break
+        fraction = 0.5 * fraction
+        for p, p_old, step in zip(parameters, old, steps):
+            p.assign(p_old + tf.cast(fraction, p.dtype) * step)
+    if accepted == 0.0:
+        for p, p_old in zip(parameters, old):
+            p.assign(p_old)
+    return accepted

@@ -126,7 +126,9 @@ class KFAC(keras.optimizers.Optimizer):
                 f"learning_rate must be > 0. Received: learning_rate={learning_rate}"
             )
         if not damping >= 0:
-            raise ValueError(f"damping must be >= 0. Received: damping={damping}")
+            raise ValueError(
+                f"damping must be >= 0. Received: damping={damping}"
+            )
         if kl_clip is not None and not kl_clip > 0:
             raise ValueError(
                 f"kl_clip must be > 0 or None. Received: kl_clip={kl_clip}"
@@ -340,7 +342,9 @@ class KFAC(keras.optimizers.Optimizer):
                 for i in indices
             ]
         )
-        eta = linalg.kl_clip_learning_rate(learning_rate, self.kl_clip, quadratic)
+        eta = linalg.kl_clip_learning_rate(
+            learning_rate, self.kl_clip, quadratic
+        )
         mu = self.momentum
         new_velocities = {
             i: mu * tf.cast(self._velocities[i], tf.float32)
@@ -357,7 +361,9 @@ class KFAC(keras.optimizers.Optimizer):
             self.assign(self._velocities[i], velocity)
             step = tf.where(ok, velocity, tf.zeros_like(velocity))
             distribution.extended.update(
-                variable.value if isinstance(variable, backend.Variable) else variable,
+                variable.value
+                if isinstance(variable, backend.Variable)
+                else variable,
                 lambda v, d: v.assign_sub(tf.cast(d, v.dtype)),
                 args=(step,),
                 group=False,
@@ -436,7 +442,9 @@ class KFAC(keras.optimizers.Optimizer):
             if block.kernel_index not in grad_of:
                 continue
             bias_grad = (
-                None if block.bias_index is None else grad_of.get(block.bias_index)
+                None
+                if block.bias_index is None
+                else grad_of.get(block.bias_index)
             )
             if block.bias_index is not None and bias_grad is None:
                 bias_grad = tf.zeros((block.dim_G,), tf.float32)
@@ -458,6 +466,61 @@ class KFAC(keras.optimizers.Optimizer):
             if block.bias_index is not None and block.bias_index in grad_of:
                 directions[block.bias_index] = bias_step
         return directions
+
+    def predicted_kl(self) -> tf.Tensor:
+        """`½ vᵀ F̂ v`, the quadratic model of the KL of the latest update.
+
+        `v` is the step the latest update took, momentum included (each
+        variable's velocity). `F̂` is the curvature model the step was
+        preconditioned with, without damping: per K-FAC block
+        `F̂ = (Q_A diag(λ_A) Q_Aᵀ) ⊗ (Q_G diag(λ_G) Q_Gᵀ)`, evaluated as
+        `Σ (Q_Aᵀ V Q_G)² ⊙ λ_A λ_Gᵀ`; the identity for variables outside
+        the blocks, and for every variable while the update was a cold
+        step (those measure the step with `‖∇‖²`). A trust-region method
+        compares this with the KL it measures after the step.
+
+        Returns:
+            A float32 scalar.
+        """
+        velocity_of = {
+            i: tf.cast(v, tf.float32) for i, v in enumerate(self._velocities)
+        }
+        cold = self._update_count <= self.cold_steps
+        terms = []
+        for block, state in zip(self._blocks, self._factors):
+            bias = velocity_of.pop(block.bias_index, None)
+            V = block.gradient_matrix(velocity_of.pop(block.kernel_index), bias)
+            rotated = tf.matmul(
+                tf.matmul(
+                    tf.convert_to_tensor(state["Q_A"]), V, transpose_a=True
+                ),
+                tf.convert_to_tensor(state["Q_G"]),
+            )
+            curvature = (
+                tf.convert_to_tensor(state["eigenvalues_A"])[:, None]
+                * tf.convert_to_tensor(state["eigenvalues_G"])[None, :]
+            )
+            terms.append(
+                tf.where(
+                    cold,
+                    tf.reduce_sum(tf.square(V)),
+                    tf.reduce_sum(tf.square(rotated) * curvature),
+                )
+            )
+        terms += [tf.reduce_sum(tf.square(v)) for v in velocity_of.values()]
+        return 0.5 * tf.add_n(terms) if terms else tf.constant(0.0)
+
+    def scale_velocities(self, factor) -> None:
+        """Multiplies every velocity by `factor`.
+
+        A caller that shrinks the latest step `v` to `factor · v` after the
+        fact (a backtracking trust region) calls this so that the momentum
+        the next update carries, and `predicted_kl()`, match the step that
+        was kept.
+        """
+        factor = tf.cast(factor, tf.float32)
+        for velocity in self._velocities:
+            self.assign(velocity, tf.cast(velocity, tf.float32) * factor)
 
     def get_config(self):
         config = super().get_config()

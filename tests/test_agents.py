@@ -166,7 +166,10 @@ def test_one_train_changes_the_weights_within_the_kl_clip():
             cold_steps=0,
             max_grad_norm=None,
         )
-        py_env, env, agent = _setup(optimizer=optimizer, ent_coef=0.0)
+        # The KL clip alone, without the guard that would backtrack.
+        py_env, env, agent = _setup(
+            optimizer=optimizer, ent_coef=0.0, max_kl_ratio=None
+        )
         experience = _rollout(env, agent, n_steps=16)
         before = _weights(agent)
         info = agent.train(experience)
