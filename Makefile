@@ -12,7 +12,8 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo demo-digits test test-all bench bench-quick
+.PHONY: demo demo-digits test test-all bench bench-quick bench-mujoco \
+	bench-mujoco-baselines
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,3 +57,15 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BENCH_PY) bench/autoencoder.py --quick
 	$(BENCH_PY) bench/compare.py --quick
+	$(BENCH_PY) bench/compare.py --suite mujoco --quick --jobs 1
+
+# The ACKTR paper's MuJoCo comparison at its budget (1M steps, 5 tasks,
+# 5 algorithms, 3 seeds), one run at a time: about a day on one core (the
+# third-party runs alone, bench-mujoco-baselines, about 6 h). Runs that
+# finished are kept.
+bench-mujoco: $(BENCH_STAMP)
+	$(BENCH_PY) bench/compare.py --suite mujoco --jobs 1
+
+bench-mujoco-baselines: $(BENCH_STAMP)
+	$(BENCH_PY) bench/compare.py --suite mujoco --jobs 1 \
+		--algos sb3-ppo sb3-trpo

@@ -1,15 +1,26 @@
-"""ACKTR vs A2C vs TRPO (ours) vs SB3 A2C/PPO and tf-agents PPO, per task.
+"""ACKTR vs A2C vs TRPO (ours) vs SB3 A2C/PPO/TRPO and tf-agents PPO, per task.
 
     python bench/compare.py            # every task, 3 seeds, full budgets
     python bench/compare.py --quick    # 1 seed, small budgets: minutes
     python bench/compare.py --tasks CartPole-v1 --algos ours-acktr sb3-ppo
+    python bench/compare.py --suite mujoco --jobs 1   # the paper's MuJoCo
+
+Two suites of tasks. `default`: five small tasks on budgets two cores
+allow for six algorithms, results in `bench/results/compare/full/`
+(`quick/`). `mujoco`: the ACKTR paper's continuous-control comparison at
+its budget, 1M environment steps on InvertedPendulum-v5,
+InvertedDoublePendulum-v5, HalfCheetah-v5, Hopper-v5 and Walker2d-v5, for
+our ACKTR, A2C and TRPO and, as what users pick instead, SB3 PPO and
+sb3-contrib TRPO with rl-baselines3-zoo's settings; results in
+`bench/results/compare/mujoco/` (`mujoco-quick/`).
 
 Each run is a subprocess of one runner (`bench/run_ours.py`,
 `bench/run_sb3.py`, `bench/run_tfagents_ppo.py`), `--jobs` at a time, each
-on one thread. A run whose `summary.json` exists is not run again, so an
-interrupted benchmark continues where it stopped (`--rerun` to redo).
+on one thread, task by task (so that complete tasks come first). A run
+whose `summary.json` exists is not run again, so an interrupted benchmark
+continues where it stopped (`--rerun` to redo).
 
-Per task and algorithm it reports, over seeds:
+Per task and algorithm the `default` suite reports, over seeds:
 
 - steps to target: the environment steps at which the mean return of the
   last `window` training episodes first reaches the target (Gymnasium's
@@ -18,9 +29,21 @@ Per task and algorithm it reports, over seeds:
 - final return: the mean return of the last `window` training episodes;
 - steps/s: environment steps per wall second of training (median);
 
-and draws the learning curves (moving mean of `window` episodes vs
+The `mujoco` suite reports instead, over seeds:
+
+- final return, as above (mean ± std over seeds);
+- area under the curve (AUC): the mean, over 100 evenly spaced
+  environment steps (budget/100, 2·budget/100, ..., budget), of the
+  moving mean return of the last `window` training episodes as it stood
+  at each of those steps (`area_under_curve`), so runs whose episodes end
+  at different steps compare; mean ± std over seeds;
+- steps/s as above, and the training time (wall and CPU, summed over
+  seeds) of each algorithm, and of the whole suite, from the runs'
+  `summary.json` files.
+
+Both draw the learning curves (moving mean of `window` episodes vs
 environment steps; mean line and min-max band over seeds) into
-`bench/results/compare/<task>.png`. Prints Markdown for BENCHMARKS.md.
+`<results directory>/<task>.png`. Prints Markdown for BENCHMARKS.md.
 """
 
 import argparse
@@ -83,6 +106,21 @@ TASKS = {
     ),
 }
 
+# Five of the ACKTR paper's MuJoCo tasks at its budget of 1M environment
+# steps. No target: the paper compares learning curves, hence the AUC.
+# Every episode lasts at most 1000 steps, so 1M steps give at least 1000
+# episodes per run and a window of 10 episodes stays local in time.
+MUJOCO_TASKS = {
+    task: dict(budget=1_000_000, quick=10_000, window=10)
+    for task in (
+        "InvertedPendulum-v5",
+        "InvertedDoublePendulum-v5",
+        "HalfCheetah-v5",
+        "Hopper-v5",
+        "Walker2d-v5",
+    )
+}
+
 # name -> (runner script, its extra arguments)
 ALGOS = {
     "ours-acktr": ("run_ours.py", ["--algo", "acktr"]),
@@ -90,25 +128,63 @@ ALGOS = {
     "ours-trpo": ("run_ours.py", ["--algo", "trpo"]),
     "sb3-a2c": ("run_sb3.py", ["--algo", "a2c"]),
     "sb3-ppo": ("run_sb3.py", ["--algo", "ppo"]),
+    "sb3-trpo": ("run_sb3.py", ["--algo", "trpo"]),
     "tfagents-ppo": ("run_tfagents_ppo.py", []),
 }
 
+# suite -> its tasks, its algorithms (the default for --algos), the
+# directories under RESULTS of its full and quick runs, and the metric its
+# table leads with: steps to a target, or the area under the curve.
+SUITES = {
+    "default": dict(
+        tasks=TASKS,
+        algos=(
+            "ours-acktr",
+            "ours-a2c",
+            "ours-trpo",
+            "sb3-a2c",
+            "sb3-ppo",
+            "tfagents-ppo",
+        ),
+        directories=("full", "quick"),
+        metric="steps to target",
+    ),
+    "mujoco": dict(
+        tasks=MUJOCO_TASKS,
+        algos=("ours-acktr", "ours-a2c", "ours-trpo", "sb3-ppo", "sb3-trpo"),
+        directories=("mujoco", "mujoco-quick"),
+        metric="area under the curve",
+    ),
+}
 
-def run_directory(task: str, algo: str, seed: int, quick: bool) -> str:
-    mode = "quick" if quick else "full"
-    return os.path.join(RESULTS, mode, task, f"{algo}-seed{seed}")
+# Evenly spaced environment steps the AUC averages the curve over.
+AUC_POINTS = 100
 
 
-def launch(task, algo, seed, quick, rerun) -> str:
+def suite_directory(suite: str, quick: bool) -> str:
+    """Where a suite's runs, plots and log go."""
+    full, short = SUITES[suite]["directories"]
+    return os.path.join(RESULTS, short if quick else full)
+
+
+def run_directory(
+    suite: str, task: str, algo: str, seed: int, quick: bool
+) -> str:
+    return os.path.join(
+        suite_directory(suite, quick), task, f"{algo}-seed{seed}"
+    )
+
+
+def launch(suite, task, algo, seed, quick, rerun) -> str:
     """Runs one training subprocess unless its summary exists; returns a
     line for the log."""
-    out = run_directory(task, algo, seed, quick)
+    out = run_directory(suite, task, algo, seed, quick)
     summary = os.path.join(out, "summary.json")
     if os.path.exists(summary) and not rerun:
         return f"kept  {task} {algo} seed {seed}"
     os.makedirs(out, exist_ok=True)
     script, extra = ALGOS[algo]
-    steps = TASKS[task]["quick" if quick else "budget"]
+    steps = SUITES[suite]["tasks"][task]["quick" if quick else "budget"]
     command = [sys.executable, os.path.join(HERE, script), *extra]
     command += ["--env", task, "--seed", str(seed)]
     command += ["--total-steps", str(steps), "--out", out]
@@ -148,15 +224,60 @@ def steps_to_target(steps, returns, window, target) -> int | None:
     return int(steps[window - 1 + hits[0]]) if len(hits) else None
 
 
-def summarize(task, algos, seeds, quick):
-    """Per algorithm: per-seed steps to target, final returns, steps/s and
-    curves, for the runs that finished."""
-    spec = TASKS[task]
+def area_under_curve(
+    steps: np.ndarray,
+    returns: np.ndarray,
+    window: int,
+    budget: int,
+    points: int = AUC_POINTS,
+) -> float:
+    """Mean of the moving-mean return over a fixed grid of env steps.
+
+    The grid is `points` evenly spaced steps, `budget / points, ...,
+    budget`. At each, the curve is the mean return of the last `window`
+    episodes finished at or before it (`moving_mean`, as it stood then);
+    a grid step before the first finished episode takes the first
+    episode's return. The same grid for every run makes runs whose
+    episodes end at different steps comparable, and weighs the run's time
+    evenly (an average of episodes would weigh the early, short ones most).
+
+    Args:
+        steps: environment steps at which each episode ended,
+            non-decreasing.
+        returns: each episode's return.
+        window: episodes in the moving mean.
+        budget: the last grid step, the run's budget.
+        points: grid size. Defaults to `100`.
+
+    Returns:
+        The mean of the curve over the grid, in units of return.
+    """
+    if not len(returns) or len(steps) != len(returns):
+        raise ValueError(
+            "area_under_curve needs one step per episode and at least one "
+            f"episode. Received: {len(steps)} steps, {len(returns)} returns"
+        )
+    if budget <= 0 or points < 1:
+        raise ValueError(
+            "budget and points must be positive. Received: "
+            f"budget={budget}, points={points}"
+        )
+    grid = budget * np.arange(1, points + 1) / points
+    # Index of the last episode ended at or before each grid step (-1: none).
+    last = np.searchsorted(steps, grid, side="right") - 1
+    means = moving_mean(np.asarray(returns, dtype=float), window)
+    return float(np.mean(means[np.maximum(last, 0)]))
+
+
+def summarize(suite, task, algos, seeds, quick):
+    """Per algorithm: per-seed steps to target, final returns, AUC,
+    steps/s, training times and curves, for the runs that finished."""
+    spec = SUITES[suite]["tasks"][task]
     table = {}
     for algo in algos:
         rows = []
         for seed in seeds:
-            out = run_directory(task, algo, seed, quick)
+            out = run_directory(suite, task, algo, seed, quick)
             if not os.path.exists(os.path.join(out, "summary.json")):
                 continue
             with open(os.path.join(out, "summary.json")) as f:
@@ -169,9 +290,19 @@ def summarize(task, algos, seeds, quick):
                     seed=seed,
                     to_target=steps_to_target(
                         steps, returns, spec["window"], spec["target"]
-                    ),
+                    )
+                    if "target" in spec
+                    else None,
                     final=float(np.mean(returns[-spec["window"] :])),
+                    auc=area_under_curve(
+                        steps,
+                        returns,
+                        spec["window"],
+                        spec["quick" if quick else "budget"],
+                    ),
                     steps_per_second=summary["steps_per_second"],
+                    train_seconds=summary["train_seconds"],
+                    train_cpu_seconds=summary.get("train_cpu_seconds"),
                     curve=(steps, moving_mean(returns, spec["window"])),
                     budget=summary["env_steps"],
                 )
@@ -181,13 +312,12 @@ def summarize(task, algos, seeds, quick):
     return table
 
 
-def plot(task, table, path):
+def plot(spec, task, table, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spec = TASKS[task]
     figure, axes = plt.subplots(figsize=(6.5, 4))
     for algo, rows in table.items():
         end = min(r["budget"] for r in rows)
@@ -212,7 +342,8 @@ def plot(task, table, path):
         style = "-" if algo.startswith("ours") else "--"
         (line,) = axes.plot(grid, mean, style, label=f"{algo} ({len(rows)})")
         axes.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
-    axes.axhline(spec["target"], color="grey", linewidth=0.8, linestyle=":")
+    if "target" in spec:
+        axes.axhline(spec["target"], color="grey", linewidth=0.8, linestyle=":")
     axes.set_xlabel("environment steps")
     axes.set_ylabel(f"mean return of the last {spec['window']} episodes")
     axes.set_title(task)
@@ -223,6 +354,7 @@ def plot(task, table, path):
 
 
 def markdown(task, table, quick) -> str:
+    """The `default` suite's table: steps to target, final return, speed."""
     spec = TASKS[task]
     budget = spec["quick" if quick else "budget"]
     lines = [
@@ -257,14 +389,76 @@ def markdown(task, table, quick) -> str:
     return "\n".join(lines)
 
 
+def duration(seconds: float) -> str:
+    """`"2.5 h"`, or minutes under an hour, seconds under a minute."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def markdown_auc(suite, task, table, quick) -> str:
+    """A suite's table led by the AUC: final return, AUC, speed, time."""
+    spec = SUITES[suite]["tasks"][task]
+    budget = spec["quick" if quick else "budget"]
+    lines = [
+        f"### {task}",
+        "",
+        f"Budget {budget:,} steps per run. Final return: the mean of the "
+        f"last {spec['window']} training episodes; AUC: the mean of that "
+        f"moving mean over {AUC_POINTS} evenly spaced steps up to the "
+        "budget (mean ± std over seeds). Time: training, summed over "
+        "seeds.",
+        "",
+        "| algorithm | seeds | final return | AUC | steps/s "
+        "| wall time | CPU time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for algo, rows in table.items():
+        finals = [r["final"] for r in rows]
+        aucs = [r["auc"] for r in rows]
+        speed = np.median([r["steps_per_second"] for r in rows])
+        wall = sum(r["train_seconds"] for r in rows)
+        cpu = [r["train_cpu_seconds"] for r in rows]
+        cpu = "-" if None in cpu else duration(sum(cpu))
+        lines.append(
+            f"| {algo} | {len(rows)} | {np.mean(finals):.1f} ± "
+            f"{np.std(finals):.1f} | {np.mean(aucs):.1f} ± "
+            f"{np.std(aucs):.1f} | {speed:.0f} | {duration(wall)} | {cpu} |"
+        )
+    directory = os.path.relpath(
+        suite_directory(suite, quick), os.path.join(HERE, "..")
+    )
+    lines.append("")
+    lines.append(f"![{task}]({directory}/{task}.png)")
+    return "\n".join(lines)
+
+
+def total_time(tables: dict) -> str:
+    """One line: the training time of every run summarized, wall and CPU."""
+    rows = [r for table in tables.values() for rs in table.values() for r in rs]
+    wall = sum(r["train_seconds"] for r in rows)
+    cpu = sum(r["train_cpu_seconds"] or 0.0 for r in rows)
+    return (
+        f"Training time of the {len(rows)} runs, summed: {duration(wall)} "
+        f"wall, {duration(cpu)} CPU (one thread each; with --jobs > 1 the "
+        "suite takes less elapsed time than the wall sum)."
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--suite", choices=tuple(SUITES), default="default")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS))
-    parser.add_argument("--algos", nargs="+", choices=tuple(ALGOS))
+    all_tasks = {t: None for s in SUITES.values() for t in s["tasks"]}
+    parser.add_argument("--tasks", nargs="+", choices=tuple(all_tasks))
+    parser.add_argument(
+        "--algos", nargs="+", choices=tuple(ALGOS), help="default: the suite's"
+    )
     parser.add_argument("--seeds", type=int, help="default: 3 (quick: 1)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rerun", action="store_true")
@@ -274,8 +468,15 @@ def main(argv=None) -> None:
         help="summarize the runs on disk without starting any",
     )
     args = parser.parse_args(argv)
-    tasks = args.tasks or list(TASKS)
-    algos = args.algos or list(ALGOS)
+    suite = SUITES[args.suite]
+    tasks = args.tasks or list(suite["tasks"])
+    algos = args.algos or list(suite["algos"])
+    if not set(tasks) <= set(suite["tasks"]):
+        parser.error(
+            f"the {args.suite} suite has the tasks "
+            f"{', '.join(suite['tasks'])}. Received: --tasks "
+            f"{' '.join(tasks)}"
+        )
     seeds = range(args.seeds or (1 if args.quick else 3))
     if args.jobs < 1 or (args.seeds is not None and args.seeds < 1):
         parser.error(
@@ -286,18 +487,31 @@ def main(argv=None) -> None:
         jobs = [(t, a, s) for t in tasks for s in seeds for a in algos]
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(
-                lambda job: launch(*job, args.quick, args.rerun), jobs
+                lambda job: launch(args.suite, *job, args.quick, args.rerun),
+                jobs,
             ):
                 print(line, file=sys.stderr, flush=True)
-    mode = "quick" if args.quick else "full"
+    directory = suite_directory(args.suite, args.quick)
+    tables = {}
     for task in tasks:
-        table = summarize(task, algos, seeds, args.quick)
+        table = summarize(args.suite, task, algos, seeds, args.quick)
         if not table:
             continue
-        os.makedirs(os.path.join(RESULTS, mode), exist_ok=True)
-        plot(task, table, os.path.join(RESULTS, mode, f"{task}.png"))
-        print(markdown(task, table, args.quick))
+        tables[task] = table
+        os.makedirs(directory, exist_ok=True)
+        plot(
+            suite["tasks"][task],
+            task,
+            table,
+            os.path.join(directory, f"{task}.png"),
+        )
+        if suite["metric"] == "steps to target":
+            print(markdown(task, table, args.quick))
+        else:
+            print(markdown_auc(args.suite, task, table, args.quick))
         print()
+    if tables and suite["metric"] != "steps to target":
+        print(total_time(tables))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,26 @@
-"""Train Stable-Baselines3 A2C or PPO with rl-baselines3-zoo's settings.
+"""Train SB3 A2C/PPO or sb3-contrib TRPO with rl-baselines3-zoo's settings.
 
     python bench/run_sb3.py --algo ppo --env CartPole-v1 --seed 0 \\
         --total-steps 100000 --out runs/sb3-ppo-CartPole-v1-seed0
 
 Needs `requirements-bench.lock` on top of `requirements.lock`.
 
-Hyperparameters are rl-baselines3-zoo's (`hyperparams/a2c.yml` and
-`hyperparams/ppo.yml`), written out in `ZOO` below with the entry each set
-came from. Where the zoo has no entry for an environment's version, the
-entry of the closest version is used (`LunarLander-v2` for v3, the MuJoCo
-v4 or v2 entries for v5); where it has none at all, SB3's defaults.
-Interpreted as the zoo does:
+Hyperparameters are rl-baselines3-zoo's (`hyperparams/a2c.yml`,
+`hyperparams/ppo.yml` and `hyperparams/trpo.yml`), written out in `ZOO`
+below with the entry each set came from (`source` in `summary.json`).
+Where the zoo has no entry for an environment's version, the entry of the
+closest version is used (`LunarLander-v2` for v3, the MuJoCo v4 or v2
+entries for v5); where it has none at all, the zoo's `default` entry, which
+is the library's defaults. Interpreted as the zoo does:
 
-- anything not listed is SB3's default (`n_envs` defaults to 1);
+- anything not listed is the library's default (`n_envs` defaults to 1);
 - `normalize: true` wraps the vector env in `VecNormalize` (observations
   and rewards, with the algorithm's `gamma` as the reward discount);
 - `lin_X` is a schedule decaying linearly from `X` to 0 over the run
   (here over `--total-steps`, where the zoo uses its own `n_timesteps`,
   kept as `zoo_n_timesteps` in `summary.json` for reference).
+- a `policy_kwargs` string (`"dict(..., activation_fn=nn.ReLU, ...)"`)
+  is written out as the dict it evaluates to, the activation by name.
 
 Training runs on the CPU with one torch thread (intra- and inter-op), so
 that two runs can share the machine's two cores without oversubscribing
@@ -30,6 +33,7 @@ the wall time of `learn()`.
 import argparse
 import time
 
+import sb3_contrib
 import stable_baselines3
 import torch
 from runner_common import (
@@ -38,13 +42,14 @@ from runner_common import (
     summary_line,
     write_summary,
 )
+from sb3_contrib import TRPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-ALGORITHMS = {"a2c": A2C, "ppo": PPO}
+ALGORITHMS = {"a2c": A2C, "ppo": PPO, "trpo": TRPO}
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
@@ -56,10 +61,28 @@ _PPO_MUJOCO_POLICY = {
     "net_arch": {"pi": [256, 256], "vf": [256, 256]},
 }
 
+# TRPO's MuJoCo entries (HalfCheetah-v4, Hopper-v4, Walker2d-v4) are the
+# YAML anchor `mujoco-defaults`, itself `pybullet-defaults` with
+# n_timesteps 1e6, written out here after the merge.
+_TRPO_MUJOCO = {
+    "normalize": True,
+    "n_envs": 2,
+    "batch_size": 128,
+    "n_steps": 1024,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "sub_sampling_factor": 1,
+    "cg_max_steps": 25,
+    "cg_damping": 0.1,
+    "n_critic_updates": 20,
+    "learning_rate": 1e-3,
+}
+
 # algo -> env -> the zoo entry used ("source"), its n_timesteps, and its
 # hyperparameters as the YAML gives them (policy "MlpPolicy" everywhere),
-# read from DLR-RM/rl-baselines3-zoo at commits c6c209e7 (a2c.yml) and
-# 208b6fdf (ppo.yml).
+# read from DLR-RM/rl-baselines3-zoo at commits c6c209e7 (a2c.yml),
+# 208b6fdf (ppo.yml: CartPole to HalfCheetah) and 22e3ff24 (ppo.yml:
+# InvertedDoublePendulum, Hopper, Walker2d; trpo.yml).
 ZOO = {
     "a2c": {
         "CartPole-v1": {
@@ -191,10 +214,95 @@ ZOO = {
                 "policy_kwargs": _PPO_MUJOCO_POLICY,
             },
         },
+        "InvertedDoublePendulum-v5": {
+            "source": "ppo.yml: InvertedDoublePendulum-v2 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {
+                "normalize": True,
+                "n_envs": 1,
+                "batch_size": 512,
+                "n_steps": 128,
+                "gamma": 0.98,
+                "learning_rate": 0.000155454,
+                "ent_coef": 1.05057e-06,
+                "clip_range": 0.4,
+                "n_epochs": 10,
+                "gae_lambda": 0.8,
+                "max_grad_norm": 0.5,
+                "vf_coef": 0.695929,
+            },
+        },
+        "Hopper-v5": {
+            "source": "ppo.yml: Hopper-v4 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {
+                "normalize": True,
+                "n_envs": 1,
+                "batch_size": 32,
+                "n_steps": 512,
+                "gamma": 0.999,
+                "learning_rate": 9.80828e-05,
+                "ent_coef": 0.00229519,
+                "clip_range": 0.2,
+                "n_epochs": 5,
+                "gae_lambda": 0.99,
+                "max_grad_norm": 0.7,
+                "vf_coef": 0.835671,
+                "policy_kwargs": _PPO_MUJOCO_POLICY,
+            },
+        },
+        "Walker2d-v5": {
+            "source": "ppo.yml: Walker2d-v4 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {
+                "normalize": True,
+                "n_envs": 1,
+                "batch_size": 32,
+                "n_steps": 512,
+                "gamma": 0.99,
+                "learning_rate": 5.05041e-05,
+                "ent_coef": 0.000585045,
+                "clip_range": 0.1,
+                "n_epochs": 20,
+                "gae_lambda": 0.95,
+                "max_grad_norm": 1,
+                "vf_coef": 0.871923,
+            },
+        },
+    },
+    "trpo": {
+        # No InvertedPendulum or InvertedDoublePendulum entry in trpo.yml
+        # (only the PyBullet ones, another simulator): the zoo then takes
+        # its `default` entry, which sets nothing but the policy.
+        "InvertedPendulum-v5": {
+            "source": "trpo.yml: default (no InvertedPendulum entry)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {},
+        },
+        "InvertedDoublePendulum-v5": {
+            "source": "trpo.yml: default (no InvertedDoublePendulum entry)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {},
+        },
+        "HalfCheetah-v5": {
+            "source": "trpo.yml: HalfCheetah-v4 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": {**_TRPO_MUJOCO, "target_kl": 0.04},
+        },
+        "Hopper-v5": {
+            "source": "trpo.yml: Hopper-v4 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": _TRPO_MUJOCO,
+        },
+        "Walker2d-v5": {
+            "source": "trpo.yml: Walker2d-v4 (tuned)",
+            "n_timesteps": 1_000_000,
+            "hyperparameters": _TRPO_MUJOCO,
+        },
     },
 }
 
-ENVS = sorted(ZOO["a2c"])
+ENVS = sorted({env for entries in ZOO.values() for env in entries})
 SCHEDULED = ("learning_rate", "clip_range")
 
 
@@ -292,6 +400,7 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
         "zoo_n_timesteps": entry["n_timesteps"],
         "versions": {
             "stable_baselines3": stable_baselines3.__version__,
+            "sb3_contrib": sb3_contrib.__version__,
             "torch": torch.__version__,
         },
     }
@@ -308,6 +417,12 @@ def main(argv=None) -> None:
     parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS))
     add_run_arguments(parser, ENVS)
     args = parser.parse_args(argv)
+    if args.env not in ZOO[args.algo]:
+        parser.error(
+            f"no zoo settings for {args.algo} on {args.env} (it has "
+            f"{', '.join(sorted(ZOO[args.algo]))}). Received: --algo "
+            f"{args.algo} --env {args.env}"
+        )
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
