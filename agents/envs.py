@@ -27,6 +27,7 @@ from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
 from agents.checks import check_positive_integer
+from agents.env_factory import make_env
 
 
 class EnvironmentStepError(RuntimeError):
@@ -106,6 +107,12 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             (`gymnasium.vector.AsyncVectorEnv`) instead of in this process.
             Defaults to `False`.
         env_kwargs: Keyword arguments for `gymnasium.make`.
+        time_feature: Append `t / T`, the elapsed fraction of the time
+            limit (Gymnasium's `TimeAwareObservation`), to the
+            observations. Defaults to `False`.
+        previous_observation: Append the previous observation (the first
+            one again after a reset; `FrameStackObservation` of 2,
+            flattened). Defaults to `False`.
     """
 
     def __init__(
@@ -115,6 +122,8 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         seed: int | None = None,
         processes: bool = False,
         env_kwargs: dict | None = None,
+        time_feature: bool = False,
+        previous_observation: bool = False,
     ):
         super().__init__(handle_auto_reset=False)
         check_env_id(env_id)
@@ -122,9 +131,15 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self.env_id = env_id
         self._num_envs = num_envs
         self._seed = seed
-        # A partial of gymnasium.make pickles by reference, so subprocesses
-        # import gymnasium only, not this package or TensorFlow.
-        make = functools.partial(gymnasium.make, env_id, **(env_kwargs or {}))
+        # A partial of make_env pickles by reference, so subprocesses
+        # import gymnasium only, not TensorFlow.
+        make = functools.partial(
+            make_env,
+            env_id,
+            env_kwargs,
+            time_feature=time_feature,
+            previous_observation=previous_observation,
+        )
         probe = make()
         try:
             self._observation_space = probe.observation_space

@@ -18,7 +18,11 @@ shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
 Adaptive step size (Schulman et al. 2016, used by the ACKTR paper for
 continuous control): with `target_kl = κ`, the optimizer's learning rate is
 divided by 1.5 after an update whose realized KL exceeds `2κ` and
-multiplied by 1.5 after one below `κ / 2`, within `[1e-8, 1]`.
+multiplied by 1.5 after one below `κ / 2`, within `[1e-8, 1]`. With
+`warm_start`, until the first update whose KL reaches `κ / 2` the rate is
+instead multiplied by `min(sqrt(κ / KL), 10)`: the KL of a small step grows
+as the square of its size, so the first steps reach the target in one or
+two updates instead of climbing by 1.5x per update from a KL of 1e-6.
 """
 
 import collections
@@ -116,6 +120,8 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         target_kl: Adapt the learning rate toward this realized KL per
             update (see above); `None` keeps it fixed. Needs an optimizer
             with a constant learning rate. Defaults to `None`.
+        warm_start: Reach `target_kl` from the first updates by the
+            square-root rule above. Defaults to `False`.
         value_optimizer: A Keras optimizer that fits the value function
             separately after each update (`value_epochs` passes of
             minibatch steps on `mean_w((R - V(s))²)`), as the ACKTR paper
@@ -153,6 +159,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         vf_coef: float = 0.5,
         normalize_advantages: bool = False,
         target_kl: float | None = None,
+        warm_start: bool = False,
         value_optimizer=None,
         value_epochs: int = 5,
         value_minibatch_size: int | None = 64,
@@ -194,6 +201,15 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     f"{optimizer._learning_rate!r}"
                 )
         self._target_kl = None if target_kl is None else float(target_kl)
+        if warm_start and target_kl is None:
+            raise ValueError(
+                "warm_start scales the learning rate toward target_kl, "
+                "which is None. Received: warm_start=True"
+            )
+        # 1 until an update reaches κ / 2; saved with the agent.
+        self._warming = tf.Variable(
+            1.0 if warm_start else 0.0, trainable=False, name="warming"
+        )
         self._gamma = float(gamma)
         self._gae_lambda = None if gae_lambda is None else float(gae_lambda)
         self._ent_coef = float(ent_coef)
@@ -324,12 +340,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     loss = losses.value_loss(
                         values, tf.gather(batch.returns, index), weights
                     )
+                    gauss_newton_loss = losses.value_gauss_newton_loss(
+                        values, weights
+                    )
                 if gauss_newton:
                     with keras_kfac.collecting_statistics(True):
-                        tape.gradient(
-                            losses.value_gauss_newton_loss(values, weights),
-                            variables,
-                        )
+                        tape.gradient(gauss_newton_loss, variables)
                 with keras_kfac.collecting_statistics(False):
                     gradients = tape.gradient(loss, variables)
                 del tape
@@ -439,11 +455,16 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         )
 
     def _adapt_learning_rate(self, kl: tf.Tensor) -> None:
+        kappa = self._target_kl
         factor = tf.where(
-            kl > 2.0 * self._target_kl,
+            kl > 2.0 * kappa,
             1.0 / 1.5,
-            tf.where(kl < 0.5 * self._target_kl, 1.5, 1.0),
+            tf.where(kl < 0.5 * kappa, 1.5, 1.0),
         )
+        warming = tf.logical_and(self._warming > 0.0, kl < 0.5 * kappa)
+        warm_factor = tf.minimum(tf.sqrt(kappa / tf.maximum(kl, 1e-12)), 10.0)
+        factor = tf.where(warming, warm_factor, factor)
+        self._warming.assign(tf.cast(warming, tf.float32))
         learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
         self._optimizer.learning_rate = tf.clip_by_value(
             learning_rate * factor, 1e-8, 1.0

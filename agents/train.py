@@ -39,6 +39,10 @@ import numpy as np
 from agents.checks import check_positive_integer
 
 ALGORITHMS = ("acktr", "a2c", "trpo")
+# How the value function is trained: "adam", fitted apart by Adam;
+# "kfac", fitted apart by K-FAC Gauss-Newton steps; "joint", in the
+# policy's own update (not for trpo).
+CRITICS = ("adam", "kfac", "joint")
 
 # Settings every preset starts from; a preset's per-algorithm entries
 # override them, and what the user sets overrides both.
@@ -52,7 +56,14 @@ COMMON = dict(
     normalize_observations=False,
     normalize_advantages=False,
     target_kl=None,
-    value_learning_rate=None,
+    critic="adam",
+    value_learning_rate=1e-3,
+    value_epochs=5,
+    value_minibatch_size=64,
+    max_kl_ratio=None,
+    time_feature=False,
+    previous_observation=False,
+    warm_start=False,
 )
 
 # "default": the papers' discrete-action settings, with the batch sizes of
@@ -79,13 +90,18 @@ PRESETS = {
             damping=0.01,
             inverse_update_freq=10,
             cold_steps=10,
-            value_learning_rate=1e-3,
+            max_kl_ratio=2.0,
         ),
-        "a2c": dict(num_envs=8, n_steps=5, learning_rate=7e-4, ent_coef=0.01),
+        "a2c": dict(
+            num_envs=8,
+            n_steps=5,
+            learning_rate=7e-4,
+            ent_coef=0.01,
+            critic="joint",
+        ),
         "trpo": dict(
             num_envs=8,
             n_steps=128,
-            value_learning_rate=1e-3,
             ent_coef=0.0,
             gae_lambda=0.98,
             normalize_advantages=True,
@@ -101,7 +117,6 @@ PRESETS = {
             normalize_observations=True,
             normalize_advantages=True,
             ent_coef=0.0,
-            value_learning_rate=1e-3,
             **settings,
         )
         for algo, settings in {
@@ -113,6 +128,7 @@ PRESETS = {
                 inverse_update_freq=2,
                 cold_steps=1,
                 max_grad_norm=None,
+                max_kl_ratio=2.0,
             ),
             "a2c": dict(learning_rate=3e-4, target_kl=0.002),
             "trpo": dict(max_kl=0.01, damping=0.1),
@@ -145,9 +161,13 @@ class Config:
     num_envs: int = FROM_PRESET
     n_steps: int = FROM_PRESET
     learning_rate: float = FROM_PRESET
-    value_learning_rate: float | None = FROM_PRESET
+    critic: str = FROM_PRESET
+    value_learning_rate: float = FROM_PRESET
+    value_epochs: int = FROM_PRESET
+    value_minibatch_size: int | None = FROM_PRESET
     lr_schedule: str = "constant"
     target_kl: float | None = FROM_PRESET
+    warm_start: bool = FROM_PRESET
     ent_coef: float = FROM_PRESET
     vf_coef: float = FROM_PRESET
     gamma: float = FROM_PRESET
@@ -160,9 +180,12 @@ class Config:
     cold_steps: int = FROM_PRESET
     vf_fisher_coef: float = 1.0
     max_kl: float = FROM_PRESET
+    max_kl_ratio: float | None = FROM_PRESET
     hidden_units: tuple[int, ...] = FROM_PRESET
     shared_torso: bool = FROM_PRESET
     normalize_observations: bool = FROM_PRESET
+    time_feature: bool = FROM_PRESET
+    previous_observation: bool = FROM_PRESET
     processes: bool = False
     checkpoint_every: int = 50
     logdir: str | None = None
@@ -194,18 +217,38 @@ class Config:
                 "target_kl adapts the learning rate, so it cannot follow "
                 f"lr_schedule='linear'. Received: target_kl={self.target_kl}"
             )
-        for name in ("total_steps", "num_envs", "n_steps", "checkpoint_every"):
+        for name in (
+            "total_steps",
+            "num_envs",
+            "n_steps",
+            "checkpoint_every",
+            "value_epochs",
+        ):
             check_positive_integer(name, getattr(self, name))
+        if self.value_minibatch_size is not None:
+            check_positive_integer(
+                "value_minibatch_size", self.value_minibatch_size
+            )
         for name in ("learning_rate", "value_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(
                     f"{name} must be > 0. Received: {name}={value!r}"
                 )
-        if self.algo == "trpo" and self.value_learning_rate is None:
+        if self.critic not in CRITICS:
             raise ValueError(
-                "trpo fits its value function apart and needs a "
-                "value_learning_rate. Received: None"
+                f"critic must be one of {CRITICS}. "
+                f"Received: critic={self.critic!r}"
+            )
+        if self.algo == "trpo" and self.critic == "joint":
+            raise ValueError(
+                "trpo fits its value function apart; critic must be 'adam' "
+                "or 'kfac'. Received: critic='joint'"
+            )
+        if self.warm_start and self.target_kl is None:
+            raise ValueError(
+                "warm_start sets the first step size from target_kl, which "
+                "is None. Received: warm_start=True"
             )
         if self.logdir is None:
             self.logdir = os.path.join(
@@ -245,6 +288,19 @@ class Summary:
         )
 
 
+def _value_optimizer(config: Config):
+    """The optimizer of a critic fitted apart, or `None` for "joint"."""
+    import keras
+
+    from agents.acktr import kfac_value_optimizer
+
+    if config.critic == "joint":
+        return None
+    if config.critic == "kfac":
+        return kfac_value_optimizer(learning_rate=config.value_learning_rate)
+    return keras.optimizers.Adam(config.value_learning_rate)
+
+
 def build(config: Config):
     """`(py_env, tf_env, agent)` for `config`; raises on bad input."""
     import keras
@@ -263,6 +319,8 @@ def build(config: Config):
         config.num_envs,
         seed=config.seed,
         processes=config.processes,
+        time_feature=config.time_feature,
+        previous_observation=config.previous_observation,
     )
     try:
         tf_env = tf_py_environment.TFPyEnvironment(py_env)
@@ -288,9 +346,9 @@ def build(config: Config):
             gae_lambda=config.gae_lambda,
             ent_coef=config.ent_coef,
             normalize_advantages=config.normalize_advantages,
-            value_optimizer=None
-            if config.value_learning_rate is None
-            else keras.optimizers.Adam(config.value_learning_rate),
+            value_optimizer=_value_optimizer(config),
+            value_epochs=config.value_epochs,
+            value_minibatch_size=config.value_minibatch_size,
             seed=config.seed,
             train_step_counter=tf.Variable(
                 0, dtype=tf.int64, name="train_step"
@@ -312,6 +370,8 @@ def build(config: Config):
                 vf_fisher_coef=config.vf_fisher_coef,
                 vf_coef=config.vf_coef,
                 target_kl=config.target_kl,
+                warm_start=config.warm_start,
+                max_kl_ratio=config.max_kl_ratio,
                 **common,
             )
         elif config.algo == "a2c":
@@ -323,6 +383,7 @@ def build(config: Config):
                 optimizer,
                 vf_coef=config.vf_coef,
                 target_kl=config.target_kl,
+                warm_start=config.warm_start,
                 **common,
             )
         else:
@@ -585,6 +646,10 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     """`(Config, namespace)`; options not given take the preset's value."""
     parser = argparse.ArgumentParser(
@@ -612,16 +677,32 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         help="acktr: η_max; a2c: RMSprop's rate (trpo has none)",
     )
     add(
+        "--critic",
+        choices=CRITICS,
+        help="how the value function is trained: fitted apart by Adam or by "
+        "K-FAC Gauss-Newton steps, or in the policy's update (not trpo)",
+    )
+    add(
         "--value-learning-rate",
-        type=_optional_float,
-        help="fit the value function apart with Adam at this rate (trpo "
-        "always); 'none': train it with the policy's optimizer",
+        type=float,
+        help="the critic's rate (Adam's; K-FAC's η_max)",
+    )
+    add("--value-epochs", type=int, help="passes of the critic's fit per batch")
+    add(
+        "--value-minibatch-size",
+        type=_optional_int,
+        help="rows per step of the critic's fit; 'none': the whole batch",
     )
     add("--lr-schedule", choices=("constant", "linear"))
     add(
         "--target-kl",
         type=_optional_float,
         help="adapt the learning rate toward this KL per update (acktr, a2c)",
+    )
+    add(
+        "--warm-start",
+        action=argparse.BooleanOptionalAction,
+        help="reach --target-kl in the first updates (square-root rule)",
     )
     add("--ent-coef", type=float)
     add("--vf-coef", type=float)
@@ -648,12 +729,28 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     add("--vf-fisher-coef", type=float, help="acktr")
     add("--max-kl", type=float, help="trpo: the trust-region radius δ")
     add(
+        "--max-kl-ratio",
+        type=_optional_float,
+        help="acktr: backtrack a step whose measured KL exceeds this times "
+        "--kl-clip; 'none': no guard",
+    )
+    add(
         "--hidden-units",
         type=lambda s: tuple(int(u) for u in s.split(",")),
         help="comma-separated widths, e.g. 64,64",
     )
     add("--shared-torso", action=argparse.BooleanOptionalAction)
     add("--normalize-observations", action=argparse.BooleanOptionalAction)
+    add(
+        "--time-feature",
+        action=argparse.BooleanOptionalAction,
+        help="append t/T (elapsed fraction of the time limit) to observations",
+    )
+    add(
+        "--previous-observation",
+        action=argparse.BooleanOptionalAction,
+        help="append the previous observation to observations",
+    )
     add(
         "--processes",
         action="store_true",

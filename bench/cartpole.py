@@ -156,7 +156,7 @@ def main():
     extra = {
         # The critic trained by the joint K-FAC step, as these figures
         # were first measured (agents.train's ACKTR now fits it apart).
-        "acktr": ["--value-learning-rate", "none"],
+        "acktr": ["--critic", "joint"],
         "a2c": ["--learning-rate", str(args.a2c_learning_rate)],
     }
     curves, solved, seconds = {}, {}, {}

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from tf_agents.trajectories import time_step as ts
 
+from agents.env_factory import make_env
 from agents.envs import EnvironmentStepError, GymnasiumEnvironment, check_env_id
 
 F, M, L = ts.StepType.FIRST, ts.StepType.MID, ts.StepType.LAST
@@ -136,3 +137,25 @@ def test_subprocesses_match_in_process():
     for a, b in zip(*runs):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
+
+
+def test_time_feature_and_previous_observation():
+    # Pendulum: 3 observation entries, a time limit of 200 steps.
+    env = GymnasiumEnvironment(
+        "Pendulum-v1", seed=0, time_feature=True, previous_observation=True
+    )
+    assert env.observation_spec().shape == (7,)
+    first = env.reset().observation[0]
+    np.testing.assert_array_equal(first[:3], first[3:6])  # previous = first
+    assert first[6] == 0.0
+    second = env.step(np.zeros((1, 1), np.float32)).observation[0]
+    np.testing.assert_array_equal(second[:3], first[3:6])
+    assert second[6] == pytest.approx(1 / 200)
+    env.close()
+
+
+def test_observation_features_need_vectors_and_a_time_limit():
+    with pytest.raises(ValueError, match="vector"):
+        make_env("FrozenLake-v1", previous_observation=True)
+    with pytest.raises(ValueError, match="time limit"):
+        make_env("toy_envs:Countdown-v0", time_feature=True)

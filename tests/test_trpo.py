@@ -172,7 +172,12 @@ def test_an_accepted_step_improves_the_surrogate_within_the_radius(graph):
     info = train(experience)
     fraction = float(info.extra.clip_coefficient)
     assert fraction in [2.0**-k for k in range(10)]
+    assert float(info.extra.step_fraction) == fraction
     assert 0 < float(info.extra.kl) <= 0.01
+    # The full step sits on ½ Δᵀ(F + λI)Δ = δ; the kept one at fraction².
+    assert float(info.extra.predicted_kl) == pytest.approx(
+        fraction**2 * 0.01, rel=1e-4
+    )
     (new, _), _ = net(observation)
     valid, _ = episode_masks(
         experience.step_type[:, :-1], experience.next_step_type[:, :-1]
@@ -282,7 +287,7 @@ def test_bad_trpo_arguments_raise_with_what_was_received(kwargs, message):
         _trpo(**kwargs)
 
 
-def _a2c(target_kl, learning_rate):
+def _a2c(target_kl, learning_rate, **kwargs):
     py_env = GymnasiumEnvironment("CartPole-v1", num_envs=2, seed=0)
     env = tf_py_environment.TFPyEnvironment(py_env)
     net = ActorCriticNetwork(
@@ -294,6 +299,7 @@ def _a2c(target_kl, learning_rate):
         net,
         a2c_optimizer(learning_rate=learning_rate),
         target_kl=target_kl,
+        **kwargs,
     )
     return agent, RolloutCollector(env, agent.collect_policy, 8).collect()
 
@@ -318,3 +324,40 @@ def test_target_kl_needs_a_constant_learning_rate():
     schedule = keras.optimizers.schedules.PolynomialDecay(1e-3, 100)
     with pytest.raises(ValueError, match="needs a constant one"):
         _a2c(0.01, schedule)
+
+
+def test_warm_start_scales_the_rate_by_the_root_of_the_kl_ratio():
+    # KL grows as the square of a small step: √(κ / KL) aims the next
+    # update's KL at κ, at most 10x at a time, until a KL reaches κ / 2.
+    target_kl = 1.0
+    agent, experience = _a2c(target_kl, 1e-4, warm_start=True)
+    rate = 1e-4
+    for _ in range(3):
+        kl = float(agent.train(experience).extra.kl)
+        assert 0 < kl < 0.5 * target_kl
+        rate = min(rate * min(np.sqrt(target_kl / kl), 10.0), 1.0)
+        assert float(agent.optimizer.learning_rate) == pytest.approx(
+            rate, rel=1e-5
+        )
+
+
+def test_warm_start_ends_at_the_first_kl_near_the_target():
+    # κ = the KL the first update reaches (measured on a twin agent): the
+    # rate stays, the warm start ends, and a later KL far below κ / 2 gets
+    # the usual 1.5x, not √(κ / KL).
+    keras.utils.set_random_seed(0)
+    twin, experience = _a2c(None, 1e-3)
+    target_kl = float(twin.train(experience).extra.kl)
+    keras.utils.set_random_seed(0)
+    agent, experience = _a2c(target_kl, 1e-3, warm_start=True)
+    kl = float(agent.train(experience).extra.kl)
+    assert 0.5 * target_kl <= kl <= 2 * target_kl
+    assert float(agent.optimizer.learning_rate) == pytest.approx(1e-3)
+    agent.optimizer.learning_rate = 1e-7
+    assert float(agent.train(experience).extra.kl) < 0.5 * target_kl
+    assert float(agent.optimizer.learning_rate) == pytest.approx(1.5e-7)
+
+
+def test_warm_start_needs_a_target_kl():
+    with pytest.raises(ValueError, match="warm_start=True"):
+        _a2c(None, 1e-3, warm_start=True)
