@@ -51,6 +51,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_PY) bench/optimizer.py
 	$(BENCH_PY) bench/autoencoder.py
 	$(BENCH_PY) bench/cartpole.py
+	$(BENCH_PY) bench/update_time.py
 	$(BENCH_PY) bench/compare.py
 
 # The same comparison and autoencoder on small budgets, one seed: minutes.

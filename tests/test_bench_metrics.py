@@ -4,6 +4,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 
@@ -29,3 +30,20 @@ def test_steps_to_target_needs_a_full_window_at_the_target():
     assert compare.steps_to_target(steps, returns, 1, 9.0) == 10
     assert compare.steps_to_target(steps, returns, 2, 10.0) is None
     assert compare.steps_to_target(steps[:1], returns[:1], 2, 0.0) is None
+
+
+def test_area_under_curve_averages_the_moving_mean_on_a_step_grid():
+    # Grid 10, 20, 30, 40; windows of 2: the curve is 1, 2, 2, 4.
+    assert compare.area_under_curve(
+        np.array([10, 20, 40]), np.array([1.0, 3.0, 5.0]), 2, 40, points=4
+    ) == pytest.approx(2.25)
+    # Before the first episode the curve takes its return: 2, 2, 2, 6.
+    assert compare.area_under_curve(
+        np.array([20, 40]), np.array([2.0, 6.0]), 1, 40, points=4
+    ) == pytest.approx(3.0)
+    # Two episodes ending at one step both count there: 2, 2, 4, 4.
+    assert compare.area_under_curve(
+        np.array([10, 10, 30]), np.array([1.0, 3.0, 5.0]), 2, 40, points=4
+    ) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="one step per episode"):
+        compare.area_under_curve(np.array([]), np.array([]), 2, 40)

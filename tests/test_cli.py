@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,7 +168,35 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
         == 2
     )
     assert "target_kl=0.01" in capsys.readouterr().err
+    for argv, received in (
+        (["--algo", "trpo", "--critic", "joint"], "critic='joint'"),
+        (["--warm-start", "--target-kl", "none"], "warm_start=True"),
+        (["--value-minibatch-size", "0"], "value_minibatch_size=0"),
+        (["--max-kl-ratio", "0"], "max_kl_ratio=0.0"),
+    ):
+        assert train.main(argv + ["--logdir", str(logdir)]) == 2
+        assert received in capsys.readouterr().err
     assert not logdir.exists()
+
+
+def test_kfac_critic_guard_and_observation_features(tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--preset", "mujoco", "--env", "Pendulum-v1"]
+    argv += ["--total-steps", "120", "--logdir", logdir, "--critic", "kfac"]
+    argv += ["--value-minibatch-size", "none", "--value-epochs", "3"]
+    argv += ["--warm-start", "--time-feature", "--previous-observation"]
+    assert train.main(argv) == 0
+    config = _config(logdir)
+    assert config["critic"] == "kfac"
+    assert config["value_minibatch_size"] is None
+    assert config["max_kl_ratio"] == 2.0  # the preset's guard
+    assert config["warm_start"] and config["time_feature"]
+    # The export's input is the 7 features: previous, current, t / T.
+    with open(os.path.join(logdir, "policy", "policy_specs.pbtxt")) as f:
+        sizes = re.findall(
+            r'name: "observation"\s*shape \{\s*dim \{\s*size: (\d+)', f.read()
+        )
+    assert sizes and set(sizes) == {"7"}
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path, capsys):

@@ -1,0 +1,123 @@
+"""Per-update time of ACKTR against A2C on the same batch and network.
+
+    python bench/update_time.py               # about 2 minutes
+    python bench/update_time.py --repeats 50  # a quick look
+
+Times `agent.train` (a `tf.function`) on one fixed batch, the agents
+alternating in one process on one thread, after 20 untimed updates (tracing
+and ACKTR's cold steps). Two batches: CartPole-v1 at 8 x 20 steps and
+HalfCheetah-v5 at 4 x 625 (the `mujoco` preset's 2500). Every agent has the
+same separate 64-64 tanh policy and value networks. Rows:
+
+- `a2c`: A2C (RMSprop), critic in the joint step, as `agents.A2CAgent`;
+- `acktr`: ACKTR (K-FAC, the guard on), critic in the joint step;
+- `acktr, no guard`: the same without the trust-region guard;
+- `a2c, adam critic` / `acktr, adam critic`: both with the critic fitted
+  apart by Adam (5 epochs of minibatches of 64), as `agents.train` runs
+  them.
+
+Prints Markdown for BENCHMARKS.md: median milliseconds per update and the
+ratio to the A2C row of the same critic.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BATCHES = {"CartPole-v1": (8, 20), "HalfCheetah-v5": (4, 625)}
+
+
+def build_agents(env):
+    """name -> (agent, reference row for the ratio)."""
+    import keras
+
+    from agents import A2CAgent, AcktrAgent
+    from agents.networks import ActorCriticNetwork
+
+    def network():
+        return ActorCriticNetwork(env.observation_spec(), env.action_spec())
+
+    specs = (env.time_step_spec(), env.action_spec())
+    return {
+        "a2c": (A2CAgent(*specs, network()), "a2c"),
+        "acktr": (AcktrAgent(*specs, network()), "a2c"),
+        "acktr, no guard": (
+            AcktrAgent(*specs, network(), max_kl_ratio=None),
+            "a2c",
+        ),
+        "a2c, adam critic": (
+            A2CAgent(
+                *specs,
+                network(),
+                value_optimizer=keras.optimizers.Adam(1e-3),
+            ),
+            "a2c, adam critic",
+        ),
+        "acktr, adam critic": (
+            AcktrAgent(
+                *specs,
+                network(),
+                value_optimizer=keras.optimizers.Adam(1e-3),
+            ),
+            "a2c, adam critic",
+        ),
+    }
+
+
+def time_updates(env_id: str, repeats: int) -> dict:
+    """name -> (median seconds per update, reference row)."""
+    import tensorflow as tf
+    from tf_agents.environments import tf_py_environment
+
+    from agents.envs import GymnasiumEnvironment
+    from agents.rollout import RolloutCollector
+
+    num_envs, n_steps = BATCHES[env_id]
+    py_env = GymnasiumEnvironment(env_id, num_envs=num_envs, seed=0)
+    env = tf_py_environment.TFPyEnvironment(py_env)
+    agents = build_agents(env)
+    experience = RolloutCollector(
+        env, agents["a2c"][0].collect_policy, n_steps
+    ).collect()
+    py_env.close()
+    trains = {name: tf.function(a.train) for name, (a, _) in agents.items()}
+    for train in trains.values():
+        for _ in range(20):
+            train(experience)
+    times = {name: [] for name in trains}
+    for _ in range(repeats):
+        for name, train in trains.items():
+            start = time.perf_counter()
+            train(experience).loss.numpy()
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: (statistics.median(t), agents[name][1])
+        for name, t in times.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    print("| batch | agent | ms per update | vs A2C, same critic |")
+    print("|---|---|---|---|")
+    for env_id, (num_envs, n_steps) in BATCHES.items():
+        times = time_updates(env_id, args.repeats)
+        for name, (seconds, reference) in times.items():
+            ratio = seconds / times[reference][0]
+            print(
+                f"| {env_id} {num_envs} x {n_steps} | {name} | "
+                f"{1e3 * seconds:.2f} | {ratio:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
