@@ -35,6 +35,7 @@ from agents.on_policy import (
     OnPolicyActorCriticAgent,
     TrustRegionLossInfo,
     apply_gradients,
+    fisher_then_loss_gradients,
 )
 
 
@@ -192,11 +193,9 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         return pg_fisher + vf_fisher
 
     def _update(self, tape, terms, batch, variables):
-        with keras_kfac.collecting_statistics(True):
-            # Only the factor statistics recorded by this pass are wanted.
-            tape.gradient(terms.fisher, variables)
-        with keras_kfac.collecting_statistics(False):
-            gradients = tape.gradient(terms.total, variables)
+        gradients = fisher_then_loss_gradients(
+            tape, terms.fisher, terms.total, variables
+        )
         old = [tf.identity(v) for v in variables]
         apply_gradients(self._optimizer, gradients, variables)
         fraction = tf.constant(1.0)

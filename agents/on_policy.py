@@ -343,11 +343,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     gauss_newton_loss = losses.value_gauss_newton_loss(
                         values, weights
                     )
-                if gauss_newton:
-                    with keras_kfac.collecting_statistics(True):
-                        tape.gradient(gauss_newton_loss, variables)
-                with keras_kfac.collecting_statistics(False):
-                    gradients = tape.gradient(loss, variables)
+                gradients = fisher_then_loss_gradients(
+                    tape,
+                    gauss_newton_loss if gauss_newton else None,
+                    loss,
+                    variables,
+                )
                 del tape
                 apply_gradients(self._value_optimizer, gradients, variables)
 
@@ -571,6 +572,17 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     step=step,
                 )
         return tf_agent.LossInfo(loss=total, extra=extra)
+
+
+def fisher_then_loss_gradients(tape, fisher_loss, loss, variables):
+    """The gradients of `loss`, taken with factor collection off, after the
+    backward pass of `fisher_loss` (skipped when `None`) recorded the K-FAC
+    factors: the factors come from the Fisher pass only."""
+    if fisher_loss is not None:
+        with keras_kfac.collecting_statistics(True):
+            tape.gradient(fisher_loss, variables)
+    with keras_kfac.collecting_statistics(False):
+        return tape.gradient(loss, variables)
 
 
 def apply_gradients(optimizer, gradients, variables) -> None:
