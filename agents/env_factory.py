@@ -5,7 +5,10 @@ subprocesses of `GymnasiumEnvironment(..., processes=True)`, which receive
 `make_env` by reference, start without TensorFlow.
 """
 
+import copy
+
 import gymnasium
+import numpy as np
 from gymnasium import wrappers
 
 
@@ -15,7 +18,8 @@ def make_env(
     time_feature: bool = False,
     previous_observation: bool = False,
 ) -> gymnasium.Env:
-    """`gymnasium.make(env_id, **env_kwargs)` with optional extra features.
+    """`gymnasium.make(env_id, **env_kwargs)` with optional extra features,
+    inside an `EpisodeRecorder`.
 
     Args:
         env_id: A registered Gymnasium id.
@@ -32,7 +36,7 @@ def make_env(
     """
     env = gymnasium.make(env_id, **(env_kwargs or {}))
     if not (time_feature or previous_observation):
-        return env
+        return EpisodeRecorder(env)
     space = env.observation_space
     if not (isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1):
         env.close()
@@ -54,4 +58,63 @@ def make_env(
         env = wrappers.TimeAwareObservation(
             env, flatten=True, normalize_time=True
         )
-    return env
+    return EpisodeRecorder(env)
+
+
+class EpisodeRecorder(gymnasium.Wrapper):
+    """Records what rebuilds the current episode, so that a resumed run
+    continues each environment copy exactly where it was.
+
+    Gymnasium has no general way to save an environment's state (MuJoCo
+    and Box2D environments do not pickle theirs), but an environment whose
+    randomness comes from its `np_random`, as Gymnasium asks, is rebuilt
+    by resetting from the same seed or generator state and replaying the
+    same actions. This wrapper keeps both for the current episode;
+    `restore` replays them in a fresh copy.
+    """
+
+    def __init__(self, env: gymnasium.Env):
+        super().__init__(env)
+        self._start = None
+        self._actions = []
+        self._reset_on_next_step = False
+        self.record_to_restore = None
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None:
+            state = self.env.unwrapped.np_random.bit_generator.state
+            self._start = {"state": copy.deepcopy(state), "options": options}
+        else:
+            self._start = {"seed": int(seed), "options": options}
+        self._actions = []
+        self._reset_on_next_step = False
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self._reset_on_next_step:  # the restored episode had ended
+            observation, info = self.reset()
+            return observation, 0.0, False, False, info
+        self._actions.append(np.asarray(action).tolist())
+        return self.env.step(action)
+
+    def episode_record(self) -> dict:
+        """The start of the current episode and the actions since, as
+        JSON-compatible values."""
+        return {"start": self._start, "actions": list(self._actions)}
+
+    def restore(self) -> None:
+        """Rebuilds the episode in `record_to_restore`, a dict of
+        `episode_record()` plus `"ended"`: whether it ended on its last
+        step, so that the next step resets it."""
+        record, self.record_to_restore = self.record_to_restore, None
+        start = record["start"]
+        if "seed" in start:
+            self.reset(seed=start["seed"], options=start["options"])
+        else:
+            generator = self.env.unwrapped.np_random
+            generator.bit_generator.state = start["state"]
+            self.reset(options=start["options"])
+        dtype = self.action_space.dtype
+        for action in record["actions"]:
+            self.step(np.asarray(action, dtype=dtype))
+        self._reset_on_next_step = bool(record["ended"])

@@ -19,6 +19,7 @@ autoreset and tf-agents' convention for auto-resetting environments.
 
 import functools
 import importlib
+import time
 
 import gymnasium
 import numpy as np
@@ -31,7 +32,12 @@ from agents.env_factory import make_env
 
 
 class EnvironmentStepError(RuntimeError):
-    """An environment raised while being reset or stepped."""
+    """An environment raised while being reset or stepped, or returned
+    data that cannot be trained on."""
+
+
+class NonFiniteDataError(EnvironmentStepError):
+    """An environment returned a NaN or infinite observation or reward."""
 
 
 def _observation_spec(space: gymnasium.Space) -> array_spec.ArraySpec:
@@ -98,6 +104,14 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
     Episode returns and lengths are tallied per copy from the environment's
     own rewards; `pop_completed_episodes()` hands over the finished ones.
 
+    A NaN or infinite reward or (float) observation raises
+    `NonFiniteDataError` naming the copy, the step and the entries, before
+    a policy sees the observation or an agent trains on the reward.
+    `get_state()` / `set_state()` save and rebuild the copies' episodes
+    (`agents.env_factory.EpisodeRecorder`), so a resumed run continues them
+    exactly. `call_seconds()` tells how long the current `reset` or `step`
+    has been running, for a caller that enforces a time limit.
+
     Args:
         env_id: A registered Gymnasium id, for example `"CartPole-v1"`.
         num_envs: Number of copies. Defaults to `1`.
@@ -162,6 +176,8 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._episode_length = np.zeros(num_envs, np.int64)
         self._ended = np.zeros(num_envs, bool)
         self._completed: list[tuple[float, int]] = []
+        self._call_started = None
+        self.error: EnvironmentStepError | None = None
 
     @property
     def batched(self) -> bool:
@@ -199,20 +215,53 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             return one_hot
         return np.asarray(observation, self._observation_spec.dtype)
 
+    def call_seconds(self) -> float:
+        """Seconds the current `reset` or `step` has been running; 0 when
+        none is."""
+        started = self._call_started
+        return 0.0 if started is None else time.monotonic() - started
+
     def _call(self, what: str, fn, **kwargs):
+        self._call_started = time.monotonic()
         try:
             return fn(**kwargs)
         except Exception as error:
             self._vector.close(terminate=True)
-            raise EnvironmentStepError(
+            self.error = EnvironmentStepError(
                 f"Environment {self.env_id!r} ({self._num_envs} copies) raised "
                 f"in {what} after {self._steps} steps: "
                 f"{type(error).__name__}: {error}"
-            ) from error
+            )
+            raise self.error from error
+        finally:
+            self._call_started = None
+
+    def _check_finite(self, what: str, observation, reward=None) -> None:
+        """Raises `NonFiniteDataError` for a NaN or infinite entry."""
+        problems = []
+        observation = np.asarray(observation)
+        if np.issubdtype(observation.dtype, np.floating):
+            rows = observation.reshape(self._num_envs, -1)
+            for i in np.flatnonzero(~np.isfinite(rows).all(axis=1)):
+                index = np.flatnonzero(~np.isfinite(rows[i]))
+                problems.append(
+                    f"observation of copy {i}: {rows[i, index[0]]} at index "
+                    f"{index[0]} ({len(index)} non-finite entries)"
+                )
+        if reward is not None:
+            for i in np.flatnonzero(~np.isfinite(reward)):
+                problems.append(f"reward of copy {i}: {reward[i]}")
+        if problems:
+            self.error = NonFiniteDataError(
+                f"Environment {self.env_id!r} returned non-finite data in "
+                f"{what} after {self._steps} steps: " + "; ".join(problems)
+            )
+            raise self.error
 
     def _reset(self) -> ts.TimeStep:
         seed = self._seed if self._steps == 0 else None
         observation, _ = self._call("reset", self._vector.reset, seed=seed)
+        self._check_finite("reset", observation)
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
         self._ended[:] = False
@@ -236,6 +285,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             "step", self._vector.step, actions=self._env_action(action)
         )
         reward = np.asarray(reward, np.float64)
+        self._check_finite("step", observation, reward)
         restarted = self._ended
         ended = np.logical_or(terminated, truncated)
 
@@ -263,6 +313,40 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             discount=discount,
             observation=self._observation(observation),
         )
+
+    def get_state(self) -> dict:
+        """What `set_state` needs to continue every copy's episode and the
+        episode tallies, as JSON-compatible values; call between steps."""
+        records = self._vector.call("episode_record")
+        return {
+            "steps": self._steps,
+            "records": list(records),
+            "episode_return": self._episode_return.tolist(),
+            "episode_length": self._episode_length.tolist(),
+            "ended": self._ended.tolist(),
+            "completed": list(self._completed),
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Rebuilds the episodes of `get_state()` in this environment's
+        copies (reset from the recorded seed or generator state, then the
+        recorded actions replayed)."""
+        if len(state["records"]) != self._num_envs:
+            raise ValueError(
+                f"The saved state holds {len(state['records'])} environment "
+                f"copies; this environment has {self._num_envs}."
+            )
+        records = [
+            dict(record, ended=ended)
+            for record, ended in zip(state["records"], state["ended"])
+        ]
+        self._vector.set_attr("record_to_restore", records)
+        self._call("restore", self._vector.call, name="restore")
+        self._steps = int(state["steps"])
+        self._episode_return = np.array(state["episode_return"], np.float64)
+        self._episode_length = np.array(state["episode_length"], np.int64)
+        self._ended = np.array(state["ended"], bool)
+        self._completed = [tuple(c) for c in state["completed"]]
 
     def close(self) -> None:
         self._vector.close()

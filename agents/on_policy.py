@@ -244,8 +244,19 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                 0, dtype=tf.int64, name="train_step"
             )
 
+        # Seeds the collect policy's samples; saved with the agent, so a
+        # restored agent samples the actions the original would have.
+        self._sampling_generator = tf.random.Generator.from_seed(self._seed)
+        # Updates skipped because their batch held NaN or Inf.
+        self._skipped_updates = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="skipped_updates"
+        )
         collect_policy = ActorCriticPolicy(
-            time_step_spec, action_spec, self._network, clip=False
+            time_step_spec,
+            action_spec,
+            self._network,
+            clip=False,
+            seed_generator=self._sampling_generator,
         )
         policy = greedy_policy.GreedyPolicy(
             ActorCriticPolicy(
@@ -471,8 +482,48 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             learning_rate * factor, 1e-8, 1.0
         )
 
+    @property
+    def skipped_updates(self) -> tf.Variable:
+        """Updates skipped because their batch held a NaN or infinite
+        reward, discount or observation (saved with the agent)."""
+        return self._skipped_updates
+
     def _train(self, experience, weights=None):
+        """One update, or none when the batch holds NaN or Inf: then no
+        variable changes (network, optimizers, observation normalizer,
+        step size) but `skipped_updates`, and the `LossInfo` is NaN."""
         self._check_experience(experience)
+        finite = tf.reduce_all(
+            [
+                tf.reduce_all(tf.math.is_finite(tf.cast(x, tf.float32)))
+                for x in (
+                    experience.reward,
+                    experience.discount,
+                    *tf.nest.flatten(experience.observation),
+                )
+            ]
+        )
+        if weights is not None:
+            finite = tf.logical_and(
+                finite,
+                tf.reduce_all(tf.math.is_finite(tf.cast(weights, tf.float32))),
+            )
+
+        def skip():
+            self._skipped_updates.assign_add(1)
+            nan = tf.constant(float("nan"))
+            return tf_agent.LossInfo(
+                loss=nan,
+                extra=self._loss_info_type(
+                    *[nan] * len(self._loss_info_type._fields)
+                ),
+            )
+
+        return tf.cond(
+            finite, lambda: self._train_on_finite(experience, weights), skip
+        )
+
+    def _train_on_finite(self, experience, weights):
         transitions = tf.nest.map_structure(lambda x: x[:, :-1], experience)
         batch, time = (
             tf.shape(transitions.step_type)[0],
@@ -586,6 +637,19 @@ def fisher_then_loss_gradients(tape, fisher_loss, loss, variables):
 
 
 def apply_gradients(optimizer, gradients, variables) -> None:
-    """`optimizer.apply` on the variables that received a gradient."""
+    """`optimizer.apply` on the variables that received a gradient; a
+    first-order step whose gradients hold NaN or Inf is skipped whole
+    (`keras_kfac.KFAC` skips such steps itself)."""
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-    optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+    gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
+    if isinstance(optimizer, keras_kfac.KFAC):
+        optimizer.apply(gradients, variables)
+        return
+    finite = tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]
+    )
+    tf.cond(
+        finite,
+        lambda: optimizer.apply(gradients, variables) or tf.constant(True),
+        lambda: tf.constant(False),
+    )

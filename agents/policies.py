@@ -24,6 +24,11 @@ class ActorCriticPolicy(tf_policy.TFPolicy):
             policies keep the raw sample so that training sees the action
             whose log-probability it differentiates (the environment clips).
             Defaults to `False`.
+        seed_generator: A `tf.random.Generator` that seeds each sample
+            (stateless sampling) when `action` gets no seed, so that the
+            actions follow from the generator's state, which checkpoints
+            save and restore. `None` samples with TensorFlow's stateful
+            ops. Defaults to `None`.
         name: Optional name.
     """
 
@@ -33,6 +38,7 @@ class ActorCriticPolicy(tf_policy.TFPolicy):
         action_spec,
         actor_critic_network: network.Network,
         clip: bool = False,
+        seed_generator: tf.random.Generator | None = None,
         name: str | None = None,
     ):
         super().__init__(
@@ -42,6 +48,7 @@ class ActorCriticPolicy(tf_policy.TFPolicy):
             name=name,
         )
         self._network = actor_critic_network
+        self._seed_generator = seed_generator
 
     def _variables(self):
         return self._network.variables
@@ -51,6 +58,15 @@ class ActorCriticPolicy(tf_policy.TFPolicy):
             time_step.observation, step_type=time_step.step_type, training=False
         )
         return policy_step.PolicyStep(distribution, policy_state, ())
+
+    def _action(self, time_step, policy_state, seed):
+        if self._seed_generator is None or seed is not None:
+            return super()._action(time_step, policy_state, seed)
+        step = self._distribution(time_step, policy_state)
+        action = step.action.sample(
+            seed=tf.cast(self._seed_generator.make_seeds(1)[:, 0], tf.int32)
+        )
+        return policy_step.PolicyStep(action, step.state, step.info)
 
     def value(self, observation: tf.Tensor) -> tf.Tensor:
         """`V(s)` of a batch of observations."""

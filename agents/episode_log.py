@@ -1,0 +1,94 @@
+"""`episodes.csv`: one row per finished training episode.
+
+Each row holds the environment steps and the training seconds (over all
+sessions of a resumed run) at the end of the update in which the episode
+finished, its return and its length. Rows are appended after every update;
+that append is the one write that is not atomic, so a crash can leave a
+partial last row, which `load` drops and reports.
+"""
+
+import csv
+import math
+import os
+
+import numpy as np
+
+FIELDS = ("env_steps", "return", "length", "wall_seconds")
+
+
+def _parse(row: dict) -> tuple[int, float, int, float] | None:
+    """The row's values, or `None` for a partial or malformed row."""
+    try:
+        values = (
+            int(row["env_steps"]),
+            float(row["return"]),
+            int(row["length"]),
+            float(row["wall_seconds"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    if None in row or not math.isfinite(values[3]):  # extra fields
+        return None
+    return values
+
+
+class EpisodeLog:
+    """The rows of `episodes.csv` in memory and on disk.
+
+    Args:
+        path: The file; created on the first `append` or `load`.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[tuple[int, float, int, float]] = []
+
+    @property
+    def seconds(self) -> float:
+        """Training seconds at the last row (0 for none)."""
+        return self.rows[-1][3] if self.rows else 0.0
+
+    def load(self, up_to_env_steps: int) -> dict:
+        """Keeps the rows of a resumed run up to its checkpoint and rewrites
+        the file with them.
+
+        Returns:
+            `{"kept": n, "after_checkpoint": n, "malformed": n}`: rows
+            kept, rows past `up_to_env_steps` (the checkpoint's; they are
+            trained again), and partial or malformed rows dropped.
+        """
+        counts = {"kept": 0, "after_checkpoint": 0, "malformed": 0}
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                for row in csv.DictReader(f):
+                    values = _parse(row)
+                    if values is None:
+                        counts["malformed"] += 1
+                    elif values[0] > up_to_env_steps:
+                        counts["after_checkpoint"] += 1
+                    else:
+                        self.rows.append(values)
+        counts["kept"] = len(self.rows)
+        self._rewrite()
+        return counts
+
+    def _rewrite(self) -> None:
+        temporary = self.path + ".tmp"
+        with open(temporary, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(FIELDS)
+            writer.writerows(self.rows)
+        os.replace(temporary, self.path)
+
+    def append(self, rows) -> None:
+        if not os.path.exists(self.path):
+            self._rewrite()
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerows(rows)
+            f.flush()
+        self.rows.extend(rows)
+
+    def mean_return(self, last: int = 100) -> float:
+        """Mean return of the last `last` episodes (NaN for none)."""
+        returns = [row[1] for row in self.rows[-last:]]
+        return float(np.mean(returns)) if returns else float("nan")

@@ -1,0 +1,136 @@
+"""The directory of one training run: one process at a time, checkpoints
+that survive damage.
+
+`RunLock` holds an exclusive `flock` on `<logdir>/.lock` for as long as a
+run trains there; the operating system drops it when the process ends, so
+a killed run never leaves the directory locked.
+
+`restore_newest` restores the newest checkpoint under `checkpoints/` that
+restores, found by listing the `ckpt-<steps>.index` files rather than by
+trusting the `checkpoint` state file; damaged ones (truncated, empty,
+missing a file) are moved to `checkpoints/damaged/`, never deleted, and
+reported. A checkpoint that reads fine but does not fit the agent (another
+algorithm or network than `config.json` describes) is an error, not damage.
+"""
+
+import fcntl
+import os
+import re
+import shutil
+
+_CHECKPOINT = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+class RunLock:
+    """An exclusive lock on a run directory, created if missing.
+
+    Raises `ValueError` on entry when another process holds it, naming
+    that process.
+    """
+
+    def __init__(self, logdir: str):
+        self.path = os.path.join(logdir, ".lock")
+        self._file = None
+
+    def __enter__(self):
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise ValueError(
+                f"Another training process (pid {holder}) is using logdir "
+                f"{os.path.dirname(self.path)!r}; one run per directory. "
+                "Wait for it, stop it, or choose another --logdir."
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc_info):
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+def checkpoint_prefixes(directory: str) -> list[str]:
+    """The `ckpt-<steps>` prefixes in `directory`, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    found = [
+        (int(match.group(1)), name[: -len(".index")])
+        for name in os.listdir(directory)
+        if (match := _CHECKPOINT.match(name))
+    ]
+    return [os.path.join(directory, name) for _, name in sorted(found)[::-1]]
+
+
+def _set_aside(prefix: str) -> None:
+    """Moves the files of a damaged checkpoint into `damaged/`."""
+    directory, name = os.path.split(prefix)
+    damaged = os.path.join(directory, "damaged")
+    os.makedirs(damaged, exist_ok=True)
+    for file in os.listdir(directory):
+        if file.startswith(name + "."):
+            shutil.move(
+                os.path.join(directory, file), os.path.join(damaged, file)
+            )
+
+
+def restore_newest(checkpoint, directory: str) -> tuple[str | None, list]:
+    """Restores the newest checkpoint in `directory` that reads.
+
+    Args:
+        checkpoint: The `tf.train.Checkpoint` to restore into; every
+            object it tracks must already exist.
+        directory: The checkpoint directory.
+
+    Returns:
+        `(prefix, damaged)`: the restored prefix (`None` when there is no
+        checkpoint at all) and `[(prefix, reason), ...]` of the newer ones
+        that did not read, now under `directory/damaged/`.
+
+    Raises:
+        ValueError: A checkpoint reads but does not fit `checkpoint`'s
+            objects, or checkpoints exist and none of them reads.
+    """
+    import tensorflow as tf
+
+    damaged = []
+    for prefix in checkpoint_prefixes(directory):
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+        except (AssertionError, ValueError) as error:
+            raise ValueError(
+                f"Checkpoint {prefix!r} does not fit the agent that "
+                "config.json describes (another algorithm or network?): "
+                f"{str(error).splitlines()[0]}"
+            ) from None
+        except (tf.errors.OpError, IndexError, OSError) as error:
+            reason = str(error).splitlines()[0] if str(error) else "unreadable"
+            damaged.append((prefix, f"{type(error).__name__}: {reason}"))
+            continue
+        for bad, _ in damaged:
+            _set_aside(bad)
+        _write_state(directory, prefix)
+        return prefix, damaged
+    if damaged:
+        raise ValueError(
+            f"No checkpoint in {directory!r} can be read: "
+            + "; ".join(f"{p}: {r}" for p, r in damaged)
+        )
+    return None, []
+
+
+def _write_state(directory: str, latest: str) -> None:
+    """Rewrites the `checkpoint` state file to list the valid checkpoints,
+    `latest` last, so that `tf.train.CheckpointManager` continues from it."""
+    import tensorflow as tf
+
+    valid = [p for p in checkpoint_prefixes(directory)[::-1]]
+    tf.compat.v1.train.update_checkpoint_state(
+        directory, latest, all_model_checkpoint_paths=valid
+    )
