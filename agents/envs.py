@@ -76,6 +76,22 @@ def _action_spec(space: gymnasium.Space) -> array_spec.BoundedArraySpec:
     )
 
 
+def _check_observations(env_id: str, env: gymnasium.Env) -> None:
+    """Raises `ValueError` unless a reset and a step of `env` return
+    observations of its observation space's shape."""
+    space = env.observation_space
+    observation, _ = env.reset(seed=0)
+    observations = [("reset", observation)]
+    observations.append(("step", env.step(env.action_space.sample())[0]))
+    for what, observation in observations:
+        shape = np.shape(observation)
+        if shape != space.shape:
+            raise ValueError(
+                f"Environment {env_id!r} returned an observation of shape "
+                f"{shape} from {what}; its observation_space is {space}."
+            )
+
+
 def check_env_id(env_id: str) -> None:
     """Raises `ValueError` unless `env_id` is a registered Gymnasium id.
 
@@ -84,7 +100,13 @@ def check_env_id(env_id: str) -> None:
     """
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(
+                f"The module of env_id {module + ':' + env_id!r} cannot be "
+                f"imported: {error}"
+            ) from None
     if env_id not in gymnasium.registry:
         close = [k for k in gymnasium.registry if k.lower() == env_id.lower()]
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -160,6 +182,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             self._action_space = probe.action_space
             self._observation_spec = _observation_spec(self._observation_space)
             self._action_spec = _action_spec(self._action_space)
+            _check_observations(env_id, probe)
         finally:
             probe.close()
         mode = gymnasium.vector.AutoresetMode.NEXT_STEP
@@ -348,8 +371,15 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._ended = np.array(state["ended"], bool)
         self._completed = [tuple(c) for c in state["completed"]]
 
-    def close(self) -> None:
-        self._vector.close()
+    def close(self, terminate: bool = False) -> None:
+        """Closes the copies; `terminate` kills subprocesses at once (for a
+        step that does not return)."""
+        if terminate and isinstance(
+            self._vector, gymnasium.vector.AsyncVectorEnv
+        ):
+            self._vector.close(terminate=True)
+        elif not terminate:
+            self._vector.close()
 
     def render(self, mode: str = "rgb_array"):
         raise NotImplementedError("Rendering is not supported.")

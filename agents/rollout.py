@@ -40,6 +40,16 @@ class RolloutCollector:
         """Starts over from fresh episodes."""
         self._time_step = self._env.reset()
 
+    @property
+    def time_step(self):
+        """The time step the next batch starts from (`None` before the
+        first `collect` or `reset`); set it to continue saved episodes."""
+        return self._time_step
+
+    @time_step.setter
+    def time_step(self, time_step) -> None:
+        self._time_step = time_step
+
     def collect(self) -> trajectory.Trajectory:
         if self._time_step is None:
             self.reset()

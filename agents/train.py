@@ -16,27 +16,32 @@ Writes into `--logdir` (default `runs/<algo>-<env>-seed<seed>`):
 - TensorBoard summaries against environment steps: episode return and
   length, the loss terms, entropy, KL, clip coefficient, steps/s;
 - `episodes.csv`: every finished training episode;
-- `checkpoints/`: periodic checkpoints (network, optimizer state, counters);
-  `--resume` continues from the latest one;
+- `checkpoints/`: periodic checkpoints (network, optimizer state, counters,
+  the random states and the episodes under way); `--resume` continues from
+  the newest one that reads, so that a killed and resumed run ends with the
+  weights and episodes of an uninterrupted one;
+- `.lock`: held while a process trains there (one run per directory);
 - at the end, `policy/` (a `PolicySaver` SavedModel of the greedy policy,
   which `python -m agents.evaluate` runs) and `learning_curve.png`.
 """
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections import deque
 
 import numpy as np
 
 from agents.checks import check_positive_integer
+from agents.episode_log import EpisodeLog
 
 ALGORITHMS = ("acktr", "a2c", "trpo")
 # How the value function is trained: "adam", fitted apart by Adam;
@@ -187,6 +192,7 @@ class Config:
     time_feature: bool = FROM_PRESET
     previous_observation: bool = FROM_PRESET
     processes: bool = False
+    env_timeout: float | None = None
     checkpoint_every: int = 50
     logdir: str | None = None
 
@@ -229,11 +235,16 @@ class Config:
             check_positive_integer(
                 "value_minibatch_size", self.value_minibatch_size
             )
-        for name in ("learning_rate", "value_learning_rate"):
+        for name in (
+            "learning_rate",
+            "value_learning_rate",
+            "max_grad_norm",
+            "env_timeout",
+        ):
             value = getattr(self, name)
-            if value is not None and not value > 0:
+            if value is not None and not 0 < value < math.inf:
                 raise ValueError(
-                    f"{name} must be > 0. Received: {name}={value!r}"
+                    f"{name} must be > 0 and finite. Received: {name}={value!r}"
                 )
         if self.critic not in CRITICS:
             raise ValueError(
@@ -278,13 +289,25 @@ class Summary:
     episodes: int
     mean_return_last_100: float
     policy_dir: str
+    skipped_updates: int = 0
 
     def line(self) -> str:
+        mean = (
+            f"mean return of the last {min(self.episodes, 100)}: "
+            f"{self.mean_return_last_100:.1f}"
+            if self.episodes
+            else "no episode finished"
+        )
+        skipped = (
+            f", {self.skipped_updates} updates skipped (NaN/Inf in the batch)"
+            if self.skipped_updates
+            else ""
+        )
         return (
             f"{self.algo} on {self.env} (seed {self.seed}): {self.env_steps} steps "
             f"in {self.seconds:.0f} s ({self.steps_per_second:.0f} steps/s), "
-            f"{self.episodes} episodes, mean return of the last 100: "
-            f"{self.mean_return_last_100:.1f}; policy: {self.policy_dir}"
+            f"{self.episodes} episodes, {mean}{skipped}; policy: "
+            f"{self.policy_dir}"
         )
 
 
@@ -399,58 +422,6 @@ def build(config: Config):
     return py_env, tf_env, agent
 
 
-class EpisodeLog:
-    """`episodes.csv`: one row per finished training episode, with the
-    environment steps and the training seconds (over all sessions of a
-    resumed run) at the end of the update in which it finished."""
-
-    FIELDS = ("env_steps", "return", "length", "wall_seconds")
-
-    def __init__(self, path: str):
-        self.path = path
-        self.rows: list[tuple[int, float, int, float]] = []
-
-    @property
-    def seconds(self) -> float:
-        """Training seconds at the last row (0 for none)."""
-        return self.rows[-1][3] if self.rows else 0.0
-
-    def load(self, up_to_env_steps: int) -> None:
-        """Reads the rows of a resumed run up to its checkpoint."""
-        if os.path.exists(self.path):
-            with open(self.path, newline="") as f:
-                for row in csv.DictReader(f):
-                    if int(row["env_steps"]) <= up_to_env_steps:
-                        self.rows.append(
-                            (
-                                int(row["env_steps"]),
-                                float(row["return"]),
-                                int(row["length"]),
-                                float(row["wall_seconds"]),
-                            )
-                        )
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.FIELDS)
-            writer.writerows(self.rows)
-        os.replace(temporary, self.path)
-
-    def append(self, rows) -> None:
-        if not os.path.exists(self.path):
-            self._rewrite()
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerows(rows)
-        self.rows.extend(rows)
-
-    def mean_return(self, last: int = 100) -> float:
-        returns = [row[1] for row in self.rows[-last:]]
-        return float(np.mean(returns)) if returns else float("nan")
-
-
 def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
     import matplotlib
 
@@ -493,19 +464,31 @@ class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM stopped the run after a checkpoint."""
 
 
+class TrainingAborted(Exception):
+    """A second SIGINT or SIGTERM, or the environment timeout, stopped the
+    run inside an environment step; the last checkpoint is kept."""
+
+
+class RunWriteError(Exception):
+    """A file of the run could not be written (a full disk, for example);
+    the last good checkpoint is kept."""
+
+
 class _StopRequests:
     """Records SIGINT/SIGTERM; the loop stops at the end of its update, so a
     signal never lands inside an environment step or a checkpoint write.
-    A second SIGINT interrupts at once."""
+    A second signal while the loop waits for an environment step that does
+    not return aborts the wait (`abort`)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.received = None
+        self.abort = False
 
     def __call__(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.received is not None:
+            self.abort = True
         self.received = signum
 
     def __enter__(self):
@@ -517,129 +500,343 @@ class _StopRequests:
             signal.signal(s, handler)
 
 
-def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
-    """Trains, checkpointing as it goes; returns the run's `Summary`."""
-    import tensorflow as tf
-    from tqdm import tqdm
+def _collect(collector, py_env, stop: _StopRequests, timeout, steps: int):
+    """`collector.collect()` in a worker thread while this (the main)
+    thread waits in short slices: TensorFlow runs the environment steps
+    of a batch inside its graph, where a blocked step would also block
+    the signal handlers if the main thread waited there itself.
 
-    from agents.rollout import RolloutCollector
+    Raises:
+        TrainingAborted: A second signal arrived, or an environment call
+            ran longer than `timeout` seconds; the batch is abandoned.
+    """
+    outcome = {}
+
+    def target():
+        try:
+            outcome["batch"] = collector.collect()
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+        if stop.abort:
+            raise TrainingAborted(
+                f"Stopped by a second signal while collecting the batch "
+                f"after {steps} steps"
+            )
+        if timeout is not None and py_env.call_seconds() > timeout:
+            raise TrainingAborted(
+                f"Environment {py_env.env_id!r} did not return from a step "
+                f"within --env-timeout {timeout:g} s after {steps} steps"
+            )
+    if "error" in outcome:
+        if py_env.error is not None:  # the environment's own error, not
+            raise py_env.error from None  # TensorFlow's wrapping of it
+        raise outcome["error"]
+    return outcome["batch"]
+
+
+def _check_logdir(logdir: str) -> None:
+    """Raises `ValueError` unless a run can be written under `logdir`."""
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise ValueError(f"logdir is a file, not a directory: {logdir!r}")
+    parent = os.path.abspath(logdir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(
+            f"logdir {logdir!r} lies under a file: {parent!r}"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"logdir {logdir!r} cannot be written: {parent!r} is read-only "
+            "for this user"
+        )
+    free = shutil.disk_usage(parent).free
+    if free < MINIMUM_FREE_BYTES:
+        raise ValueError(
+            f"logdir {logdir!r}: {free / 2**20:.1f} MiB free on its disk, "
+            f"under the {MINIMUM_FREE_BYTES / 2**20:.0f} MiB a run needs "
+            "for its checkpoints"
+        )
+
+
+# Free space below which a run is not started.
+MINIMUM_FREE_BYTES = 64 * 2**20
+
+
+def load_saved_config(logdir: str) -> Config:
+    """The `Config` in `logdir/config.json`; raises `ValueError` for a
+    missing, unreadable or unknown configuration."""
+    path = os.path.join(logdir, "config.json")
+    if not os.path.exists(path):
+        raise ValueError(
+            f"--resume needs a previous run in logdir. Received: "
+            f"logdir={logdir!r} (no config.json)"
+        )
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read: {error}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"{path} must hold a JSON object. Received: "
+            f"{type(saved).__name__}"
+        )
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(
+            f"{path} has keys this version does not know: {unknown}"
+        )
+    try:
+        return Config(**saved)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _check_resumable(config: Config) -> None:
+    """Raises `ValueError` unless `config` is the saved one, up to
+    `total_steps` and `logdir`."""
+    saved = load_saved_config(config.logdir)
+    differ = [
+        f"{f.name}={getattr(config, f.name)!r} (saved: "
+        f"{getattr(saved, f.name)!r})"
+        for f in dataclasses.fields(Config)
+        if f.name not in ("total_steps", "logdir")
+        and getattr(config, f.name) != getattr(saved, f.name)
+    ]
+    if differ:
+        raise ValueError(
+            "--resume continues the run as its config.json describes it; "
+            "only total_steps may change. Received: " + ", ".join(differ)
+        )
+
+
+def _run_state(py_env, collector) -> str:
+    """What a checkpoint needs besides TensorFlow variables to continue
+    exactly: the environments' episodes, the collector's time step and
+    the NumPy and Python random states, as JSON."""
+    numpy_state = np.random.get_state()
+    time_step = collector.time_step
+    return json.dumps(
+        {
+            "environment": py_env.get_state(),
+            "time_step": None
+            if time_step is None
+            else [np.asarray(x).tolist() for x in time_step],
+            "numpy": [numpy_state[0], numpy_state[1].tolist()]
+            + list(numpy_state[2:]),
+            "python": random.getstate(),
+        }
+    )
+
+
+def _restore_run_state(text: str, py_env, tf_env, collector) -> None:
+    import tensorflow as tf
+    from tf_agents.trajectories import time_step as ts
+
+    state = json.loads(text)
+    py_env.set_state(state["environment"])
+    if state["time_step"] is not None:
+        collector.time_step = ts.TimeStep(
+            *[
+                tf.constant(value, spec.dtype)
+                for value, spec in zip(
+                    state["time_step"], tf.nest.flatten(tf_env.time_step_spec())
+                )
+            ]
+        )
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
+    """Trains, checkpointing as it goes; returns the run's `Summary`.
+
+    With `resume`, `config` must be the run's saved one (`config.json` in
+    `config.logdir`) up to `total_steps`; `load_saved_config` reads it.
+
+    Raises:
+        ValueError: Bad input; nothing was written.
+        TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved.
+        TrainingAborted: A second signal or the environment timeout
+            stopped an environment step; the last checkpoint is kept.
+        agents.envs.EnvironmentStepError: The environment raised or
+            returned NaN/Inf; the last checkpoint is kept.
+        RunWriteError: A file could not be written; the last good
+            checkpoint is kept.
+    """
+    from agents.run_directory import RunLock, checkpoint_prefixes
 
     config_path = os.path.join(config.logdir, "config.json")
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")
+    _check_logdir(config.logdir)
     if resume:
-        if not os.path.exists(config_path):
-            raise ValueError(
-                f"--resume needs a previous run in logdir. Received: "
-                f"logdir={config.logdir!r} (no config.json)"
-            )
-        with open(config_path) as f:
-            saved = json.load(f)
-        saved.update(total_steps=config.total_steps, logdir=config.logdir)
-        config = Config(**saved)
-    elif tf.train.latest_checkpoint(checkpoint_dir):
+        _check_resumable(config)
+    elif os.path.exists(config_path) or checkpoint_prefixes(checkpoint_dir):
         raise ValueError(
             f"logdir {config.logdir!r} already holds a run; pass --resume to "
             "continue it or choose another --logdir."
         )
 
     py_env, tf_env, agent = build(config)  # before anything is written
+    aborted = False
     try:
         os.makedirs(config.logdir, exist_ok=True)
-        if not resume:
-            with open(config_path + ".tmp", "w") as f:
-                json.dump(dataclasses.asdict(config), f, indent=2)
-            os.replace(config_path + ".tmp", config_path)
-
-        env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
-        checkpoint = tf.train.Checkpoint(agent=agent, env_steps=env_steps)
-        manager = tf.train.CheckpointManager(
-            checkpoint, checkpoint_dir, max_to_keep=3
-        )
-        episodes = EpisodeLog(os.path.join(config.logdir, "episodes.csv"))
-        if resume and manager.latest_checkpoint:
-            checkpoint.restore(
-                manager.latest_checkpoint
-            ).assert_existing_objects_matched()
-            print(
-                f"Resumed {manager.latest_checkpoint} at {int(env_steps)} steps."
-            )
-        episodes.load(int(env_steps))
-
-        collector = RolloutCollector(
-            tf_env, agent.collect_policy, config.n_steps
-        )
-        train = tf.function(agent.train)
-        writer = tf.summary.create_file_writer(config.logdir)
-        recent = deque((row[1] for row in episodes.rows[-100:]), maxlen=100)
-        start_steps, start_time = int(env_steps), time.perf_counter()
-        previous_seconds = episodes.seconds
-        bar = tqdm(
-            total=config.total_steps,
-            initial=int(env_steps),
-            unit="step",
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        with _StopRequests() as stop:
-            while int(env_steps) < config.total_steps and stop.received is None:
-                experience = collector.collect()
-                loss_info = train(experience)
-                env_steps.assign_add(config.batch_steps)
-                steps = int(env_steps)
-                seconds = previous_seconds + time.perf_counter() - start_time
-                finished = [
-                    (steps, r, n, round(seconds, 3))
-                    for r, n in py_env.pop_completed_episodes()
-                ]
-                episodes.append(finished)
-                recent.extend(row[1] for row in finished)
-                rate = (steps - start_steps) / (
-                    time.perf_counter() - start_time
-                )
-                with writer.as_default(step=steps):
-                    for _, r, n, _ in finished:
-                        tf.summary.scalar("episode/return", r)
-                        tf.summary.scalar("episode/length", n)
-                    tf.summary.scalar("loss/total", loss_info.loss)
-                    for name, value in loss_info.extra._asdict().items():
-                        tf.summary.scalar(f"train/{name}", value)
-                    tf.summary.scalar("train/steps_per_second", rate)
-                bar.update(config.batch_steps)
-                bar.set_postfix(
-                    steps_per_s=f"{rate:.0f}",
-                    recent_return=f"{np.mean(recent):.1f}" if recent else "-",
-                )
-                if int(agent.train_step_counter) % config.checkpoint_every == 0:
-                    manager.save(checkpoint_number=steps)
-            bar.close()
-            writer.flush()
-            manager.save(checkpoint_number=int(env_steps))
-        if stop.received is not None:
-            raise TrainingInterrupted(
-                f"Interrupted at {int(env_steps)} steps; checkpoint saved. "
-                f"Continue with --resume --logdir {config.logdir}"
-            )
-        policy_dir = os.path.join(config.logdir, "policy")
-        export_policy(agent, policy_dir)
-        plot_learning_curve(
-            episodes,
-            os.path.join(config.logdir, "learning_curve.png"),
-            f"{config.algo} on {config.env}, seed {config.seed}",
-        )
-        seconds = time.perf_counter() - start_time
-        return Summary(
-            algo=config.algo,
-            env=config.env,
-            seed=config.seed,
-            env_steps=int(env_steps),
-            seconds=seconds,
-            steps_per_second=(int(env_steps) - start_steps) / seconds,
-            episodes=len(episodes.rows),
-            mean_return_last_100=episodes.mean_return(),
-            policy_dir=policy_dir,
-        )
+        with RunLock(config.logdir):
+            if not resume:
+                if os.path.exists(config_path):  # another process, just now
+                    raise ValueError(
+                        f"logdir {config.logdir!r} already holds a run."
+                    )
+                with open(config_path + ".tmp", "w") as f:
+                    json.dump(dataclasses.asdict(config), f, indent=2)
+                os.replace(config_path + ".tmp", config_path)
+            return _train(config, py_env, tf_env, agent, resume, progress)
+    except TrainingAborted:
+        aborted = True
+        raise
     finally:
-        py_env.close()
+        py_env.close(terminate=aborted)
+
+
+def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
+    """The training loop of `run`, in a locked run directory."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from agents.rollout import RolloutCollector
+    from agents.run_directory import restore_newest
+
+    checkpoint_dir = os.path.join(config.logdir, "checkpoints")
+    env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
+    run_state = tf.Variable("", dtype=tf.string, name="run_state")
+    checkpoint = tf.train.Checkpoint(
+        agent=agent, env_steps=env_steps, run_state=run_state
+    )
+    collector = RolloutCollector(tf_env, agent.collect_policy, config.n_steps)
+    episodes = EpisodeLog(os.path.join(config.logdir, "episodes.csv"))
+    if resume:
+        restored, damaged = restore_newest(checkpoint, checkpoint_dir)
+        for prefix, reason in damaged:
+            print(f"Skipped damaged checkpoint {prefix} ({reason}); moved to "
+                  f"{os.path.join(checkpoint_dir, 'damaged')}.")
+        if restored is None:
+            print("No checkpoint to resume from; starting at step 0.")
+        else:
+            if run_state.numpy():
+                _restore_run_state(
+                    run_state.numpy().decode(), py_env, tf_env, collector
+                )
+            print(f"Resumed {restored} at {int(env_steps)} steps.")
+    counts = episodes.load(int(env_steps))
+    if counts["malformed"]:
+        print(
+            f"Dropped {counts['malformed']} partial or malformed rows of "
+            f"{episodes.path}."
+        )
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir, max_to_keep=3
+    )
+
+    def save():
+        run_state.assign(_run_state(py_env, collector))
+        try:
+            manager.save(checkpoint_number=int(env_steps))
+        except (OSError, tf.errors.OpError) as error:
+            raise RunWriteError(
+                f"Could not write the checkpoint at {int(env_steps)} steps "
+                f"({str(error).splitlines()[0]}); the last good checkpoint "
+                f"({manager.latest_checkpoint}) is kept."
+            ) from None
+
+    train = tf.function(agent.train)
+    writer = tf.summary.create_file_writer(config.logdir)
+    recent = deque((row[1] for row in episodes.rows[-100:]), maxlen=100)
+    start_steps, start_time = int(env_steps), time.perf_counter()
+    previous_seconds = episodes.seconds
+    bar = tqdm(
+        total=config.total_steps,
+        initial=int(env_steps),
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with _StopRequests() as stop:
+        while int(env_steps) < config.total_steps and stop.received is None:
+            experience = _collect(
+                collector, py_env, stop, config.env_timeout, int(env_steps)
+            )
+            loss_info = train(experience)
+            env_steps.assign_add(config.batch_steps)
+            steps = int(env_steps)
+            seconds = previous_seconds + time.perf_counter() - start_time
+            finished = [
+                (steps, r, n, round(seconds, 3))
+                for r, n in py_env.pop_completed_episodes()
+            ]
+            try:
+                episodes.append(finished)
+            except OSError as error:
+                raise RunWriteError(
+                    f"Could not append to {episodes.path} ({error}); the last "
+                    f"good checkpoint ({manager.latest_checkpoint}) is kept."
+                ) from None
+            recent.extend(row[1] for row in finished)
+            rate = (steps - start_steps) / (time.perf_counter() - start_time)
+            with writer.as_default(step=steps):
+                for _, r, n, _ in finished:
+                    tf.summary.scalar("episode/return", r)
+                    tf.summary.scalar("episode/length", n)
+                tf.summary.scalar("loss/total", loss_info.loss)
+                for name, value in loss_info.extra._asdict().items():
+                    tf.summary.scalar(f"train/{name}", value)
+                tf.summary.scalar("train/steps_per_second", rate)
+                tf.summary.scalar(
+                    "train/skipped_updates", agent.skipped_updates
+                )
+            bar.update(config.batch_steps)
+            bar.set_postfix(
+                steps_per_s=f"{rate:.0f}",
+                recent_return=f"{np.mean(recent):.1f}" if recent else "-",
+            )
+            if int(agent.train_step_counter) % config.checkpoint_every == 0:
+                save()
+        bar.close()
+        writer.flush()
+        save()
+    if stop.received is not None:
+        raise TrainingInterrupted(
+            f"Interrupted at {int(env_steps)} steps; checkpoint saved. "
+            f"Continue with --resume --logdir {config.logdir}"
+        )
+    policy_dir = os.path.join(config.logdir, "policy")
+    export_policy(agent, policy_dir)
+    plot_learning_curve(
+        episodes,
+        os.path.join(config.logdir, "learning_curve.png"),
+        f"{config.algo} on {config.env}, seed {config.seed}",
+    )
+    seconds = time.perf_counter() - start_time
+    return Summary(
+        algo=config.algo,
+        env=config.env,
+        seed=config.seed,
+        env_steps=int(env_steps),
+        seconds=seconds,
+        steps_per_second=(int(env_steps) - start_steps) / seconds,
+        episodes=len(episodes.rows),
+        mean_return_last_100=episodes.mean_return(),
+        policy_dir=policy_dir,
+        skipped_updates=int(agent.skipped_updates),
+    )
 
 
 def _optional_float(text: str) -> float | None:
@@ -658,17 +855,20 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         argument_default=argparse.SUPPRESS,
     )
     add = parser.add_argument
-    add("--algo", choices=ALGORITHMS, default="acktr")
-    add("--env", default="CartPole-v1", help="a Gymnasium id")
+    add("--algo", choices=ALGORITHMS, help="default: acktr")
+    add("--env", help="a Gymnasium id; default: CartPole-v1")
     add(
         "--preset",
         choices=tuple(PRESETS),
-        default="default",
         help="settings per algorithm (agents.train.PRESETS); 'mujoco' is the "
-        "ACKTR paper's continuous-control setup",
+        "ACKTR paper's continuous-control setup; default: default",
     )
-    add("--seed", type=int, default=0)
-    add("--total-steps", type=int, default=100_000)
+    add("--seed", type=int, help="default: 0")
+    add(
+        "--total-steps",
+        type=int,
+        help="default: 100000; with --resume, the run's own",
+    )
     add("--num-envs", type=int)
     add("--n-steps", type=int, help="steps per env per update")
     add(
@@ -757,6 +957,12 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         default=False,
         help="one subprocess per env copy",
     )
+    add(
+        "--env-timeout",
+        type=_optional_float,
+        help="seconds an environment step may take before the run stops "
+        "(keeping its last checkpoint); default: none",
+    )
     add("--checkpoint-every", type=int, help="updates between checkpoints")
     add("--logdir", help="default: runs/<algo>-<env>-seed<seed>")
     add(
@@ -768,26 +974,72 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     add("--no-progress", action="store_true", default=False)
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in vars(args).items() if k in fields})
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    config = Config(**given)
+    if args.resume:
+        config = _resumed_config(config, given)
     return config, args
 
 
+def _resumed_config(config: Config, given: dict) -> Config:
+    """The saved configuration of `config.logdir`, with `total_steps` if
+    given; raises `ValueError` when another given option contradicts it."""
+    saved = load_saved_config(config.logdir)
+    for key in given:
+        if key in ("total_steps", "logdir"):
+            continue
+        if getattr(config, key) != getattr(saved, key):
+            raise ValueError(
+                "--resume continues the run as its config.json describes it; "
+                "leave out the options that differ. Received: "
+                f"{key}={getattr(config, key)!r} (saved: "
+                f"{getattr(saved, key)!r})"
+            )
+    if "total_steps" in given:
+        saved.total_steps = config.total_steps
+    saved.logdir = config.logdir
+    return saved
+
+
 def main(argv=None) -> int:
+    """The command line; returns the exit code: 0 done, 1 stopped by a
+    failure (the last checkpoint kept), 2 bad input (nothing written),
+    130 interrupted."""
+    from agents.envs import EnvironmentStepError, check_env_id
+
     try:
         config, args = parse_args(argv)
-        from agents.envs import check_env_id
-
         check_env_id(config.env)
         summary = run(config, resume=args.resume, progress=not args.no_progress)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (EnvironmentStepError, RunWriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except TrainingInterrupted as interrupted:
         print(interrupted, file=sys.stderr)
         return 130
+    except TrainingAborted as aborted:
+        print(
+            f"{aborted}; the last checkpoint is kept. Continue with --resume "
+            f"--logdir {config.logdir}",
+            file=sys.stderr,
+        )
+        return ABORTED
     print(summary.line())
     return 0
 
 
+# The exit code after an aborted environment step: the thread that runs it
+# may never return, so the process exits without waiting for it.
+ABORTED = 131
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == ABORTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
