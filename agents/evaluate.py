@@ -8,27 +8,189 @@ module imports only TensorFlow, tf-agents, Gymnasium and NumPy, never
 are installed (it can also be run as a plain script, `python evaluate.py`).
 Observations are converted as `agents.envs` converts them (float32; uint8
 images kept; Discrete one-hot), and Box actions clipped to the bounds.
+
+Bad input (a policy directory that is missing, incomplete or corrupt, an
+environment whose observation or action spec differs from the policy's, a
+count out of range) is answered with one line on stderr and exit code 2.
 """
 
 import argparse
+import glob
 import importlib
+import os
 import sys
 
 import gymnasium
 import numpy as np
+import tensorflow as tf
 from tf_agents.policies import py_tf_eager_policy
 from tf_agents.trajectories import time_step as ts
 
+# What `PolicySaver.save` writes besides the variables' data shards.
+_POLICY_FILES = (
+    "saved_model.pb",
+    "policy_specs.pbtxt",
+    os.path.join("variables", "variables.index"),
+)
+
 
 def _make_env(env_id: str) -> gymnasium.Env:
+    received = env_id
     if ":" in env_id:  # "module:Env-v0" registers Env-v0 by importing module
         module, env_id = env_id.split(":", 1)
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(
+                f"Cannot import the module of the environment id ({error}). "
+                f"Received: env={received!r}"
+            ) from error
     if env_id not in gymnasium.registry:
         raise ValueError(
-            f"Unknown Gymnasium environment id. Received: env={env_id!r}"
+            f"Unknown Gymnasium environment id. Received: env={received!r}"
         )
     return gymnasium.make(env_id)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_policy_dir(policy_dir: str) -> None:
+    """Raises `ValueError` unless `policy_dir` holds every exported file."""
+    if not os.path.exists(policy_dir):
+        raise ValueError(
+            f"The policy directory does not exist. "
+            f"Received: policy_dir={policy_dir!r}"
+        )
+    if not os.path.isdir(policy_dir):
+        raise ValueError(
+            f"The policy path is a file, not a directory. "
+            f"Received: policy_dir={policy_dir!r}"
+        )
+    missing = [
+        name
+        for name in _POLICY_FILES
+        if not os.path.isfile(os.path.join(policy_dir, name))
+    ]
+    # The shards are `variables.data-00000-of-0000N`, N of them.
+    pattern = os.path.join(policy_dir, "variables", "variables.data-*-of-*")
+    shards = sorted(glob.glob(pattern))
+    count = int(shards[0].rsplit("-of-", 1)[1]) if shards else 1
+    for i in range(count):
+        name = os.path.join(
+            "variables", f"variables.data-{i:05d}-of-{count:05d}"
+        )
+        if not os.path.isfile(os.path.join(policy_dir, name)):
+            missing.append(name)
+    if missing:
+        raise ValueError(
+            f"The policy directory is not a complete PolicySaver export: "
+            f"{', '.join(missing)} missing. Received: policy_dir={policy_dir!r}"
+        )
+
+
+def _load_policy(
+    policy_dir: str,
+) -> py_tf_eager_policy.SavedModelPyTFEagerPolicy:
+    """Loads the policy; raises `ValueError` if a file of it is corrupt."""
+    _check_policy_dir(policy_dir)
+    try:
+        # TensorFlow loads a SavedModel with a corrupt fingerprint.pb but
+        # logs a traceback; an older export may have none at all.
+        if os.path.exists(os.path.join(policy_dir, "fingerprint.pb")):
+            tf.saved_model.experimental.read_fingerprint(policy_dir)
+        return py_tf_eager_policy.SavedModelPyTFEagerPolicy(
+            policy_dir, load_specs_from_pbtxt=True, batch_time_steps=False
+        )
+    # A truncated or corrupt file fails wherever the reader stops making
+    # sense: OSError, tf.errors.OpError, IndexError, KeyError, protobuf's
+    # ParseError, UnicodeDecodeError, RuntimeError, ... all mean the same.
+    except Exception as error:
+        raise ValueError(
+            f"Cannot load the policy, a file of it is corrupt or truncated "
+            f"({_first_line(error)}). Received: policy_dir={policy_dir!r}"
+        ) from error
+
+
+def _env_specs(env: gymnasium.Env) -> tuple[tuple, tuple]:
+    """The observation and action specs `agents.envs` gives `env`'s spaces:
+    `(dtype, shape)` and `("Discrete", n)` or `("Box", shape, low, high)`."""
+    space = env.observation_space
+    if isinstance(space, gymnasium.spaces.Box):
+        dtype = "uint8" if space.dtype == np.uint8 else "float32"
+        observation = (dtype, tuple(space.shape))
+    elif isinstance(space, gymnasium.spaces.Discrete):  # one-hot encoded
+        observation = ("float32", (int(space.n),))
+    else:
+        raise ValueError(
+            "Observation spaces must be Box or Discrete. "
+            f"Received: observation_space={space}"
+        )
+    space = env.action_space
+    if isinstance(space, gymnasium.spaces.Discrete):
+        # The policy's actions are 0..n-1; `evaluate` adds `space.start`.
+        action = ("Discrete", int(space.n))
+    elif isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1:
+        low, high = (
+            tuple(np.broadcast_to(b, space.shape).astype(np.float32).tolist())
+            for b in (space.low, space.high)
+        )
+        action = ("Box", tuple(space.shape), low, high)
+    else:
+        raise ValueError(
+            "Action spaces must be Discrete or a one-dimensional Box. "
+            f"Received: action_space={space}"
+        )
+    return observation, action
+
+
+def _policy_specs(policy) -> tuple[tuple, tuple]:
+    """The policy's specs in the form of `_env_specs`."""
+    spec = policy.time_step_spec.observation
+    observation = (np.dtype(spec.dtype).name, tuple(spec.shape))
+    spec = policy.action_spec
+    low, high = (
+        np.broadcast_to(b, spec.shape) for b in (spec.minimum, spec.maximum)
+    )
+    if np.issubdtype(spec.dtype, np.integer) and spec.shape == ():
+        action = ("Discrete", int(high) - int(low) + 1)
+        if int(low) != 0:
+            action += (int(low),)
+    else:
+        low, high = (tuple(b.astype(np.float32).tolist()) for b in (low, high))
+        action = ("Box", tuple(spec.shape), low, high)
+    return observation, action
+
+
+def _bound(values: tuple) -> str:
+    if len(set(values)) == 1:
+        return str(values[0])
+    return np.array2string(np.array(values), threshold=6, separator=", ")
+
+
+def _describe(specs: tuple[tuple, tuple]) -> str:
+    """`specs` as `observation float32 (4,), action Discrete(2)`."""
+    (dtype, shape), action = specs
+    if action[0] == "Discrete":
+        start = f", start={action[2]}" if len(action) > 2 else ""
+        action = f"Discrete({action[1]}{start})"
+    else:
+        _, size, low, high = action
+        action = f"Box({_bound(low)}, {_bound(high)}, {size}, float32)"
+    return f"observation {dtype} {shape}, action {action}"
+
+
+def _check_specs(policy, env: gymnasium.Env, policy_dir: str, env_id: str):
+    """Raises `ValueError` unless the policy's specs are `env`'s."""
+    expected, given = _policy_specs(policy), _env_specs(env)
+    if expected != given:
+        raise ValueError(
+            "The policy's observation and action specs differ from the "
+            f"environment's. Received: policy_dir={policy_dir!r} with "
+            f"{_describe(expected)}; env={env_id!r} with {_describe(given)}"
+        )
 
 
 def _observation(space: gymnasium.Space, observation, dtype) -> np.ndarray:
@@ -52,19 +214,33 @@ def _time_step(step_type, reward, discount, observation) -> ts.TimeStep:
 def evaluate(
     policy_dir: str, env_id: str, episodes: int = 10, seed: int = 0
 ) -> np.ndarray:
-    """Returns of `episodes` episodes of the SavedModel policy in `policy_dir`."""
+    """Returns of `episodes` episodes of the SavedModel policy in `policy_dir`.
+
+    Args:
+        policy_dir: A `PolicySaver` SavedModel directory.
+        env_id: A Gymnasium id; `"module:Env-v0"` imports `module` first.
+        episodes: Number of episodes, at least 1. Defaults to `10`.
+        seed: Episode `i` is reset with seed `seed + i`; at least 0.
+            Defaults to `0`.
+
+    Raises:
+        ValueError: If an argument is out of range, `env_id` is unknown,
+            `policy_dir` is missing, incomplete or corrupt, or the policy's
+            observation or action spec differs from the environment's.
+    """
     if episodes < 1:
         raise ValueError(
             f"episodes must be >= 1. Received: episodes={episodes}"
         )
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0. Received: seed={seed}")
     env = _make_env(env_id)
-    policy = py_tf_eager_policy.SavedModelPyTFEagerPolicy(
-        policy_dir, load_specs_from_pbtxt=True, batch_time_steps=False
-    )
-    dtype = policy.time_step_spec.observation.dtype
-    space = env.action_space
     returns = []
     try:
+        policy = _load_policy(policy_dir)
+        _check_specs(policy, env, policy_dir, env_id)
+        dtype = policy.time_step_spec.observation.dtype
+        space = env.action_space
         for episode in range(episodes):
             observation, _ = env.reset(seed=seed + episode)
             time_step = _time_step(
@@ -106,7 +282,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         returns = evaluate(args.policy_dir, args.env, args.episodes, args.seed)
-    except (ValueError, OSError) as error:
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
