@@ -38,13 +38,10 @@ gymnasium.register("ThreeArmedCartPole-v0", entry_point=ThreeArmedCartPole)
 gymnasium.register("TwoKnobCartPole-v0", entry_point=TwoKnobCartPole)
 
 
-def _train(logdir, env_id, *extra):
+def _train(logdir, env_id):
     argv = ["--algo", "a2c", "--env", env_id, "--total-steps", "80"]
     argv += ["--num-envs", "2", "--n-steps", "5", "--hidden-units", "8"]
-    assert (
-        train.main(argv + list(extra) + ["--logdir", logdir, "--no-progress"])
-        == 0
-    )
+    assert train.main(argv + ["--logdir", logdir, "--no-progress"]) == 0
     return os.path.join(logdir, "policy")
 
 
