@@ -276,8 +276,9 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
                 problems.append(f"reward of copy {i}: {reward[i]}")
         if problems:
             self.error = NonFiniteDataError(
-                f"Environment {self.env_id!r} returned non-finite data in "
-                f"{what} after {self._steps} steps: " + "; ".join(problems)
+                f"Environment {self.env_id!r} returned non-finite data from "
+                f"{what} number {self._steps} of its {self._num_envs} copies: "
+                + "; ".join(problems)
             )
             raise self.error
 
@@ -341,7 +342,11 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         """What `set_state` needs to continue every copy's episode and the
         episode tallies, as JSON-compatible values; call between steps."""
         records = self._vector.call("episode_record")
+        time_step = self.current_time_step()
         return {
+            "time_step": None
+            if time_step is None
+            else [np.asarray(x).tolist() for x in time_step],
             "steps": self._steps,
             "records": list(records),
             "episode_return": self._episode_return.tolist(),
@@ -353,7 +358,8 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
     def set_state(self, state: dict) -> None:
         """Rebuilds the episodes of `get_state()` in this environment's
         copies (reset from the recorded seed or generator state, then the
-        recorded actions replayed)."""
+        recorded actions replayed) and the current time step, from which
+        the next `step` continues."""
         if len(state["records"]) != self._num_envs:
             raise ValueError(
                 f"The saved state holds {len(state['records'])} environment "
@@ -370,6 +376,14 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._episode_length = np.array(state["episode_length"], np.int64)
         self._ended = np.array(state["ended"], bool)
         self._completed = [tuple(c) for c in state["completed"]]
+        if state["time_step"] is not None:
+            step_type, reward, discount, observation = state["time_step"]
+            self._current_time_step = ts.TimeStep(
+                step_type=np.array(step_type, np.int32),
+                reward=np.array(reward, np.float32),
+                discount=np.array(discount, np.float32),
+                observation=np.array(observation, self._observation_spec.dtype),
+            )
 
     def close(self, terminate: bool = False) -> None:
         """Closes the copies; `terminate` kills subprocesses at once (for a

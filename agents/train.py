@@ -547,9 +547,7 @@ def _check_logdir(logdir: str) -> None:
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(
-            f"logdir {logdir!r} lies under a file: {parent!r}"
-        )
+        raise ValueError(f"logdir {logdir!r} lies under a file: {parent!r}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(
             f"logdir {logdir!r} cannot be written: {parent!r} is read-only "
@@ -584,8 +582,7 @@ def load_saved_config(logdir: str) -> Config:
         raise ValueError(f"{path} cannot be read: {error}") from None
     if not isinstance(saved, dict):
         raise ValueError(
-            f"{path} must hold a JSON object. Received: "
-            f"{type(saved).__name__}"
+            f"{path} must hold a JSON object. Received: {type(saved).__name__}"
         )
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(saved) - known)
@@ -617,18 +614,14 @@ def _check_resumable(config: Config) -> None:
         )
 
 
-def _run_state(py_env, collector) -> str:
+def _run_state(py_env) -> str:
     """What a checkpoint needs besides TensorFlow variables to continue
-    exactly: the environments' episodes, the collector's time step and
-    the NumPy and Python random states, as JSON."""
+    exactly: the environments' episodes and time step, and the NumPy and
+    Python random states, as JSON."""
     numpy_state = np.random.get_state()
-    time_step = collector.time_step
     return json.dumps(
         {
             "environment": py_env.get_state(),
-            "time_step": None
-            if time_step is None
-            else [np.asarray(x).tolist() for x in time_step],
             "numpy": [numpy_state[0], numpy_state[1].tolist()]
             + list(numpy_state[2:]),
             "python": random.getstate(),
@@ -636,21 +629,14 @@ def _run_state(py_env, collector) -> str:
     )
 
 
-def _restore_run_state(text: str, py_env, tf_env, collector) -> None:
+def _restore_run_state(text: str, py_env, collector) -> None:
     import tensorflow as tf
-    from tf_agents.trajectories import time_step as ts
 
     state = json.loads(text)
     py_env.set_state(state["environment"])
-    if state["time_step"] is not None:
-        collector.time_step = ts.TimeStep(
-            *[
-                tf.constant(value, spec.dtype)
-                for value, spec in zip(
-                    state["time_step"], tf.nest.flatten(tf_env.time_step_spec())
-                )
-            ]
-        )
+    collector.time_step = tf.nest.map_structure(
+        tf.convert_to_tensor, py_env.current_time_step()
+    )
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.array(keys, np.uint32), *rest))
     version, internal, gauss = state["python"]
@@ -691,12 +677,13 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
     try:
         os.makedirs(config.logdir, exist_ok=True)
         with RunLock(config.logdir):
-            if not resume:
-                if os.path.exists(config_path):  # another process, just now
-                    raise ValueError(
-                        f"logdir {config.logdir!r} already holds a run."
-                    )
-                with open(config_path + ".tmp", "w") as f:
+            if not resume and os.path.exists(config_path):
+                raise ValueError(  # another process, just now
+                    f"logdir {config.logdir!r} already holds a run."
+                )
+            saved = load_saved_config(config.logdir) if resume else None
+            if saved is None or saved.total_steps != config.total_steps:
+                with open(config_path + ".tmp", "w") as f:  # new total_steps
                     json.dump(dataclasses.asdict(config), f, indent=2)
                 os.replace(config_path + ".tmp", config_path)
             return _train(config, py_env, tf_env, agent, resume, progress)
@@ -726,14 +713,16 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
     if resume:
         restored, damaged = restore_newest(checkpoint, checkpoint_dir)
         for prefix, reason in damaged:
-            print(f"Skipped damaged checkpoint {prefix} ({reason}); moved to "
-                  f"{os.path.join(checkpoint_dir, 'damaged')}.")
+            print(
+                f"Skipped damaged checkpoint {prefix} ({reason}); moved to "
+                f"{os.path.join(checkpoint_dir, 'damaged')}."
+            )
         if restored is None:
             print("No checkpoint to resume from; starting at step 0.")
         else:
             if run_state.numpy():
                 _restore_run_state(
-                    run_state.numpy().decode(), py_env, tf_env, collector
+                    run_state.numpy().decode(), py_env, collector
                 )
             print(f"Resumed {restored} at {int(env_steps)} steps.")
     counts = episodes.load(int(env_steps))
@@ -747,7 +736,7 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
     )
 
     def save():
-        run_state.assign(_run_state(py_env, collector))
+        run_state.assign(_run_state(py_env))
         try:
             manager.save(checkpoint_number=int(env_steps))
         except (OSError, tf.errors.OpError) as error:

@@ -4,6 +4,8 @@ Use them as `"toy_envs:Countdown-v0"`: `gymnasium.make` imports this module
 first, also in subprocesses.
 """
 
+import time
+
 import gymnasium
 import numpy as np
 
@@ -48,7 +50,79 @@ class Slider(Countdown):
         return observation, float(action[0]), terminated, truncated, info
 
 
+class NanAt(Countdown):
+    """Returns NaN in `what` ("reward" or "observation") at its `at`-th
+    step over all episodes, and raises if it ever receives an action
+    outside its space."""
+
+    def __init__(self, what: str, at: int, length: int = 10):
+        super().__init__(length=length)
+        self.what, self.at = what, at
+        self.steps = 0
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise RuntimeError(f"received an invalid action {action!r}")
+        observation, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        if self.steps == self.at:
+            if self.what == "reward":
+                reward = float("nan")
+            else:
+                observation = np.array([np.nan], np.float32)
+        return observation, reward, terminated, truncated, info
+
+
+class Hang(Countdown):
+    """A `step` that never returns once `at` steps were taken."""
+
+    def __init__(self, at: int):
+        super().__init__(length=10**9)
+        self.at = at
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        while self.steps > self.at:
+            time.sleep(1.0)
+        return super().step(action)
+
+
+class WrongShape(Countdown):
+    """Declares 1-vectors and returns 2-vectors."""
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+
+class Noisy(Countdown):
+    """Random rewards and episode lengths from `np_random`, to test that a
+    resumed run continues episodes exactly."""
+
+    def reset(self, *, seed=None, options=None):
+        observation, info = super().reset(seed=seed)
+        self.length = int(self.np_random.integers(3, 30))
+        return observation, info
+
+    def step(self, action):
+        observation, _, terminated, truncated, info = super().step(action)
+        reward = float(self.np_random.normal()) + float(action)
+        return observation, reward, terminated, truncated, info
+
+
 gymnasium.register("Countdown-v0", entry_point=Countdown)
+gymnasium.register(
+    "NanReward-v0", entry_point=NanAt, kwargs={"what": "reward", "at": 50}
+)
+gymnasium.register(
+    "NanObservation-v0",
+    entry_point=NanAt,
+    kwargs={"what": "observation", "at": 50},
+)
+gymnasium.register("Hang-v0", entry_point=Hang, kwargs={"at": 50})
+gymnasium.register("WrongShape-v0", entry_point=WrongShape)
+gymnasium.register("Noisy-v0", entry_point=Noisy)
 gymnasium.register(
     "Faulty-v0", entry_point=Countdown, kwargs={"length": 10, "fail_at": 4}
 )

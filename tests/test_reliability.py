@@ -1,0 +1,366 @@
+"""Faults injected into training runs and their directories: non-finite
+data, damaged checkpoints and episode logs, two processes on one logdir,
+kill -9 then resume, a hanging environment, bad input."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from agents import train
+from agents.run_directory import RunLock
+
+TINY = ["--num-envs", "2", "--n-steps", "20", "--hidden-units", "8"]
+TINY += ["--no-progress"]
+HERE = os.path.dirname(__file__)
+
+
+def _main(argv, capsys):
+    """`(exit code, stdout, stderr)` of `agents.train.main(argv)`."""
+    code = train.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _checkpoint_tensors(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name.split("/")[0] not in ("run_state", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
+    }
+
+
+def _newest(logdir):
+    return tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+
+
+def _rows(logdir):
+    """`episodes.csv` without the wall-clock column."""
+    with open(os.path.join(logdir, "episodes.csv")) as f:
+        return [
+            (r["env_steps"], r["return"], r["length"])
+            for r in csv.DictReader(f)
+        ]
+
+
+def _tree(path):
+    """Every file under `path` with its size and modification time, but
+    the lock file, which any process that checks the run rewrites."""
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in set(files) - {".lock"}:
+            full = os.path.join(root, name)
+            found[full] = (os.path.getsize(full), os.path.getmtime(full))
+    return found
+
+
+# Non-finite data from an environment.
+
+
+@pytest.mark.parametrize("what", ["reward", "observation"])
+def test_non_finite_environment_data_stops_with_one_clear_error(
+    what, tmp_path, capsys
+):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--env", f"toy_envs:Nan{what.title()}-v0"]
+    argv += ["--total-steps", "400", "--logdir", logdir]
+    code, out, err = _main(argv + ["--checkpoint-every", "1"], capsys)
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"Nan{what.title()}-v0' returned non-finite data from step" in err
+    assert f"{what} of copy" in err and "nan" in err
+    assert "mean return" not in out  # no success line
+    # The environment received no action drawn from NaN logits, and every
+    # saved tensor is finite.
+    assert "invalid action" not in err
+    assert _newest(logdir).endswith("ckpt-80")  # the last good update
+    for name, value in _checkpoint_tensors(_newest(logdir)).items():
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.all(np.isfinite(value)), name
+
+
+# Damaged run directories.
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished a2c run with a checkpoint after every update."""
+    logdir = str(tmp_path_factory.mktemp("finished") / "run")
+    argv = TINY + ["--algo", "a2c", "--total-steps", "200"]
+    argv += ["--checkpoint-every", "1", "--logdir", logdir]
+    assert train.main(argv) == 0
+    return logdir
+
+
+def _copy(run, tmp_path):
+    logdir = str(tmp_path / "run")
+    shutil.copytree(run, logdir)
+    return logdir
+
+
+def _prefixes(logdir):
+    from agents.run_directory import checkpoint_prefixes
+
+    return checkpoint_prefixes(os.path.join(logdir, "checkpoints"))
+
+
+def test_a_garbage_checkpoint_state_file_still_resumes_the_newest(
+    finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    with open(os.path.join(logdir, "checkpoints", "checkpoint"), "w") as f:
+        f.write("garbage {{{")
+    argv = TINY + ["--logdir", logdir, "--resume", "--total-steps", "240"]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert "at 200 steps" in out
+
+
+@pytest.mark.parametrize(
+    "damage", ["truncated data", "zeroed data", "empty index", "missing data"]
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(
+    damage, finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    newest, older = _prefixes(logdir)[:2]
+    data, index = newest + ".data-00000-of-00001", newest + ".index"
+    size = os.path.getsize(data)
+    if damage == "truncated data":
+        os.truncate(data, size // 2)
+    elif damage == "zeroed data":
+        with open(data, "wb") as f:
+            f.write(bytes(size))
+    elif damage == "empty index":
+        os.truncate(index, 0)
+    else:
+        os.remove(data)
+    older_steps = int(older.rsplit("-", 1)[1])
+    expected_older = _checkpoint_tensors(older)
+    rows_before = _rows(logdir)
+    argv = TINY + ["--logdir", logdir, "--resume", "--total-steps", "200"]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert f"Skipped damaged checkpoint {newest}" in out
+    assert f"Resumed {older} at {older_steps} steps" in out
+    # The damaged files are kept aside, the older history is intact, and
+    # the run trained again from the older checkpoint to 200 steps.
+    damaged = os.listdir(os.path.join(logdir, "checkpoints", "damaged"))
+    assert any(name.startswith(os.path.basename(newest)) for name in damaged)
+    rows = _rows(logdir)
+    kept = [r for r in rows_before if int(r[0]) <= older_steps]
+    assert rows[: len(kept)] == kept
+    assert int(rows[-1][0]) == 200 or not rows_before[len(kept) :]
+    del expected_older
+
+
+def test_resume_restores_the_fallback_checkpoint_exactly(
+    finished_run, tmp_path
+):
+    """The variables after a fallback restore equal the older checkpoint."""
+    from agents.run_directory import restore_newest
+
+    logdir = _copy(finished_run, tmp_path)
+    newest, older = _prefixes(logdir)[:2]
+    os.truncate(newest + ".index", 10)
+    config = train.load_saved_config(logdir)
+    py_env, _, agent = train.build(config)
+    try:
+        env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
+        run_state = tf.Variable("", dtype=tf.string, name="run_state")
+        checkpoint = tf.train.Checkpoint(
+            agent=agent, env_steps=env_steps, run_state=run_state
+        )
+        restored, damaged = restore_newest(
+            checkpoint, os.path.join(logdir, "checkpoints")
+        )
+    finally:
+        py_env.close()
+    assert restored == older and [p for p, _ in damaged] == [newest]
+    expected = _checkpoint_tensors(older)
+    assert int(env_steps) == expected["env_steps/.ATTRIBUTES/VARIABLE_VALUE"]
+    for variable in agent.variables:
+        matches = [
+            value
+            for name, value in expected.items()
+            if name.endswith(".ATTRIBUTES/VARIABLE_VALUE")
+            and np.shape(value) == tuple(variable.shape)
+            and np.array_equal(value, variable.numpy())
+        ]
+        assert matches, variable.path
+
+
+def test_a_partial_last_row_of_the_episode_log_is_dropped_and_reported(
+    finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    rows = _rows(logdir)
+    with open(os.path.join(logdir, "episodes.csv"), "a") as f:
+        f.write("200,17.0")  # cut mid-row
+    argv = TINY + ["--logdir", logdir, "--resume", "--total-steps", "240"]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert "Dropped 1 partial or malformed rows" in out
+    assert _rows(logdir)[: len(rows)] == rows
+
+
+def test_no_readable_checkpoint_is_an_error_that_writes_nothing(
+    finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    for prefix in _prefixes(logdir):
+        os.truncate(prefix + ".index", 0)
+    before = _tree(logdir)
+    code, _, err = _main(TINY + ["--logdir", logdir, "--resume"], capsys)
+    assert code == 2 and "No checkpoint in" in err and "can be read" in err
+    assert _tree(logdir).keys() == before.keys()
+
+
+def _acktr_config(saved):
+    """The config.json of an acktr run like `saved`'s a2c run."""
+    import dataclasses
+
+    return dataclasses.asdict(
+        train.Config(
+            algo="acktr",
+            num_envs=2,
+            n_steps=20,
+            hidden_units=(8,),
+            total_steps=saved["total_steps"],
+            logdir=saved["logdir"],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c.update(learning_rat=0.1),
+            "does not know: ['learning_rat']",
+        ),
+        (lambda c: c.update(_acktr_config(c)), "does not fit the agent"),
+        (lambda c: c.update(hidden_units=[16]), "does not fit the agent"),
+    ],
+)
+def test_a_config_that_does_not_match_is_refused_before_anything_runs(
+    edit, message, finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    path = os.path.join(logdir, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    edit(config)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    before = _tree(logdir)
+    code, out, err = _main(["--logdir", logdir, "--resume"], capsys)
+    assert code == 2 and message in err, err
+    assert "Resumed" not in out and "Traceback" not in err
+    assert _tree(logdir) == before
+
+
+def test_resume_keeps_the_runs_total_steps_unless_given(
+    finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    code, out, err = _main(["--logdir", logdir, "--resume"], capsys)
+    assert code == 0, err
+    assert ": 200 steps" in out  # the run's own 200, not the default 100000
+    code, out, err = _main(
+        ["--logdir", logdir, "--resume", "--total-steps", "240"], capsys
+    )
+    assert code == 0 and ": 240 steps" in out, err
+    assert train.load_saved_config(logdir).total_steps == 240
+    code, out, err = _main(
+        ["--logdir", logdir, "--resume", "--algo", "acktr"], capsys
+    )
+    assert code == 2 and "algo='acktr' (saved: 'a2c')" in err
+
+
+# One run per directory.
+
+
+def test_a_second_process_on_a_logdir_is_refused(
+    finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    before = _tree(os.path.join(logdir, "checkpoints"))
+    with RunLock(logdir):
+        argv = ["--logdir", logdir, "--resume", "--total-steps", "400"]
+        code, _, err = _main(argv, capsys)
+    assert code == 2
+    assert f"(pid {os.getpid()}) is using logdir" in err
+    assert _tree(os.path.join(logdir, "checkpoints")) == before
+
+
+def test_a_killed_process_does_not_leave_the_logdir_locked(tmp_path):
+    logdir = str(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from agents.run_directory import RunLock\n"
+            f"with RunLock({logdir!r}):\n"
+            "    print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+        with RunLock(logdir):
+            pass
+    holder.kill()
+    holder.wait()
+    with RunLock(logdir):  # free again
+        pass
+
+
+# Exact resume.
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        ["--algo", "acktr", "--preset", "mujoco", "--env", "Pendulum-v1"],
+        ["--algo", "a2c", "--env", "toy_envs:Noisy-v0"],
+    ],
+    ids=["acktr-Pendulum", "a2c-Noisy"],
+)
+def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
+    setting, tmp_path, capsys
+):
+    """Stopping after the checkpoint at 120 steps and resuming gives the
+    variables (network, optimizer, counters) and the episodes of one run to
+    240 steps: the environments are mid-episode at the checkpoint (random
+    starts, random episode lengths and rewards from `np_random`)."""
+    argv = TINY + setting + ["--checkpoint-every", "1000"]
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    code, _, err = _main(
+        argv + ["--total-steps", "240", "--logdir", whole], capsys
+    )
+    assert code == 0, err
+    code, _, err = _main(
+        argv + ["--total-steps", "120", "--logdir", parts], capsys
+    )
+    assert code == 0, err
+    code, out, err = _main(
+        ["--logdir", parts, "--resume", "--total-steps", "240"], capsys
+    )
+    assert code == 0 and "at 120 steps" in out, err
+    expected = _checkpoint_tensors(_newest(whole))
+    resumed = _checkpoint_tensors(_newest(parts))
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        np.testing.assert_array_equal(resumed[name], expected[name], name)
+    assert _rows(parts) == _rows(whole)
