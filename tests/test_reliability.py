@@ -35,7 +35,8 @@ def _checkpoint_tensors(prefix):
     return {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
-        if name.split("/")[0] not in ("run_state", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
+        if name.split("/")[0]
+        not in ("run_state", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
     }
 
 
@@ -364,3 +365,231 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
     for name in expected:
         np.testing.assert_array_equal(resumed[name], expected[name], name)
     assert _rows(parts) == _rows(whole)
+
+
+# Non-finite batches given to an agent directly (a user's own loop).
+
+
+@pytest.mark.parametrize(
+    "algo, field",
+    [("acktr", "reward"), ("a2c", "observation"), ("trpo", "reward")],
+)
+def test_a_non_finite_batch_changes_no_variable_and_is_counted(algo, field):
+    from agents.rollout import RolloutCollector
+
+    config = train.Config(
+        algo=algo,
+        preset="mujoco",
+        env="Pendulum-v1",
+        num_envs=2,
+        n_steps=8,
+        hidden_units=(8,),
+        logdir="unused",
+    )
+    assert config.normalize_observations  # the normalizer is covered too
+    py_env, tf_env, agent = train.build(config)
+    try:
+        collector = RolloutCollector(tf_env, agent.collect_policy, 8)
+        update = tf.function(agent.train)
+        update(collector.collect())  # optimizer states are not fresh
+        good = collector.collect()
+    finally:
+        py_env.close()
+    values = getattr(good, field).numpy().copy()
+    values[1, 3] = np.nan
+    bad = good._replace(**{field: tf.constant(values)})
+    before = [v.numpy().copy() for v in agent.variables]
+    counter = int(agent.train_step_counter)
+    loss_info = update(bad)
+    assert int(agent.skipped_updates) == 1
+    assert np.isnan(loss_info.loss.numpy())
+    changed = [
+        v.path
+        for v, old in zip(agent.variables, before)
+        if not np.array_equal(v.numpy(), old) and v is not agent.skipped_updates
+    ]
+    assert changed == []
+    assert int(agent.train_step_counter) == counter
+    update(good)  # a finite batch still trains
+    assert int(agent.train_step_counter) == counter + 1
+    assert int(agent.skipped_updates) == 1
+
+
+def test_a_first_order_step_with_a_nan_gradient_is_skipped_whole():
+    import keras
+
+    from agents.on_policy import apply_gradients
+
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build([variable])
+    apply_gradients(optimizer, [tf.constant([0.5, 0.5])], [variable])
+    state = [v.numpy().copy() for v in optimizer.variables]
+    value = variable.numpy().copy()
+    apply_gradients(optimizer, [tf.constant([np.nan, 0.5])], [variable])
+    np.testing.assert_array_equal(variable.numpy(), value)
+    for v, old in zip(optimizer.variables, state):
+        np.testing.assert_array_equal(v.numpy(), old)
+    apply_gradients(optimizer, [tf.constant([0.5, 0.5])], [variable])
+    assert not np.array_equal(variable.numpy(), value)
+
+
+# A hanging environment.
+
+
+def _start(argv, logdir):
+    """`python -m agents.train` in a subprocess, in its own session."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agents.train", *argv, "--logdir", logdir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(HERE),
+        env=dict(os.environ, PYTHONPATH=HERE),
+    )
+
+
+def _wait_for(path, process, seconds=120):
+    deadline = time.time() + seconds
+    while not os.path.exists(path):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"no {path} after {seconds} s"
+        time.sleep(0.2)
+
+
+HANG = TINY + ["--env", "toy_envs:Hang-v0", "--checkpoint-every", "1"]
+
+
+def test_an_environment_step_timeout_stops_the_run_and_keeps_checkpoints(
+    tmp_path,
+):
+    logdir = str(tmp_path / "run")
+    process = _start(HANG + ["--env-timeout", "2"], logdir)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == train.ABORTED, err
+    last = err.strip().splitlines()[-1]
+    assert "did not return from a step within --env-timeout 2 s" in last
+    assert "the last checkpoint is kept" in last
+    # The copies hang at their 51st step: two updates of 20 were saved.
+    assert _newest(logdir).endswith("ckpt-80")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_stops_a_run_blocked_in_an_environment_step(
+    signum, tmp_path
+):
+    logdir = str(tmp_path / "run")
+    process = _start(HANG, logdir)
+    _wait_for(os.path.join(logdir, "checkpoints", "ckpt-80.index"), process)
+    time.sleep(1.0)  # now blocked inside the third batch's step
+    process.send_signal(signum)
+    time.sleep(1.0)
+    assert process.poll() is None  # the first signal waits for the update
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == train.ABORTED, err
+    assert "Stopped by a second signal" in err.strip().splitlines()[-1]
+    assert _newest(logdir).endswith("ckpt-80")
+
+
+# Kill -9 at a random update, then --resume.
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_update_then_resume_ends_as_uninterrupted(
+    tmp_path, capsys
+):
+    argv = TINY + ["--algo", "acktr", "--env", "toy_envs:Noisy-v0"]
+    argv += ["--checkpoint-every", "1", "--total-steps", "1200"]
+    whole = str(tmp_path / "whole")
+    assert _main(argv + ["--logdir", whole], capsys)[0] == 0
+    killed = str(tmp_path / "killed")
+    update = np.random.default_rng().integers(2, 12)
+    process = _start(argv, killed)
+    _wait_for(
+        os.path.join(killed, "checkpoints", f"ckpt-{40 * update}.index"),
+        process,
+    )
+    process.kill()
+    process.wait()
+    code, out, err = _main(["--logdir", killed, "--resume"], capsys)
+    assert code == 0 and "Resumed" in out, err
+    expected = _checkpoint_tensors(_newest(whole))
+    resumed = _checkpoint_tensors(_newest(killed))
+    for name in expected:
+        np.testing.assert_array_equal(resumed[name], expected[name], name)
+    assert _rows(killed) == _rows(whole)
+
+
+# Bad input: one line, exit 2, nothing written.
+
+
+@pytest.mark.parametrize(
+    "extra, received",
+    [
+        (
+            ["--env", "no_such_module:Env-v0"],
+            "No module named 'no_such_module'",
+        ),
+        (["--env", "toy_envs:WrongShape-v0"], "observation of shape (2,)"),
+        (["--max-grad-norm", "0"], "max_grad_norm=0.0"),
+        (["--max-grad-norm", "-1"], "max_grad_norm=-1.0"),
+        (["--env-timeout", "0"], "env_timeout=0.0"),
+        (["--learning-rate", "nan"], "learning_rate=nan"),
+    ],
+)
+def test_bad_arguments_and_environments(extra, received, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    code, out, err = _main(TINY + extra + ["--logdir", str(logdir)], capsys)
+    assert code == 2 and received in err, err
+    assert len(err.strip().splitlines()) == 1 and not out
+    assert not logdir.exists()
+
+
+def test_bad_logdirs(tmp_path, capsys, monkeypatch):
+    file = tmp_path / "file"
+    file.write_text("not a directory")
+    for logdir, received in (
+        (file, "logdir is a file"),
+        (file / "run", "lies under a file"),
+    ):
+        code, _, err = _main(TINY + ["--logdir", str(logdir)], capsys)
+        assert code == 2 and received in err, err
+    assert file.read_text() == "not a directory"
+    # Permissions and free space as the operating system reports them
+    # (the suite may run as root, which writes anywhere).
+    logdir = tmp_path / "run"
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    code, _, err = _main(TINY + ["--logdir", str(logdir)], capsys)
+    assert code == 2 and "is read-only" in err, err
+    monkeypatch.undo()
+    usage = shutil.disk_usage(tmp_path)._replace(free=2**20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)
+    code, _, err = _main(TINY + ["--logdir", str(logdir)], capsys)
+    assert code == 2 and "1.0 MiB free" in err, err
+    assert not logdir.exists()
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_good_one(
+    tmp_path, capsys, monkeypatch
+):
+    """The disk fills mid-run: the write of the third checkpoint fails."""
+    logdir = str(tmp_path / "run")
+    original = tf.train.CheckpointManager.save
+    calls = []
+
+    def save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+    argv = TINY + ["--checkpoint-every", "1", "--total-steps", "400"]
+    code, out, err = _main(argv + ["--logdir", logdir], capsys)
+    assert code == 1 and "No space left on device" in err, err
+    assert "the last good checkpoint" in err and "ckpt-80" in err
+    assert len(err.strip().splitlines()) == 1 and "mean return" not in out
+    monkeypatch.undo()
+    code, out, err = _main(["--logdir", logdir, "--resume"], capsys)
+    assert code == 0 and "at 80 steps" in out, err
