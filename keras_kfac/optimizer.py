@@ -17,6 +17,8 @@ During the first `cold_steps` updates `Δ = ∇` for every variable (momentum
 SGD with the same clipping, measured with `‖∇‖²`) while the factors warm up.
 """
 
+import math
+import numbers
 import warnings
 
 import keras
@@ -40,6 +42,44 @@ def _check_integer(name: str, value, minimum: int) -> None:
         )
 
 
+def _check_float(
+    name: str, value, requirement: str, valid, optional: bool = False
+) -> None:
+    """Raises unless `value` is a finite real number for which `valid` holds.
+
+    NaN fails every comparison, so a range check alone lets it through as
+    often as it rejects it; finiteness is checked first, for every float.
+    """
+    if optional and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not valid(value)
+    ):
+        received = repr(value) if isinstance(value, str) else value
+        raise ValueError(
+            f"{name} must be {requirement}. Received: {name}={received}"
+        )
+
+
+def _in_xla_context() -> bool:
+    """Whether the graph being traced will be compiled by XLA.
+
+    `jit_compile=True` cannot compile a host callback (`tf.py_function`).
+    TensorFlow has no public test for this; if its private one moves, we
+    answer `True`, which only costs the warning that needs the callback.
+    """
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
 def _all_finite(tensors) -> tf.Tensor:
     flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
     return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
@@ -60,8 +100,12 @@ class KFAC(keras.optimizers.Optimizer):
         learning_rate: `η_max`, the largest step size. A float or a
             `keras.optimizers.schedules.LearningRateSchedule`. Defaults to
             `0.25`.
-        damping: `λ ≥ 0`, Tikhonov damping added to the Fisher. Defaults to
-            `1e-2`.
+        damping: `λ ≥ 0`, Tikhonov damping added to the Fisher. `0` gives
+            the undamped natural gradient, invariant to affine changes of
+            every layer's input, but then a singular factor (a 2-way softmax
+            makes `G` singular) can make updates non-finite, and those are
+            skipped.
+            Defaults to `1e-2`.
         kl_clip: `δ > 0`, the trust-region radius: each step satisfies
             `½ Δθᵀ F̂ Δθ ≤ δ` (the second-order estimate of the KL divergence
             it causes). OpenAI baselines' `kfac_clip` bounds `Δθᵀ F̂ Δθ`
@@ -82,7 +126,12 @@ class KFAC(keras.optimizers.Optimizer):
         {{base_optimizer_keyword_args}}
 
     A step whose gradients, factor statistics or resulting update are not
-    finite changes nothing but the counter `skipped_steps`.
+    finite changes no weight, momentum or factor (`weight_decay` included):
+    only `iterations` and the counter `skipped_steps` move. Keras' base class
+    still applies weight constraints and, with `use_ema`, averages the
+    unchanged weights after every step. When most of at least 10 updates
+    were skipped, the optimizer warns once (not under `jit_compile=True`,
+    which cannot call back into Python: read `skipped_steps` there).
     """
 
     def __init__(
@@ -121,26 +170,69 @@ class KFAC(keras.optimizers.Optimizer):
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
-        if isinstance(learning_rate, (int, float)) and learning_rate <= 0:
-            raise ValueError(
-                f"learning_rate must be > 0. Received: learning_rate={learning_rate}"
+        if not isinstance(
+            learning_rate,
+            keras.optimizers.schedules.LearningRateSchedule,
+        ) and not callable(learning_rate):
+            _check_float(
+                "learning_rate",
+                learning_rate,
+                "a finite number > 0 or a LearningRateSchedule",
+                lambda v: v > 0,
             )
-        if not damping >= 0:
-            raise ValueError(
-                f"damping must be >= 0. Received: damping={damping}"
+        # damping=0 stays legal: it is the undamped natural gradient, the
+        # one that is exactly invariant to affine changes of the layer
+        # inputs, and it is well defined whenever the factors have full
+        # rank. Rejecting 0 would not remove the failure either: a tiny
+        # damping fails the same way on a singular factor. What makes it
+        # silent is that skipped updates go unreported, so instead the
+        # optimizer warns when most updates were skipped, whatever the
+        # cause (`_warn_if_most_updates_skipped`).
+        _check_float(
+            "damping", damping, "a finite number >= 0", lambda v: v >= 0
+        )
+        _check_float(
+            "kl_clip",
+            kl_clip,
+            "a finite number > 0, or None",
+            lambda v: v > 0,
+            optional=True,
+        )
+        _check_float(
+            "momentum",
+            momentum,
+            "a finite number in [0, 1)",
+            lambda v: 0 <= v < 1,
+        )
+        _check_float(
+            "stats_decay",
+            stats_decay,
+            "a finite number in [0, 1)",
+            lambda v: 0 <= v < 1,
+        )
+        # The base optimizer's floats. Keras reads a clip value <= 0 as "no
+        # clipping" and checks `ema_momentum` only with `use_ema` (NaN
+        # passes that check): keep its ranges, reject what is not finite.
+        for base_name, base_value, requirement, valid in (
+            ("weight_decay", weight_decay, ">= 0", lambda v: v >= 0),
+            ("clipnorm", clipnorm, ">= 0", lambda v: v >= 0),
+            ("clipvalue", clipvalue, ">= 0", lambda v: v >= 0),
+            ("global_clipnorm", global_clipnorm, ">= 0", lambda v: v >= 0),
+            ("loss_scale_factor", loss_scale_factor, "> 0", lambda v: v > 0),
+        ):
+            _check_float(
+                base_name,
+                base_value,
+                f"a finite number {requirement}, or None",
+                valid,
+                optional=True,
             )
-        if kl_clip is not None and not kl_clip > 0:
-            raise ValueError(
-                f"kl_clip must be > 0 or None. Received: kl_clip={kl_clip}"
-            )
-        if not 0 <= momentum < 1:
-            raise ValueError(
-                f"momentum must be in [0, 1). Received: momentum={momentum}"
-            )
-        if not 0 <= stats_decay < 1:
-            raise ValueError(
-                f"stats_decay must be in [0, 1). Received: stats_decay={stats_decay}"
-            )
+        _check_float(
+            "ema_momentum",
+            ema_momentum,
+            "a finite number in [0, 1]",
+            lambda v: 0 <= v <= 1,
+        )
         _check_integer("inverse_update_freq", inverse_update_freq, 1)
         _check_integer("cold_steps", cold_steps, 0)
         if damping_mode not in linalg.DAMPING_MODES:
@@ -156,6 +248,7 @@ class KFAC(keras.optimizers.Optimizer):
         self.cold_steps = cold_steps
         self.damping_mode = damping_mode
         self._backward_scale_sq = None
+        self._warned_skipped_updates = False
 
     def build(self, var_list):
         if self.built:
@@ -360,12 +453,15 @@ class KFAC(keras.optimizers.Optimizer):
             )
             self.assign(self._velocities[i], velocity)
             step = tf.where(ok, velocity, tf.zeros_like(velocity))
+            decays = self.weight_decay is not None and self._use_weight_decay(
+                variable
+            )
             distribution.extended.update(
                 variable.value
                 if isinstance(variable, backend.Variable)
                 else variable,
-                lambda v, d: v.assign_sub(tf.cast(d, v.dtype)),
-                args=(step,),
+                self._update_weight,
+                args=(step, ok, learning_rate, decays),
                 group=False,
             )
         self.assign_add(self._update_count, tf.cast(ok, tf.int64))
@@ -378,6 +474,74 @@ class KFAC(keras.optimizers.Optimizer):
                 tf.convert_to_tensor(self._clip_coefficient),
             ),
         )
+        self._warn_if_most_updates_skipped()
+
+    def _apply_weight_decay(self, variables):
+        """Nothing here: `_update_weight` decays inside the guarded update.
+
+        Keras decays every weight before the update step, outside any
+        check, so a skipped update would still shrink the weights.
+        """
+
+    def _update_weight(self, variable, step, ok, learning_rate, decays):
+        """`θ ← θ - wd · η_max · θ` (if `decays`), then `θ ← θ - v`.
+
+        Keras' decoupled weight decay, in its order and arithmetic, applied
+        only when the update is (`ok`); `step` is already zero otherwise.
+        """
+        if decays:
+            weight_decay = tf.cast(self.weight_decay, variable.dtype)
+            learning_rate = tf.cast(learning_rate, variable.dtype)
+            decay = variable * weight_decay * learning_rate
+            variable.assign_sub(tf.where(ok, decay, tf.zeros_like(decay)))
+        return variable.assign_sub(tf.cast(step, variable.dtype))
+
+    # A few bad batches early on are not "most updates": wait for this many.
+    _SKIP_WARNING_MIN_UPDATES = 10
+
+    def _warn_if_most_updates_skipped(self):
+        """Warns once when more than half of the updates were skipped.
+
+        A skip is silent by design (one bad batch should not stop training),
+        so a run where nearly every update is skipped, as with `damping=0`
+        and a singular factor, would otherwise look like a run that does not
+        learn. The check is two integer comparisons per update; the host
+        callback that warns runs only when it fires, and is left out under
+        XLA, which cannot compile it.
+        """
+        if _in_xla_context():
+            return
+        skipped = tf.convert_to_tensor(self._skipped_steps)
+        total = skipped + tf.convert_to_tensor(self._update_count)
+        most_skipped = tf.logical_and(
+            total >= self._SKIP_WARNING_MIN_UPDATES, 2 * skipped > total
+        )
+
+        def warn():
+            tf.py_function(
+                self._warn_skipped_updates, [skipped, total], Tout=[]
+            )
+            return tf.constant(True)
+
+        tf.cond(most_skipped, warn, lambda: tf.constant(False))
+
+    def _warn_skipped_updates(self, skipped, total):
+        if self._warned_skipped_updates:
+            return
+        self._warned_skipped_updates = True
+        skipped, total = int(skipped), int(total)
+        message = (
+            f"KFAC optimizer {self.name!r} skipped {skipped} of its {total} "
+            f"updates ({skipped / total:.0%}) because a gradient, a factor "
+            "statistic or the update was not finite; "
+            "`optimizer.skipped_steps` counts them."
+        )
+        if self.damping == 0:
+            message += (
+                " With damping=0 a singular factor (a 2-way softmax makes G "
+                "singular) gives non-finite updates: set damping > 0."
+            )
+        warnings.warn(message, stacklevel=2)
 
     def _batch_factors(self, scale_sq):
         """`(A, G, fresh)` of every block's latest batch, G unscaled.
