@@ -943,7 +943,6 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     add(
         "--processes",
         action="store_true",
-        default=False,
         help="one subprocess per env copy",
     )
     add(

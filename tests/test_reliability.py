@@ -335,8 +335,9 @@ def test_a_killed_process_does_not_leave_the_logdir_locked(tmp_path):
     [
         ["--algo", "acktr", "--preset", "mujoco", "--env", "Pendulum-v1"],
         ["--algo", "a2c", "--env", "toy_envs:Noisy-v0"],
+        ["--algo", "trpo", "--env", "toy_envs:Noisy-v0", "--processes"],
     ],
-    ids=["acktr-Pendulum", "a2c-Noisy"],
+    ids=["acktr-Pendulum", "a2c-Noisy", "trpo-Noisy-subprocesses"],
 )
 def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
     setting, tmp_path, capsys
