@@ -95,6 +95,8 @@ PRESETS = {
             damping=0.01,
             inverse_update_freq=10,
             cold_steps=10,
+            momentum=0.9,
+            stats_decay=0.99,
             max_kl_ratio=2.0,
         ),
         "a2c": dict(
@@ -183,6 +185,8 @@ class Config:
     damping: float = FROM_PRESET
     inverse_update_freq: int = FROM_PRESET
     cold_steps: int = FROM_PRESET
+    momentum: float = FROM_PRESET
+    stats_decay: float = FROM_PRESET
     vf_fisher_coef: float = 1.0
     max_kl: float = FROM_PRESET
     max_kl_ratio: float | None = FROM_PRESET
@@ -385,6 +389,8 @@ def build(config: Config):
                 damping=config.damping,
                 inverse_update_freq=config.inverse_update_freq,
                 cold_steps=config.cold_steps,
+                momentum=config.momentum,
+                stats_decay=config.stats_decay,
                 max_grad_norm=config.max_grad_norm,
             )
             agent = AcktrAgent(
@@ -914,6 +920,13 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         "--cold-steps",
         type=int,
         help="acktr: first-order updates before K-FAC's first inverse",
+    )
+    add("--momentum", type=float, help="acktr: K-FAC's μ (v ← μv + (1-μ)ηΔ)")
+    add(
+        "--stats-decay",
+        type=float,
+        help="acktr: K-FAC's running-average decay of the factors A, G "
+        "(0: the current batch's only)",
     )
     add("--vf-fisher-coef", type=float, help="acktr")
     add("--max-kl", type=float, help="trpo: the trust-region radius δ")

@@ -248,3 +248,17 @@ def test_sigterm_checkpoints_and_resume_picks_up(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert f"at {steps} steps" in out and f"{total} steps in" in out
+
+
+def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--total-steps", "40", "--logdir", logdir]
+    assert train.main(argv + ["--momentum", "0", "--stats-decay", "0.5"]) == 0
+    config = _config(logdir)
+    assert (config["momentum"], config["stats_decay"]) == (0.0, 0.5)
+    py_env, _, agent = train.build(train.load_saved_config(logdir))
+    py_env.close()
+    assert (agent.optimizer.momentum, agent.optimizer.stats_decay) == (0.0, 0.5)
+    preset = train.Config(algo="acktr")  # the default preset's K-FAC
+    assert (preset.momentum, preset.stats_decay) == (0.9, 0.99)
+    assert train.Config(algo="a2c").momentum is None  # not an a2c setting
