@@ -134,6 +134,8 @@ PRESETS = {
                 damping=0.01,
                 inverse_update_freq=2,
                 cold_steps=1,
+                momentum=0.9,
+                stats_decay=0.99,
                 max_grad_norm=None,
                 max_kl_ratio=2.0,
             ),

@@ -259,6 +259,7 @@ def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
     py_env, _, agent = train.build(train.load_saved_config(logdir))
     py_env.close()
     assert (agent.optimizer.momentum, agent.optimizer.stats_decay) == (0.0, 0.5)
-    preset = train.Config(algo="acktr")  # the default preset's K-FAC
-    assert (preset.momentum, preset.stats_decay) == (0.9, 0.99)
+    for name in train.PRESETS:  # every preset sets ACKTR's K-FAC
+        preset = train.Config(algo="acktr", preset=name)
+        assert (preset.momentum, preset.stats_decay) == (0.9, 0.99), name
     assert train.Config(algo="a2c").momentum is None  # not an a2c setting
