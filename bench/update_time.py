@@ -14,7 +14,9 @@ same separate 64-64 tanh policy and value networks. Rows:
 - `acktr, no guard`: the same without the trust-region guard;
 - `a2c, adam critic` / `acktr, adam critic`: both with the critic fitted
   apart by Adam (5 epochs of minibatches of 64), as `agents.train` runs
-  them.
+  them;
+- `acktr, adam critic, mujoco K-FAC`: the same with the `mujoco` preset's
+  K-FAC settings (inverses every update instead of every 10).
 
 Prints Markdown for BENCHMARKS.md: median milliseconds per update and the
 ratio to the A2C row of the same critic.
@@ -29,12 +31,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCHES = {"CartPole-v1": (8, 20), "HalfCheetah-v5": (4, 625)}
 
+# The `mujoco` preset's K-FAC (agents.train.PRESETS): inverses every
+# update, no momentum.
+MUJOCO_KFAC = dict(
+    learning_rate=0.03,
+    kl_clip=0.025,
+    damping=0.01,
+    inverse_update_freq=1,
+    cold_steps=1,
+    momentum=0.0,
+    stats_decay=0.9,
+    max_grad_norm=None,
+)
+
 
 def build_agents(env):
     """name -> (agent, reference row for the ratio)."""
     import keras
 
-    from agents import A2CAgent, AcktrAgent
+    from agents import A2CAgent, AcktrAgent, acktr_optimizer
     from agents.networks import ActorCriticNetwork
 
     def network():
@@ -60,6 +75,15 @@ def build_agents(env):
             AcktrAgent(
                 *specs,
                 network(),
+                value_optimizer=keras.optimizers.Adam(1e-3),
+            ),
+            "a2c, adam critic",
+        ),
+        "acktr, adam critic, mujoco K-FAC": (
+            AcktrAgent(
+                *specs,
+                network(),
+                acktr_optimizer(**MUJOCO_KFAC),
                 value_optimizer=keras.optimizers.Adam(1e-3),
             ),
             "a2c, adam critic",
