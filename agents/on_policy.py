@@ -368,7 +368,18 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         observation = tensor_spec.sample_spec_nest(
             time_step_spec.observation, outer_dims=(2,)
         )
-        outputs, _ = self._network(observation, training=False)
+        try:
+            outputs, _ = self._network(observation, training=False)
+        except TypeError as error:  # e.g. a network that needs step_type
+            raise ValueError(
+                f"{type(self).__name__} needs one network that maps "
+                "observations alone to ((distribution, value), state), such "
+                "as agents.networks.ActorCriticNetwork; a tf-agents actor "
+                "network (ActorDistributionNetwork) with a separate "
+                "ValueNetwork, as PPO takes, does not fit. Calling "
+                f"{type(self._network).__name__}(observations) raised: "
+                f"{error}"
+            ) from None
         ok = isinstance(outputs, (tuple, list)) and len(outputs) == 2
         if ok:
             distribution, value = outputs

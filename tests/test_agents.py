@@ -472,3 +472,24 @@ def test_the_collector_chains_batches_without_losing_a_transition():
     )
     np.testing.assert_array_equal(first.reward[0, :-1], [1, 2, 3, 0, 1])
     np.testing.assert_array_equal(first.action[:, -1], [0, 0])
+
+
+def test_networks_of_another_shape_get_a_clear_error():
+    from tf_agents.networks import actor_distribution_network, value_network
+
+    py_env = GymnasiumEnvironment("CartPole-v1", num_envs=2, seed=0)
+    env = tf_py_environment.TFPyEnvironment(py_env)
+    specs = (env.time_step_spec(), env.action_spec())
+    actor = actor_distribution_network.ActorDistributionNetwork(
+        env.observation_spec(), env.action_spec()
+    )
+    with pytest.raises(ValueError) as error:
+        AcktrAgent(*specs, actor)
+    message = str(error.value)
+    assert "agents.networks.ActorCriticNetwork" in message
+    assert "ActorDistributionNetwork(observations) raised" in message
+    assert "step_type" in message
+    critic = value_network.ValueNetwork(env.observation_spec())
+    with pytest.raises(ValueError, match=r"must return \(\(distribution"):
+        A2CAgent(*specs, critic)
+    py_env.close()
