@@ -611,22 +611,30 @@ def load_saved_config(logdir: str) -> Config:
         raise ValueError(f"{path}: {error}") from None
 
 
-def _check_resumable(config: Config) -> None:
-    """Raises `ValueError` unless `config` is the saved one, up to
-    `total_steps` and `logdir`."""
-    saved = load_saved_config(config.logdir)
-    differ = [
-        f"{f.name}={getattr(config, f.name)!r} (saved: "
-        f"{getattr(saved, f.name)!r})"
-        for f in dataclasses.fields(Config)
-        if f.name not in ("total_steps", "logdir")
-        and getattr(config, f.name) != getattr(saved, f.name)
+def _differences(config: Config, saved: Config, names) -> list[str]:
+    """`name=value (saved: value)` for each of `names` but `total_steps`
+    and `logdir` where `config` and `saved` differ."""
+    return [
+        f"{name}={getattr(config, name)!r} (saved: {getattr(saved, name)!r})"
+        for name in names
+        if name not in ("total_steps", "logdir")
+        and getattr(config, name) != getattr(saved, name)
     ]
+
+
+def _check_resumable(config: Config) -> Config:
+    """The saved configuration; raises `ValueError` unless `config` is it,
+    up to `total_steps` and `logdir`."""
+    saved = load_saved_config(config.logdir)
+    differ = _differences(
+        config, saved, [f.name for f in dataclasses.fields(Config)]
+    )
     if differ:
         raise ValueError(
             "--resume continues the run as its config.json describes it; "
             "only total_steps may change. Received: " + ", ".join(differ)
         )
+    return saved
 
 
 def _run_state(py_env) -> str:
@@ -679,9 +687,10 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
     config_path = os.path.join(config.logdir, "config.json")
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")
     _check_logdir(config.logdir)
-    if resume:
-        _check_resumable(config)
-    elif os.path.exists(config_path) or checkpoint_prefixes(checkpoint_dir):
+    saved = _check_resumable(config) if resume else None
+    if not resume and (
+        os.path.exists(config_path) or checkpoint_prefixes(checkpoint_dir)
+    ):
         raise ValueError(
             f"logdir {config.logdir!r} already holds a run; pass --resume to "
             "continue it or choose another --logdir."
@@ -696,7 +705,6 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
                 raise ValueError(  # another process, just now
                     f"logdir {config.logdir!r} already holds a run."
                 )
-            saved = load_saved_config(config.logdir) if resume else None
             if saved is None or saved.total_steps != config.total_steps:
                 with open(config_path + ".tmp", "w") as f:  # new total_steps
                     json.dump(dataclasses.asdict(config), f, indent=2)
@@ -995,16 +1003,12 @@ def _resumed_config(config: Config, given: dict) -> Config:
     """The saved configuration of `config.logdir`, with `total_steps` if
     given; raises `ValueError` when another given option contradicts it."""
     saved = load_saved_config(config.logdir)
-    for key in given:
-        if key in ("total_steps", "logdir"):
-            continue
-        if getattr(config, key) != getattr(saved, key):
-            raise ValueError(
-                "--resume continues the run as its config.json describes it; "
-                "leave out the options that differ. Received: "
-                f"{key}={getattr(config, key)!r} (saved: "
-                f"{getattr(saved, key)!r})"
-            )
+    differ = _differences(config, saved, given)
+    if differ:
+        raise ValueError(
+            "--resume continues the run as its config.json describes it; "
+            "leave out the options that differ. Received: " + ", ".join(differ)
+        )
     if "total_steps" in given:
         saved.total_steps = config.total_steps
     saved.logdir = config.logdir

@@ -31,18 +31,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCHES = {"CartPole-v1": (8, 20), "HalfCheetah-v5": (4, 625)}
 
-# The `mujoco` preset's K-FAC (agents.train.PRESETS): inverses every
-# update, no momentum.
-MUJOCO_KFAC = dict(
-    learning_rate=0.03,
-    kl_clip=0.025,
-    damping=0.01,
-    inverse_update_freq=1,
-    cold_steps=1,
-    momentum=0.0,
-    stats_decay=0.9,
-    max_grad_norm=None,
-)
+
+def mujoco_kfac() -> dict:
+    """`acktr_optimizer` arguments of the `mujoco` preset's K-FAC
+    (`agents.train.PRESETS`): inverses every update, no momentum."""
+    from agents.train import PRESETS
+
+    preset = PRESETS["mujoco"]["acktr"]
+    names = ("learning_rate", "kl_clip", "damping", "inverse_update_freq")
+    names += ("cold_steps", "momentum", "stats_decay", "max_grad_norm")
+    return {name: preset[name] for name in names}
 
 
 def build_agents(env):
@@ -83,7 +81,7 @@ def build_agents(env):
             AcktrAgent(
                 *specs,
                 network(),
-                acktr_optimizer(**MUJOCO_KFAC),
+                acktr_optimizer(**mujoco_kfac()),
                 value_optimizer=keras.optimizers.Adam(1e-3),
             ),
             "a2c, adam critic",
