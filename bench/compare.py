@@ -37,6 +37,9 @@ The `mujoco` suite reports instead, over seeds:
   moving mean return of the last `window` training episodes as it stood
   at each of those steps (`area_under_curve`), so runs whose episodes end
   at different steps compare; mean ± std over seeds;
+- held: the runs that end within 10 % of their best, i.e. whose mean
+  return of the last 100 episodes is at least their best 100-episode
+  moving mean less a tenth of its magnitude (`holds_its_best`);
 - steps/s as above, and the training time (wall and CPU, summed over
   seeds) of each algorithm, and of the whole suite, from the runs'
   `summary.json` files.
@@ -224,6 +227,24 @@ def steps_to_target(steps, returns, window, target) -> int | None:
     return int(steps[window - 1 + hits[0]]) if len(hits) else None
 
 
+def holds_its_best(
+    returns: np.ndarray, window: int = 100, fraction: float = 0.9
+) -> bool:
+    """Whether the run ends near its best: the mean of its last `window`
+    returns is at least `best - (1 - fraction) · |best|`, `best` the
+    largest moving mean of `window` returns (of all of them when the run
+    has fewer). For a positive best that is `fraction · best`; a negative
+    best, where `fraction · best` would lie above it, allows the same
+    relative slack below it.
+    """
+    returns = np.asarray(returns, dtype=float)
+    if not len(returns):
+        raise ValueError("holds_its_best needs at least one episode.")
+    means = moving_mean(returns, window)[min(window, len(returns)) - 1 :]
+    best = float(np.max(means))
+    return bool(means[-1] >= best - (1.0 - fraction) * abs(best))
+
+
 def area_under_curve(
     steps: np.ndarray,
     returns: np.ndarray,
@@ -300,6 +321,7 @@ def summarize(suite, task, algos, seeds, quick):
                         spec["window"],
                         spec["quick" if quick else "budget"],
                     ),
+                    held=holds_its_best(returns),
                     steps_per_second=summary["steps_per_second"],
                     train_seconds=summary["train_seconds"],
                     train_cpu_seconds=summary.get("train_cpu_seconds"),
@@ -408,12 +430,13 @@ def markdown_auc(suite, task, table, quick) -> str:
         f"Budget {budget:,} steps per run. Final return: the mean of the "
         f"last {spec['window']} training episodes; AUC: the mean of that "
         f"moving mean over {AUC_POINTS} evenly spaced steps up to the "
-        "budget (mean ± std over seeds). Time: training, summed over "
-        "seeds.",
+        "budget (mean ± std over seeds). Held: runs whose last 100 "
+        "episodes average at least 90 % of their best 100-episode mean. "
+        "Time: training, summed over seeds.",
         "",
-        "| algorithm | seeds | final return | AUC | steps/s "
+        "| algorithm | seeds | final return | AUC | held | steps/s "
         "| wall time | CPU time |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for algo, rows in table.items():
         finals = [r["final"] for r in rows]
@@ -425,7 +448,8 @@ def markdown_auc(suite, task, table, quick) -> str:
         lines.append(
             f"| {algo} | {len(rows)} | {np.mean(finals):.1f} ± "
             f"{np.std(finals):.1f} | {np.mean(aucs):.1f} ± "
-            f"{np.std(aucs):.1f} | {speed:.0f} | {duration(wall)} | {cpu} |"
+            f"{np.std(aucs):.1f} | {sum(r['held'] for r in rows)}/{len(rows)} "
+            f"| {speed:.0f} | {duration(wall)} | {cpu} |"
         )
     directory = os.path.relpath(
         suite_directory(suite, quick), os.path.join(HERE, "..")

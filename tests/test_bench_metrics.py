@@ -47,3 +47,17 @@ def test_area_under_curve_averages_the_moving_mean_on_a_step_grid():
     ) == pytest.approx(3.0)
     with pytest.raises(ValueError, match="one step per episode"):
         compare.area_under_curve(np.array([]), np.array([]), 2, 40)
+
+
+def test_holds_its_best_compares_the_last_window_with_the_best_one():
+    # Windows of 2: 2, 5, 9, 8.5 -> the last (8.5) is at least 0.9 * 9.
+    assert compare.holds_its_best(np.array([1.0, 3.0, 7.0, 11.0, 6.0]), 2)
+    # Windows 5, 9, 7: 7 < 8.1.
+    assert not compare.holds_its_best(np.array([1.0, 9.0, 9.0, 5.0]), 2)
+    # A negative best of -10 allows down to -11.
+    assert compare.holds_its_best(np.array([-10.0, -10.0, -12.0, -10.0]), 2)
+    assert not compare.holds_its_best(np.array([-10.0, -10.0, -12.0, -12.0]), 2)
+    # Fewer episodes than the window: one mean of all of them.
+    assert compare.holds_its_best(np.array([4.0, -4.0]), 100)
+    with pytest.raises(ValueError, match="at least one episode"):
+        compare.holds_its_best(np.array([]))
