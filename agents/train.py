@@ -6,9 +6,11 @@
     python -m agents.train --algo trpo --env CartPole-v1
     python -m agents.train --algo acktr --preset mujoco --env HalfCheetah-v5
 
-`--preset` picks the settings of every option not given (`PRESETS`):
-`default` (the discrete-action settings) or `mujoco` (the ACKTR paper's
-continuous-control settings).
+`--preset` picks the settings of every option not given
+(`agents.presets.PRESETS`): `default` (the discrete-action settings) or
+`mujoco` (the ACKTR paper's continuous-control settings); the default,
+`auto`, takes `mujoco` for a `Box` action space and `default` otherwise.
+The command line prints the settings it resolved before training.
 
 Writes into `--logdir` (default `runs/<algo>-<env>-seed<seed>`):
 
@@ -42,118 +44,15 @@ import numpy as np
 
 from agents.checks import check_positive_integer
 from agents.episode_log import EpisodeLog
-
-ALGORITHMS = ("acktr", "a2c", "trpo")
-# How the value function is trained: "adam", fitted apart by Adam;
-# "kfac", fitted apart by K-FAC Gauss-Newton steps; "joint", in the
-# policy's own update (not for trpo).
-CRITICS = ("adam", "kfac", "joint")
-
-# Settings every preset starts from; a preset's per-algorithm entries
-# override them, and what the user sets overrides both.
-COMMON = dict(
-    gamma=0.99,
-    gae_lambda=None,
-    vf_coef=0.5,
-    max_grad_norm=0.5,
-    hidden_units=(64, 64),
-    shared_torso=False,
-    normalize_observations=False,
-    normalize_advantages=False,
-    target_kl=None,
-    critic="adam",
-    value_learning_rate=1e-3,
-    value_epochs=5,
-    value_minibatch_size=64,
-    max_kl_ratio=None,
-    time_feature=False,
-    previous_observation=False,
-    warm_start=False,
+from agents.presets import (  # re-exported: agents.train.PRESETS, ...
+    ALGORITHMS,
+    AUTO,
+    COMMON,
+    CRITICS,
+    PRESETS,
+    preset_for,
+    settings,
 )
-
-# "default": the papers' discrete-action settings, with the batch sizes of
-# OpenAI baselines / rl-baselines-zoo for classic control. ACKTR fits its
-# critic apart (Adam 1e-3): with separate policy and value networks and one
-# joint K-FAC step, the critic's share of the KL budget left the policy
-# steps tiny (CartPole-v1, 100k steps, 3 seeds: final mean return 258 ± 21
-# joint vs 443 ± 23 apart; BENCHMARKS.md).
-# "mujoco": the ACKTR paper's continuous-control settings (its §5.2 and
-# baselines' `acktr_cont.py`): separate policy and value networks, 2500
-# steps per batch (here 4 envs x 625), GAE λ = 0.97, standardized
-# advantages, normalized observations, the value function fitted apart
-# (Adam 1e-3, 5 epochs of minibatches of 64; the paper uses K-FAC there),
-# and a policy step size adapted toward a target KL (A2C: 0.002 as in the
-# paper). ACKTR departs from baselines' K-FAC settings where they measured
-# badly (BENCHMARKS.md, 2 seeds x 3 tasks at 300k steps): no momentum
-# (μ = 0.9 carries earlier directions into every step and fails
-# InvertedDoublePendulum outright), factors averaged with decay 0.9 over
-# the 2500-step batches instead of 0.99 (a running average over ~100
-# updates lags the policy), inverses every update, damping λ = 0.1
-# instead of 0.01 (measured: K-FAC's model of the step's KL is 15-20x
-# below the exact Fisher's, and a lightly damped inverse steps into the
-# directions where the Kronecker factors are near singular, as with
-# InvertedDoublePendulum's one action), a target KL of 0.02, KL radius
-# δ = 0.05, starting from η = 0.03. TRPO takes δ = 0.01.
-PRESETS = {
-    "default": {
-        "acktr": dict(
-            num_envs=8,
-            n_steps=20,
-            learning_rate=0.25,
-            ent_coef=0.01,
-            kl_clip=0.0005,
-            damping=0.01,
-            inverse_update_freq=10,
-            cold_steps=10,
-            momentum=0.9,
-            stats_decay=0.99,
-            max_kl_ratio=2.0,
-        ),
-        "a2c": dict(
-            num_envs=8,
-            n_steps=5,
-            learning_rate=7e-4,
-            ent_coef=0.01,
-            critic="joint",
-        ),
-        "trpo": dict(
-            num_envs=8,
-            n_steps=128,
-            ent_coef=0.0,
-            gae_lambda=0.98,
-            normalize_advantages=True,
-            max_kl=0.01,
-            damping=0.1,
-        ),
-    },
-    "mujoco": {
-        algo: dict(
-            num_envs=4,
-            n_steps=625,
-            gae_lambda=0.97,
-            normalize_observations=True,
-            normalize_advantages=True,
-            ent_coef=0.0,
-            **settings,
-        )
-        for algo, settings in {
-            "acktr": dict(
-                learning_rate=0.03,
-                target_kl=0.02,
-                kl_clip=0.05,
-                damping=0.1,
-                inverse_update_freq=1,
-                cold_steps=1,
-                momentum=0.0,
-                stats_decay=0.9,
-                max_grad_norm=None,
-                max_kl_ratio=2.0,
-            ),
-            "a2c": dict(learning_rate=3e-4, target_kl=0.002),
-            "trpo": dict(max_kl=0.01, damping=0.1),
-        }.items()
-    },
-}
 
 
 class _FromPreset:
@@ -174,7 +73,7 @@ class Config:
 
     algo: str = "acktr"
     env: str = "CartPole-v1"
-    preset: str = "default"
+    preset: str = AUTO
     seed: int = 0
     total_steps: int = 100_000
     num_envs: int = FROM_PRESET
@@ -217,12 +116,14 @@ class Config:
             raise ValueError(
                 f"algo must be one of {ALGORITHMS}. Received: algo={self.algo!r}"
             )
+        if self.preset == AUTO:
+            self.preset = preset_for(self.env)
         if self.preset not in PRESETS:
             raise ValueError(
-                f"preset must be one of {tuple(PRESETS)}. "
+                f"preset must be one of {(AUTO, *PRESETS)}. "
                 f"Received: preset={self.preset!r}"
             )
-        for key, value in {**COMMON, **PRESETS[self.preset][self.algo]}.items():
+        for key, value in settings(self.preset, self.algo).items():
             if getattr(self, key) is FROM_PRESET:
                 setattr(self, key, value)
         for field in dataclasses.fields(self):  # unused by this algorithm
@@ -281,6 +182,15 @@ class Config:
             self.logdir = os.path.join(
                 "runs", f"{self.algo}-{self.env}-seed{self.seed}"
             )
+
+    def describe(self) -> str:
+        """One line: the algorithm, environment, preset and the value of
+        every setting the preset gives the algorithm (or the user set)."""
+        values = ", ".join(
+            f"{key}={getattr(self, key)}"
+            for key in settings(self.preset, self.algo)
+        )
+        return f"{self.algo} on {self.env}, preset {self.preset}: {values}"
 
     @property
     def batch_steps(self) -> int:
@@ -862,27 +772,50 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
+def _presets_help() -> str:
+    """The `--help` epilog: what every preset sets, per algorithm."""
+
+    def listed(values: dict) -> str:
+        return ", ".join(f"{key}={value}" for key, value in values.items())
+
+    lines = [
+        "presets (what an option not given takes):",
+        f"  every preset, unless it says otherwise: {listed(COMMON)}",
+    ]
+    for preset, algos in PRESETS.items():
+        for algo, values in algos.items():
+            lines.append(f"  {preset}, {algo}: {listed(values)}")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     """`(Config, namespace)`; options not given take the preset's value."""
     parser = argparse.ArgumentParser(
         prog="python -m agents.train",
         description=__doc__.split("\n\n")[0],
         argument_default=argparse.SUPPRESS,
+        epilog=_presets_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
     add("--algo", choices=ALGORITHMS, help="default: acktr")
     add("--env", help="a Gymnasium id; default: CartPole-v1")
     add(
         "--preset",
-        choices=tuple(PRESETS),
-        help="settings per algorithm (agents.train.PRESETS); 'mujoco' is the "
-        "ACKTR paper's continuous-control setup; default: default",
+        choices=(AUTO, *PRESETS),
+        help="the settings of every option not given (listed below); "
+        "default: auto, which takes 'mujoco' for a Box action space and "
+        "'default' otherwise",
     )
     add("--seed", type=int, help="default: 0")
     add(
         "--total-steps",
+        "--steps",
+        "--n-timesteps",
+        "-n",
+        dest="total_steps",
         type=int,
-        help="default: 100000; with --resume, the run's own",
+        help="environment steps; default: 100000; with --resume, the run's own",
     )
     add("--num-envs", type=int)
     add("--n-steps", type=int, help="steps per env per update")
@@ -1027,6 +960,7 @@ def main(argv=None) -> int:
     try:
         config, args = parse_args(argv)
         check_env_id(config.env)
+        print(config.describe(), flush=True)
         summary = run(config, resume=args.resume, progress=not args.no_progress)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,19 +17,12 @@ import shutil
 import sys
 import time
 
-import gymnasium
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from runner_common import add_run_arguments, summary_line, write_summary  # noqa: E402
 
 from agents import train  # noqa: E402
-
-
-def preset_for(env_id: str) -> str:
-    """`mujoco` for continuous actions, `default` otherwise."""
-    space = gymnasium.spec(env_id).make().action_space
-    return "mujoco" if isinstance(space, gymnasium.spaces.Box) else "default"
+from agents.presets import preset_for  # noqa: E402
 
 
 def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
@@ -44,7 +37,7 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
     config = train.Config(
         algo=algo,
         env=env_id,
-        preset=preset_for(env_id),
+        preset=preset_for(env_id),  # what agents.train's "auto" takes
         seed=seed,
         total_steps=total_steps,
         logdir=logdir,

@@ -263,3 +263,40 @@ def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
         preset = train.Config(algo="acktr", preset=name)
         assert (preset.momentum, preset.stats_decay) == expected, name
     assert train.Config(algo="a2c").momentum is None  # not an a2c setting
+
+
+def test_the_preset_follows_the_action_space_unless_one_is_given():
+    assert train.Config(env="Pendulum-v1").preset == "mujoco"  # Box
+    assert train.Config(env="CartPole-v1").preset == "default"  # Discrete
+    assert train.Config(env="Pendulum-v1", preset="default").preset == "default"
+    mujoco = train.Config(algo="trpo", env="Pendulum-v1")
+    assert mujoco.n_steps == train.PRESETS["mujoco"]["trpo"]["n_steps"]
+    with pytest.raises(ValueError, match="env_id='Pendulum-v9'"):
+        train.Config(env="Pendulum-v9")
+
+
+def test_total_steps_takes_the_names_users_type():
+    for name in ("--total-steps", "--steps", "--n-timesteps", "-n"):
+        config, _ = train.parse_args([name, "1234"])
+        assert config.total_steps == 1234, name
+
+
+def test_the_command_line_prints_the_settings_it_resolved(tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--env", "Pendulum-v1", "--total-steps", "40"]
+    assert train.main(argv + ["--damping", "0.5", "--logdir", logdir]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("acktr on Pendulum-v1, preset mujoco: ")
+    preset = train.PRESETS["mujoco"]["acktr"]
+    assert f"kl_clip={preset['kl_clip']}," in first  # from the preset
+    assert "damping=0.5," in first and "num_envs=2," in first  # as given
+
+
+def test_help_lists_every_preset(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for preset, algos in train.PRESETS.items():
+        for algo, values in algos.items():
+            key, value = next(iter(values.items()))
+            assert f"  {preset}, {algo}: {key}={value}," in text

@@ -1,0 +1,146 @@
+"""The settings a training run starts from (`PRESETS`), and the preset
+that fits an environment (`preset_for`).
+
+A preset holds, per algorithm, the value of every `agents.train.Config`
+field it fills; what the user sets overrides it. `"default"` holds the
+discrete-action settings of the papers and of baselines / rl-baselines-zoo
+for classic control, `"mujoco"` the ACKTR paper's continuous-control ones
+as measured here (BENCHMARKS.md). `preset_for` picks one from the action
+space, which is what `--preset auto`, the command line's default, does.
+"""
+
+import gymnasium
+
+ALGORITHMS = ("acktr", "a2c", "trpo")
+# How the value function is trained: "adam", fitted apart by Adam;
+# "kfac", fitted apart by K-FAC Gauss-Newton steps; "joint", in the
+# policy's own update (not for trpo).
+CRITICS = ("adam", "kfac", "joint")
+
+# Settings every preset starts from; a preset's per-algorithm entries
+# override them, and what the user sets overrides both.
+COMMON = dict(
+    gamma=0.99,
+    gae_lambda=None,
+    vf_coef=0.5,
+    max_grad_norm=0.5,
+    hidden_units=(64, 64),
+    shared_torso=False,
+    normalize_observations=False,
+    normalize_advantages=False,
+    target_kl=None,
+    critic="adam",
+    value_learning_rate=1e-3,
+    value_epochs=5,
+    value_minibatch_size=64,
+    max_kl_ratio=None,
+    time_feature=False,
+    previous_observation=False,
+    warm_start=False,
+)
+
+# "default": the papers' discrete-action settings, with the batch sizes of
+# OpenAI baselines / rl-baselines-zoo for classic control. ACKTR fits its
+# critic apart (Adam 1e-3): with separate policy and value networks and one
+# joint K-FAC step, the critic's share of the KL budget left the policy
+# steps tiny (CartPole-v1, 100k steps, 3 seeds: final mean return 258 ± 21
+# joint vs 443 ± 23 apart; BENCHMARKS.md).
+# "mujoco": the ACKTR paper's continuous-control settings (its §5.2 and
+# baselines' `acktr_cont.py`): separate policy and value networks, 2500
+# steps per batch (here 4 envs x 625), GAE λ = 0.97, standardized
+# advantages, normalized observations, the value function fitted apart
+# (Adam 1e-3, 5 epochs of minibatches of 64; the paper uses K-FAC there),
+# and a policy step size adapted toward a target KL (A2C: 0.002 as in the
+# paper). ACKTR departs from baselines' K-FAC settings where they measured
+# badly (BENCHMARKS.md, 2 seeds x 3 tasks at 300k steps): no momentum
+# (μ = 0.9 carries earlier directions into every step and fails
+# InvertedDoublePendulum outright), factors averaged with decay 0.9 over
+# the 2500-step batches instead of 0.99 (a running average over ~100
+# updates lags the policy), inverses every update, damping λ = 0.1
+# instead of 0.01 (measured: K-FAC's model of the step's KL is 15-20x
+# below the exact Fisher's, and a lightly damped inverse steps into the
+# directions where the Kronecker factors are near singular, as with
+# InvertedDoublePendulum's one action), a target KL of 0.02, KL radius
+# δ = 0.05, starting from η = 0.03. TRPO takes δ = 0.01.
+PRESETS = {
+    "default": {
+        "acktr": dict(
+            num_envs=8,
+            n_steps=20,
+            learning_rate=0.25,
+            ent_coef=0.01,
+            kl_clip=0.0005,
+            damping=0.01,
+            inverse_update_freq=10,
+            cold_steps=10,
+            momentum=0.9,
+            stats_decay=0.99,
+            max_kl_ratio=2.0,
+        ),
+        "a2c": dict(
+            num_envs=8,
+            n_steps=5,
+            learning_rate=7e-4,
+            ent_coef=0.01,
+            critic="joint",
+        ),
+        "trpo": dict(
+            num_envs=8,
+            n_steps=128,
+            ent_coef=0.0,
+            gae_lambda=0.98,
+            normalize_advantages=True,
+            max_kl=0.01,
+            damping=0.1,
+        ),
+    },
+    "mujoco": {
+        algo: dict(
+            num_envs=4,
+            n_steps=625,
+            gae_lambda=0.97,
+            normalize_observations=True,
+            normalize_advantages=True,
+            ent_coef=0.0,
+            **settings,
+        )
+        for algo, settings in {
+            "acktr": dict(
+                learning_rate=0.03,
+                target_kl=0.02,
+                kl_clip=0.05,
+                damping=0.1,
+                inverse_update_freq=1,
+                cold_steps=1,
+                momentum=0.0,
+                stats_decay=0.9,
+                max_grad_norm=None,
+                max_kl_ratio=2.0,
+            ),
+            "a2c": dict(learning_rate=3e-4, target_kl=0.002),
+            "trpo": dict(max_kl=0.01, damping=0.1),
+        }.items()
+    },
+}
+
+AUTO = "auto"
+
+
+def preset_for(env_id: str) -> str:
+    """`"mujoco"` for an environment with a `Box` action space, `"default"`
+    for any other (`Discrete`); raises `ValueError` for an unknown id."""
+    from agents.envs import check_env_id
+
+    check_env_id(env_id)
+    env = gymnasium.make(env_id)
+    try:
+        continuous = isinstance(env.action_space, gymnasium.spaces.Box)
+    finally:
+        env.close()
+    return "mujoco" if continuous else "default"
+
+
+def settings(preset: str, algo: str) -> dict:
+    """Every setting `preset` gives `algo`: `COMMON` updated by the
+    preset's entries for it."""
+    return {**COMMON, **PRESETS[preset][algo]}
