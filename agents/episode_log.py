@@ -32,6 +32,22 @@ def _parse(row: dict) -> tuple[int, float, int, float] | None:
     return values
 
 
+def read(path: str) -> tuple[list[tuple[int, float, int, float]], int]:
+    """`(rows, malformed)`: the well-formed rows of the file at `path`
+    (none if it does not exist) and the count of partial or malformed ones.
+    Only reads: a training process may be appending to the file."""
+    rows, malformed = [], 0
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                values = _parse(row)
+                if values is None:
+                    malformed += 1
+                else:
+                    rows.append(values)
+    return rows, malformed
+
+
 class EpisodeLog:
     """The rows of `episodes.csv` in memory and on disk.
 
@@ -57,18 +73,13 @@ class EpisodeLog:
             kept, rows past `up_to_env_steps` (the checkpoint's; they are
             trained again), and partial or malformed rows dropped.
         """
-        counts = {"kept": 0, "after_checkpoint": 0, "malformed": 0}
-        if os.path.exists(self.path):
-            with open(self.path, newline="") as f:
-                for row in csv.DictReader(f):
-                    values = _parse(row)
-                    if values is None:
-                        counts["malformed"] += 1
-                    elif values[0] > up_to_env_steps:
-                        counts["after_checkpoint"] += 1
-                    else:
-                        self.rows.append(values)
-        counts["kept"] = len(self.rows)
+        rows, malformed = read(self.path)
+        self.rows = [row for row in rows if row[0] <= up_to_env_steps]
+        counts = {
+            "kept": len(self.rows),
+            "after_checkpoint": len(rows) - len(self.rows),
+            "malformed": malformed,
+        }
         self._rewrite()
         return counts
 

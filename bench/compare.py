@@ -56,10 +56,11 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from agents.plot import draw, moving_mean
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "compare")
@@ -210,14 +211,6 @@ def load_episodes(out: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, returns
 
 
-def moving_mean(returns: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last `window` episodes (fewer at the start)."""
-    cumulative = np.cumsum(np.insert(returns, 0, 0.0))
-    counts = np.minimum(np.arange(1, len(returns) + 1), window)
-    ends = np.arange(1, len(returns) + 1)
-    return (cumulative[ends] - cumulative[ends - counts]) / counts
-
-
 def steps_to_target(steps, returns, window, target) -> int | None:
     """First env step at which `window` finished episodes average `target`."""
     if len(returns) < window:
@@ -342,28 +335,11 @@ def plot(spec, task, table, path):
 
     figure, axes = plt.subplots(figsize=(6.5, 4))
     for algo, rows in table.items():
-        end = min(r["budget"] for r in rows)
-        grid = np.linspace(0, end, 200)
-        curves = []
-        for r in rows:
-            steps, means = r["curve"]
-            if len(steps) >= 2:
-                curves.append(
-                    np.interp(grid, steps, means, left=np.nan, right=means[-1])
-                )
-        if not curves:
-            continue
-        curves = np.array(curves)
-        with warnings.catch_warnings():  # grid points before any episode
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean, low, high = (
-                np.nanmean(curves, 0),
-                np.nanmin(curves, 0),
-                np.nanmax(curves, 0),
-            )
-        style = "-" if algo.startswith("ours") else "--"
-        (line,) = axes.plot(grid, mean, style, label=f"{algo} ({len(rows)})")
-        axes.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
+        curves = [r["curve"] for r in rows if len(r["curve"][0]) >= 2]
+        if curves:
+            end = min(r["budget"] for r in rows)
+            style = "-" if algo.startswith("ours") else "--"
+            draw(axes, algo, curves, end, style)
     if "target" in spec:
         axes.axhline(spec["target"], color="grey", linewidth=0.8, linestyle=":")
     axes.set_xlabel("environment steps")
