@@ -1,6 +1,16 @@
 """Run episodes with an exported policy and print the mean and std return.
 
     python -m agents.evaluate runs/acktr-CartPole-v1-seed0/policy --env CartPole-v1
+    python -m agents.evaluate runs/acktr-CartPole-v1-seed0 --env CartPole-v1 \
+        --stochastic --video cartpole.gif
+
+The greedy policy (`policy/`) takes the most likely action (a Gaussian
+policy's mean); `--stochastic` runs the sampling policy that collected the
+training episodes (`collect_policy/`, beside it), so its returns are the
+ones the training log shows. The two differ: a policy trained with
+exploration noise can do better or worse without it. `--video` records the
+first episode to a GIF (`rgb_array` rendering, offscreen, in a child
+process; MuJoCo renders with `MUJOCO_GL=egl` unless the variable is set).
 
 The policy is the `PolicySaver` SavedModel that `agents.train` writes. This
 module imports only TensorFlow, tf-agents, Gymnasium and NumPy, never
@@ -88,6 +98,118 @@ def _check_policy_dir(policy_dir: str) -> None:
         raise ValueError(
             f"The policy directory is not a complete PolicySaver export: "
             f"{', '.join(missing)} missing. Received: policy_dir={policy_dir!r}"
+        )
+
+
+def resolve_policy_dir(path: str, stochastic: bool = False) -> str:
+    """The SavedModel to run: `path` itself, or for a run directory of
+    `agents.train` its `policy/` (`collect_policy/` if `stochastic`); with
+    `stochastic`, a `policy/` directory is replaced by the `collect_policy/`
+    beside it. Raises `ValueError` when the sampling policy is not there."""
+    if os.path.isdir(os.path.join(path, "policy")):
+        return os.path.join(path, "collect_policy" if stochastic else "policy")
+    if not stochastic or os.path.basename(os.path.normpath(path)) == (
+        "collect_policy"
+    ):
+        return path
+    sibling = os.path.join(
+        os.path.dirname(os.path.normpath(path)), "collect_policy"
+    )
+    if not os.path.isdir(sibling):
+        raise ValueError(
+            "--stochastic runs the sampling policy that agents.train exports "
+            f"as collect_policy/ beside policy/; there is none at {sibling!r}. "
+            f"Received: policy_dir={path!r}"
+        )
+    return sibling
+
+
+def _check_video_path(path: str) -> None:
+    if not path.lower().endswith(".gif"):
+        raise ValueError(
+            f"video is written as a GIF; give a path ending in .gif. "
+            f"Received: video={path!r}"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"The video's directory does not exist. Received: video={path!r}"
+        )
+
+
+# The child process that renders a recorded episode: it replays the
+# actions from the episode's reset seed (a MuJoCo camera tracking the
+# first body) and writes every k-th frame so that
+# the GIF plays at most 25 frames per second (GIF delays are whole
+# centiseconds), then prints the replay's return. It imports no TensorFlow:
+# MuJoCo's EGL renderer crashes in a process that has loaded TensorFlow.
+_REPLAY = """
+import sys
+import gymnasium, numpy as np
+from PIL import Image
+env_id, seed, actions, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+env = gymnasium.make(env_id, render_mode="rgb_array")
+renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+if renderer is not None:  # follow the first body, which walks off otherwise
+    import mujoco
+    renderer.default_cam_config = {
+        "distance": 4.0,
+        "elevation": -20.0,
+        "azimuth": 90.0,  # from the side
+        **(renderer.default_cam_config or {}),
+        "type": mujoco.mjtCamera.mjCAMERA_TRACKING,
+        "trackbodyid": 1,
+    }
+    renderer.camera_id = None  # -1 would reset the camera to free each frame
+env.reset(seed=seed)
+frames, total = [env.render()], 0.0
+for action in np.load(actions):
+    action = action.item() if action.ndim == 0 else action
+    _, reward, terminated, truncated, _ = env.step(action)
+    frames.append(env.render())
+    total += float(reward)
+fps = env.metadata.get("render_fps", 30)
+every = max(1, round(fps / 25))
+images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames[::every]]
+images[0].save(path, save_all=True, append_images=images[1:],
+               duration=1000.0 * every / fps, loop=0)
+print(repr(total))
+"""
+
+
+def _record(env_id: str, seed: int, actions: list, total: float, path: str):
+    """Renders the episode reset with `seed` that took `actions` and earned
+    `total` into the GIF `path`, in a child process (`_REPLAY`); raises
+    `ValueError` if it cannot render or its replay earns another return."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        actions_file = os.path.join(directory, "actions.npy")
+        np.save(actions_file, np.array(actions))
+        child = subprocess.run(
+            [sys.executable, "-c", _REPLAY, env_id, str(seed)]
+            + [actions_file, path],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+        )
+    if child.returncode != 0:
+        lines = child.stderr.strip().splitlines() or [
+            f"exit {child.returncode}"
+        ]
+        raise ValueError(
+            f"The environment could not render the episode ({lines[-1]}); "
+            "MuJoCo renders offscreen with MUJOCO_GL=egl or osmesa and its "
+            f"library. Received: env={env_id!r}"
+        )
+    replayed = float(child.stdout.strip().splitlines()[-1])
+    if not np.isclose(replayed, total, rtol=1e-6, atol=1e-6):
+        raise ValueError(
+            f"The replayed episode earned {replayed}, the recorded one "
+            f"{total}: the environment does not replay from its reset seed "
+            f"and actions, so the video would show another episode. "
+            f"Received: env={env_id!r}"
         )
 
 
@@ -212,7 +334,11 @@ def _time_step(step_type, reward, discount, observation) -> ts.TimeStep:
 
 
 def evaluate(
-    policy_dir: str, env_id: str, episodes: int = 10, seed: int = 0
+    policy_dir: str,
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    video: str | None = None,
 ) -> np.ndarray:
     """Returns of `episodes` episodes of the SavedModel policy in `policy_dir`.
 
@@ -222,6 +348,10 @@ def evaluate(
         episodes: Number of episodes, at least 1. Defaults to `10`.
         seed: Episode `i` is reset with seed `seed + i`; at least 0.
             Defaults to `0`.
+        video: Path of a GIF to record the first episode to, or `None`.
+            A child process without TensorFlow replays the episode's
+            actions from its reset seed with `rgb_array` rendering, and the
+            replay must earn the same return. Defaults to `None`.
 
     Raises:
         ValueError: If an argument is out of range, `env_id` is unknown,
@@ -234,8 +364,10 @@ def evaluate(
         )
     if seed < 0:
         raise ValueError(f"seed must be >= 0. Received: seed={seed}")
+    if video is not None:
+        _check_video_path(video)
     env = _make_env(env_id)
-    returns = []
+    returns, actions = [], []
     try:
         policy = _load_policy(policy_dir)
         _check_specs(policy, env, policy_dir, env_id)
@@ -243,6 +375,7 @@ def evaluate(
         space = env.action_space
         for episode in range(episodes):
             observation, _ = env.reset(seed=seed + episode)
+            recording = video is not None and episode == 0
             time_step = _time_step(
                 ts.StepType.FIRST,
                 0.0,
@@ -257,6 +390,8 @@ def evaluate(
                 else:
                     action = np.clip(action, space.low, space.high)
                 observation, reward, terminated, truncated, _ = env.step(action)
+                if recording:
+                    actions.append(action)
                 total += float(reward)
                 done = terminated or truncated
                 time_step = _time_step(
@@ -266,6 +401,8 @@ def evaluate(
                     _observation(env.observation_space, observation, dtype),
                 )
             returns.append(total)
+            if recording:
+                _record(env_id, seed, actions, total, video)
     finally:
         env.close()
     return np.array(returns)
@@ -275,20 +412,43 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agents.evaluate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("policy_dir", help="a PolicySaver SavedModel directory")
+    parser.add_argument(
+        "policy_dir",
+        help="a PolicySaver SavedModel directory, or a run directory of "
+        "agents.train (its policy/)",
+    )
     parser.add_argument("--env", required=True, help="a Gymnasium id")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="run the sampling policy (collect_policy/), as in training",
+    )
+    parser.add_argument(
+        "--video", help="record the first episode to this GIF file"
+    )
     args = parser.parse_args(argv)
     try:
-        returns = evaluate(args.policy_dir, args.env, args.episodes, args.seed)
+        policy_dir = resolve_policy_dir(args.policy_dir, args.stochastic)
+        returns = evaluate(
+            policy_dir, args.env, args.episodes, args.seed, args.video
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    kind = (
+        "the sampling policy, as in training"
+        if args.stochastic
+        else "the greedy policy: the most likely action, where training "
+        "sampled; --stochastic runs the sampling one"
+    )
     print(
         f"{args.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
-        f"over {len(returns)} episodes"
+        f"over {len(returns)} episodes of {kind}"
     )
+    if args.video is not None:
+        print(f"wrote the first episode to {args.video}")
     return 0
 
 

@@ -23,8 +23,10 @@ Writes into `--logdir` (default `runs/<algo>-<env>-seed<seed>`):
   the newest one that reads, so that a killed and resumed run ends with the
   weights and episodes of an uninterrupted one;
 - `.lock`: held while a process trains there (one run per directory);
-- at the end, `policy/` (a `PolicySaver` SavedModel of the greedy policy,
-  which `python -m agents.evaluate` runs) and `learning_curve.png`.
+- at the end, `policy/` and `collect_policy/` (`PolicySaver` SavedModels
+  of the greedy policy and of the sampling one that collected the
+  training episodes, which `python -m agents.evaluate` runs) and
+  `learning_curve.png`.
 """
 
 import argparse
@@ -374,15 +376,15 @@ def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
     os.replace(path + ".tmp.png", path)
 
 
-def export_policy(agent, directory: str) -> None:
-    """Saves the greedy policy with `PolicySaver`, replacing `directory`
-    only once the new SavedModel is complete."""
+def export_policy(policy, train_step, directory: str) -> None:
+    """Saves `policy` with `PolicySaver`, replacing `directory` only once
+    the new SavedModel is complete."""
     from tf_agents.policies import policy_saver
 
     temporary = directory + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     policy_saver.PolicySaver(
-        agent.policy, batch_size=None, train_step=agent.train_step_counter
+        policy, batch_size=None, train_step=train_step
     ).save(temporary)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(temporary, directory)
@@ -743,7 +745,12 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
             f"Continue with --resume --logdir {config.logdir}"
         )
     policy_dir = os.path.join(config.logdir, "policy")
-    export_policy(agent, policy_dir)
+    export_policy(agent.policy, agent.train_step_counter, policy_dir)
+    export_policy(
+        agent.collect_policy,
+        agent.train_step_counter,
+        os.path.join(config.logdir, "collect_policy"),
+    )
     plot_learning_curve(
         episodes,
         os.path.join(config.logdir, "learning_curve.png"),
