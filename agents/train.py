@@ -496,6 +496,27 @@ def _check_logdir(logdir: str) -> None:
 MINIMUM_FREE_BYTES = 64 * 2**20
 
 
+def read_config_file(path: str) -> dict:
+    """The `Config` fields in the JSON object at `path`; raises `ValueError`
+    for a missing or unreadable file, or keys `Config` does not have."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{path} must hold a JSON object. Received: {type(values).__name__}"
+        )
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"{path} has keys this version does not know: {unknown}"
+        )
+    return values
+
+
 def load_saved_config(logdir: str) -> Config:
     """The `Config` in `logdir/config.json`; raises `ValueError` for a
     missing, unreadable or unknown configuration."""
@@ -506,22 +527,7 @@ def load_saved_config(logdir: str) -> Config:
             f"logdir={logdir!r} (no config.json)"
         )
     try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path} cannot be read: {error}") from None
-    if not isinstance(saved, dict):
-        raise ValueError(
-            f"{path} must hold a JSON object. Received: {type(saved).__name__}"
-        )
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise ValueError(
-            f"{path} has keys this version does not know: {unknown}"
-        )
-    try:
-        return Config(**saved)
+        return Config(**read_config_file(path))
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
@@ -933,9 +939,16 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         help="continue the run in --logdir",
     )
     add("--no-progress", action="store_true", default=False)
+    add(
+        "--config",
+        help="a JSON object of settings (a run's config.json, say); the "
+        "options given here override it",
+    )
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(args).items() if k in fields}
+    if "config" in args:
+        given = {**read_config_file(args.config), **given}
     config = Config(**given)
     if args.resume:
         config = _resumed_config(config, given)

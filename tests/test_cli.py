@@ -1,6 +1,7 @@
 """The training and evaluation command lines, end to end on tiny budgets."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -300,3 +301,21 @@ def test_help_lists_every_preset(capsys):
         for algo, values in algos.items():
             key, value = next(iter(values.items()))
             assert f"  {preset}, {algo}: {key}={value}," in text
+
+
+def test_a_config_file_gives_settings_the_command_line_overrides(tmp_path):
+    saved = train.Config(algo="a2c", env="Pendulum-v1", seed=1, gamma=0.95)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dataclasses.asdict(saved)))
+    config, _ = train.parse_args(
+        ["--config", str(path), "--seed", "3", "--logdir", "elsewhere"]
+    )
+    expected = dataclasses.replace(saved, seed=3, logdir="elsewhere")
+    assert config == expected  # every saved setting, but what was given
+    path.write_text(json.dumps({"algo": "a2c", "learning_rat": 0.1}))
+    assert train.main(["--config", str(path)]) == 2
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        train.parse_args(["--config", str(path)])
+    with pytest.raises(ValueError, match="cannot be read"):
+        train.parse_args(["--config", str(tmp_path / "missing.json")])
