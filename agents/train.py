@@ -40,6 +40,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 
 import numpy as np
@@ -378,14 +379,30 @@ def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
 
 def export_policy(policy, train_step, directory: str) -> None:
     """Saves `policy` with `PolicySaver`, replacing `directory` only once
-    the new SavedModel is complete."""
+    the new SavedModel is complete.
+
+    Two messages of every export are known to be harmless and are held
+    back: absl's "Sanitizing" of tf-agents' nested argument names, and
+    TensorFlow's note that loading a saved distribution spec needs
+    TensorFlow Probability imported (tf-agents, which loads it, does).
+    """
+    from absl import logging as absl_logging
     from tf_agents.policies import policy_saver
 
     temporary = directory + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
-    policy_saver.PolicySaver(
-        policy, batch_size=None, train_step=train_step
-    ).save(temporary)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", "Encoding a StructuredValue", UserWarning
+            )
+            policy_saver.PolicySaver(
+                policy, batch_size=None, train_step=train_step
+            ).save(temporary)
+    finally:
+        absl_logging.set_verbosity(verbosity)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(temporary, directory)
 
@@ -695,13 +712,10 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
     recent = deque((row[1] for row in episodes.rows[-100:]), maxlen=100)
     start_steps, start_time = int(env_steps), time.perf_counter()
     previous_seconds = episodes.seconds
-    bar = tqdm(
-        total=config.total_steps,
-        initial=int(env_steps),
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    # The bar starts after the first update, whose time is mostly tracing,
+    # so that its estimate of the time left and its rate leave that out;
+    # it shows one rate, environment steps per second.
+    bar, bar_origin = None, None
     with _StopRequests() as stop:
         while int(env_steps) < config.total_steps and stop.received is None:
             experience = _collect(
@@ -735,14 +749,27 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
                 tf.summary.scalar(
                     "train/skipped_updates", agent.skipped_updates
                 )
-            bar.update(config.batch_steps)
-            bar.set_postfix(
-                steps_per_s=f"{rate:.0f}",
-                recent_return=f"{np.mean(recent):.1f}" if recent else "-",
-            )
+            if bar is None:
+                bar_origin = (steps, time.perf_counter())
+                bar = tqdm(
+                    total=config.total_steps,
+                    initial=steps,
+                    disable=not progress,
+                    dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                    "[{elapsed}<{remaining}{postfix}]",
+                )
+            else:
+                since_first = time.perf_counter() - bar_origin[1]
+                bar.update(config.batch_steps)
+                bar.set_postfix(
+                    steps_per_s=f"{(steps - bar_origin[0]) / since_first:.0f}",
+                    recent_return=f"{np.mean(recent):.1f}" if recent else "-",
+                )
             if int(agent.train_step_counter) % config.checkpoint_every == 0:
                 save()
-        bar.close()
+        if bar is not None:
+            bar.close()
         writer.flush()
         save()
     if stop.received is not None:
@@ -977,6 +1004,9 @@ def main(argv=None) -> int:
     130 interrupted."""
     from agents.envs import EnvironmentStepError, check_env_id
 
+    # AutoGraph's generated code compares with literals (`x is not ()`),
+    # which Python flags once per traced function: not this project's code.
+    warnings.filterwarnings("ignore", '"is not" with a literal', SyntaxWarning)
     try:
         config, args = parse_args(argv)
         check_env_id(config.env)

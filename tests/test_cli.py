@@ -319,3 +319,39 @@ def test_a_config_file_gives_settings_the_command_line_overrides(tmp_path):
         train.parse_args(["--config", str(path)])
     with pytest.raises(ValueError, match="cannot be read"):
         train.parse_args(["--config", str(tmp_path / "missing.json")])
+
+
+def test_the_progress_bar_shows_one_rate_and_starts_after_tracing(
+    tmp_path, capsys
+):
+    logdir = str(tmp_path / "run")
+    argv = ["--num-envs", "2", "--n-steps", "20", "--hidden-units", "8"]
+    assert train.main(argv + ["--total-steps", "200", "--logdir", logdir]) == 0
+    bar = capsys.readouterr().err
+    # 5 updates of 40 steps: the bar opens at 40 (after the first update,
+    # mostly tracing) and ends at 200; its only rate is steps_per_s.
+    counts = {int(n) for n in re.findall(r"\b(\d+)/200\b", bar)}
+    assert min(counts) == 40 and max(counts) == 200
+    assert "steps_per_s=" in bar
+    assert "it/s" not in bar and "step/s" not in bar
+
+
+def test_the_export_holds_back_only_its_known_harmless_messages(
+    tmp_path, caplog, recwarn
+):
+    logdir = str(tmp_path / "run")
+    argv = ["--num-envs", "2", "--n-steps", "5", "--hidden-units", "8"]
+    argv += ["--total-steps", "10", "--no-progress", "--logdir", logdir]
+    with caplog.at_level("INFO"):
+        assert train.main(argv) == 0
+    assert not [r for r in caplog.records if "Sanitizing" in r.getMessage()]
+    assert not [w for w in recwarn if "StructuredValue" in str(w.message)]
+    assert not [
+        w for w in recwarn if '"is not" with a literal' in str(w.message)
+    ]
+    # Held back around the export only: absl logs again afterwards.
+    from absl import logging as absl_logging
+
+    with caplog.at_level("WARNING"):
+        absl_logging.warning("still heard")
+    assert "still heard" in caplog.text
