@@ -604,11 +604,18 @@ def _restore_run_state(text: str, py_env, collector) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
+def run(
+    config: Config,
+    resume: bool = False,
+    progress: bool = True,
+    on_start=None,
+) -> Summary:
     """Trains, checkpointing as it goes; returns the run's `Summary`.
 
     With `resume`, `config` must be the run's saved one (`config.json` in
     `config.logdir`) up to `total_steps`; `load_saved_config` reads it.
+    `on_start`, if given, is called with no argument once the environment
+    and the agent are built, before anything is written.
 
     Raises:
         ValueError: Bad input; nothing was written.
@@ -637,6 +644,8 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> Summary:
     py_env, tf_env, agent = build(config)  # before anything is written
     aborted = False
     try:
+        if on_start is not None:
+            on_start()
         os.makedirs(config.logdir, exist_ok=True)
         with RunLock(config.logdir):
             if not resume and os.path.exists(config_path):
@@ -1010,8 +1019,12 @@ def main(argv=None) -> int:
     try:
         config, args = parse_args(argv)
         check_env_id(config.env)
-        print(config.describe(), flush=True)
-        summary = run(config, resume=args.resume, progress=not args.no_progress)
+        summary = run(
+            config,
+            resume=args.resume,
+            progress=not args.no_progress,
+            on_start=lambda: print(config.describe(), flush=True),
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
