@@ -47,6 +47,7 @@ import numpy as np
 
 from agents.checks import check_positive_integer
 from agents.episode_log import EpisodeLog
+from agents.plot import moving_mean
 from agents.presets import (  # re-exported: agents.train.PRESETS, ...
     ALGORITHMS,
     AUTO,
@@ -364,7 +365,7 @@ def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
     figure, axes = plt.subplots(figsize=(6, 4))
     if len(returns):
         window = min(100, len(returns))
-        smooth = np.convolve(returns, np.ones(window) / window, mode="valid")
+        smooth = moving_mean(returns, window)[window - 1 :]
         axes.plot(steps, returns, ".", alpha=0.2, label="episode")
         axes.plot(steps[window - 1 :], smooth, label=f"mean of last {window}")
         axes.legend()

@@ -50,7 +50,6 @@ environment steps; mean line and min-max band over seeds) into
 """
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -60,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from agents import episode_log
 from agents.plot import draw, moving_mean
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -204,10 +204,10 @@ def launch(suite, task, algo, seed, quick, rerun) -> str:
 
 
 def load_episodes(out: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(os.path.join(out, "episodes.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    steps = np.array([int(r["env_steps"]) for r in rows], dtype=np.int64)
-    returns = np.array([float(r["return"]) for r in rows])
+    """`(steps, returns)` of the run's episodes (`agents.episode_log`)."""
+    rows, _ = episode_log.read(os.path.join(out, "episodes.csv"))
+    steps = np.array([r[0] for r in rows], dtype=np.int64)
+    returns = np.array([r[1] for r in rows], dtype=float)
     return steps, returns
 
 
