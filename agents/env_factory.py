@@ -11,6 +11,8 @@ import gymnasium
 import numpy as np
 from gymnasium import wrappers
 
+from agents import atari
+
 
 def make_env(
     env_id: str,
@@ -19,7 +21,8 @@ def make_env(
     previous_observation: bool = False,
 ) -> gymnasium.Env:
     """`gymnasium.make(env_id, **env_kwargs)` with optional extra features,
-    inside an `EpisodeRecorder`.
+    inside an `EpisodeRecorder`; an Atari game comes preprocessed as in the
+    ACKTR paper (`agents.atari`).
 
     Args:
         env_id: A registered Gymnasium id.
@@ -34,6 +37,13 @@ def make_env(
             observations are not vectors, or `time_feature` for one
             without a time limit.
     """
+    if atari.is_atari(env_id):
+        if time_feature or previous_observation:
+            raise ValueError(
+                "time_feature and previous_observation need vector "
+                f"observations; {env_id!r} is an Atari game (stacked frames)."
+            )
+        return EpisodeRecorder(atari.make(env_id, env_kwargs), seed_resets=True)
     env = gymnasium.make(env_id, **(env_kwargs or {}))
     if not (time_feature or previous_observation):
         return EpisodeRecorder(env)
@@ -71,16 +81,35 @@ class EpisodeRecorder(gymnasium.Wrapper):
     by resetting from the same seed or generator state and replaying the
     same actions. This wrapper keeps both for the current episode;
     `restore` replays them in a fresh copy.
+
+    An environment whose randomness lives outside `np_random` (the ALE
+    emulator's, which drives sticky actions) needs `seed_resets`: every
+    reset is then seeded, from a seed drawn from `np_random`, which the
+    record keeps. A reset that continues a game after a lost life
+    (`agents.atari.EpisodicLife.continues_game`) is recorded among the
+    actions (as `None`), since the game it continues is one episode here.
     """
 
-    def __init__(self, env: gymnasium.Env):
+    def __init__(self, env: gymnasium.Env, seed_resets: bool = False):
         super().__init__(env)
+        self._seed_resets = seed_resets
         self._start = None
         self._actions = []
         self._reset_on_next_step = False
         self.record_to_restore = None
 
+    def _continues_game(self) -> bool:
+        return self.env.has_wrapper_attr(
+            "continues_game"
+        ) and self.env.get_wrapper_attr("continues_game")
+
     def reset(self, *, seed=None, options=None):
+        if seed is None and self._continues_game():
+            self._actions.append(None)
+            self._reset_on_next_step = False
+            return self.env.reset(options=options)
+        if seed is None and self._seed_resets:
+            seed = int(self.env.unwrapped.np_random.integers(2**31 - 1))
         if seed is None:
             state = self.env.unwrapped.np_random.bit_generator.state
             self._start = {"state": copy.deepcopy(state), "options": options}
@@ -116,5 +145,8 @@ class EpisodeRecorder(gymnasium.Wrapper):
             self.reset(options=start["options"])
         dtype = self.action_space.dtype
         for action in record["actions"]:
-            self.step(np.asarray(action, dtype=dtype))
+            if action is None:  # a reset that continued the game
+                self.reset(options=start["options"])
+            else:
+                self.step(np.asarray(action, dtype=dtype))
         self._reset_on_next_step = bool(record["ended"])

@@ -27,6 +27,7 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
+from agents import atari
 from agents.checks import check_positive_integer
 from agents.env_factory import make_env
 
@@ -76,6 +77,18 @@ def _action_spec(space: gymnasium.Space) -> array_spec.BoundedArraySpec:
     )
 
 
+def _game_score(info: dict, reward: np.ndarray):
+    """`(score, life_lost)` per copy from a vector step's `info`: the
+    unclipped reward where `info["score"]` has one (else the reward) and
+    whether the step lost a life without ending the game."""
+    score, life_lost = reward, np.zeros(reward.shape, bool)
+    if "score" in info:
+        score = np.where(info["_score"], info["score"], reward)
+    if "life_lost" in info:
+        life_lost = info["_life_lost"] & np.asarray(info["life_lost"], bool)
+    return score, life_lost
+
+
 def _check_observations(env_id: str, env: gymnasium.Env) -> None:
     """Raises `ValueError` unless a reset and a step of `env` return
     observations of its observation space's shape."""
@@ -107,6 +120,7 @@ def check_env_id(env_id: str) -> None:
                 f"The module of env_id {module + ':' + env_id!r} cannot be "
                 f"imported: {error}"
             ) from None
+    atari.register(env_id)
     if env_id not in gymnasium.registry:
         close = [k for k in gymnasium.registry if k.lower() == env_id.lower()]
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -125,6 +139,9 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
 
     Episode returns and lengths are tallied per copy from the environment's
     own rewards; `pop_completed_episodes()` hands over the finished ones.
+    An Atari game (`agents.atari`) is tallied whole, from its unclipped
+    score (`info["score"]`), across the lives that end the learner's
+    episodes (`info["life_lost"]`).
 
     A NaN or infinite reward or (float) observation raises
     `NonFiniteDataError` naming the copy, the step and the entries, before
@@ -198,6 +215,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._episode_return = np.zeros(num_envs, np.float64)
         self._episode_length = np.zeros(num_envs, np.int64)
         self._ended = np.zeros(num_envs, bool)
+        self._life_lost = np.zeros(num_envs, bool)
         self._completed: list[tuple[float, int]] = []
         self._call_started = None
         self.error: EnvironmentStepError | None = None
@@ -289,6 +307,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
         self._ended[:] = False
+        self._life_lost[:] = False
         n = self._num_envs
         return ts.TimeStep(
             step_type=np.full(n, ts.StepType.FIRST, np.int32),
@@ -305,19 +324,25 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
 
     def _step(self, action) -> ts.TimeStep:
         self._steps += 1
-        observation, reward, terminated, truncated, _ = self._call(
+        observation, reward, terminated, truncated, info = self._call(
             "step", self._vector.step, actions=self._env_action(action)
         )
         reward = np.asarray(reward, np.float64)
         self._check_finite("step", observation, reward)
         restarted = self._ended
         ended = np.logical_or(terminated, truncated)
+        score, life_lost = _game_score(info, reward)
 
+        # A copy restarted after a lost life continues its game's tally.
+        new_game = restarted & ~self._life_lost
         self._episode_return = np.where(
-            restarted, 0.0, self._episode_return + reward
+            new_game, 0.0, self._episode_return + np.where(restarted, 0, score)
         )
-        self._episode_length = np.where(restarted, 0, self._episode_length + 1)
-        for i in np.flatnonzero(ended & ~restarted):
+        self._episode_length = np.where(
+            new_game, 0, self._episode_length + ~restarted
+        )
+        self._life_lost = life_lost & ended & ~restarted
+        for i in np.flatnonzero(ended & ~restarted & ~self._life_lost):
             self._completed.append(
                 (float(self._episode_return[i]), int(self._episode_length[i]))
             )
@@ -352,6 +377,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             "episode_return": self._episode_return.tolist(),
             "episode_length": self._episode_length.tolist(),
             "ended": self._ended.tolist(),
+            "life_lost": self._life_lost.tolist(),
             "completed": list(self._completed),
         }
 
@@ -375,6 +401,9 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._episode_return = np.array(state["episode_return"], np.float64)
         self._episode_length = np.array(state["episode_length"], np.int64)
         self._ended = np.array(state["ended"], bool)
+        self._life_lost = np.array(
+            state.get("life_lost", [False] * self._num_envs), bool
+        )
         self._completed = [tuple(c) for c in state["completed"]]
         if state["time_step"] is not None:
             step_type, reward, discount, observation = state["time_step"]

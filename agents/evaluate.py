@@ -13,11 +13,12 @@ first episode to a GIF (`rgb_array` rendering, offscreen, in a child
 process; MuJoCo renders with `MUJOCO_GL=egl` unless the variable is set).
 
 The policy is the `PolicySaver` SavedModel that `agents.train` writes. This
-module imports only TensorFlow, tf-agents, Gymnasium and NumPy, never
-`keras_kfac` or the rest of `agents`: an exported policy runs anywhere those
-are installed (it can also be run as a plain script, `python evaluate.py`).
-Observations are converted as `agents.envs` converts them (float32; uint8
-images kept; Discrete one-hot), and Box actions clipped to the bounds.
+module imports TensorFlow, tf-agents, Gymnasium, NumPy and `agents.replay`
+(the environment side, without TensorFlow), never `keras_kfac` or the
+training code. Observations are converted as `agents.envs` converts them
+(float32; uint8 images kept; Discrete one-hot), and Box actions clipped to
+the bounds. An Atari game is preprocessed as in training, played to the end
+of the game across its lives, and scored by its own, unclipped, points.
 
 Bad input (a policy directory that is missing, incomplete or corrupt, an
 environment whose observation or action spec differs from the policy's, a
@@ -26,7 +27,6 @@ count out of range) is answered with one line on stderr and exit code 2.
 
 import argparse
 import glob
-import importlib
 import os
 import sys
 
@@ -36,30 +36,14 @@ import tensorflow as tf
 from tf_agents.policies import py_tf_eager_policy
 from tf_agents.trajectories import time_step as ts
 
+from agents.replay import make_env, play_step
+
 # What `PolicySaver.save` writes besides the variables' data shards.
 _POLICY_FILES = (
     "saved_model.pb",
     "policy_specs.pbtxt",
     os.path.join("variables", "variables.index"),
 )
-
-
-def _make_env(env_id: str) -> gymnasium.Env:
-    received = env_id
-    if ":" in env_id:  # "module:Env-v0" registers Env-v0 by importing module
-        module, env_id = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ValueError(
-                f"Cannot import the module of the environment id ({error}). "
-                f"Received: env={received!r}"
-            ) from error
-    if env_id not in gymnasium.registry:
-        raise ValueError(
-            f"Unknown Gymnasium environment id. Received: env={received!r}"
-        )
-    return gymnasium.make(env_id)
 
 
 def _first_line(error: BaseException) -> str:
@@ -137,49 +121,9 @@ def _check_video_path(path: str) -> None:
         )
 
 
-# The child process that renders a recorded episode: it replays the
-# actions from the episode's reset seed (a MuJoCo camera tracking the
-# first body) and writes every k-th frame so that
-# the GIF plays at most 25 frames per second (GIF delays are whole
-# centiseconds), then prints the replay's return. It imports no TensorFlow:
-# MuJoCo's EGL renderer crashes in a process that has loaded TensorFlow.
-_REPLAY = """
-import sys
-import gymnasium, numpy as np
-from PIL import Image
-env_id, seed, actions, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-env = gymnasium.make(env_id, render_mode="rgb_array")
-renderer = getattr(env.unwrapped, "mujoco_renderer", None)
-if renderer is not None:  # follow the first body, which walks off otherwise
-    import mujoco
-    renderer.default_cam_config = {
-        "distance": 4.0,
-        "elevation": -20.0,
-        "azimuth": 90.0,  # from the side
-        **(renderer.default_cam_config or {}),
-        "type": mujoco.mjtCamera.mjCAMERA_TRACKING,
-        "trackbodyid": 1,
-    }
-    renderer.camera_id = None  # -1 would reset the camera to free each frame
-env.reset(seed=seed)
-frames, total = [env.render()], 0.0
-for action in np.load(actions):
-    action = action.item() if action.ndim == 0 else action
-    _, reward, terminated, truncated, _ = env.step(action)
-    frames.append(env.render())
-    total += float(reward)
-fps = env.metadata.get("render_fps", 30)
-every = max(1, round(fps / 25))
-images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames[::every]]
-images[0].save(path, save_all=True, append_images=images[1:],
-               duration=1000.0 * every / fps, loop=0)
-print(repr(total))
-"""
-
-
 def _record(env_id: str, seed: int, actions: list, total: float, path: str):
     """Renders the episode reset with `seed` that took `actions` and earned
-    `total` into the GIF `path`, in a child process (`_REPLAY`); raises
+    `total` into the GIF `path`, in a child process (`agents.replay`); raises
     `ValueError` if it cannot render or its replay earns another return."""
     import subprocess
     import tempfile
@@ -188,7 +132,7 @@ def _record(env_id: str, seed: int, actions: list, total: float, path: str):
         actions_file = os.path.join(directory, "actions.npy")
         np.save(actions_file, np.array(actions))
         child = subprocess.run(
-            [sys.executable, "-c", _REPLAY, env_id, str(seed)]
+            [sys.executable, "-m", "agents.replay", env_id, str(seed)]
             + [actions_file, path],
             capture_output=True,
             text=True,
@@ -366,7 +310,7 @@ def evaluate(
         raise ValueError(f"seed must be >= 0. Received: seed={seed}")
     if video is not None:
         _check_video_path(video)
-    env = _make_env(env_id)
+    env = make_env(env_id)
     returns, actions = [], []
     try:
         policy = _load_policy(policy_dir)
@@ -389,7 +333,9 @@ def evaluate(
                     action = int(action) + int(space.start)
                 else:
                     action = np.clip(action, space.low, space.high)
-                observation, reward, terminated, truncated, _ = env.step(action)
+                observation, reward, terminated, truncated = play_step(
+                    env, action
+                )
                 if recording:
                     actions.append(action)
                 total += float(reward)

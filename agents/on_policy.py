@@ -288,7 +288,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
 
     def _split_variables(self, time_step_spec):
         """`(policy, value)` variables; raises if the two share any."""
-        observation = tensor_spec.sample_spec_nest(
+        # Zeros rather than samples: tf-agents cannot sample a uint8 spec
+        # bounded by [0, 255] (its exclusive upper bound overflows).
+        observation = tensor_spec.zero_spec_nest(
             time_step_spec.observation, outer_dims=(2,)
         )
         variables = self._network.trainable_variables
@@ -365,7 +367,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
 
     def _check_network(self, time_step_spec, action_spec) -> None:
         """Calls the network once and checks what it returns."""
-        observation = tensor_spec.sample_spec_nest(
+        # Zeros rather than samples: tf-agents cannot sample a uint8 spec
+        # bounded by [0, 255] (its exclusive upper bound overflows).
+        observation = tensor_spec.zero_spec_nest(
             time_step_spec.observation, outer_dims=(2,)
         )
         try:

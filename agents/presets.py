@@ -5,8 +5,9 @@ A preset holds, per algorithm, the value of every `agents.train.Config`
 field it fills; what the user sets overrides it. `"default"` holds the
 discrete-action settings of the papers and of baselines / rl-baselines-zoo
 for classic control, `"mujoco"` the ACKTR paper's continuous-control ones
-as measured here (BENCHMARKS.md). `preset_for` picks one from the action
-space, which is what `--preset auto`, the command line's default, does.
+as measured here (BENCHMARKS.md), `"atari"` the paper's Atari ones.
+`preset_for` picks one from the environment, which is what `--preset
+auto`, the command line's default, does.
 """
 
 import gymnasium
@@ -29,6 +30,7 @@ COMMON = dict(
     normalize_observations=False,
     normalize_advantages=False,
     target_kl=None,
+    lr_schedule="constant",
     critic="adam",
     value_learning_rate=1e-3,
     value_epochs=5,
@@ -123,15 +125,46 @@ PRESETS = {
     },
 }
 
+# "atari": the paper's Atari settings (its §5.1 and baselines' Atari
+# ACKTR and A2C): one convolutional torso (Mnih et al. 2015) shared by
+# the policy and value heads, both trained in one step (for ACKTR one
+# joint K-FAC step with the critic's Gauss-Newton Fisher), entropy bonus
+# 0.01 and learning rates decayed linearly to 0. ACKTR: 32 envs x 20
+# steps, η_max = 0.25, δ = 0.001, λ = 0.01, momentum 0.9, factors averaged
+# with decay 0.99, inverses every 10 updates; A2C: 16 envs x 5 steps,
+# RMSprop 7e-4. TRPO has no shared torso: its value network is its own
+# torso, fitted apart.
+_ATARI = dict(
+    shared_torso=True,
+    critic="joint",
+    ent_coef=0.01,
+    lr_schedule="linear",
+)
+PRESETS["atari"] = {
+    "acktr": dict(
+        PRESETS["default"]["acktr"],
+        **_ATARI,
+        num_envs=32,
+        n_steps=20,
+        kl_clip=0.001,
+    ),
+    "a2c": dict(PRESETS["default"]["a2c"], **_ATARI, num_envs=16),
+    "trpo": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
+}
+
 AUTO = "auto"
 
 
 def preset_for(env_id: str) -> str:
-    """`"mujoco"` for an environment with a `Box` action space, `"default"`
-    for any other (`Discrete`); raises `ValueError` for an unknown id."""
+    """`"atari"` for an Atari game, `"mujoco"` for an environment with a
+    `Box` action space, `"default"` for any other (`Discrete`); raises
+    `ValueError` for an unknown id."""
+    from agents import atari
     from agents.envs import check_env_id
 
     check_env_id(env_id)
+    if atari.is_atari(env_id):
+        return "atari"
     env = gymnasium.make(env_id)
     try:
         continuous = isinstance(env.action_space, gymnasium.spaces.Box)

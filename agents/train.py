@@ -87,7 +87,7 @@ class Config:
     value_learning_rate: float = FROM_PRESET
     value_epochs: int = FROM_PRESET
     value_minibatch_size: int | None = FROM_PRESET
-    lr_schedule: str = "constant"
+    lr_schedule: str = FROM_PRESET
     target_kl: float | None = FROM_PRESET
     warm_start: bool = FROM_PRESET
     ent_coef: float = FROM_PRESET

@@ -160,7 +160,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--algo", "ppo"])
     with pytest.raises(SystemExit):
-        train.main(["--preset", "atari"])
+        train.main(["--preset", "pong"])
     assert (
         train.main(
             ["--lr-schedule", "linear", "--target-kl", "0.01"]
