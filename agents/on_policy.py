@@ -18,7 +18,10 @@ shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
 Adaptive step size (Schulman et al. 2016, used by the ACKTR paper for
 continuous control): with `target_kl = κ`, the optimizer's learning rate is
 divided by 1.5 after an update whose realized KL exceeds `2κ` and
-multiplied by 1.5 after one below `κ / 2`, within `[1e-8, 1]`. With
+multiplied by 1.5 after one below `κ / 2`, within `[1e-8, 1]`. `κ` may
+follow a schedule of the update count (a Keras `LearningRateSchedule`),
+e.g. a linear decay that makes the late steps smaller, as a decaying
+learning rate does for a fixed-rate optimizer. With
 `warm_start`, until the first update whose KL reaches `κ / 2` the rate is
 instead multiplied by `min(sqrt(κ / KL), 10)`: the KL of a small step grows
 as the square of its size, so the first steps reach the target in one or
@@ -118,8 +121,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         normalize_advantages: Standardize `Â` over the batch. Defaults to
             `False`.
         target_kl: Adapt the learning rate toward this realized KL per
-            update (see above); `None` keeps it fixed. Needs an optimizer
-            with a constant learning rate. Defaults to `None`.
+            update (see above): a float, or a callable of the update count
+            (`train_step_counter`) returning it, such as a
+            `keras.optimizers.schedules.PolynomialDecay`; `None` keeps the
+            rate fixed. Needs an optimizer with a constant learning rate.
+            Defaults to `None`.
         warm_start: Reach `target_kl` from the first updates by the
             square-root rule above. Defaults to `False`.
         value_optimizer: A Keras optimizer that fits the value function
@@ -189,9 +195,15 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     "target_kl adapts the optimizer's learning rate; this "
                     f"agent has none. Received: target_kl={target_kl}"
                 )
-            if not target_kl > 0:
+            first = target_kl(0) if callable(target_kl) else target_kl
+            if not float(first) > 0:
                 raise ValueError(
                     f"target_kl must be > 0. Received: target_kl={target_kl!r}"
+                    + (
+                        f" (at update 0: {float(first)})"
+                        if callable(target_kl)
+                        else ""
+                    )
                 )
             schedule = keras.optimizers.schedules.LearningRateSchedule
             if isinstance(getattr(optimizer, "_learning_rate", None), schedule):
@@ -200,7 +212,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     "needs a constant one. Received a schedule: "
                     f"{optimizer._learning_rate!r}"
                 )
-        self._target_kl = None if target_kl is None else float(target_kl)
+        self._target_kl = (
+            target_kl
+            if target_kl is None or callable(target_kl)
+            else float(target_kl)
+        )
         if warm_start and target_kl is None:
             raise ValueError(
                 "warm_start scales the learning rate toward target_kl, "
@@ -481,8 +497,19 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             batch.weights,
         )
 
+    @property
+    def target_kl(self) -> tf.Tensor | None:
+        """`κ` of the next update (`None` without a target KL)."""
+        return None if self._target_kl is None else self._current_target_kl()
+
+    def _current_target_kl(self) -> tf.Tensor:
+        """`κ` at the current update count."""
+        if callable(self._target_kl):
+            return tf.cast(self._target_kl(self.train_step_counter), tf.float32)
+        return tf.constant(self._target_kl, tf.float32)
+
     def _adapt_learning_rate(self, kl: tf.Tensor) -> None:
-        kappa = self._target_kl
+        kappa = self._current_target_kl()
         factor = tf.where(
             kl > 2.0 * kappa,
             1.0 / 1.5,
@@ -631,6 +658,10 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             tf.summary.scalar("loss/total", total, step=step)
             for name, value in extra._asdict().items():
                 tf.summary.scalar(f"loss/{name}", value, step=step)
+            if self._target_kl is not None:
+                tf.summary.scalar(
+                    "train/target_kl", self._current_target_kl(), step=step
+                )
             if self._optimizer is not None:
                 tf.summary.scalar(
                     "train/learning_rate",

@@ -69,6 +69,12 @@ class _FromPreset:
 
 FROM_PRESET = _FromPreset()
 
+# With `lr_schedule="linear"` and a target KL, `κ` decays linearly to this
+# fraction of itself over the run (not to 0: the last updates still move).
+# Measured at 1M steps, seed 0/1: InvertedDoublePendulum AUC 5844 -> 6395,
+# Hopper 1587 -> 1777, HalfCheetah 2293 -> 2129 (BENCHMARKS.md).
+TARGET_KL_END = 0.1
+
 
 @dataclasses.dataclass
 class Config:
@@ -138,11 +144,6 @@ class Config:
             raise ValueError(
                 "lr_schedule must be 'constant' or 'linear'. "
                 f"Received: lr_schedule={self.lr_schedule!r}"
-            )
-        if self.lr_schedule == "linear" and self.target_kl is not None:
-            raise ValueError(
-                "target_kl adapts the learning rate, so it cannot follow "
-                f"lr_schedule='linear'. Received: target_kl={self.target_kl}"
             )
         for name in (
             "total_steps",
@@ -287,8 +288,14 @@ def build(config: Config):
             shared_torso=config.shared_torso,
             normalize_observations=config.normalize_observations,
         )
-        learning_rate = config.learning_rate
-        if config.lr_schedule == "linear" and learning_rate is not None:
+        learning_rate, target_kl = config.learning_rate, config.target_kl
+        if config.lr_schedule == "linear" and target_kl is not None:
+            target_kl = keras.optimizers.schedules.PolynomialDecay(
+                target_kl,
+                config.total_updates,
+                end_learning_rate=target_kl * TARGET_KL_END,
+            )
+        elif config.lr_schedule == "linear" and learning_rate is not None:
             learning_rate = keras.optimizers.schedules.PolynomialDecay(
                 config.learning_rate,
                 config.total_updates,
@@ -324,7 +331,7 @@ def build(config: Config):
                 optimizer,
                 vf_fisher_coef=config.vf_fisher_coef,
                 vf_coef=config.vf_coef,
-                target_kl=config.target_kl,
+                target_kl=target_kl,
                 warm_start=config.warm_start,
                 max_kl_ratio=config.max_kl_ratio,
                 **common,
@@ -337,7 +344,7 @@ def build(config: Config):
                 *specs,
                 optimizer,
                 vf_coef=config.vf_coef,
-                target_kl=config.target_kl,
+                target_kl=target_kl,
                 warm_start=config.warm_start,
                 **common,
             )
@@ -731,6 +738,14 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
             experience = _collect(
                 collector, py_env, stop, config.env_timeout, int(env_steps)
             )
+            # The step-size settings this update takes (logged below).
+            step_size = {}
+            if agent.optimizer is not None:
+                step_size["learning_rate"] = float(
+                    agent.optimizer.learning_rate
+                )
+            if getattr(agent, "target_kl", None) is not None:
+                step_size["target_kl"] = float(agent.target_kl)
             loss_info = train(experience)
             env_steps.assign_add(config.batch_steps)
             steps = int(env_steps)
@@ -754,6 +769,8 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
                     tf.summary.scalar("episode/length", n)
                 tf.summary.scalar("loss/total", loss_info.loss)
                 for name, value in loss_info.extra._asdict().items():
+                    tf.summary.scalar(f"train/{name}", value)
+                for name, value in step_size.items():
                     tf.summary.scalar(f"train/{name}", value)
                 tf.summary.scalar("train/steps_per_second", rate)
                 tf.summary.scalar(
@@ -891,7 +908,12 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         type=_optional_int,
         help="rows per step of the critic's fit; 'none': the whole batch",
     )
-    add("--lr-schedule", choices=("constant", "linear"))
+    add(
+        "--lr-schedule",
+        choices=("constant", "linear"),
+        help="linear: the step size decays across the run, the learning "
+        "rate to 0 or, with --target-kl, the target KL to a tenth",
+    )
     add(
         "--target-kl",
         type=_optional_float,

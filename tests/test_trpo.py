@@ -361,3 +361,22 @@ def test_warm_start_ends_at_the_first_kl_near_the_target():
 def test_warm_start_needs_a_target_kl():
     with pytest.raises(ValueError, match="warm_start=True"):
         _a2c(None, 1e-3, warm_start=True)
+
+
+def test_target_kl_follows_a_schedule_of_the_update_count():
+    # κ(0) = 1e3 lies far above any KL (rate x 1.5), κ(1) = 1e-12 far below
+    # (rate / 1.5).
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        1e3, decay_steps=1, end_learning_rate=1e-12
+    )
+    agent, experience = _a2c(schedule, 1e-3)
+    agent.train(experience)
+    assert float(agent.optimizer.learning_rate) == pytest.approx(1.5e-3)
+    agent.train(experience)
+    assert float(agent.optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+def test_a_target_kl_schedule_must_start_positive():
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.0, 10)
+    with pytest.raises(ValueError, match=r"at update 0: 0.0"):
+        _a2c(schedule, 1e-3)
