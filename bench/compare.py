@@ -5,14 +5,17 @@
     python bench/compare.py --tasks CartPole-v1 --algos ours-acktr sb3-ppo
     python bench/compare.py --suite mujoco --jobs 1   # the paper's MuJoCo
 
-Two suites of tasks. `default`: five small tasks on budgets two cores
+Three suites of tasks. `default`: five small tasks on budgets two cores
 allow for six algorithms, results in `bench/results/compare/full/`
 (`quick/`). `mujoco`: the ACKTR paper's continuous-control comparison at
 its budget, 1M environment steps on InvertedPendulum-v5,
 InvertedDoublePendulum-v5, HalfCheetah-v5, Hopper-v5 and Walker2d-v5, for
 our ACKTR, A2C and TRPO and, as what users pick instead, SB3 PPO and
 sb3-contrib TRPO with rl-baselines3-zoo's settings; results in
-`bench/results/compare/mujoco/` (`mujoco-quick/`).
+`bench/results/compare/mujoco/` (`mujoco-quick/`). `atari`: the paper's
+Atari setting on Pong for the budget two cores allow (1M environment steps,
+4M frames, where the paper ran 10M steps), our ACKTR against our A2C, one
+seed each unless `--seeds`; results in `bench/results/compare/atari/`.
 
 Each run is a subprocess of one runner (`bench/run_ours.py`,
 `bench/run_sb3.py`, `bench/run_tfagents_ppo.py`), `--jobs` at a time, each
@@ -125,6 +128,10 @@ MUJOCO_TASKS = {
     )
 }
 
+# The paper's Atari setting, on the budget two cores allow. A game of Pong
+# lasts 800-4000 agent steps, so 1M steps give 250 or more games.
+ATARI_TASKS = {"ALE/Pong-v5": dict(budget=1_000_000, quick=20_000, window=10)}
+
 # name -> (runner script, its extra arguments)
 ALGOS = {
     "ours-acktr": ("run_ours.py", ["--algo", "acktr"]),
@@ -159,7 +166,20 @@ SUITES = {
         directories=("mujoco", "mujoco-quick"),
         metric="area under the curve",
     ),
+    "atari": dict(
+        tasks=ATARI_TASKS,
+        algos=("ours-acktr", "ours-a2c"),
+        directories=("atari", "atari-quick"),
+        metric="area under the curve",
+        seeds=1,
+    ),
 }
+
+
+def task_directory(task: str) -> str:
+    """A task's name as one path component (`ALE/Pong-v5`: `ALE-Pong-v5`)."""
+    return task.replace("/", "-")
+
 
 # Evenly spaced environment steps the AUC averages the curve over.
 AUC_POINTS = 100
@@ -175,7 +195,9 @@ def run_directory(
     suite: str, task: str, algo: str, seed: int, quick: bool
 ) -> str:
     return os.path.join(
-        suite_directory(suite, quick), task, f"{algo}-seed{seed}"
+        suite_directory(suite, quick),
+        task_directory(task),
+        f"{algo}-seed{seed}",
     )
 
 
@@ -431,7 +453,7 @@ def markdown_auc(suite, task, table, quick) -> str:
         suite_directory(suite, quick), os.path.join(HERE, "..")
     )
     lines.append("")
-    lines.append(f"![{task}]({directory}/{task}.png)")
+    lines.append(f"![{task}]({directory}/{task_directory(task)}.png)")
     return "\n".join(lines)
 
 
@@ -459,7 +481,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--algos", nargs="+", choices=tuple(ALGOS), help="default: the suite's"
     )
-    parser.add_argument("--seeds", type=int, help="default: 3 (quick: 1)")
+    parser.add_argument(
+        "--seeds", type=int, help="default: 3, atari 1 (quick: 1)"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument(
@@ -477,7 +501,7 @@ def main(argv=None) -> None:
             f"{', '.join(suite['tasks'])}. Received: --tasks "
             f"{' '.join(tasks)}"
         )
-    seeds = range(args.seeds or (1 if args.quick else 3))
+    seeds = range(args.seeds or (1 if args.quick else suite.get("seeds", 3)))
     if args.jobs < 1 or (args.seeds is not None and args.seeds < 1):
         parser.error(
             f"--jobs and --seeds must be >= 1. Received: --jobs {args.jobs} "
@@ -503,7 +527,7 @@ def main(argv=None) -> None:
             suite["tasks"][task],
             task,
             table,
-            os.path.join(directory, f"{task}.png"),
+            os.path.join(directory, f"{task_directory(task)}.png"),
         )
         if suite["metric"] == "steps to target":
             print(markdown(task, table, args.quick))

@@ -9,6 +9,10 @@ The run is `python -m agents.train` with the preset for the task:
 files `bench/runner_common.py` describes (`episodes.csv`, `summary.json`),
 plus the training run itself under `--out/run`. TensorFlow runs on one
 thread, as the third-party runners do, so two runs can share two cores.
+A run killed before its summary was written resumes from its last
+checkpoint (`agents.train`'s resume) when started again, so long runs
+(Atari) can span sessions; its CPU time then counts the last process
+only, and `summary.json` says `"resumed": true`.
 """
 
 import argparse
@@ -31,9 +35,13 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    from agents.run_directory import checkpoint_prefixes
+
     os.makedirs(out, exist_ok=True)
     logdir = os.path.join(out, "run")
-    shutil.rmtree(logdir, ignore_errors=True)
+    resume = bool(checkpoint_prefixes(os.path.join(logdir, "checkpoints")))
+    if not resume:
+        shutil.rmtree(logdir, ignore_errors=True)
     config = train.Config(
         algo=algo,
         env=env_id,
@@ -43,7 +51,7 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
         logdir=logdir,
     )
     cpu_start = time.process_time()
-    result = train.run(config, progress=False)
+    result = train.run(config, resume=resume, progress=False)
     cpu_seconds = time.process_time() - cpu_start
     shutil.copyfile(
         os.path.join(logdir, "episodes.csv"),
@@ -66,6 +74,7 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
         "episodes": result.episodes,
         "hyperparameters": settings,
         "source": f"agents.train preset {config.preset!r}",
+        "resumed": resume,
     }
     write_summary(out, summary)
     return summary

@@ -1,0 +1,452 @@
+"""The training loop (`run`): collect, update, log, checkpoint, export.
+
+A run writes into `config.logdir`: `config.json`, TensorBoard summaries,
+`episodes.csv`, checkpoints every `checkpoint_every` updates (the agent,
+its optimizers, the counters, the random states and the episodes under
+way, so that a resumed run ends as an uninterrupted one would), and at the
+end the exported policies and `learning_curve.png`. Signals stop it after
+the current update with a checkpoint (`TrainingInterrupted`); a second
+signal or the environment timeout stops it inside an environment step
+(`TrainingAborted`).
+"""
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections import deque
+
+import numpy as np
+
+from agents.build import build
+from agents.config import Config, Summary, differences, load_saved_config
+from agents.episode_log import EpisodeLog
+from agents.plot import moving_mean
+
+
+def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([row[0] for row in episodes.rows])
+    returns = np.array([row[1] for row in episodes.rows])
+    figure, axes = plt.subplots(figsize=(6, 4))
+    if len(returns):
+        window = min(100, len(returns))
+        smooth = moving_mean(returns, window)[window - 1 :]
+        axes.plot(steps, returns, ".", alpha=0.2, label="episode")
+        axes.plot(steps[window - 1 :], smooth, label=f"mean of last {window}")
+        axes.legend()
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel("episode return")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path + ".tmp.png", dpi=100)
+    plt.close(figure)
+    os.replace(path + ".tmp.png", path)
+
+
+def export_policy(policy, train_step, directory: str) -> None:
+    """Saves `policy` with `PolicySaver`, replacing `directory` only once
+    the new SavedModel is complete.
+
+    Two messages of every export are known to be harmless and are held
+    back: absl's "Sanitizing" of tf-agents' nested argument names, and
+    TensorFlow's note that loading a saved distribution spec needs
+    TensorFlow Probability imported (tf-agents, which loads it, does).
+    """
+    from absl import logging as absl_logging
+    from tf_agents.policies import policy_saver
+
+    temporary = directory + ".tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", "Encoding a StructuredValue", UserWarning
+            )
+            policy_saver.PolicySaver(
+                policy, batch_size=None, train_step=train_step
+            ).save(temporary)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(temporary, directory)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint."""
+
+
+class TrainingAborted(Exception):
+    """A second SIGINT or SIGTERM, or the environment timeout, stopped the
+    run inside an environment step; the last checkpoint is kept."""
+
+
+class RunWriteError(Exception):
+    """A file of the run could not be written (a full disk, for example);
+    the last good checkpoint is kept."""
+
+
+class _StopRequests:
+    """Records SIGINT/SIGTERM; the loop stops at the end of its update, so a
+    signal never lands inside an environment step or a checkpoint write.
+    A second signal while the loop waits for an environment step that does
+    not return aborts the wait (`abort`)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+        self.abort = False
+
+    def __call__(self, signum, frame):
+        if self.received is not None:
+            self.abort = True
+        self.received = signum
+
+    def __enter__(self):
+        self._previous = [signal.signal(s, self) for s in self.SIGNALS]
+        return self
+
+    def __exit__(self, *exc_info):
+        for s, handler in zip(self.SIGNALS, self._previous):
+            signal.signal(s, handler)
+
+
+def _collect(collector, py_env, stop: _StopRequests, timeout, steps: int):
+    """`collector.collect()` in a worker thread while this (the main)
+    thread waits in short slices: TensorFlow runs the environment steps
+    of a batch inside its graph, where a blocked step would also block
+    the signal handlers if the main thread waited there itself.
+
+    Raises:
+        TrainingAborted: A second signal arrived, or an environment call
+            ran longer than `timeout` seconds; the batch is abandoned.
+    """
+    outcome = {}
+
+    def target():
+        try:
+            outcome["batch"] = collector.collect()
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+        if stop.abort:
+            raise TrainingAborted(
+                f"Stopped by a second signal while collecting the batch "
+                f"after {steps} steps"
+            )
+        if timeout is not None and py_env.call_seconds() > timeout:
+            raise TrainingAborted(
+                f"Environment {py_env.env_id!r} did not return from a step "
+                f"within --env-timeout {timeout:g} s after {steps} steps"
+            )
+    if "error" in outcome:
+        if py_env.error is not None:  # the environment's own error, not
+            raise py_env.error from None  # TensorFlow's wrapping of it
+        raise outcome["error"]
+    return outcome["batch"]
+
+
+def _check_logdir(logdir: str) -> None:
+    """Raises `ValueError` unless a run can be written under `logdir`."""
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise ValueError(f"logdir is a file, not a directory: {logdir!r}")
+    parent = os.path.abspath(logdir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"logdir {logdir!r} lies under a file: {parent!r}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"logdir {logdir!r} cannot be written: {parent!r} is read-only "
+            "for this user"
+        )
+    free = shutil.disk_usage(parent).free
+    if free < MINIMUM_FREE_BYTES:
+        raise ValueError(
+            f"logdir {logdir!r}: {free / 2**20:.1f} MiB free on its disk, "
+            f"under the {MINIMUM_FREE_BYTES / 2**20:.0f} MiB a run needs "
+            "for its checkpoints"
+        )
+
+
+# Free space below which a run is not started.
+MINIMUM_FREE_BYTES = 64 * 2**20
+
+
+def _check_resumable(config: Config) -> Config:
+    """The saved configuration; raises `ValueError` unless `config` is it,
+    up to `total_steps` and `logdir`."""
+    saved = load_saved_config(config.logdir)
+    differ = differences(
+        config, saved, [f.name for f in dataclasses.fields(Config)]
+    )
+    if differ:
+        raise ValueError(
+            "--resume continues the run as its config.json describes it; "
+            "only total_steps may change. Received: " + ", ".join(differ)
+        )
+    return saved
+
+
+def _run_state(py_env) -> str:
+    """What a checkpoint needs besides TensorFlow variables to continue
+    exactly: the environments' episodes and time step, and the NumPy and
+    Python random states, as JSON."""
+    numpy_state = np.random.get_state()
+    return json.dumps(
+        {
+            "environment": py_env.get_state(),
+            "numpy": [numpy_state[0], numpy_state[1].tolist()]
+            + list(numpy_state[2:]),
+            "python": random.getstate(),
+        }
+    )
+
+
+def _restore_run_state(text: str, py_env, collector) -> None:
+    import tensorflow as tf
+
+    state = json.loads(text)
+    py_env.set_state(state["environment"])
+    collector.time_step = tf.nest.map_structure(
+        tf.convert_to_tensor, py_env.current_time_step()
+    )
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def run(
+    config: Config,
+    resume: bool = False,
+    progress: bool = True,
+    on_start=None,
+) -> Summary:
+    """Trains, checkpointing as it goes; returns the run's `Summary`.
+
+    With `resume`, `config` must be the run's saved one (`config.json` in
+    `config.logdir`) up to `total_steps`; `load_saved_config` reads it.
+    `on_start`, if given, is called with no argument once the environment
+    and the agent are built, before anything is written.
+
+    Raises:
+        ValueError: Bad input; nothing was written.
+        TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved.
+        TrainingAborted: A second signal or the environment timeout
+            stopped an environment step; the last checkpoint is kept.
+        agents.envs.EnvironmentStepError: The environment raised or
+            returned NaN/Inf; the last checkpoint is kept.
+        RunWriteError: A file could not be written; the last good
+            checkpoint is kept.
+    """
+    from agents.run_directory import RunLock, checkpoint_prefixes
+
+    config_path = os.path.join(config.logdir, "config.json")
+    checkpoint_dir = os.path.join(config.logdir, "checkpoints")
+    _check_logdir(config.logdir)
+    saved = _check_resumable(config) if resume else None
+    if not resume and (
+        os.path.exists(config_path) or checkpoint_prefixes(checkpoint_dir)
+    ):
+        raise ValueError(
+            f"logdir {config.logdir!r} already holds a run; pass --resume to "
+            "continue it or choose another --logdir."
+        )
+
+    py_env, tf_env, agent = build(config)  # before anything is written
+    aborted = False
+    try:
+        if on_start is not None:
+            on_start()
+        os.makedirs(config.logdir, exist_ok=True)
+        with RunLock(config.logdir):
+            if not resume and os.path.exists(config_path):
+                raise ValueError(  # another process, just now
+                    f"logdir {config.logdir!r} already holds a run."
+                )
+            if saved is None or saved.total_steps != config.total_steps:
+                with open(config_path + ".tmp", "w") as f:  # new total_steps
+                    json.dump(dataclasses.asdict(config), f, indent=2)
+                os.replace(config_path + ".tmp", config_path)
+            return _train(config, py_env, tf_env, agent, resume, progress)
+    except TrainingAborted:
+        aborted = True
+        raise
+    finally:
+        py_env.close(terminate=aborted)
+
+
+def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
+    """The training loop of `run`, in a locked run directory."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from agents.rollout import RolloutCollector
+    from agents.run_directory import restore_newest
+
+    checkpoint_dir = os.path.join(config.logdir, "checkpoints")
+    env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
+    run_state = tf.Variable("", dtype=tf.string, name="run_state")
+    checkpoint = tf.train.Checkpoint(
+        agent=agent, env_steps=env_steps, run_state=run_state
+    )
+    collector = RolloutCollector(tf_env, agent.collect_policy, config.n_steps)
+    episodes = EpisodeLog(os.path.join(config.logdir, "episodes.csv"))
+    if resume:
+        restored, damaged = restore_newest(checkpoint, checkpoint_dir)
+        for prefix, reason in damaged:
+            print(
+                f"Skipped damaged checkpoint {prefix} ({reason}); moved to "
+                f"{os.path.join(checkpoint_dir, 'damaged')}."
+            )
+        if restored is None:
+            print("No checkpoint to resume from; starting at step 0.")
+        else:
+            if run_state.numpy():
+                _restore_run_state(
+                    run_state.numpy().decode(), py_env, collector
+                )
+            print(f"Resumed {restored} at {int(env_steps)} steps.")
+    counts = episodes.load(int(env_steps))
+    if counts["malformed"]:
+        print(
+            f"Dropped {counts['malformed']} partial or malformed rows of "
+            f"{episodes.path}."
+        )
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir, max_to_keep=3
+    )
+
+    def save():
+        run_state.assign(_run_state(py_env))
+        try:
+            manager.save(checkpoint_number=int(env_steps))
+        except (OSError, tf.errors.OpError) as error:
+            raise RunWriteError(
+                f"Could not write the checkpoint at {int(env_steps)} steps "
+                f"({str(error).splitlines()[0]}); the last good checkpoint "
+                f"({manager.latest_checkpoint}) is kept."
+            ) from None
+
+    train = tf.function(agent.train)
+    writer = tf.summary.create_file_writer(config.logdir)
+    recent = deque((row[1] for row in episodes.rows[-100:]), maxlen=100)
+    start_steps, start_time = int(env_steps), time.perf_counter()
+    previous_seconds = episodes.seconds
+    # The bar starts after the first update, whose time is mostly tracing,
+    # so that its estimate of the time left and its rate leave that out;
+    # it shows one rate, environment steps per second.
+    bar, bar_origin = None, None
+    with _StopRequests() as stop:
+        while int(env_steps) < config.total_steps and stop.received is None:
+            experience = _collect(
+                collector, py_env, stop, config.env_timeout, int(env_steps)
+            )
+            # The step-size settings this update takes (logged below).
+            step_size = {}
+            if agent.optimizer is not None:
+                step_size["learning_rate"] = float(
+                    agent.optimizer.learning_rate
+                )
+            if getattr(agent, "target_kl", None) is not None:
+                step_size["target_kl"] = float(agent.target_kl)
+            loss_info = train(experience)
+            env_steps.assign_add(config.batch_steps)
+            steps = int(env_steps)
+            seconds = previous_seconds + time.perf_counter() - start_time
+            finished = [
+                (steps, r, n, round(seconds, 3))
+                for r, n in py_env.pop_completed_episodes()
+            ]
+            try:
+                episodes.append(finished)
+            except OSError as error:
+                raise RunWriteError(
+                    f"Could not append to {episodes.path} ({error}); the last "
+                    f"good checkpoint ({manager.latest_checkpoint}) is kept."
+                ) from None
+            recent.extend(row[1] for row in finished)
+            rate = (steps - start_steps) / (time.perf_counter() - start_time)
+            with writer.as_default(step=steps):
+                for _, r, n, _ in finished:
+                    tf.summary.scalar("episode/return", r)
+                    tf.summary.scalar("episode/length", n)
+                tf.summary.scalar("loss/total", loss_info.loss)
+                for name, value in loss_info.extra._asdict().items():
+                    tf.summary.scalar(f"train/{name}", value)
+                for name, value in step_size.items():
+                    tf.summary.scalar(f"train/{name}", value)
+                tf.summary.scalar("train/steps_per_second", rate)
+                tf.summary.scalar(
+                    "train/skipped_updates", agent.skipped_updates
+                )
+            if bar is None:
+                bar_origin = (steps, time.perf_counter())
+                bar = tqdm(
+                    total=config.total_steps,
+                    initial=steps,
+                    disable=not progress,
+                    dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                    "[{elapsed}<{remaining}{postfix}]",
+                )
+            else:
+                since_first = time.perf_counter() - bar_origin[1]
+                bar.update(config.batch_steps)
+                bar.set_postfix(
+                    steps_per_s=f"{(steps - bar_origin[0]) / since_first:.0f}",
+                    recent_return=f"{np.mean(recent):.1f}" if recent else "-",
+                )
+            if int(agent.train_step_counter) % config.checkpoint_every == 0:
+                save()
+        if bar is not None:
+            bar.close()
+        writer.flush()
+        save()
+    if stop.received is not None:
+        raise TrainingInterrupted(
+            f"Interrupted at {int(env_steps)} steps; checkpoint saved. "
+            f"Continue with --resume --logdir {config.logdir}"
+        )
+    policy_dir = os.path.join(config.logdir, "policy")
+    export_policy(agent.policy, agent.train_step_counter, policy_dir)
+    export_policy(
+        agent.collect_policy,
+        agent.train_step_counter,
+        os.path.join(config.logdir, "collect_policy"),
+    )
+    plot_learning_curve(
+        episodes,
+        os.path.join(config.logdir, "learning_curve.png"),
+        f"{config.algo} on {config.env}, seed {config.seed}",
+    )
+    seconds = time.perf_counter() - start_time
+    return Summary(
+        algo=config.algo,
+        env=config.env,
+        seed=config.seed,
+        env_steps=int(env_steps),
+        seconds=seconds,
+        steps_per_second=(int(env_steps) - start_steps) / seconds,
+        episodes=len(episodes.rows),
+        mean_return_last_100=episodes.mean_return(),
+        policy_dir=policy_dir,
+        skipped_updates=int(agent.skipped_updates),
+    )
