@@ -13,7 +13,7 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: demo demo-digits test test-all bench bench-quick bench-mujoco \
-	bench-mujoco-baselines
+	bench-mujoco-baselines bench-atari
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench-quick: $(BENCH_STAMP)
 # finished are kept.
 bench-mujoco: $(BENCH_STAMP)
 	$(BENCH_PY) bench/compare.py --suite mujoco --jobs 1
+
+# The paper's Atari setting on Pong, our ACKTR vs our A2C, 1M steps each,
+# one seed: hours on one core; a killed run resumes from its checkpoint.
+bench-atari: $(BENCH_STAMP)
+	$(BENCH_PY) bench/compare.py --suite atari --jobs 1
 
 bench-mujoco-baselines: $(BENCH_STAMP)
 	$(BENCH_PY) bench/compare.py --suite mujoco --jobs 1 \
