@@ -51,6 +51,8 @@ def register(env_id: str) -> None:
         return
     import ale_py
 
+    # The emulator's banner and notices; its errors still print.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     gymnasium.register_envs(ale_py)
 
 

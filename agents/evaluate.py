@@ -32,11 +32,14 @@ import sys
 
 import gymnasium
 import numpy as np
-import tensorflow as tf
-from tf_agents.policies import py_tf_eager_policy
-from tf_agents.trajectories import time_step as ts
 
+from agents.quiet import import_tensorflow
 from agents.replay import make_env, play_step
+
+tf = import_tensorflow()  # before tf-agents, which imports it too
+
+from tf_agents.policies import py_tf_eager_policy  # noqa: E402
+from tf_agents.trajectories import time_step as ts  # noqa: E402
 
 # What `PolicySaver.save` writes besides the variables' data shards.
 _POLICY_FILES = (

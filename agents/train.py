@@ -294,6 +294,9 @@ def main(argv=None) -> int:
     """The command line; returns the exit code: 0 done, 1 stopped by a
     failure (the last checkpoint kept), 2 bad input (nothing written),
     130 interrupted."""
+    from agents.quiet import import_tensorflow
+
+    import_tensorflow()  # without its start-up notices
     from agents.envs import EnvironmentStepError, check_env_id
 
     # AutoGraph's generated code compares with literals (`x is not ()`),

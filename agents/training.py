@@ -27,6 +27,7 @@ from agents.build import build
 from agents.config import Config, Summary, differences, load_saved_config
 from agents.episode_log import EpisodeLog
 from agents.plot import moving_mean
+from agents.quiet import held_back
 
 
 def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
@@ -270,7 +271,8 @@ def run(
             "continue it or choose another --logdir."
         )
 
-    py_env, tf_env, agent = build(config)  # before anything is written
+    with held_back():  # TensorFlow's start-up notices
+        py_env, tf_env, agent = build(config)  # before anything is written
     aborted = False
     try:
         if on_start is not None:
