@@ -62,8 +62,10 @@ COMMON = dict(
 # instead of 0.01 (measured: K-FAC's model of the step's KL is 15-20x
 # below the exact Fisher's, and a lightly damped inverse steps into the
 # directions where the Kronecker factors are near singular, as with
-# InvertedDoublePendulum's one action), a target KL of 0.02, KL radius
-# δ = 0.05, starting from η = 0.03. TRPO takes δ = 0.01.
+# InvertedDoublePendulum's one action), a target KL of 0.02 decaying
+# linearly to 0.002 over the run (the late updates of a constant target
+# undo progress on InvertedDoublePendulum and Hopper), KL radius δ = 0.05,
+# starting from η = 0.03. TRPO takes δ = 0.01.
 PRESETS = {
     "default": {
         "acktr": dict(
@@ -118,6 +120,7 @@ PRESETS = {
                 stats_decay=0.9,
                 max_grad_norm=None,
                 max_kl_ratio=2.0,
+                lr_schedule="linear",
             ),
             "a2c": dict(learning_rate=3e-4, target_kl=0.002),
             "trpo": dict(max_kl=0.01, damping=0.1),
