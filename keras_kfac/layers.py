@@ -10,9 +10,13 @@ optimizer:
 - `‖∇W‖²` of every backward pass through the kernel, which lets the
   optimizer undo a loss scale applied to that pass (mixed precision).
 
-Collection can be switched off with `collecting_statistics(False)`. The switch
-is read while TensorFlow traces the backward pass, so it works inside a
-`tf.function`: ACKTR differentiates its Fisher loss under
+A layer records them only for a reader: while some `keras_kfac.KFAC` is
+alive that is not built yet (it may train any layer) or was built with
+this layer among its blocks. A model of these layers trained by Adam alone
+computes no factors, and costs what the Keras layers cost. The decision is
+taken while TensorFlow traces the backward pass; `collecting_statistics(
+True)` or `(False)` overrides it inside a block, which works inside a
+`tf.function` too: ACKTR differentiates its Fisher loss under
 `collecting_statistics(True)` and its training loss under
 `collecting_statistics(False)`.
 
@@ -30,13 +34,22 @@ import tensorflow as tf
 
 from keras_kfac import curvature
 
-_collecting = [True]
+# None: a layer records statistics when a reader wants them (see above).
+_collecting: list[bool | None] = [None]
 _live_layers: "weakref.WeakSet[KFACLayer]" = weakref.WeakSet()
+_readers = weakref.WeakSet()  # the live KFAC optimizers
+
+
+def add_statistics_reader(optimizer) -> None:
+    """Registers a live optimizer with a method `reads_statistics_of(layer)`
+    (`keras_kfac.KFAC` registers itself); held weakly."""
+    _readers.add(optimizer)
 
 
 @contextlib.contextmanager
 def collecting_statistics(enabled: bool = True):
-    """Turns factor collection on or off for backward passes traced inside.
+    """Turns factor collection on or off for backward passes traced inside,
+    whatever optimizer reads them.
 
     Args:
         enabled: Whether backward passes traced in this block record `A` and
@@ -50,9 +63,20 @@ def collecting_statistics(enabled: bool = True):
         _collecting[0] = previous
 
 
-def is_collecting_statistics() -> bool:
-    """Whether backward passes traced now record factor statistics."""
-    return _collecting[0]
+def is_collecting_statistics(layer: "KFACLayer | None" = None) -> bool:
+    """Whether a backward pass traced now records `layer`'s statistics:
+    as `collecting_statistics` set it, else whether a live optimizer reads
+    them (any layer's, for `layer=None`)."""
+    if _collecting[0] is not None:
+        return _collecting[0]
+    return _read_by_an_optimizer(layer)
+
+
+def _read_by_an_optimizer(layer: "KFACLayer | None") -> bool:
+    return any(
+        layer is None or reader.reads_statistics_of(layer)
+        for reader in list(_readers)
+    )
 
 
 def kfac_layer_of(variable) -> "KFACLayer | None":
@@ -110,15 +134,18 @@ class KFACLayer:
         return -1
 
     def _watch_kernel(self, kernel: tf.Tensor) -> tf.Tensor:
-        """Identity on the kernel that records `‖∇W‖²` of the backward pass."""
+        """Identity on the kernel that records `‖∇W‖²` of every backward
+        pass an optimizer may read (the loss pass too, whose gradient it
+        receives)."""
         statistics = self.statistics
 
         @tf.custom_gradient
         def identity(k):
             def grad(dk):
-                statistics.kernel_grad_sq.assign(
-                    tf.reduce_sum(tf.square(tf.cast(dk, tf.float32)))
-                )
+                if _collecting[0] or _read_by_an_optimizer(self):
+                    statistics.kernel_grad_sq.assign(
+                        tf.reduce_sum(tf.square(tf.cast(dk, tf.float32)))
+                    )
                 return dk
 
             return tf.identity(k), grad
@@ -133,7 +160,7 @@ class KFACLayer:
         @tf.custom_gradient
         def identity(pre_activation):
             def grad(ds):
-                if is_collecting_statistics():
+                if is_collecting_statistics(self):
                     context = tf.distribute.get_replica_context()
                     replicas = context.num_replicas_in_sync if context else 1
                     statistics.A.assign(
@@ -178,8 +205,10 @@ class Dense(KFACLayer, keras.layers.Dense):
         kernel = self.kernel
         if training:
             kernel = self._watch_kernel(kernel)
-        s = tf.matmul(inputs, kernel) if inputs.shape.rank == 2 else (
-            tf.tensordot(inputs, kernel, axes=1)
+        s = (
+            tf.matmul(inputs, kernel)
+            if inputs.shape.rank == 2
+            else (tf.tensordot(inputs, kernel, axes=1))
         )
         if self.bias is not None:
             s = s + self.bias

@@ -27,7 +27,7 @@ from keras.src import backend
 
 from keras_kfac import linalg
 from keras_kfac.curvature import KroneckerBlock
-from keras_kfac.layers import kfac_layer_of
+from keras_kfac.layers import add_statistics_reader, kfac_layer_of
 
 
 def _local(distribution, value):
@@ -249,12 +249,15 @@ class KFAC(keras.optimizers.Optimizer):
         self.damping_mode = damping_mode
         self._backward_scale_sq = None
         self._warned_skipped_updates = False
+        self._block_layers = None  # ids of the blocks' layers, once built
+        add_statistics_reader(self)
 
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
         self._blocks = self._find_blocks(var_list)
+        self._block_layers = {id(block.layer) for block in self._blocks}
         self._kernel_blocks = {b.kernel_index: b for b in self._blocks}
         self._velocities = [
             self.add_variable_from_reference(v, name="velocity")
@@ -322,6 +325,11 @@ class KFAC(keras.optimizers.Optimizer):
                 stacklevel=3,
             )
         return blocks
+
+    def reads_statistics_of(self, layer) -> bool:
+        """Whether this optimizer may read `layer`'s factor statistics:
+        before `build`, any layer's; after, its blocks' layers'."""
+        return self._block_layers is None or id(layer) in self._block_layers
 
     @property
     def skipped_steps(self):

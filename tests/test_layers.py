@@ -11,6 +11,14 @@ import keras_kfac
 from keras_kfac import layers
 
 
+@pytest.fixture(autouse=True)
+def recording_statistics():
+    """These tests read the layers' statistics themselves, with no
+    optimizer to ask for them: recording is switched on explicitly."""
+    with keras_kfac.collecting_statistics(True):
+        yield
+
+
 def test_batch_size_one_dense_block_equals_exact_fisher(rng):
     """With one example, A ⊗ G is the exact (empirical) Fisher block of [W; b]."""
     layer = layers.Dense(3)
