@@ -347,7 +347,12 @@ class KFAC(keras.optimizers.Optimizer):
         return self._clip_coefficient
 
     def apply(self, grads, trainable_variables=None):
-        grads = list(grads)
+        # Sparse gradients (an Embedding's `IndexedSlices`) become dense:
+        # the step, its momentum and the trust region's quadratic are dense.
+        grads = [
+            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+            for g in grads
+        ]
         if trainable_variables is not None:
             trainable_variables = list(trainable_variables)
             if not self.built:

@@ -448,3 +448,35 @@ def test_gradient_accumulation_applies_the_mean_gradient_once(rng):
     assert int(accumulated.optimizer.update_count) == 1
     for a, b in zip(accumulated.get_weights(), once.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_an_embedding_trains_first_order_from_its_sparse_gradient(rng):
+    # Tokens -> Embedding (first-order, IndexedSlices gradient) -> Dense.
+    # With momentum 0 and no clip, the embedding moves by -η ∇, ∇ its dense
+    # gradient on the batch.
+    tokens = rng.integers(0, 20, size=(32, 5)).astype("int32")
+    y = rng.integers(0, 3, size=(32,)).astype("int32")
+    model = keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(20, 4),
+            keras.layers.GlobalAveragePooling1D(),
+            keras_kfac.layers.Dense(3),
+        ]
+    )
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    embedding = model.layers[0].embeddings
+    before = embedding.numpy()
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(tokens, training=True))
+    sparse = tape.gradient(loss, embedding)
+    assert isinstance(sparse, tf.IndexedSlices)
+    dense = tf.convert_to_tensor(sparse).numpy()
+    optimizer = keras_kfac.KFAC(learning_rate=0.1, momentum=0.0, kl_clip=None)
+    model.compile(optimizer=optimizer, loss=loss_fn)
+    model.train_on_batch(tokens, y)
+    np.testing.assert_allclose(
+        embedding.numpy(), before - 0.1 * dense, rtol=1e-5, atol=1e-7
+    )
+    model.fit(tokens, y, epochs=2, batch_size=8, verbose=0)
+    assert np.all(np.isfinite(embedding.numpy()))
