@@ -258,6 +258,7 @@ class KFAC(keras.optimizers.Optimizer):
         super().build(var_list)
         self._blocks = self._find_blocks(var_list)
         self._block_layers = {id(block.layer) for block in self._blocks}
+        self._warn_about_first_order_kernels(var_list)
         self._kernel_blocks = {b.kernel_index: b for b in self._blocks}
         self._velocities = [
             self.add_variable_from_reference(v, name="velocity")
@@ -325,6 +326,83 @@ class KFAC(keras.optimizers.Optimizer):
                 stacklevel=3,
             )
         return blocks
+
+    def _warn_about_first_order_kernels(self, var_list) -> None:
+        """One warning naming the kernels that get no K-FAC block (plain
+        Keras layers, most likely, that `keras_kfac.convert` would give
+        one); other first-order variables are listed by `summary()`."""
+        in_blocks = {
+            i
+            for block in self._blocks
+            for i in (block.kernel_index, block.bias_index)
+            if i is not None
+        }
+        kernels = [
+            v.path
+            for i, v in enumerate(var_list)
+            if i not in in_blocks and v.path.endswith("kernel")
+        ]
+        if self._blocks and kernels:
+            warnings.warn(
+                f"KFAC trains {len(kernels)} kernel(s) first-order, outside "
+                f"any K-FAC block: {', '.join(kernels)}. Only "
+                "keras_kfac.layers.Dense and Conv2D get one; "
+                "keras_kfac.convert(model) turns Keras Dense and Conv2D "
+                "layers into them. KFAC.summary() lists every variable.",
+                stacklevel=4,
+            )
+
+    def summary_rows(self) -> list[tuple[str, tuple, str]]:
+        """`(path, shape, update)` for every variable this optimizer
+        trains; `update` names the K-FAC block (its layer kind, number
+        and factor sizes) or says first-order. Needs the optimizer built.
+        """
+        if not self.built:
+            raise ValueError(
+                "KFAC.summary needs the optimizer built: train a step or call "
+                "optimizer.build(model.trainable_variables) first."
+            )
+        update_of = {}
+        for number, block in enumerate(self._blocks, 1):
+            kind = type(block.layer).__name__
+            update_of[block.kernel_index] = (
+                f"K-FAC {kind} block {number} (A {block.dim_A}x{block.dim_A}, "
+                f"G {block.dim_G}x{block.dim_G})"
+            )
+            if block.bias_index is not None:
+                update_of[block.bias_index] = f"K-FAC {kind} block {number}"
+        return [
+            (
+                v.path,
+                tuple(v.shape),
+                update_of.get(i, "first-order (momentum SGD, same step size)"),
+            )
+            for i, v in enumerate(self._trainable_variables)
+        ]
+
+    def summary(self, print_fn=None) -> None:
+        """Prints which variables get K-FAC updates (and from which block)
+        and which first-order ones, as `Model.summary` prints layers.
+
+        Args:
+            print_fn: Called with each line; defaults to `print`.
+        """
+        rows = self.summary_rows()
+        print_fn = print if print_fn is None else print_fn
+        kfac = sum(row[2].startswith("K-FAC") for row in rows)
+        print_fn(
+            f"KFAC: {kfac} of {len(rows)} variables in "
+            f"{len(self._blocks)} K-FAC blocks, {len(rows) - kfac} first-order"
+        )
+        widths = [
+            max(len(str(row[k])) for row in rows + [("variable", "shape")])
+            for k in (0, 1)
+        ]
+        print_fn(f"{'variable':<{widths[0]}}  {'shape':<{widths[1]}}  update")
+        for path, shape, update in rows:
+            print_fn(
+                f"{path:<{widths[0]}}  {str(shape):<{widths[1]}}  {update}"
+            )
 
     def reads_statistics_of(self, layer) -> bool:
         """Whether this optimizer may read `layer`'s factor statistics:
@@ -714,6 +792,9 @@ class KFAC(keras.optimizers.Optimizer):
         )
         return config
 
+
+# `compile(optimizer="kfac")`, as Keras' own optimizers go by name.
+keras.saving.get_custom_objects().update({"kfac": KFAC, "KFAC": KFAC})
 
 KFAC.__doc__ = KFAC.__doc__.replace(
     "{{base_optimizer_keyword_args}}",

@@ -480,3 +480,63 @@ def test_an_embedding_trains_first_order_from_its_sparse_gradient(rng):
     )
     model.fit(tokens, y, epochs=2, batch_size=8, verbose=0)
     assert np.all(np.isfinite(embedding.numpy()))
+
+
+def _mixed_model():
+    """A K-FAC layer between an Embedding and a plain Keras Dense."""
+    return keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(20, 4, name="tokens"),
+            keras.layers.Flatten(),
+            keras_kfac.layers.Dense(8, name="tapped"),
+            keras.layers.Dense(3, name="plain"),
+        ]
+    )
+
+
+def test_summary_names_every_variables_update():
+    model = _mixed_model()
+    optimizer = keras_kfac.KFAC()
+    with pytest.raises(ValueError, match="needs the optimizer built"):
+        optimizer.summary()
+    with pytest.warns(UserWarning, match=r"1 kernel\(s\).*plain/kernel"):
+        optimizer.build(model.trainable_variables)
+    rows = {
+        path.split("/", 1)[1]: update
+        for path, _, update in optimizer.summary_rows()
+    }
+    assert rows == {
+        "tokens/embeddings": "first-order (momentum SGD, same step size)",
+        "tapped/kernel": "K-FAC Dense block 1 (A 21x21, G 8x8)",
+        "tapped/bias": "K-FAC Dense block 1",
+        "plain/kernel": "first-order (momentum SGD, same step size)",
+        "plain/bias": "first-order (momentum SGD, same step size)",
+    }
+    lines = []
+    optimizer.summary(print_fn=lines.append)
+    assert lines[0] == "KFAC: 2 of 5 variables in 1 K-FAC blocks, 3 first-order"
+    assert len(lines) == 2 + 5
+
+
+def test_a_model_of_kfac_layers_builds_without_a_warning(recwarn):
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras_kfac.layers.Dense(3),
+            keras.layers.LayerNormalization(),
+        ]
+    )
+    keras_kfac.KFAC().build(model.trainable_variables)
+    assert not [w for w in recwarn if "first-order" in str(w.message)]
+
+
+def test_compile_takes_kfac_by_name():
+    model = keras.Sequential([keras.Input((4,)), keras_kfac.layers.Dense(2)])
+    for name in ("kfac", "KFAC"):
+        model.compile(optimizer=name, loss="mse")
+        assert isinstance(model.optimizer, keras_kfac.KFAC)
+        assert (
+            model.optimizer.get_config()
+            == keras_kfac.KFAC().get_config() | {"name": model.optimizer.name}
+        )
