@@ -11,7 +11,9 @@ damped Kronecker system diagonal in the eigenbases is solved by
 
     X = Q_A [(Q_Aᵀ V Q_G) / D] Q_Gᵀ
 
-for an elementwise divisor `D` of shape `(dim A, dim G)`.
+for an elementwise divisor `D` of shape `(dim A, dim G)`. Factored
+damping instead keeps the explicit inverses of the damped factors, and
+solves with two matmuls, `X = (A + π√λ I)⁻¹ V (G + √λ/π I)⁻¹`.
 """
 
 import tensorflow as tf
@@ -50,7 +52,40 @@ def symmetric_eigh(M: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return tf.maximum(eigenvalues, 0.0), eigenvectors, ok
 
 
-def pi_adjustment(eigenvalues_A: tf.Tensor, eigenvalues_G: tf.Tensor) -> tf.Tensor:
+def factored_inverses(
+    A: tf.Tensor, G: tf.Tensor, damping: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`((A + π√λ I)⁻¹, (G + √λ/π I)⁻¹, ok)` of factored damping.
+
+    `π` is `pi_adjustment` of the factors' diagonals (their means are the
+    mean eigenvalues). `ok` is false when a factor or an inverse is not
+    finite (the caller then keeps its previous inverses); a non-finite
+    factor is inverted as the identity, so the op never sees NaN.
+    """
+    finite = tf.logical_and(
+        tf.reduce_all(tf.math.is_finite(A)), tf.reduce_all(tf.math.is_finite(G))
+    )
+    eye_A = tf.eye(tf.shape(A)[0], dtype=A.dtype)
+    eye_G = tf.eye(tf.shape(G)[0], dtype=G.dtype)
+    A = tf.where(finite, 0.5 * (A + tf.transpose(A)), eye_A)
+    G = tf.where(finite, 0.5 * (G + tf.transpose(G)), eye_G)
+    pi = pi_adjustment(tf.linalg.diag_part(A), tf.linalg.diag_part(G))
+    root = tf.sqrt(damping)
+    A_inverse = tf.linalg.inv(A + pi * root * eye_A)
+    G_inverse = tf.linalg.inv(G + root / pi * eye_G)
+    ok = tf.logical_and(
+        finite,
+        tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(A_inverse)),
+            tf.reduce_all(tf.math.is_finite(G_inverse)),
+        ),
+    )
+    return A_inverse, G_inverse, ok
+
+
+def pi_adjustment(
+    eigenvalues_A: tf.Tensor, eigenvalues_G: tf.Tensor
+) -> tf.Tensor:
     """π of factored Tikhonov damping (Martens & Grosse 2015, §6.3).
 
     `π = sqrt((tr(A) / dim A) / (tr(G) / dim G))`, the trace-norm choice that
@@ -154,4 +189,6 @@ def kl_clip_learning_rate(
     bound = tf.sqrt(
         tf.math.divide_no_nan(2.0 * tf.constant(kl_clip, tf.float32), quadratic)
     )
-    return tf.where(quadratic > 0.0, tf.minimum(learning_rate, bound), learning_rate)
+    return tf.where(
+        quadratic > 0.0, tf.minimum(learning_rate, bound), learning_rate
+    )

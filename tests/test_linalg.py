@@ -94,3 +94,28 @@ def test_running_average():
         tf.constant(2.0), tf.constant(4.0), tf.constant(0.25)
     )
     assert float(out) == 3.5
+
+
+def test_factored_inverses_invert_the_damped_factors(rng):
+    A, G, damping = spd(rng, 5), spd(rng, 3), 0.04
+    A_inverse, G_inverse, ok = linalg.factored_inverses(
+        tf.constant(A), tf.constant(G), tf.constant(damping)
+    )
+    assert bool(ok)
+    pi = np.sqrt((np.trace(A) / 5) / (np.trace(G) / 3))
+    r = np.sqrt(damping)
+    np.testing.assert_allclose(
+        A_inverse.numpy() @ (A + pi * r * np.eye(5)), np.eye(5), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        G_inverse.numpy() @ (G + r / pi * np.eye(3)), np.eye(3), atol=1e-5
+    )
+
+
+def test_factored_inverses_flag_nonfinite_input(rng):
+    A = spd(rng, 3)
+    A[0, 1] = np.nan
+    _, _, ok = linalg.factored_inverses(
+        tf.constant(A), tf.constant(spd(rng, 2)), tf.constant(0.01)
+    )
+    assert not bool(ok)

@@ -540,3 +540,30 @@ def test_compile_takes_kfac_by_name():
             model.optimizer.get_config()
             == keras_kfac.KFAC().get_config() | {"name": model.optimizer.name}
         )
+
+
+def test_factored_predicted_kl_is_half_the_step_under_a_kron_g(rng):
+    # One step, momentum 0, stats decay 0 and inverses every step: the
+    # factors are the batch's, and ½ vᵀ (A ⊗ G) v is the dense quadratic.
+    model = mlp()
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    blocks, _ = mlp_reference(model, x, y)
+    step = one_step(
+        model,
+        x,
+        y,
+        learning_rate=0.1,
+        damping=0.03,
+        damping_mode="factored",
+        **EXACT,
+    )
+    expected = 0.5 * step @ dense_fisher(blocks) @ step
+    np.testing.assert_allclose(
+        float(model.optimizer.predicted_kl()), expected, rtol=1e-4
+    )
+
+
+def test_factored_damping_needs_positive_damping():
+    with pytest.raises(ValueError, match="damping=0.0"):
+        keras_kfac.KFAC(damping=0.0, damping_mode="factored")
