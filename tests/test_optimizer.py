@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import keras
@@ -567,3 +568,44 @@ def test_factored_predicted_kl_is_half_the_step_under_a_kron_g(rng):
 def test_factored_damping_needs_positive_damping():
     with pytest.raises(ValueError, match="damping=0.0"):
         keras_kfac.KFAC(damping=0.0, damping_mode="factored")
+
+
+def test_kfac_logs_reach_history_and_tensorboard(rng, tmp_path):
+    model = mlp()
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = rng.normal(size=(64, 2)).astype("float32")
+    optimizer = keras_kfac.KFAC(learning_rate=10.0, damping=0.02)
+    model.compile(optimizer=optimizer, loss="mse")
+    logdir = str(tmp_path / "tb")
+    history = model.fit(
+        x,
+        y,
+        epochs=2,
+        batch_size=16,
+        verbose=0,
+        callbacks=[keras_kfac.KFACLogs(), keras.callbacks.TensorBoard(logdir)],
+    )
+    logs = history.history
+    clip = float(optimizer.clip_coefficient.numpy())
+    # η_max = 10 is far above what δ allows: the clip binds.
+    assert 0.0 < clip < 1.0
+    assert logs["kfac_clip_coefficient"][-1] == pytest.approx(clip)
+    assert logs["kfac_step_size"][-1] == pytest.approx(10.0 * clip)
+    assert logs["kfac_damping"] == [0.02, 0.02]
+    assert logs["kfac_skipped_steps"] == [0.0, 0.0]
+    tags = set()
+    for root, _, files in os.walk(logdir):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(
+                os.path.join(root, name)
+            ):
+                tags.update(v.tag for v in event.summary.value)
+    assert "epoch_kfac_clip_coefficient" in tags
+
+
+def test_kfac_logs_need_a_kfac_optimizer(rng):
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    x = rng.normal(size=(8, 3)).astype("float32")
+    with pytest.raises(ValueError, match="compiled with Adam"):
+        model.fit(x, x[:, :2], verbose=0, callbacks=[keras_kfac.KFACLogs()])
