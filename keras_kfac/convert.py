@@ -15,8 +15,10 @@ def convert(model: keras.Model) -> keras.Model:
 
     The copy has the same architecture, configuration and weights; every
     `keras.layers.Dense` and `keras.layers.Conv2D` (exactly those classes,
-    not subclasses) becomes its `keras_kfac.layers` counterpart. Other layers
-    are cloned unchanged and train first-order under `keras_kfac.KFAC`.
+    not subclasses) becomes its `keras_kfac.layers` counterpart, inside
+    nested Sequential and functional models too. Other layers are cloned
+    unchanged and train first-order under `keras_kfac.KFAC`
+    (`KFAC.summary()` lists which).
 
     Args:
         model: A built Sequential or functional Keras model.
@@ -42,7 +44,9 @@ def convert(model: keras.Model) -> keras.Model:
         return kind.from_config(layer.get_config())
 
     try:
-        converted = keras.models.clone_model(model, clone_function=clone)
+        converted = keras.models.clone_model(
+            model, clone_function=clone, recursive=True
+        )
     except ValueError as error:
         raise ValueError(
             f"convert cannot clone {model.name!r}: subclassed models must be "

@@ -150,6 +150,25 @@ def test_layers_match_keras_outputs_and_serialize(rng):
     assert type(clone.layers[0]) is layers.Conv2D
 
 
+def test_convert_reaches_into_nested_models(rng):
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(5, activation="tanh")],
+        name="inner",
+    )
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
+    ours = keras_kfac.convert(plain)
+    nested = [l for l in ours.layers if isinstance(l, keras.Model)]
+    assert [type(l) for l in nested[0].layers] == [layers.Dense]
+    assert type(ours.layers[-1]) is layers.Dense
+    x = rng.normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
+    optimizer = keras_kfac.KFAC()
+    optimizer.build(ours.trainable_variables)
+    updates = [update for _, _, update in optimizer.summary_rows()]
+    assert all(update.startswith("K-FAC Dense") for update in updates)
+
+
 def test_grouped_conv_is_rejected():
     with pytest.raises(ValueError, match="groups=2"):
         layers.Conv2D(4, 3, groups=2)
