@@ -72,6 +72,22 @@ def is_collecting_statistics(layer: "KFACLayer | None" = None) -> bool:
     return _read_by_an_optimizer(layer)
 
 
+def _statistics_due(layer: "KFACLayer") -> tf.Tensor | None:
+    """Whether this step's backward pass records `layer`'s statistics, by
+    the schedules of the optimizers that read them (the built ones whose
+    blocks hold `layer`, else those not built yet): a boolean tensor, or
+    `None` for "yes" (a reader records every step, or there is none)."""
+    readers = [r for r in list(_readers) if r.reads_statistics_of(layer)]
+    built = [r for r in readers if r.built]
+    dues = []
+    for reader in built or readers:
+        due = reader.statistics_due()
+        if due is None:
+            return None
+        dues.append(due)
+    return tf.reduce_any(tf.stack(dues)) if dues else None
+
+
 def _read_by_an_optimizer(layer: "KFACLayer | None") -> bool:
     return any(
         layer is None or reader.reads_statistics_of(layer)
@@ -160,7 +176,7 @@ class KFACLayer:
         @tf.custom_gradient
         def identity(pre_activation):
             def grad(ds):
-                if is_collecting_statistics(self):
+                def record():
                     context = tf.distribute.get_replica_context()
                     replicas = context.num_replicas_in_sync if context else 1
                     statistics.A.assign(
@@ -172,6 +188,14 @@ class KFACLayer:
                         )
                     )
                     statistics.fresh.assign(1.0)
+                    return tf.constant(True)
+
+                if is_collecting_statistics(self):
+                    due = _statistics_due(self)
+                    if due is None:
+                        record()
+                    else:  # the readers' schedule: only on some steps
+                        tf.cond(due, record, lambda: tf.constant(False))
                 return ds
 
             return tf.identity(pre_activation), grad

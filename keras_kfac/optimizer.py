@@ -117,6 +117,12 @@ class KFAC(keras.optimizers.Optimizer):
             to `0.95`.
         inverse_update_freq: Eigendecompose the factors every this many
             updates. Defaults to `10`.
+        statistics_update_freq: The layers record `A` and `G` on the
+            backward passes of every this many steps (those where
+            `iterations` is a multiple of it), and the running factors fold
+            in only those batches, so `stats_decay` then applies once per
+            this many steps. Recording is a large part of a step's cost at
+            small batches. Defaults to `1`.
         cold_steps: Number of first updates that skip preconditioning.
             Defaults to `0`.
         damping_mode: `"eigen"` solves `(A ⊗ G + λ I) x = ∇` exactly in the
@@ -148,6 +154,7 @@ class KFAC(keras.optimizers.Optimizer):
         inverse_update_freq: int = 10,
         cold_steps: int = 0,
         damping_mode: str = "eigen",
+        statistics_update_freq: int = 1,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -239,6 +246,7 @@ class KFAC(keras.optimizers.Optimizer):
         )
         _check_integer("inverse_update_freq", inverse_update_freq, 1)
         _check_integer("cold_steps", cold_steps, 0)
+        _check_integer("statistics_update_freq", statistics_update_freq, 1)
         if damping_mode not in linalg.DAMPING_MODES:
             raise ValueError(
                 f"damping_mode must be one of {linalg.DAMPING_MODES}. "
@@ -256,6 +264,7 @@ class KFAC(keras.optimizers.Optimizer):
         self.inverse_update_freq = inverse_update_freq
         self.cold_steps = cold_steps
         self.damping_mode = damping_mode
+        self.statistics_update_freq = statistics_update_freq
         self._backward_scale_sq = None
         self._warned_skipped_updates = False
         self._block_layers = None  # ids of the blocks' layers, once built
@@ -423,6 +432,16 @@ class KFAC(keras.optimizers.Optimizer):
             print_fn(
                 f"{path:<{widths[0]}}  {str(shape):<{widths[1]}}  {update}"
             )
+
+    def statistics_due(self) -> tf.Tensor | None:
+        """Whether the backward pass traced now should record factor
+        statistics for this optimizer: a boolean tensor, or `None` when
+        every pass should (`statistics_update_freq=1`)."""
+        if self.statistics_update_freq == 1:
+            return None
+        return tf.equal(
+            tf.math.floormod(self.iterations, self.statistics_update_freq), 0
+        )
 
     def reads_statistics_of(self, layer) -> bool:
         """Whether this optimizer may read `layer`'s factor statistics:
@@ -845,6 +864,7 @@ class KFAC(keras.optimizers.Optimizer):
                 "inverse_update_freq": self.inverse_update_freq,
                 "cold_steps": self.cold_steps,
                 "damping_mode": self.damping_mode,
+                "statistics_update_freq": self.statistics_update_freq,
             }
         )
         return config

@@ -317,6 +317,7 @@ def test_momentum_averages_steps(rng):
         (dict(loss_scale_factor=0.0), "loss_scale_factor=0.0"),
         (dict(loss_scale_factor=float("nan")), "loss_scale_factor=nan"),
         (dict(use_ema=True, ema_momentum=float("nan")), "ema_momentum=nan"),
+        (dict(statistics_update_freq=0), "statistics_update_freq=0"),
     ],
 )
 def test_invalid_hyperparameters_name_what_was_received(kwargs, received):
@@ -390,6 +391,7 @@ def test_config_round_trip():
         inverse_update_freq=3,
         cold_steps=4,
         damping_mode="factored",
+        statistics_update_freq=2,
         clipnorm=1.0,
         weight_decay=1e-4,
     )
@@ -609,3 +611,41 @@ def test_kfac_logs_need_a_kfac_optimizer(rng):
     x = rng.normal(size=(8, 3)).astype("float32")
     with pytest.raises(ValueError, match="compiled with Adam"):
         model.fit(x, x[:, :2], verbose=0, callbacks=[keras_kfac.KFACLogs()])
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "function"])
+def test_statistics_are_recorded_every_statistics_update_freq_steps(
+    rng, compiled
+):
+    # freq 3: the backward passes of steps 0, 3 and 6 record A and G; the
+    # running A then moves on those steps only.
+    model = mlp()
+    optimizer = keras_kfac.KFAC(
+        learning_rate=0.01, statistics_update_freq=3, stats_decay=0.5
+    )
+    layer = model.layers[0]
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+        grads = tape.gradient(loss, model.trainable_variables)
+        recorded = tf.identity(layer.statistics.fresh)
+        optimizer.apply(grads, model.trainable_variables)
+        return recorded
+
+    step = tf.function(step) if compiled else step
+    # A KFAC not built yet, still alive (another test's, say), reads every
+    # layer and records every step; once built, this one decides.
+    stray = keras_kfac.KFAC()
+    recorded, moved = [], []
+    previous = None
+    for _ in range(7):
+        x = rng.normal(size=(8, 3)).astype("float32")
+        y = rng.normal(size=(8, 2)).astype("float32")
+        recorded.append(float(step(x, y)))
+        A = optimizer._factors[0]["A"].numpy().copy()
+        moved.append(previous is None or not np.array_equal(A, previous))
+        previous = A
+    assert recorded == [1, 0, 0, 1, 0, 0, 1]
+    assert moved == [True, False, False, True, False, False, True]
+    del stray
