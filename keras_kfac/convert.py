@@ -6,15 +6,17 @@ from keras_kfac import layers
 
 _REPLACEMENTS = {
     keras.layers.Dense: layers.Dense,
+    keras.layers.Conv1D: layers.Conv1D,
     keras.layers.Conv2D: layers.Conv2D,
 }
 
 
 def convert(model: keras.Model) -> keras.Model:
-    """A copy of `model` whose `Dense` and `Conv2D` layers tap K-FAC factors.
+    """A copy of `model` whose `Dense`, `Conv1D` and `Conv2D` layers tap
+    K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
-    `keras.layers.Dense` and `keras.layers.Conv2D` (exactly those classes,
+    `keras.layers.Dense`, `Conv1D` and `Conv2D` (exactly those classes,
     not subclasses) becomes its `keras_kfac.layers` counterpart, inside
     nested Sequential and functional models too. Other layers are cloned
     unchanged and train first-order under `keras_kfac.KFAC`
@@ -28,8 +30,7 @@ def convert(model: keras.Model) -> keras.Model:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(
-            "convert expects a keras.Model. "
-            f"Received: {type(model).__name__}"
+            f"convert expects a keras.Model. Received: {type(model).__name__}"
         )
     if not model.built:
         raise ValueError(

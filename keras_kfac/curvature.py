@@ -70,6 +70,36 @@ def conv2d_patches(
     return tf.reshape(patches, (-1, tf.shape(patches)[-1]))
 
 
+def conv1d_patches(
+    x: tf.Tensor,
+    kernel_size: int,
+    stride: int,
+    dilation_rate: int,
+    padding: str,
+    data_format: str,
+) -> tf.Tensor:
+    """Rows of `a` for a Conv1D layer: one flattened window per output
+    position, laid out `(k, c_in)` as the Keras kernel `(k, c_in, c_out)`.
+
+    The sequence is a one-row image for `conv2d_patches`; `"causal"`
+    padding is the left padding of `dilation_rate · (k - 1)` steps that
+    Keras applies before a `"valid"` convolution.
+    """
+    if data_format == "channels_first":
+        x = tf.transpose(x, (0, 2, 1))
+    if padding == "causal":
+        x = tf.pad(x, ((0, 0), (dilation_rate * (kernel_size - 1), 0), (0, 0)))
+        padding = "valid"
+    return conv2d_patches(
+        x[:, None],
+        (1, kernel_size),
+        (1, stride),
+        (1, dilation_rate),
+        padding,
+        "channels_last",
+    )
+
+
 def output_factor(
     ds: tf.Tensor, batch_size: tf.Tensor, num_replicas: int, channels_axis: int
 ) -> tf.Tensor:
@@ -98,8 +128,9 @@ class KroneckerBlock:
     """Maps a layer's `(kernel, bias)` gradients to and from the matrix `V`.
 
     `V = [∇W; ∇b]` has shape `(dim A, dim G)`: the kernel gradient with every
-    axis but the last flattened (Dense `(d_in, d_out)`, Conv2D
-    `(kh · kw · c_in, c_out)`) and the bias gradient as an extra row.
+    axis but the last flattened (Dense `(d_in, d_out)`, Conv1D
+    `(k · c_in, c_out)`, Conv2D `(kh · kw · c_in, c_out)`) and the bias
+    gradient as an extra row.
 
     Args:
         layer: The `keras_kfac` layer whose statistics feed this block.
@@ -114,9 +145,7 @@ class KroneckerBlock:
         kernel_shape = tuple(layer.kernel.shape)
         self.kernel_shape = kernel_shape
         self.dim_G = kernel_shape[-1]
-        self.dim_A = (
-            math.prod(kernel_shape[:-1]) + (bias_index is not None)
-        )
+        self.dim_A = math.prod(kernel_shape[:-1]) + (bias_index is not None)
 
     def gradient_matrix(
         self, kernel_grad: tf.Tensor, bias_grad: tf.Tensor | None

@@ -27,9 +27,7 @@ def categorical_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
     """
     logits = tf.cast(logits, tf.float32)
     flat = tf.reshape(logits, (-1, tf.shape(logits)[-1]))
-    sampled = tf.stop_gradient(
-        tf.random.categorical(flat, 1, seed=seed)[:, 0]
-    )
+    sampled = tf.stop_gradient(tf.random.categorical(flat, 1, seed=seed)[:, 0])
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(sampled, flat)
     )
@@ -51,7 +49,9 @@ def gaussian_fisher_loss(
     """
     mean = tf.cast(mean, tf.float32)
     d = tf.cast(tf.shape(mean)[-1], tf.float32)
-    variance = d / 2.0 if variance is None else tf.constant(variance, tf.float32)
+    variance = (
+        d / 2.0 if variance is None else tf.constant(variance, tf.float32)
+    )
     noise = tf.random.normal(tf.shape(mean), seed=seed) * tf.sqrt(variance)
     sampled = tf.stop_gradient(mean + noise)
     per_example = tf.reduce_sum(
@@ -101,7 +101,9 @@ class TrueFisherModel(keras.Model):
                 f"Received: distribution={distribution!r}"
             )
         if variance is not None and not variance > 0:
-            raise ValueError(f"variance must be > 0. Received: variance={variance}")
+            raise ValueError(
+                f"variance must be > 0. Received: variance={variance}"
+            )
         self.model = model
         self.distribution = distribution
         self.variance = variance
@@ -120,7 +122,10 @@ class TrueFisherModel(keras.Model):
         with tf.GradientTape(persistent=True) as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
                 training=True,
             )
             self._loss_tracker.update_state(

@@ -1,6 +1,6 @@
 """Keras layers that tap the Kronecker factors K-FAC needs.
 
-`Dense` and `Conv2D` behave exactly like their Keras parents and load the
+`Dense`, `Conv1D` and `Conv2D` behave exactly like their Keras parents and load the
 same weights. When called with `training=True` they also record, for the
 optimizer:
 
@@ -283,6 +283,66 @@ class Conv2D(KFACLayer, keras.layers.Conv2D):
                 (1, 1, 1, self.filters)
                 if self.data_format == "channels_last"
                 else (1, self.filters, 1, 1)
+            )
+            s = s + tf.reshape(self.bias, shape)
+        return self._finish(inputs, s, training)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class Conv1D(KFACLayer, keras.layers.Conv1D):
+    """`keras.layers.Conv1D` that records its K-FAC factors when training.
+
+    Same arguments and weights as `keras.layers.Conv1D`: `"valid"`,
+    `"same"` or `"causal"` padding, strides, dilation and data format.
+    Grouped convolutions (`groups > 1`) are not supported.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1:
+            raise ValueError(
+                "keras_kfac.layers.Conv1D supports only groups=1. "
+                f"Received: groups={self.groups}"
+            )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_statistics()
+
+    def _input_rows(self, x):
+        return curvature.conv1d_patches(
+            x,
+            self.kernel_size[0],
+            self.strides[0],
+            self.dilation_rate[0],
+            self.padding,
+            self.data_format,
+        )
+
+    def _channels_axis(self):
+        return 1 if self.data_format == "channels_first" else -1
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel
+        if training:
+            kernel = self._watch_kernel(kernel)
+        padded, padding = inputs, self.padding
+        if padding == "causal":
+            padded = tf.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
+        s = keras.ops.conv(
+            padded,
+            kernel,
+            strides=list(self.strides),
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        if self.use_bias:
+            shape = (
+                (1, 1, self.filters)
+                if self.data_format == "channels_last"
+                else (1, self.filters, 1)
             )
             s = s + tf.reshape(self.bias, shape)
         return self._finish(inputs, s, training)

@@ -348,7 +348,7 @@ class KFAC(keras.optimizers.Optimizer):
             blocks.append(KroneckerBlock(layer, kernel_index, bias_index))
         if not blocks:
             warnings.warn(
-                "KFAC found no keras_kfac.layers.Dense or Conv2D among the "
+                "KFAC found no keras_kfac.layers.Dense, Conv1D or Conv2D among the "
                 f"{len(var_list)} variables it trains, so every update is "
                 "first-order (momentum SGD). Build the model from "
                 "keras_kfac.layers or call keras_kfac.convert(model).",
@@ -375,8 +375,8 @@ class KFAC(keras.optimizers.Optimizer):
             warnings.warn(
                 f"KFAC trains {len(kernels)} kernel(s) first-order, outside "
                 f"any K-FAC block: {', '.join(kernels)}. Only "
-                "keras_kfac.layers.Dense and Conv2D get one; "
-                "keras_kfac.convert(model) turns Keras Dense and Conv2D "
+                "keras_kfac.layers.Dense, Conv1D and Conv2D get one; "
+                "keras_kfac.convert(model) turns the Keras ones "
                 "layers into them. KFAC.summary() lists every variable.",
                 stacklevel=4,
             )

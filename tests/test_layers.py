@@ -237,3 +237,62 @@ def test_conv2d_channels_first_matches_channels_last_factors(rng):
     )
     for first, last in zip(stats[1], stats[0]):
         np.testing.assert_allclose(first, last, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "padding, stride, dilation",
+    [("valid", 1, 1), ("same", 2, 1), ("causal", 1, 2), ("causal", 2, 1)],
+)
+def test_conv1d_factors_match_window_formulas(rng, padding, stride, dilation):
+    k, n, length, c_in = 3, 2, 9, 2
+    layer = layers.Conv1D(
+        4, k, strides=stride, dilation_rate=dilation, padding=padding
+    )
+    x = rng.normal(size=(n, length, c_in)).astype("float32")
+    layer.build(x.shape)
+    with tf.GradientTape(persistent=True) as tape:
+        s = layer(x, training=True)
+        loss = tf.reduce_mean(tf.square(s))
+    np.testing.assert_allclose(
+        s, keras.layers.Conv1D.call(layer, x), rtol=1e-5, atol=1e-6
+    )
+    ds = tape.gradient(loss, s).numpy().reshape(-1, 4)
+    # Windows by hand: a one-row image, causal = left padding then valid.
+    if padding == "causal":
+        x_padded = np.pad(x, ((0, 0), (dilation * (k - 1), 0), (0, 0)))
+        a, T = numpy_patches(
+            x_padded[:, None], (1, k), (1, stride), (1, dilation), "valid"
+        )
+    else:
+        a, T = numpy_patches(
+            x[:, None], (1, k), (1, stride), (1, dilation), padding
+        )
+    dW = tape.gradient(loss, layer.kernel).numpy()
+    np.testing.assert_allclose(
+        dW.reshape(-1, 4), a.T @ ds, rtol=1e-4, atol=1e-6
+    )
+    a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    np.testing.assert_allclose(
+        layer.statistics.A.numpy(), a.T @ a / len(a), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), n * ds.T @ ds, rtol=1e-4, atol=1e-9
+    )
+
+
+def test_convert_turns_conv1d_into_ours(rng):
+    plain = keras.Sequential(
+        [keras.Input((8, 2)), keras.layers.Conv1D(3, 2, padding="causal")]
+    )
+    ours = keras_kfac.convert(plain)
+    assert type(ours.layers[0]) is layers.Conv1D
+    x = rng.normal(size=(2, 8, 2)).astype("float32")
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
+    optimizer = keras_kfac.KFAC()
+    optimizer.build(ours.trainable_variables)
+    assert [u for _, _, u in optimizer.summary_rows()] == [
+        "K-FAC Conv1D block 1 (A 5x5, G 3x3)",
+        "K-FAC Conv1D block 1",
+    ]
+    with pytest.raises(ValueError, match="groups=2"):
+        layers.Conv1D(4, 3, groups=2)
