@@ -133,9 +133,11 @@ PRESETS = {
 # the policy and value heads, both trained in one step (for ACKTR one
 # joint K-FAC step with the critic's Gauss-Newton Fisher), entropy bonus
 # 0.01 and learning rates decayed linearly to 0. ACKTR: 32 envs x 20
-# steps, η_max = 0.25, δ = 0.001 (the paper's radius in its own formula,
-# `η = min(η_max, sqrt(2δ / Δᵀ F̂ Δ))`; baselines' code, `kfac_clip=0.001`,
-# clips at δ = 0.0005, which the `default` preset follows), λ = 0.01,
+# steps, η_max = 0.25, δ = 0.001 (baselines' `kfac_clip=0.001` taken as
+# the radius of `η = min(η_max, sqrt(2δ / Δᵀ F̂ Δ))`; baselines' code
+# clips at the equivalent of δ = 0.0005, which the `default` preset
+# follows; at that radius the clip binds on more of the early updates),
+# λ = 0.01,
 # momentum 0.9, factors averaged with decay 0.99, inverses every 10
 # updates; A2C: 16 envs x 5 steps, RMSprop 7e-4. TRPO has no shared torso: its value network is its own
 # torso, fitted apart.
