@@ -136,11 +136,9 @@ PRESETS = {
 # steps, η_max = 0.25, δ = 0.001 (baselines' `kfac_clip=0.001` taken as
 # the radius of `η = min(η_max, sqrt(2δ / Δᵀ F̂ Δ))`; baselines' code
 # clips at the equivalent of δ = 0.0005, which the `default` preset
-# follows; at that radius the clip binds on more of the early updates),
-# λ = 0.01,
-# momentum 0.9, factors averaged with decay 0.99, inverses every 10
-# updates; A2C: 16 envs x 5 steps, RMSprop 7e-4. TRPO has no shared torso: its value network is its own
-# torso, fitted apart.
+# follows), λ = 0.01, momentum 0.9, factors averaged with decay 0.99,
+# inverses every 10 updates; A2C: 16 envs x 5 steps, RMSprop 7e-4. TRPO
+# has no shared torso: its value network is its own torso, fitted apart.
 _ATARI = dict(
     shared_torso=True,
     critic="joint",
