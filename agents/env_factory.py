@@ -6,12 +6,32 @@ subprocesses of `GymnasiumEnvironment(..., processes=True)`, which receive
 """
 
 import copy
+import importlib
 
 import gymnasium
 import numpy as np
 from gymnasium import wrappers
 
 from agents import atari
+
+
+def registered_id(env_id: str, name: str = "env_id") -> str:
+    """The Gymnasium id in `env_id`, registered if it can be: `"module:Env-v0"`
+    imports `module` first (which registers `Env-v0`), as `gymnasium.make`
+    does, and an ALE id registers the Atari games. Raises `ValueError`,
+    naming the argument `name`, when the module cannot be imported."""
+    received = env_id
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(
+                f"Cannot import the module of the environment id ({error}). "
+                f"Received: {name}={received!r}"
+            ) from None
+    atari.register(env_id)
+    return env_id
 
 
 def make_env(

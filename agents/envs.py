@@ -18,7 +18,6 @@ autoreset and tf-agents' convention for auto-resetting environments.
 """
 
 import functools
-import importlib
 import time
 
 import gymnasium
@@ -27,9 +26,8 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
-from agents import atari
 from agents.checks import check_positive_integer
-from agents.env_factory import make_env
+from agents.env_factory import make_env, registered_id
 
 
 class EnvironmentStepError(RuntimeError):
@@ -111,16 +109,7 @@ def check_env_id(env_id: str) -> None:
     `"module:Env-v0"` imports `module` first (which registers `Env-v0`), as
     `gymnasium.make` does.
     """
-    if ":" in env_id:
-        module, env_id = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ValueError(
-                f"The module of env_id {module + ':' + env_id!r} cannot be "
-                f"imported: {error}"
-            ) from None
-    atari.register(env_id)
+    env_id = registered_id(env_id)
     if env_id not in gymnasium.registry:
         close = [k for k in gymnasium.registry if k.lower() == env_id.lower()]
         hint = f" Did you mean {close[0]!r}?" if close else ""

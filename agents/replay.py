@@ -17,28 +17,20 @@ played to the end of the game across its lives, and scored by the game's
 own, unclipped, points.
 """
 
-import importlib
 import sys
 
 import gymnasium
 import numpy as np
 
 from agents import atari
+from agents.env_factory import registered_id
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gymnasium.Env:
     """The environment `env_id` (`"module:Env-v0"` imports `module`
     first) as training saw it; raises `ValueError` for an unknown id."""
     received = env_id
-    if ":" in env_id:  # "module:Env-v0" registers Env-v0 by importing module
-        module, env_id = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ValueError(
-                f"Cannot import the module of the environment id ({error}). "
-                f"Received: env={received!r}"
-            ) from error
+    env_id = registered_id(env_id, name="env")
     kwargs = {} if render_mode is None else {"render_mode": render_mode}
     if atari.is_atari(env_id):
         return atari.make(env_id, kwargs)

@@ -137,6 +137,10 @@ class FactorStatistics:
 class KFACLayer:
     """Mixin for layers with a kernel whose last axis is the output axis."""
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_statistics()
+
     def _build_statistics(self) -> None:
         dim_A = math.prod(self.kernel.shape[:-1]) + self.use_bias
         dim_G = int(self.kernel.shape[-1])
@@ -210,6 +214,21 @@ class KFACLayer:
         return s
 
 
+class _Convolution(KFACLayer):
+    """What `Conv1D` and `Conv2D` share: no groups, channels by format."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1:
+            raise ValueError(
+                f"keras_kfac.layers.{type(self).__name__} supports only "
+                f"groups=1. Received: groups={self.groups}"
+            )
+
+    def _channels_axis(self):
+        return 1 if self.data_format == "channels_first" else -1
+
+
 @keras.saving.register_keras_serializable(package="keras_kfac")
 class Dense(KFACLayer, keras.layers.Dense):
     """`keras.layers.Dense` that records its K-FAC factors when training.
@@ -217,10 +236,6 @@ class Dense(KFACLayer, keras.layers.Dense):
     Same arguments and weights as `keras.layers.Dense`. Inputs of rank > 2
     treat every leading position as a row of `a`.
     """
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_statistics()
 
     def _input_rows(self, x):
         return curvature.dense_inputs(x)
@@ -240,25 +255,13 @@ class Dense(KFACLayer, keras.layers.Dense):
 
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
-class Conv2D(KFACLayer, keras.layers.Conv2D):
+class Conv2D(_Convolution, keras.layers.Conv2D):
     """`keras.layers.Conv2D` that records its K-FAC factors when training.
 
     Same arguments and weights as `keras.layers.Conv2D`: any padding,
     strides, dilation and data format. Grouped convolutions (`groups > 1`)
     are not supported.
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.groups != 1:
-            raise ValueError(
-                "keras_kfac.layers.Conv2D supports only groups=1. "
-                f"Received: groups={self.groups}"
-            )
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_statistics()
 
     def _input_rows(self, x):
         return curvature.conv2d_patches(
@@ -269,9 +272,6 @@ class Conv2D(KFACLayer, keras.layers.Conv2D):
             self.padding,
             self.data_format,
         )
-
-    def _channels_axis(self):
-        return 1 if self.data_format == "channels_first" else -1
 
     def call(self, inputs, training=None):
         kernel = self.kernel
@@ -289,25 +289,13 @@ class Conv2D(KFACLayer, keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
-class Conv1D(KFACLayer, keras.layers.Conv1D):
+class Conv1D(_Convolution, keras.layers.Conv1D):
     """`keras.layers.Conv1D` that records its K-FAC factors when training.
 
     Same arguments and weights as `keras.layers.Conv1D`: `"valid"`,
     `"same"` or `"causal"` padding, strides, dilation and data format.
     Grouped convolutions (`groups > 1`) are not supported.
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.groups != 1:
-            raise ValueError(
-                "keras_kfac.layers.Conv1D supports only groups=1. "
-                f"Received: groups={self.groups}"
-            )
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_statistics()
 
     def _input_rows(self, x):
         return curvature.conv1d_patches(
@@ -318,9 +306,6 @@ class Conv1D(KFACLayer, keras.layers.Conv1D):
             self.padding,
             self.data_format,
         )
-
-    def _channels_axis(self):
-        return 1 if self.data_format == "channels_first" else -1
 
     def call(self, inputs, training=None):
         kernel = self.kernel
