@@ -252,7 +252,11 @@ def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
     py_env, _, agent = train.build(train.load_saved_config(logdir))
     py_env.close()
     assert (agent.optimizer.momentum, agent.optimizer.stats_decay) == (0.0, 0.5)
-    for name, expected in (("default", (0.9, 0.99)), ("mujoco", (0.0, 0.9))):
+    for name, expected in (
+        ("default", (0.0, 0.9)),
+        ("mujoco", (0.0, 0.9)),
+        ("atari", (0.9, 0.99)),
+    ):
         preset = train.Config(algo="acktr", preset=name)
         assert (preset.momentum, preset.stats_decay) == expected, name
     assert train.Config(algo="a2c").momentum is None  # not an a2c setting
