@@ -12,9 +12,13 @@ class KFACLogs(keras.callbacks.Callback):
     batch and epoch:
 
     - `kfac_step_size`: `η` of the latest update, `clip_coefficient · η_max`
-      (`η_max` the learning rate, at the current step of a schedule);
-    - `kfac_clip_coefficient`: `η / η_max` (1 when the KL clip did not bind);
-    - `kfac_damping`: `λ`;
+      (`η_max` the learning rate); with `adaptive=True`, `α`;
+    - `kfac_clip_coefficient`: `η / η_max` (1 when the KL clip did not bind;
+      always 1 with `adaptive=True`);
+    - `kfac_momentum`: `μ` of the latest update;
+    - `kfac_damping`: `λ` now (adapted with `adaptive=True`);
+    - `kfac_reduction_ratio`: with `adaptive=True`, `ρ` of the latest
+      damping adaptation;
     - `kfac_skipped_steps`: updates skipped so far because a gradient,
       statistic or update was not finite.
 
@@ -40,13 +44,16 @@ class KFACLogs(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if not optimizer.built:
             return
-        clip = float(np.asarray(optimizer.clip_coefficient))
-        logs["kfac_step_size"] = clip * float(
-            np.asarray(optimizer.learning_rate)
-        )
-        logs["kfac_clip_coefficient"] = clip
-        logs["kfac_damping"] = float(optimizer.damping)
-        logs["kfac_skipped_steps"] = float(np.asarray(optimizer.skipped_steps))
+        def value(variable):
+            return float(np.asarray(variable))
+
+        logs["kfac_step_size"] = value(optimizer.step_size)
+        logs["kfac_clip_coefficient"] = value(optimizer.clip_coefficient)
+        logs["kfac_momentum"] = value(optimizer.momentum_coefficient)
+        logs["kfac_damping"] = value(optimizer.current_damping)
+        if optimizer.adaptive:
+            logs["kfac_reduction_ratio"] = value(optimizer.reduction_ratio)
+        logs["kfac_skipped_steps"] = value(optimizer.skipped_steps)
 
     def on_train_batch_end(self, batch, logs=None):
         self._add(logs)

@@ -15,8 +15,9 @@ from keras.src.losses import loss as loss_module
 from keras_kfac.layers import collecting_statistics
 
 CATEGORICAL = "categorical"
+BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
-DISTRIBUTIONS = (CATEGORICAL, GAUSSIAN)
+DISTRIBUTIONS = (CATEGORICAL, BERNOULLI, GAUSSIAN)
 
 
 def categorical_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
@@ -31,6 +32,28 @@ def categorical_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(sampled, flat)
     )
+
+
+def bernoulli_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
+    """`mean_i -Σ_k log p(ŷ_ik | x_i)` with `ŷ_ik ~ Bernoulli(σ(logits_ik))`,
+    every output an independent binary variable (pixels of an image).
+
+    Its gradient at the logits is `σ(z) - ŷ`, whose covariance over `ŷ` is
+    the Fisher of the Bernoulli likelihood, `diag(p (1 - p))`.
+    """
+    logits = tf.cast(logits, tf.float32)
+    probabilities = tf.sigmoid(logits)
+    sampled = tf.stop_gradient(
+        tf.cast(
+            tf.random.uniform(tf.shape(logits), seed=seed) < probabilities,
+            tf.float32,
+        )
+    )
+    per_output = tf.nn.sigmoid_cross_entropy_with_logits(sampled, logits)
+    per_example = tf.reduce_sum(
+        tf.reshape(per_output, (tf.shape(logits)[0], -1)), axis=1
+    )
+    return tf.reduce_mean(per_example)
 
 
 def gaussian_fisher_loss(
@@ -115,10 +138,24 @@ class TrueFisherModel(keras.Model):
         """The sampled loss whose backward pass feeds the factors."""
         if self.distribution == CATEGORICAL:
             return categorical_fisher_loss(y_pred)
+        if self.distribution == BERNOULLI:
+            return bernoulli_fisher_loss(y_pred)
         return gaussian_fisher_loss(y_pred, self.variance)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        adaptive = getattr(self.optimizer, "adaptive", False)
+        if adaptive:
+            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                raise NotImplementedError(
+                    "KFAC(adaptive=True) runs on one device: its curvature "
+                    "products and reduction ratio are not all-reduced over "
+                    "replicas. Use adaptive=False under a distribution "
+                    "strategy."
+                )
+            # The state before the forward pass (dropout seeds, batch-norm
+            # averages) replays this step's function in the extra passes.
+            state = [tf.identity(v) for v in self.non_trainable_variables]
         with tf.GradientTape(persistent=True) as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(
@@ -137,6 +174,7 @@ class TrueFisherModel(keras.Model):
             fisher = loss_module.scale_loss_for_distribution(
                 self.fisher_loss(y_pred)
             )
+            loss_before = loss
             loss = self.optimizer.scale_loss(loss)
             fisher = self.optimizer.scale_loss(fisher)
         weights = self.trainable_weights
@@ -145,8 +183,108 @@ class TrueFisherModel(keras.Model):
         with collecting_statistics(False):
             gradients = tape.gradient(loss, weights)
         del tape
-        self.optimizer.apply_gradients(zip(gradients, weights))
+        if not adaptive:
+            self.optimizer.apply_gradients(zip(gradients, weights))
+        else:
+            self._adaptive_update(
+                (x, y, sample_weight), state, gradients, weights, loss_before
+            )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _adaptive_update(self, batch, state, gradients, weights, loss_before):
+        """Applies `KFAC(adaptive=True)`'s update: it reads exact curvature
+        products of this batch during the update, and after every few
+        updates the batch loss again for the reduction ratio."""
+        optimizer = self.optimizer
+        if not optimizer.built:
+            optimizer.build(weights)
+        values = [tf.convert_to_tensor(w) for w in weights]
+        position = {id(w): k for k, w in enumerate(weights)}
+
+        def exact_curvature(variables, vectors):
+            tangents = []
+            for vector in vectors:
+                full = [tf.zeros_like(v) for v in values]
+                for variable, tensor in zip(variables, vector):
+                    k = position[id(variable)]
+                    full[k] = tf.cast(tensor, values[k].dtype)
+                tangents.append(full)
+            return self.gauss_newton_products(batch, state, values, tangents)
+
+        optimizer._exact_curvature = exact_curvature
+        try:
+            optimizer.apply_gradients(zip(gradients, weights))
+        finally:
+            optimizer._exact_curvature = None
+
+        def adapt():
+            after = [tf.convert_to_tensor(w) for w in weights]
+            optimizer.adapt_damping(
+                loss_before, self.batch_loss(batch, state, after)
+            )
+            return tf.constant(True)
+
+        tf.cond(
+            optimizer.damping_adaptation_due(),
+            adapt,
+            lambda: tf.constant(False),
+        )
+
+    def batch_loss(self, batch, state, values) -> tf.Tensor:
+        """The training loss of `batch` at weights `values`, regularization
+        included, from the model state `state`, changing no variable."""
+        x, y, sample_weight = batch
+        with collecting_statistics(False):
+            y_pred, _, losses = self.stateless_call(
+                values, state, x, training=True, return_losses=True
+            )
+        loss = self._compile_loss(y, y_pred, sample_weight)
+        return loss + tf.add_n(losses) if losses else loss
+
+    def gauss_newton_products(self, batch, state, values, tangents):
+        """`[wᵢᵀ F wⱼ]` for the tangents `w` at weights `values`: `F = Jᵀ H J`
+        the Gauss-Newton matrix of the compiled loss on `batch` (`J` the
+        Jacobian of the outputs, `H` the Hessian of the loss in them; the
+        Fisher for a likelihood of the outputs' natural parameters).
+
+        `J w` comes from one forward-mode pass per tangent, `H J w` from a
+        double backward pass through the loss alone. The variables'
+        state is `state` and nothing is assigned.
+        """
+        x, y, sample_weight = batch
+        jvps = []
+        with collecting_statistics(False):
+            for tangent in tangents:
+                with tf.autodiff.ForwardAccumulator(values, tangent) as acc:
+                    y_pred, _ = self.stateless_call(
+                        values, state, x, training=True
+                    )
+                jvp = acc.jvp(y_pred)
+                jvps.append(tf.zeros_like(y_pred) if jvp is None else jvp)
+        y_pred = tf.stop_gradient(y_pred)
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch(y_pred)
+            with tf.GradientTape() as inner:
+                inner.watch(y_pred)
+                loss = self._compile_loss(y, y_pred, sample_weight)
+            slope = inner.gradient(loss, y_pred)
+            directional = [tf.reduce_sum(slope * u) for u in jvps]
+        hessian_products = [
+            outer.gradient(d, y_pred, unconnected_gradients="zero")
+            for d in directional
+        ]
+        del outer
+        return tf.stack(
+            [
+                tf.stack(
+                    [
+                        tf.reduce_sum(tf.cast(u * Hu, tf.float32))
+                        for Hu in hessian_products
+                    ]
+                )
+                for u in jvps
+            ]
+        )
 
     def get_config(self):
         config = super().get_config()

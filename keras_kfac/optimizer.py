@@ -15,6 +15,12 @@ One update, for the stacked parameters `[W; b]` of every `keras_kfac` layer
 
 During the first `cold_steps` updates `Δ = ∇` for every variable (momentum
 SGD with the same clipping, measured with `‖∇‖²`) while the factors warm up.
+
+With `adaptive=True` (Martens & Grosse 2015, §6.5 and §7) steps 4 and 5
+become `v ← α Δ + μ v`, `θ ← θ - v`, with `α`, `μ` minimizing the damped
+quadratic model under the exact curvature of the batch, and the damping
+`λ` adapts to the reduction ratio (`keras_kfac.quadratic_model`); the
+model's train step supplies the exact curvature (`keras_kfac.TrueFisherModel`).
 """
 
 import math
@@ -25,7 +31,7 @@ import keras
 import tensorflow as tf
 from keras.src import backend
 
-from keras_kfac import linalg
+from keras_kfac import linalg, quadratic_model
 from keras_kfac.curvature import KroneckerBlock
 from keras_kfac.layers import add_statistics_reader, kfac_layer_of
 
@@ -133,6 +139,29 @@ class KFAC(keras.optimizers.Optimizer):
             damped factors: an inversion per refresh (several times
             cheaper than an eigendecomposition), two matmuls per step;
             it needs `damping > 0`. Defaults to `"eigen"`.
+        adaptive: The full K-FAC of Martens & Grosse (2015) for supervised
+            training. Each update is `v = α Δ + μ v_prev` with `α` and `μ`
+            minimizing the quadratic model `½ vᵀ (F + λ I) v - ∇ᵀ v` under
+            the exact Gauss-Newton matrix `F` of the batch (two forward-mode
+            passes), and every `damping_adaptation_interval` updates `λ`
+            follows the Levenberg-Marquardt rule on the reduction ratio
+            `ρ` (one more forward pass); `damping` is then the initial
+            `λ`. `learning_rate`, `momentum` and `kl_clip` are not used.
+            The curvature products need the model's loss, so train through
+            `keras_kfac.TrueFisherModel`, on one device. Defaults to
+            `False`: the KL-clipped step above, the one ACKTR takes.
+        damping_adaptation_interval: With `adaptive`, adapt `λ` every
+            this many updates. Defaults to `5`.
+        damping_adaptation_decay: With `adaptive`, `λ` moves by the factor
+            `ω = damping_adaptation_decay ** damping_adaptation_interval`
+            at each adaptation. Defaults to `0.95` (Martens & Grosse's
+            `ω = (19/20)^T`).
+        min_damping: With `adaptive`, the smallest `λ`. The reduction ratio
+            is measured on the batch the step was fitted to, where the
+            model is accurate (`ρ ≈ 1`) at any batch size, so on small
+            batches `λ` falls to this floor and stays near it: there the
+            floor is the damping that holds the step to what generalizes
+            beyond the batch. Defaults to `1e-4`.
         {{base_optimizer_keyword_args}}
 
     A step whose gradients, factor statistics or resulting update are not
@@ -155,6 +184,10 @@ class KFAC(keras.optimizers.Optimizer):
         cold_steps: int = 0,
         damping_mode: str = "eigen",
         statistics_update_freq: int = 1,
+        adaptive: bool = False,
+        damping_adaptation_interval: int = 5,
+        damping_adaptation_decay: float = 0.95,
+        min_damping: float = 1e-4,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -247,6 +280,34 @@ class KFAC(keras.optimizers.Optimizer):
         _check_integer("inverse_update_freq", inverse_update_freq, 1)
         _check_integer("cold_steps", cold_steps, 0)
         _check_integer("statistics_update_freq", statistics_update_freq, 1)
+        _check_integer(
+            "damping_adaptation_interval", damping_adaptation_interval, 1
+        )
+        _check_float(
+            "damping_adaptation_decay",
+            damping_adaptation_decay,
+            "a finite number in (0, 1)",
+            lambda v: 0 < v < 1,
+        )
+        _check_float(
+            "min_damping", min_damping, "a finite number >= 0", lambda v: v >= 0
+        )
+        if not isinstance(adaptive, bool):
+            raise ValueError(
+                f"adaptive must be True or False. Received: adaptive={adaptive!r}"
+            )
+        if adaptive and not damping > 0:
+            raise ValueError(
+                "adaptive=True adapts the damping multiplicatively from its "
+                f"initial value, which must be > 0. Received: damping={damping!r}"
+            )
+        if adaptive and gradient_accumulation_steps:
+            raise ValueError(
+                "adaptive=True fits α and μ on the batch of each update, so "
+                "it cannot accumulate gradients over several batches. "
+                "Received: gradient_accumulation_steps="
+                f"{gradient_accumulation_steps!r}"
+            )
         if damping_mode not in linalg.DAMPING_MODES:
             raise ValueError(
                 f"damping_mode must be one of {linalg.DAMPING_MODES}. "
@@ -265,6 +326,12 @@ class KFAC(keras.optimizers.Optimizer):
         self.cold_steps = cold_steps
         self.damping_mode = damping_mode
         self.statistics_update_freq = statistics_update_freq
+        self.adaptive = adaptive
+        self.damping_adaptation_interval = damping_adaptation_interval
+        self.damping_adaptation_decay = float(damping_adaptation_decay)
+        self.min_damping = float(min_damping)
+        # Set by the model's train step around `apply` in adaptive mode.
+        self._exact_curvature = None
         self._backward_scale_sq = None
         self._warned_skipped_updates = False
         self._block_layers = None  # ids of the blocks' layers, once built
@@ -321,6 +388,24 @@ class KFAC(keras.optimizers.Optimizer):
         )
         self._clip_coefficient = self.add_variable(
             (), initializer="ones", dtype="float32", name="clip_coefficient"
+        )
+        scalar = dict(shape=(), dtype="float32")
+        self._step_size = self.add_variable(name="step_size", **scalar)
+        self._momentum_coefficient = self.add_variable(
+            name="momentum_coefficient", **scalar
+        )
+        self._current_damping = self.add_variable(
+            initializer=keras.initializers.Constant(self.damping),
+            name="current_damping",
+            **scalar,
+        )
+        self._predicted_change = self.add_variable(
+            name="predicted_change", **scalar
+        )
+        self._reduction_ratio = self.add_variable(
+            initializer=keras.initializers.Constant(float("nan")),
+            name="reduction_ratio",
+            **scalar,
         )
 
     def _find_blocks(self, var_list) -> list[KroneckerBlock]:
@@ -459,6 +544,28 @@ class KFAC(keras.optimizers.Optimizer):
         return self._update_count
 
     @property
+    def step_size(self):
+        """`η` of the last applied update (`α` with `adaptive`)."""
+        return self._step_size
+
+    @property
+    def momentum_coefficient(self):
+        """`μ` of the last applied update (chosen each update with
+        `adaptive`; the `momentum` argument otherwise)."""
+        return self._momentum_coefficient
+
+    @property
+    def current_damping(self):
+        """`λ` now: `damping`, or where `adaptive` has taken it."""
+        return self._current_damping
+
+    @property
+    def reduction_ratio(self):
+        """`ρ` of the latest damping adaptation (NaN before the first, or
+        when it did not adapt)."""
+        return self._reduction_ratio
+
+    @property
     def clip_coefficient(self):
         """`η / η_max` of the last applied update (1 when not clipped)."""
         return self._clip_coefficient
@@ -559,24 +666,34 @@ class KFAC(keras.optimizers.Optimizer):
         directions = tf.cond(
             is_cold, lambda: raw, lambda: {**raw, **self._precondition(grad_of)}
         )
-        quadratic = tf.add_n(
-            [
-                tf.reduce_sum(tf.cast(grad_of[i], tf.float32) * directions[i])
-                for i in indices
-            ]
-        )
-        eta = linalg.kl_clip_learning_rate(
-            learning_rate, self.kl_clip, quadratic
-        )
-        mu = self.momentum
+        if self.adaptive:
+            eta, mu = self._quadratic_model_coefficients(
+                variables, indices, raw, directions
+            )
+            scale_of_direction = eta
+        else:
+            quadratic = tf.add_n(
+                [tf.reduce_sum(raw[i] * directions[i]) for i in indices]
+            )
+            eta = linalg.kl_clip_learning_rate(
+                learning_rate, self.kl_clip, quadratic
+            )
+            mu = tf.constant(self.momentum, tf.float32)
+            scale_of_direction = (1.0 - mu) * eta
         new_velocities = {
             i: mu * tf.cast(self._velocities[i], tf.float32)
-            + (1.0 - mu) * eta * directions[i]
+            + scale_of_direction * directions[i]
             for i in indices
         }
         ok = tf.logical_and(
             inputs_finite, _all_finite(list(new_velocities.values()))
         )
+        if self.adaptive:
+            # A skipped update predicts no change, so no damping adapts on it.
+            self.assign(
+                self._predicted_change,
+                tf.where(ok, self._predicted_change, 0.0),
+            )
         for i, variable in zip(indices, variables):
             velocity = tf.where(
                 ok, new_velocities[i], tf.cast(self._velocities[i], tf.float32)
@@ -596,15 +713,102 @@ class KFAC(keras.optimizers.Optimizer):
             )
         self.assign_add(self._update_count, tf.cast(ok, tf.int64))
         self.assign_add(self._skipped_steps, 1 - tf.cast(ok, tf.int64))
-        self.assign(
-            self._clip_coefficient,
-            tf.where(
-                ok,
-                eta / tf.cast(learning_rate, tf.float32),
-                tf.convert_to_tensor(self._clip_coefficient),
+        if not self.adaptive:
+            self.assign(
+                self._clip_coefficient,
+                tf.where(
+                    ok,
+                    eta / tf.cast(learning_rate, tf.float32),
+                    tf.convert_to_tensor(self._clip_coefficient),
+                ),
+            )
+        for state, value in (
+            (self._step_size, eta),
+            (self._momentum_coefficient, mu),
+        ):
+            self.assign(
+                state, tf.where(ok, value, tf.convert_to_tensor(state))
+            )
+        self._warn_if_most_updates_skipped()
+
+    def _quadratic_model_coefficients(
+        self, variables, indices, gradients, directions
+    ):
+        """`(α, μ)` of the adaptive update from the exact curvature products
+        of `Δ` and the previous update `v`; stores `M₀` for `adapt_damping`.
+        """
+        if self._exact_curvature is None:
+            raise ValueError(
+                "KFAC(adaptive=True) chooses its step from exact curvature "
+                "products, which need the model's loss: train through "
+                "keras_kfac.TrueFisherModel (model.fit on a plain model "
+                "cannot supply them), or use adaptive=False."
+            )
+        previous = {
+            i: tf.cast(self._velocities[i], tf.float32) for i in indices
+        }
+        vectors = [
+            [directions[i] for i in indices],
+            [previous[i] for i in indices],
+        ]
+        curvature = self._exact_curvature(variables, vectors)
+
+        def inner(x, y):
+            return tf.add_n([tf.reduce_sum(a * b) for a, b in zip(x, y)])
+
+        gradient = [gradients[i] for i in indices]
+        products = [[inner(x, y) for y in vectors] for x in vectors]
+        coefficients, change = quadratic_model.step_coefficients(
+            curvature,
+            tf.stack([tf.stack(row) for row in products]),
+            tf.stack([inner(gradient, w) for w in vectors]),
+            self._current_damping,
+        )
+        self.assign(self._predicted_change, change)
+        return coefficients[0], coefficients[1]
+
+    def damping_adaptation_due(self) -> tf.Tensor:
+        """Whether `adapt_damping` should run after the update just applied:
+        every `damping_adaptation_interval` applied updates."""
+        return tf.logical_and(
+            self._update_count > 0,
+            tf.equal(
+                tf.math.floormod(
+                    self._update_count, self.damping_adaptation_interval
+                ),
+                0,
             ),
         )
-        self._warn_if_most_updates_skipped()
+
+    def adapt_damping(self, loss_before, loss_after) -> None:
+        """The Levenberg-Marquardt step on `λ` after an adaptive update.
+
+        `ρ = (h(θ - v) - h(θ)) / M₀(v)` from the batch loss before and
+        after the update and the model's predicted change `M₀`
+        (`keras_kfac.quadratic_model`). Nothing adapts when the model
+        predicted no decrease (a skipped update predicts none).
+        """
+        predicted = tf.convert_to_tensor(self._predicted_change)
+        ratio = quadratic_model.reduction_ratio(
+            loss_before, loss_after, predicted
+        )
+        factor = self.damping_adaptation_decay**self.damping_adaptation_interval
+        adapt = predicted < 0.0
+        damping = tf.convert_to_tensor(self._current_damping)
+        self.assign(
+            self._current_damping,
+            tf.where(
+                adapt,
+                quadratic_model.adapted_damping(
+                    damping, ratio, factor, self.min_damping
+                ),
+                damping,
+            ),
+        )
+        self.assign(
+            self._reduction_ratio,
+            tf.where(adapt, ratio, float("nan")),
+        )
 
     def _apply_weight_decay(self, variables):
         """Nothing here: `_update_weight` decays inside the guarded update.
@@ -716,7 +920,7 @@ class KFAC(keras.optimizers.Optimizer):
 
     def _update_inverses(self):
         if self.damping_mode == linalg.FACTORED:
-            damping = tf.constant(self.damping, tf.float32)
+            damping = tf.convert_to_tensor(self._current_damping)
             for state in self._factors:
                 A_inverse, G_inverse, ok = linalg.factored_inverses(
                     tf.convert_to_tensor(state["A"]),
@@ -746,7 +950,7 @@ class KFAC(keras.optimizers.Optimizer):
     def _precondition(self, grad_of) -> dict:
         """`Δ` for every kernel and bias of a block present in `grad_of`."""
         directions = {}
-        damping = tf.constant(self.damping, tf.float32)
+        damping = tf.convert_to_tensor(self._current_damping)
         for block, state in zip(self._blocks, self._factors):
             if block.kernel_index not in grad_of:
                 continue
@@ -865,6 +1069,12 @@ class KFAC(keras.optimizers.Optimizer):
                 "cold_steps": self.cold_steps,
                 "damping_mode": self.damping_mode,
                 "statistics_update_freq": self.statistics_update_freq,
+                "adaptive": self.adaptive,
+                "damping_adaptation_interval": (
+                    self.damping_adaptation_interval
+                ),
+                "damping_adaptation_decay": self.damping_adaptation_decay,
+                "min_damping": self.min_damping,
             }
         )
         return config

@@ -1,0 +1,103 @@
+"""The quadratic model of a K-FAC update, and the damping it adapts.
+
+For the step `θ ← θ - δ` on a batch with gradient `∇` and exact curvature
+`F` (the Fisher, equal to the Gauss-Newton matrix for the usual losses),
+
+    M(δ) = ½ δᵀ (F + λ I) δ - ∇ᵀ δ
+
+is the damped quadratic model of the change in loss. Martens & Grosse
+(2015) take `δ = α Δ + μ v` with `Δ = F̂⁻¹ ∇` the K-FAC direction and `v`
+the previous update, and choose `α` and `μ` to minimize `M` (§7); the
+damping `λ` follows the Levenberg-Marquardt rule on the reduction ratio
+
+    ρ = (h(θ - δ) - h(θ)) / M₀(δ),
+
+`M₀` the model without `λ` (§6.5): `λ ← ω λ` when `ρ > ¾`, `λ ← λ / ω`
+when `ρ < ¼`. Everything here is a small tensor function of the inner
+products `Cᵢⱼ = wᵢᵀ F wⱼ`, `Dᵢⱼ = wᵢᵀ wⱼ` and `bᵢ = ∇ᵀ wᵢ` of the vectors
+`w = (Δ, v)`.
+"""
+
+import tensorflow as tf
+
+# Levenberg-Marquardt thresholds on ρ (Martens & Grosse 2015, §6.5).
+LOWER_RATIO = 0.25
+UPPER_RATIO = 0.75
+
+
+def step_coefficients(
+    curvature: tf.Tensor,
+    inner: tf.Tensor,
+    gradient_terms: tf.Tensor,
+    damping: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(α, μ)` minimizing `M(α Δ + μ v)`, and `M₀` there.
+
+    With `C_λ = C + λ D`, `M(w) = ½ wᵀ C_λ w - wᵀ b` for `w = (α, μ)`, so
+    `w = C_λ⁻¹ b`. When `v` is zero (the first update) or parallel to `Δ`,
+    `C_λ` is singular; then `μ = 0` and `α = b₀ / C_λ₀₀`.
+
+    Args:
+        curvature: `C`, shape `(2, 2)`.
+        inner: `D`, shape `(2, 2)`.
+        gradient_terms: `b`, shape `(2,)`.
+        damping: `λ`, a scalar.
+
+    Returns:
+        `w`, shape `(2,)`, and `M₀(w) = ½ wᵀ C w - wᵀ b`, the predicted
+        change of the loss (negative when the model predicts a decrease).
+    """
+    curvature = tf.cast(curvature, tf.float32)
+    damped = curvature + tf.cast(damping, tf.float32) * tf.cast(
+        inner, tf.float32
+    )
+    b = tf.cast(gradient_terms, tf.float32)
+    determinant = damped[0, 0] * damped[1, 1] - damped[0, 1] * damped[1, 0]
+    # Singular when v = 0 or v ∥ Δ: the relative test keeps rounding of a
+    # (near-)parallel pair from passing for a real second direction.
+    scale = damped[0, 0] * damped[1, 1]
+    two_dimensional = determinant > 1e-6 * scale
+    safe = tf.where(two_dimensional, determinant, 1.0)
+    alpha_2d = (damped[1, 1] * b[0] - damped[0, 1] * b[1]) / safe
+    mu_2d = (damped[0, 0] * b[1] - damped[1, 0] * b[0]) / safe
+    alpha_1d = tf.math.divide_no_nan(b[0], damped[0, 0])
+    w = tf.where(
+        two_dimensional,
+        tf.stack([alpha_2d, mu_2d]),
+        tf.stack([alpha_1d, 0.0]),
+    )
+    change = 0.5 * tf.tensordot(w, tf.linalg.matvec(curvature, w), 1)
+    return w, change - tf.tensordot(w, b, 1)
+
+
+def reduction_ratio(
+    loss_before: tf.Tensor, loss_after: tf.Tensor, predicted: tf.Tensor
+) -> tf.Tensor:
+    """`ρ = (h(θ - δ) - h(θ)) / M₀(δ)`: 1 when the model was exact."""
+    return (
+        tf.cast(loss_after, tf.float32) - tf.cast(loss_before, tf.float32)
+    ) / tf.cast(predicted, tf.float32)
+
+
+def adapted_damping(
+    damping: tf.Tensor, ratio: tf.Tensor, factor: float, minimum: float
+) -> tf.Tensor:
+    """The Levenberg-Marquardt rule: `λ ω` if `ρ > ¾`, `λ / ω` if `ρ < ¼`
+    or `ρ` is not finite (the step made the loss non-finite), else `λ`;
+    never below `minimum`.
+
+    Args:
+        damping: `λ`.
+        ratio: `ρ`.
+        factor: `ω ∈ (0, 1)`.
+        minimum: The smallest damping returned.
+    """
+    damping = tf.cast(damping, tf.float32)
+    ratio = tf.cast(ratio, tf.float32)
+    finite = tf.math.is_finite(ratio)
+    new = tf.where(
+        tf.logical_or(tf.logical_not(finite), ratio < LOWER_RATIO),
+        damping / factor,
+        tf.where(ratio > UPPER_RATIO, damping * factor, damping),
+    )
+    return tf.maximum(new, minimum)

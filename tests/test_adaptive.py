@@ -1,0 +1,265 @@
+"""`KFAC(adaptive=True)`: the quadratic model's step and the damping it adapts
+(Martens & Grosse 2015, §6.5 and §7), against dense references."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_kfac
+from keras_kfac import fisher, layers, quadratic_model
+
+
+def bernoulli_nll(y, logits):
+    return tf.reduce_sum(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits), -1
+    )
+
+
+def tiny_network(inputs=4, hidden=5, outputs=3):
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            layers.Dense(hidden, activation="tanh"),
+            layers.Dense(outputs),
+        ]
+    )
+
+
+def flat(tensors):
+    return np.concatenate([np.asarray(t, np.float64).ravel() for t in tensors])
+
+
+def dense_gauss_newton(model, x, output_hessian):
+    """`Jᵀ H J` in float64 from the full Jacobian of the outputs."""
+    values = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        outputs, _ = model.stateless_call(values, [], x, training=True)
+    jacobians = tape.jacobian(outputs, values)
+    rows = int(np.prod(outputs.shape))
+    J = np.concatenate(
+        [np.asarray(j, np.float64).reshape(rows, -1) for j in jacobians], 1
+    )
+    return J.T @ output_hessian(np.asarray(outputs, np.float64)) @ J
+
+
+def bernoulli_output_hessian(batch):
+    def hessian(logits):
+        p = 1.0 / (1.0 + np.exp(-logits.ravel()))
+        return np.diag(p * (1.0 - p)) / batch
+
+    return hessian
+
+
+def test_step_coefficients_minimize_the_damped_model(rng):
+    W = rng.normal(size=(6, 2))
+    C = W.T @ W
+    V = rng.normal(size=(5, 2))
+    D = V.T @ V
+    b = rng.normal(size=2)
+    w, change = quadratic_model.step_coefficients(C, D, b, 0.3)
+    expected = np.linalg.solve(C + 0.3 * D, b)
+    np.testing.assert_allclose(w, expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        change, 0.5 * expected @ C @ expected - expected @ b, rtol=1e-4
+    )
+
+
+def test_step_coefficients_without_a_previous_update_fit_alpha_alone():
+    C = np.array([[2.0, 0.0], [0.0, 0.0]])
+    D = np.array([[3.0, 0.0], [0.0, 0.0]])
+    b = np.array([1.5, 0.0])
+    w, change = quadratic_model.step_coefficients(C, D, b, 0.5)
+    alpha = 1.5 / (2.0 + 0.5 * 3.0)
+    np.testing.assert_allclose(w, [alpha, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        change, 0.5 * 2.0 * alpha**2 - 1.5 * alpha, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "ratio, expected",
+    [
+        (0.9, 2.0 * 0.5),
+        (0.75, 2.0),
+        (0.5, 2.0),
+        (0.25, 2.0),
+        (0.1, 2.0 / 0.5),
+        (-3.0, 2.0 / 0.5),
+        (float("nan"), 2.0 / 0.5),
+    ],
+)
+def test_damping_follows_the_levenberg_marquardt_rule(ratio, expected):
+    damping = quadratic_model.adapted_damping(2.0, ratio, 0.5, 1e-3)
+    assert float(damping) == pytest.approx(expected)
+
+
+def test_damping_never_adapts_below_the_floor():
+    assert float(quadratic_model.adapted_damping(1e-3, 1.0, 0.5, 1e-3)) == (
+        pytest.approx(1e-3)
+    )
+
+
+def adaptive_model(rng, **kwargs):
+    keras.utils.set_random_seed(int(rng.integers(1 << 30)))
+    model = keras_kfac.TrueFisherModel(tiny_network(), "bernoulli")
+    optimizer = keras_kfac.KFAC(adaptive=True, **kwargs)
+    model.compile(optimizer=optimizer, loss=bernoulli_nll)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    y = (rng.uniform(size=(8, 3)) < 0.5).astype("float32")
+    model(x)
+    return model, optimizer, x, y
+
+
+def test_gauss_newton_products_match_the_dense_matrix(rng):
+    model, _, x, y = adaptive_model(rng, damping=1.0)
+    values = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    tangents = [[rng.normal(size=v.shape) for v in values] for _ in range(2)]
+    products = model.gauss_newton_products(
+        (x, y, None),
+        [],
+        values,
+        [[tf.constant(t, tf.float32) for t in w] for w in tangents],
+    )
+    F = dense_gauss_newton(model, x, bernoulli_output_hessian(len(x)))
+    W = np.stack([flat(w) for w in tangents], 1)
+    expected = W.T @ F @ W
+    np.testing.assert_allclose(
+        products, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max()
+    )
+
+
+def test_adaptive_step_is_the_minimizer_of_the_quadratic_model(rng):
+    """After the step `v = α Δ + μ p` (here `Δ = ∇` during cold steps, so
+    everything is known densely), `wᵀ (F + λ I) v = ∇ᵀ w` for `w ∈ {Δ, p}`:
+    the stationarity conditions of `M` on the span."""
+    model, optimizer, x, y = adaptive_model(
+        rng, damping=0.5, cold_steps=10, damping_adaptation_interval=100
+    )
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    previous = flat(optimizer._velocities)
+    before = [v.numpy() for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(bernoulli_nll(y, model(x)))
+    gradient = flat(tape.gradient(loss, model.trainable_variables))
+    F = dense_gauss_newton(model, x, bernoulli_output_hessian(len(x)))
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    after = [v.numpy() for v in model.trainable_variables]
+    step = flat(before) - flat(after)
+    alpha = float(optimizer.step_size)
+    mu = float(optimizer.momentum_coefficient)
+    np.testing.assert_allclose(
+        step, alpha * gradient + mu * previous, rtol=1e-4, atol=1e-6
+    )
+    damped = F + 0.5 * np.eye(len(F))
+    for w in (gradient, previous):
+        np.testing.assert_allclose(
+            w @ damped @ step, w @ gradient, rtol=1e-3
+        )
+    expected_change = 0.5 * step @ F @ step - gradient @ step
+    assert float(optimizer._predicted_change) == pytest.approx(
+        expected_change, rel=1e-3
+    )
+
+
+def test_reduction_ratio_is_one_on_a_quadratic_loss(rng):
+    """A linear model under squared error is its own quadratic model, so
+    `ρ = 1` and the damping shrinks by `ω` at each adaptation."""
+    keras.utils.set_random_seed(3)
+    net = keras.Sequential([keras.Input((3,)), layers.Dense(2)])
+    model = keras_kfac.TrueFisherModel(net, "gaussian")
+    optimizer = keras_kfac.KFAC(
+        adaptive=True,
+        damping=0.1,
+        damping_adaptation_interval=1,
+        damping_adaptation_decay=0.5,
+        min_damping=0.0,
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    for k in range(1, 4):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        assert float(optimizer.reduction_ratio) == pytest.approx(1.0, abs=1e-3)
+        assert float(optimizer.current_damping) == pytest.approx(0.1 * 0.5**k)
+
+
+def test_adaptive_training_logs_its_numbers(rng):
+    model, optimizer, x, y = adaptive_model(
+        rng, damping=1.0, damping_adaptation_interval=2
+    )
+    history = model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=2,
+        verbose=0,
+        callbacks=[keras_kfac.KFACLogs()],
+    )
+    logs = history.history
+    for key in ("kfac_step_size", "kfac_momentum", "kfac_reduction_ratio"):
+        assert np.all(np.isfinite(logs[key])), key
+    assert logs["kfac_damping"][-1] == pytest.approx(
+        float(optimizer.current_damping)
+    )
+    assert int(optimizer.update_count) == 4
+
+
+def test_adaptive_needs_the_model_wrapper(rng):
+    net = tiny_network()
+    net.compile(optimizer=keras_kfac.KFAC(adaptive=True), loss=bernoulli_nll)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    y = (rng.uniform(size=(8, 3)) < 0.5).astype("float32")
+    with pytest.raises(ValueError, match="TrueFisherModel"):
+        net.fit(x, y, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(damping=0.0), "damping"),
+        (dict(gradient_accumulation_steps=2), "gradient_accumulation_steps"),
+        (dict(min_damping=float("nan")), "min_damping"),
+        (dict(damping_adaptation_decay=1.0), "damping_adaptation_decay"),
+        (dict(damping_adaptation_interval=0), "damping_adaptation_interval"),
+        (dict(adaptive="yes"), "adaptive"),
+    ],
+)
+def test_adaptive_rejects_bad_arguments(kwargs, match):
+    kwargs = {"adaptive": True, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        keras_kfac.KFAC(**kwargs)
+
+
+def test_adaptive_settings_survive_get_config():
+    optimizer = keras_kfac.KFAC(
+        adaptive=True,
+        damping_adaptation_interval=3,
+        damping_adaptation_decay=0.8,
+        min_damping=1e-3,
+    )
+    clone = keras_kfac.KFAC.from_config(optimizer.get_config())
+    for name in (
+        "adaptive",
+        "damping_adaptation_interval",
+        "damping_adaptation_decay",
+        "min_damping",
+    ):
+        assert getattr(clone, name) == getattr(optimizer, name)
+
+
+def test_bernoulli_fisher_loss_gives_the_bernoulli_fisher(rng):
+    """Over many samples, G → diag(p (1 - p)) at a fixed input."""
+    layer = layers.Dense(3)
+    x = np.repeat(rng.normal(size=(1, 4)).astype("float32"), 20000, axis=0)
+    layer.build(x.shape)
+    with keras_kfac.collecting_statistics(True):
+        with tf.GradientTape() as tape:
+            logits = layer(x, training=True)
+            loss = fisher.bernoulli_fisher_loss(logits)
+        tape.gradient(loss, layer.trainable_weights)
+    p = tf.sigmoid(logits[0]).numpy()
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), np.diag(p * (1 - p)), atol=0.01
+    )
