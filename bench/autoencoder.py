@@ -27,17 +27,23 @@ curvature only when the loss is a negative log-likelihood; Keras'
 
 Optimizers, all from the same initial weights and batch sequence per seed:
 
+- `KFAC adaptive`: `keras_kfac.KFAC(adaptive=True)` with its defaults,
+  trained by `keras_kfac.TrueFisherModel(distribution="bernoulli")`'s
+  train step: true-Fisher factors, the step `α Δ + μ v` minimizing the
+  quadratic model under exact Gauss-Newton products, Levenberg-Marquardt
+  damping (Martens & Grosse 2015, §6.5 and §7). Its one-point "grid" is
+  the default initial damping: nothing is tuned;
 - `KFAC emp.`: `keras_kfac.KFAC`, factors from the gradient of the training
   loss (the empirical Fisher; what `model.fit` does);
 - `KFAC true`: the same optimizer with factors from a second backward pass
   at pixels sampled from the model's Bernoulli outputs (the true Fisher, as
-  in the paper; `keras_kfac.TrueFisherModel` has no Bernoulli likelihood, so
-  the step here does it with `keras_kfac.collecting_statistics`);
+  in the paper, what `keras_kfac.TrueFisherModel(distribution="bernoulli")`
+  does, written out here with `keras_kfac.collecting_statistics`);
 - `Adam`; `SGD`: Nesterov momentum 0.9.
 
-K-FAC keeps its defaults except `damping`; each optimizer has one
-hyperparameter tuned over a grid of the same size (`GRIDS`) on seed 0 by the
-final error, and the chosen value is then run on the other seeds.
+The KL-clipped K-FAC keeps its defaults except `damping`; each of the
+other optimizers has one hyperparameter tuned over a grid of the same size
+(`GRIDS`) on seed 0 by the final error, and the chosen value is then run on the other seeds.
 
 Measured: the full-set reconstruction error, squared error summed over the
 64 pixels and averaged over the 1797 images (inference mode), every few
@@ -52,6 +58,7 @@ and min-max band) and every curve as CSV to `--out`.
 import argparse
 import csv
 import gc
+import json
 import os
 import sys
 import time
@@ -59,29 +66,43 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.datasets import load_digits
+from autoencoder_problem import (
+    ACTIVATION,
+    CODE_LAYER,
+    FULL_PLAN,
+    QUICK_PLAN,
+    QUICK_TARGET,
+    TARGET,
+    WIDTHS,
+    batch_sequence,
+    images,
+    initial_weights,
+)
+from autoencoder_problem import reach as reach_target
 
 import keras_kfac
 
-ENCODER = (256, 128, 64)
-CODE = 8
-ACTIVATION = "sigmoid"
 MOMENTUM = 0.9
 
 # One tuned hyperparameter per optimizer, grids of equal size.
 GRIDS = {
+    "KFAC adaptive": ("damping", [1e-2]),
     "KFAC emp.": ("damping", [1e-4, 1e-3, 1e-2]),
     "KFAC true": ("damping", [1e-4, 1e-3, 1e-2]),
     "Adam": ("learning_rate", [1e-3, 3e-3, 1e-2, 3e-2]),
     "SGD": ("learning_rate", [0.01, 0.03, 0.1, 0.3]),
 }
 QUICK_GRIDS = {
+    "KFAC adaptive": ("damping", [1e-2]),
     "KFAC emp.": ("damping", [1e-3, 1e-2]),
     "KFAC true": ("damping", [1e-3, 1e-2]),
     "Adam": ("learning_rate", [1e-3, 1e-2]),
     "SGD": ("learning_rate", [0.03, 0.1]),
 }
 COLORS = {
+    "KFAC adaptive": "tab:purple",
+    "kfac-jax adaptive": "black",
+    "optax Adam": "tab:cyan",
     "KFAC emp.": "tab:orange",
     "KFAC true": "tab:red",
     "Adam": "tab:blue",
@@ -90,6 +111,8 @@ COLORS = {
 
 
 def make_optimizer(name, value):
+    if name == "KFAC adaptive":
+        return keras_kfac.KFAC(adaptive=True, damping=value)
     if name.startswith("KFAC"):
         return keras_kfac.KFAC(damping=value)
     if name == "Adam":
@@ -99,12 +122,16 @@ def make_optimizer(name, value):
 
 def autoencoder():
     dense = keras_kfac.layers.Dense
-    widths = [*ENCODER, CODE, *ENCODER[::-1]]
-    hidden = [
-        dense(w, activation=None if i == len(ENCODER) else ACTIVATION)
-        for i, w in enumerate(widths)
+    layers = [
+        dense(
+            w,
+            activation=None
+            if i in (CODE_LAYER, len(WIDTHS) - 1)
+            else ACTIVATION,
+        )
+        for i, w in enumerate(WIDTHS)
     ]
-    return keras.Sequential([keras.Input((64,)), *hidden, dense(64)])
+    return keras.Sequential([keras.Input((WIDTHS[-1],)), *layers])
 
 
 def bernoulli_nll(x, logits):
@@ -145,6 +172,28 @@ def make_step(model, optimizer, x, true_fisher, generator):
     return step
 
 
+def make_adaptive_step(model, optimizer, x):
+    """`keras_kfac.TrueFisherModel`'s own train step: Bernoulli true-Fisher
+    factors, the adaptive update from exact Gauss-Newton products."""
+    trainer = keras_kfac.TrueFisherModel(model, distribution="bernoulli")
+    trainer.compile(
+        optimizer=optimizer,
+        loss=lambda images, logits: tf.reduce_sum(
+            tf.nn.sigmoid_cross_entropy_with_logits(
+                labels=images, logits=logits
+            ),
+            axis=-1,
+        ),
+    )
+
+    @tf.function
+    def step(indices):
+        batch = tf.gather(x, indices)
+        return trainer.train_step((batch, batch))["loss"]
+
+    return step
+
+
 def make_evaluate(model, x):
     @tf.function
     def evaluate():
@@ -164,7 +213,11 @@ def train(name, value, initial, x, batches, eval_every, seed):
     optimizer = make_optimizer(name, value)
     optimizer.build(model.trainable_variables)
     generator = tf.random.Generator.from_seed(seed)
-    step = make_step(model, optimizer, x, name == "KFAC true", generator)
+    adaptive = getattr(optimizer, "adaptive", False)
+    if adaptive:
+        step = make_adaptive_step(model, optimizer, x)
+    else:
+        step = make_step(model, optimizer, x, name == "KFAC true", generator)
     evaluate = make_evaluate(model, x)
 
     state = model.weights + optimizer.variables
@@ -190,7 +243,7 @@ def train(name, value, initial, x, batches, eval_every, seed):
         updates.append(min(start + eval_every, len(batches)))
         seconds.append(clock)
         errors.append(float(error))
-        if name.startswith("KFAC"):
+        if name.startswith("KFAC") and not adaptive:
             clip.append(float(optimizer.clip_coefficient))
     skipped = int(optimizer.skipped_steps) if name.startswith("KFAC") else 0
     result = dict(
@@ -213,31 +266,13 @@ def train(name, value, initial, x, batches, eval_every, seed):
     return result
 
 
-def batch_sequence(n, batch_size, updates, seed):
-    """`updates` batches of indices from consecutive shuffles of the data."""
-    rng = np.random.default_rng(seed)
-    epochs = updates * batch_size // n + 1
-    stream = np.concatenate([rng.permutation(n) for _ in range(epochs)]).astype(
-        "int32"
-    )
-    return [
-        stream[k * batch_size : (k + 1) * batch_size] for k in range(updates)
-    ]
-
-
 def final(run):
     e = run["errors"][-1]
     return e if np.isfinite(e) else np.inf
 
 
 def reach(run, target):
-    """(updates, seconds) at the first evaluation with error <= target, or None."""
-    hit = np.nonzero(run["errors"] <= target)[0]
-    return (
-        None
-        if len(hit) == 0
-        else (run["updates"][hit[0]], run["seconds"][hit[0]])
-    )
+    return reach_target(run["updates"], run["seconds"], run["errors"], target)
 
 
 def fmt(value):
@@ -245,10 +280,7 @@ def fmt(value):
 
 
 def benchmark(x, batch_size, updates, grids, seeds, eval_every):
-    initial = {}
-    for seed in seeds:
-        keras.utils.set_random_seed(seed)
-        initial[seed] = autoencoder().get_weights()
+    initial = {seed: initial_weights(seed) for seed in seeds}
     batches = {s: batch_sequence(len(x), batch_size, updates, s) for s in seeds}
 
     grid_runs = {}
@@ -400,6 +432,38 @@ def write_curves(results, path):
                         )
 
 
+def add_kfac_jax_runs(path, sections, grids):
+    """Adds the runs `bench/kfac_jax_autoencoder.py` wrote to `path` (same
+    problem, weights and batches) to every section of that batch size;
+    returns their package versions, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        external = json.load(f)
+    for batch_size, _, grid_runs, chosen, runs in sections:
+        section = external.get(str(batch_size))
+        if section is None:
+            continue
+        for name, (param, values) in section["grids"].items():
+            grids[name] = (param, values)
+            chosen[name] = section["chosen"][name]
+            runs[name] = [
+                {**r, **{k: np.array(r[k]) for k in COLUMNS}, "clip": None}
+                for r in section["runs"][name]
+            ]
+            for value in values:
+                run = section["grid_runs"][name][str(value)]
+                grid_runs[name, value] = {
+                    **run,
+                    **{k: np.array(run[k]) for k in COLUMNS},
+                    "clip": None,
+                }
+    return external["versions"]
+
+
+COLUMNS = ("updates", "seconds", "errors")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -420,21 +484,16 @@ def main():
     )
     args = parser.parse_args()
     if args.quick:
-        plan, grids, seeds = [(128, 300, 25)], QUICK_GRIDS, args.seeds or 2
-        target = 4.0 if args.target is None else args.target
+        plan, grids, seeds = QUICK_PLAN, QUICK_GRIDS, args.seeds or 2
+        target = QUICK_TARGET if args.target is None else args.target
     else:
-        target = 1.0 if args.target is None else args.target
-        # (batch size, updates, evaluate every)
-        plan, grids, seeds = (
-            [(128, 2000, 25), (1024, 1000, 10)],
-            GRIDS,
-            args.seeds or 3,
-        )
+        target = TARGET if args.target is None else args.target
+        plan, grids, seeds = FULL_PLAN, GRIDS, args.seeds or 3
     seeds = list(range(seeds))
     os.makedirs(args.out, exist_ok=True)
 
-    x = tf.constant((load_digits().data / 16.0).astype("float32"))
-    widths = "-".join(str(w) for w in (64, *ENCODER, CODE, *ENCODER[::-1], 64))
+    x = tf.constant(images())
+    widths = "-".join(str(w) for w in (WIDTHS[-1], *WIDTHS))
     start, load = time.perf_counter(), os.getloadavg()[0]
     results, sections = {}, []
     for batch_size, updates, eval_every in plan:
@@ -445,6 +504,9 @@ def main():
         sections.append((batch_size, updates, grid_runs, chosen, runs))
     total = time.perf_counter() - start
     suffix = "_quick" if args.quick else ""
+    jax_versions = add_kfac_jax_runs(
+        os.path.join(args.out, f"kfac_jax{suffix}.json"), sections, grids
+    )
     plot(results, os.path.join(args.out, f"autoencoder{suffix}.png"))
     write_curves(results, os.path.join(args.out, f"curves{suffix}.csv"))
 
@@ -459,6 +521,14 @@ def main():
         "batch order per seed for every optimizer. Seconds = training only "
         "(no tracing, no evaluation).\n"
     )
+    if jax_versions is not None:
+        print(
+            "`kfac-jax adaptive` and `optax Adam`: "
+            "`bench/kfac_jax_autoencoder.py` in its own environment (jax "
+            f"{jax_versions['jax']}, kfac-jax {jax_versions['kfac_jax']}, "
+            f"optax {jax_versions['optax']}; "
+            f"{jax_versions['minutes']:.1f} min), same weights and batches.\n"
+        )
     for section in sections:
         batch_size, updates, grid_runs, chosen, runs = section
         report(

@@ -44,6 +44,7 @@ class KFACLogs(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if not optimizer.built:
             return
+
         def value(variable):
             return float(np.asarray(variable))
 

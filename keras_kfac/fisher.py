@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
 from keras_kfac.layers import collecting_statistics
+from keras_kfac.optimizer import KFAC
 
 CATEGORICAL = "categorical"
 BERNOULLI = "bernoulli"
@@ -90,16 +91,23 @@ class TrueFisherModel(keras.Model):
     Each `fit` step differentiates two losses through one forward pass: a
     Fisher loss at targets sampled from the model's predictive distribution,
     with factor collection on, and the compiled loss at the real targets,
-    with collection off, whose gradient the optimizer applies.
+    with collection off, whose gradient the optimizer applies. With
+    `KFAC(adaptive=True)`, the default of `compile` here, the step also
+    reads exact Gauss-Newton products of the compiled loss on the batch
+    (`gauss_newton_products`) and, every few steps, the batch loss after
+    the update (`batch_loss`); both replay the forward pass from the
+    variables' state before it (dropout seeds, batch-norm statistics) and
+    change no variable.
 
         model = keras_kfac.TrueFisherModel(net, distribution="categorical")
-        model.compile(optimizer=keras_kfac.KFAC(), loss=...)
+        model.compile(loss=...)          # optimizer: KFAC(adaptive=True)
         model.fit(x, y)
 
     Args:
         model: A model built from `keras_kfac.layers`, with one output.
-        distribution: `"categorical"` (outputs are logits) or `"gaussian"`
-            (outputs are means, for regression).
+        distribution: `"categorical"` (outputs are logits), `"bernoulli"`
+            (outputs are the logits of independent binary variables, such
+            as pixels) or `"gaussian"` (outputs are means, for regression).
         variance: `σ²` of the `"gaussian"` distribution. Defaults to half the
             output width, which matches Keras' `"mse"` loss.
         **kwargs: Passed to `keras.Model`.
@@ -130,6 +138,23 @@ class TrueFisherModel(keras.Model):
         self.model = model
         self.distribution = distribution
         self.variance = variance
+
+    def compile(self, optimizer="kfac", **kwargs):
+        """`keras.Model.compile`, whose default optimizer here, also by the
+        name `"kfac"`, is `keras_kfac.KFAC(adaptive=True)`: the K-FAC of
+        Martens & Grosse (2015) for supervised training, with no step size
+        or damping to tune."""
+        if isinstance(optimizer, str) and optimizer.lower() == "kfac":
+            optimizer = KFAC(adaptive=True)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """What `keras.Model` does when loading a compiled model. Keras
+        skips it for a model whose `compile` is overridden; this one only
+        adds a default optimizer, so the saved arguments compile it alike."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)

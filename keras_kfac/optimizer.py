@@ -726,9 +726,7 @@ class KFAC(keras.optimizers.Optimizer):
             (self._step_size, eta),
             (self._momentum_coefficient, mu),
         ):
-            self.assign(
-                state, tf.where(ok, value, tf.convert_to_tensor(state))
-            )
+            self.assign(state, tf.where(ok, value, tf.convert_to_tensor(state)))
         self._warn_if_most_updates_skipped()
 
     def _quadratic_model_coefficients(

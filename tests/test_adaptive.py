@@ -154,9 +154,7 @@ def test_adaptive_step_is_the_minimizer_of_the_quadratic_model(rng):
     )
     damped = F + 0.5 * np.eye(len(F))
     for w in (gradient, previous):
-        np.testing.assert_allclose(
-            w @ damped @ step, w @ gradient, rtol=1e-3
-        )
+        np.testing.assert_allclose(w @ damped @ step, w @ gradient, rtol=1e-3)
     expected_change = 0.5 * step @ F @ step - gradient @ step
     assert float(optimizer._predicted_change) == pytest.approx(
         expected_change, rel=1e-3
@@ -263,3 +261,63 @@ def test_bernoulli_fisher_loss_gives_the_bernoulli_fisher(rng):
     np.testing.assert_allclose(
         layer.statistics.G.numpy(), np.diag(p * (1 - p)), atol=0.01
     )
+
+
+def test_true_fisher_model_compiles_the_adaptive_kfac_by_default():
+    for optimizer in ({}, {"optimizer": "kfac"}, {"optimizer": "KFAC"}):
+        model = keras_kfac.TrueFisherModel(tiny_network(), "bernoulli")
+        model.compile(loss=bernoulli_nll, **optimizer)
+        assert isinstance(model.optimizer, keras_kfac.KFAC)
+        assert model.optimizer.adaptive
+
+
+def test_extra_passes_leave_batch_norm_statistics_to_the_real_one(rng):
+    """One step: the moving mean folds in the batch mean of the forward
+    pass at the old weights once, `m ← 0.9 · 0 + 0.1 · mean`, however many
+    passes the adaptive step replays; dropout trains alongside."""
+    keras.utils.set_random_seed(5)
+    dense = layers.Dense(6)
+    norm = keras.layers.BatchNormalization(momentum=0.9)
+    net = keras.Sequential(
+        [
+            keras.Input((4,)),
+            dense,
+            norm,
+            keras.layers.Activation("tanh"),
+            keras.layers.Dropout(0.2),
+            layers.Dense(3),
+        ]
+    )
+    model = keras_kfac.TrueFisherModel(net, "bernoulli")
+    model.compile(
+        optimizer=keras_kfac.KFAC(
+            adaptive=True, damping=1.0, damping_adaptation_interval=1
+        ),
+        loss=bernoulli_nll,
+    )
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = (rng.uniform(size=(16, 3)) < 0.5).astype("float32")
+    batch_mean = np.asarray(dense(x)).mean(axis=0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(float(model.optimizer.reduction_ratio))
+    np.testing.assert_allclose(
+        norm.moving_mean.numpy(), 0.1 * batch_mean, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_adaptive_state_saves_and_loads(rng, tmp_path):
+    model, optimizer, x, y = adaptive_model(
+        rng, damping=1.0, damping_adaptation_interval=1
+    )
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    path = tmp_path / "adaptive.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(
+        path, custom_objects={"bernoulli_nll": bernoulli_nll}
+    )
+    assert loaded.optimizer.adaptive
+    assert float(loaded.optimizer.current_damping) == pytest.approx(
+        float(optimizer.current_damping)
+    )
+    loaded.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert int(loaded.optimizer.update_count) == 6

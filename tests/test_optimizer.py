@@ -593,7 +593,10 @@ def test_kfac_logs_reach_history_and_tensorboard(rng, tmp_path):
     assert 0.0 < clip < 1.0
     assert logs["kfac_clip_coefficient"][-1] == pytest.approx(clip)
     assert logs["kfac_step_size"][-1] == pytest.approx(10.0 * clip)
-    assert logs["kfac_damping"] == [0.02, 0.02]
+    # Stored as float32: equal to the argument to float32's precision.
+    assert logs["kfac_damping"] == pytest.approx([0.02, 0.02], rel=1e-7)
+    assert logs["kfac_momentum"] == pytest.approx([0.9, 0.9], rel=1e-7)
+    assert "kfac_reduction_ratio" not in logs
     assert logs["kfac_skipped_steps"] == [0.0, 0.0]
     tags = set()
     for root, _, files in os.walk(logdir):
