@@ -8,12 +8,16 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 DEMO_RUN := runs/demo-acktr-CartPole-v1
 
+JAX_VENV := .venv-jax
+JAX_PY := $(JAX_VENV)/bin/python
+JAX_STAMP := $(JAX_VENV)/.installed
+
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: demo demo-digits test test-all bench bench-quick bench-mujoco \
-	bench-mujoco-baselines bench-atari
+	bench-mujoco-baselines bench-atari bench-kfac-jax
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,8 +50,20 @@ $(BENCH_STAMP): requirements.lock requirements-bench.lock setup.cfg pyproject.to
 	$(BENCH_PY) -m pip install -q --no-deps -e .
 	touch $(BENCH_STAMP)
 
+# kfac-jax, the peer of the autoencoder benchmark, in its own environment.
+$(JAX_STAMP): requirements-jax.lock
+	test -x $(JAX_PY) || $(PYTHON) -m venv $(JAX_VENV)
+	$(JAX_PY) -m pip install -q --upgrade pip
+	$(JAX_PY) -m pip install -q --no-deps -r requirements-jax.lock
+	touch $(JAX_STAMP)
+
+# Writes bench/results/autoencoder/kfac_jax.json, which bench/autoencoder.py
+# reads (run this first).
+bench-kfac-jax: $(JAX_STAMP)
+	$(JAX_PY) bench/kfac_jax_autoencoder.py
+
 # Everything in BENCHMARKS.md (hours on 2 cores; runs that finished are kept).
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) bench-kfac-jax
 	$(BENCH_PY) bench/optimizer.py
 	$(BENCH_PY) bench/autoencoder.py
 	$(BENCH_PY) bench/cartpole.py
@@ -55,7 +71,8 @@ bench: $(BENCH_STAMP)
 	$(BENCH_PY) bench/compare.py
 
 # The same comparison and autoencoder on small budgets, one seed: minutes.
-bench-quick: $(BENCH_STAMP)
+bench-quick: $(BENCH_STAMP) $(JAX_STAMP)
+	$(JAX_PY) bench/kfac_jax_autoencoder.py --quick
 	$(BENCH_PY) bench/autoencoder.py --quick
 	$(BENCH_PY) bench/compare.py --quick
 	$(BENCH_PY) bench/compare.py --suite mujoco --quick --jobs 1

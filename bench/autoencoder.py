@@ -102,6 +102,7 @@ QUICK_GRIDS = {
 COLORS = {
     "KFAC adaptive": "tab:purple",
     "kfac-jax adaptive": "black",
+    "kfac-jax, λ ≥ 1e-4": "tab:gray",
     "optax Adam": "tab:cyan",
     "KFAC emp.": "tab:orange",
     "KFAC true": "tab:red",

@@ -12,9 +12,11 @@ and plot.
 
 - `kfac-jax adaptive`: `kfac_jax.Optimizer` with adaptive learning rate,
   momentum and damping, `initial_damping=1.0`, everything else its
-  defaults (among them 10 burn-in batches that only feed the curvature
-  estimate before the first update: they come from the same stream, so
-  kfac-jax's updates use the batches 11, 12, ... of it);
+  defaults (among them `min_damping=1e-8` and 10 burn-in batches that only
+  feed the curvature estimate before the first update: they come from the
+  same stream, so kfac-jax's updates use the batches 11, 12, ... of it);
+- `kfac-jax, λ ≥ 1e-4`: the same with `min_damping=1e-4`, the floor of
+  `keras_kfac.KFAC(adaptive=True)`;
 - `optax Adam`: `optax.adam`, its learning rate tuned over the Keras Adam
   grid on seed 0 by the final error.
 
@@ -48,6 +50,7 @@ BURN_IN = 10  # kfac-jax's default num_burnin_steps
 ADAM_GRID = [1e-3, 3e-3, 1e-2, 3e-2]
 QUICK_ADAM_GRID = [1e-3, 1e-2]
 KFAC = "kfac-jax adaptive"
+KFAC_FLOOR = "kfac-jax, λ ≥ 1e-4"
 ADAM = "optax Adam"
 
 
@@ -95,7 +98,7 @@ def evaluate(params, x):
 class KFACRun:
     """kfac-jax with its adaptive step, momentum and damping."""
 
-    def __init__(self):
+    def __init__(self, min_damping=1e-8):
         self.optimizer = kfac_jax.Optimizer(
             value_and_grad_func=jax.value_and_grad(loss),
             l2_reg=0.0,
@@ -103,6 +106,7 @@ class KFACRun:
             use_adaptive_momentum=True,
             use_adaptive_damping=True,
             initial_damping=1.0,
+            min_damping=min_damping,
             multi_device=False,
         )
 
@@ -146,9 +150,15 @@ class AdamRun:
         return self.update(params, state, next(self.stream))
 
 
+KFAC_RUNS = {
+    KFAC: KFACRun,
+    KFAC_FLOOR: lambda: KFACRun(min_damping=1e-4),
+}
+
+
 def train(make, seed, x, batch_size, updates, eval_every):
     """One run: errors at each evaluation, training seconds, ms/update."""
-    extra = BURN_IN if make is KFACRun else 0
+    extra = BURN_IN if make in KFAC_RUNS.values() else 0
     order = batch_sequence(len(x), batch_size, updates + extra, seed)
     batches = [x[indices] for indices in order]
     run = make()
@@ -178,10 +188,11 @@ def train(make, seed, x, batch_size, updates, eval_every):
 
 def benchmark(x, batch_size, updates, eval_every, seeds, adam_grid):
     seed0 = seeds[0]
-    grid_runs = {KFAC: {}, ADAM: {}}
-    grid_runs[KFAC][1.0] = train(
-        KFACRun, seed0, x, batch_size, updates, eval_every
-    )
+    grid_runs = {name: {} for name in (*KFAC_RUNS, ADAM)}
+    for name, make in KFAC_RUNS.items():
+        grid_runs[name][1.0] = train(
+            make, seed0, x, batch_size, updates, eval_every
+        )
     for lr in adam_grid:
         grid_runs[ADAM][lr] = train(
             lambda lr=lr: AdamRun(lr), seed0, x, batch_size, updates, eval_every
@@ -190,7 +201,7 @@ def benchmark(x, batch_size, updates, eval_every, seeds, adam_grid):
         name: min(runs, key=lambda v: runs[v]["errors"][-1])
         for name, runs in grid_runs.items()
     }
-    makes = {KFAC: KFACRun, ADAM: lambda: AdamRun(chosen[ADAM])}
+    makes = {**KFAC_RUNS, ADAM: lambda: AdamRun(chosen[ADAM])}
     runs = {name: [grid_runs[name][chosen[name]]] for name in grid_runs}
     for seed in seeds[1:]:
         for name, make in makes.items():
@@ -207,7 +218,7 @@ def benchmark(x, batch_size, updates, eval_every, seeds, adam_grid):
         )
     return {
         "grids": {
-            KFAC: ["initial_damping", [1.0]],
+            **{name: ["initial_damping", [1.0]] for name in KFAC_RUNS},
             ADAM: ["learning_rate", adam_grid],
         },
         "grid_runs": {

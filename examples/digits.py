@@ -2,9 +2,11 @@
 
     python examples/digits.py            # or: make demo
 
-Trains the same convolutional net twice from the same initial weights, once
-with `keras_kfac.KFAC` and once with `keras.optimizers.Adam`, and prints the
-loss per epoch and the test accuracy of each.
+Trains the same convolutional net from the same initial weights three times:
+with the adaptive K-FAC of `keras_kfac.TrueFisherModel` (no step size or
+damping to set), with the KL-clipped `keras_kfac.KFAC` in plain `model.fit`,
+and with `keras.optimizers.Adam`; prints the loss per epoch and the test
+accuracy of each.
 """
 
 import argparse
@@ -59,16 +61,21 @@ def main(args: Args) -> None:
     keras.utils.set_random_seed(args.seed)
     x_train, x_test, y_train, y_test = digits(args.seed)
     initial = network().get_weights()
+    # (wraps the model in TrueFisherModel, optimizer)
     optimizers = {
-        "KFAC": lambda: keras_kfac.KFAC(learning_rate=args.kfac_learning_rate,
-                                        damping=args.damping, kl_clip=args.kl_clip),
-        "Adam": lambda: keras.optimizers.Adam(args.adam_learning_rate),
+        "KFAC-ada": (True, lambda: "kfac"),
+        "KFAC": (False, lambda: keras_kfac.KFAC(learning_rate=args.kfac_learning_rate,
+                                                damping=args.damping,
+                                                kl_clip=args.kl_clip)),
+        "Adam": (False, lambda: keras.optimizers.Adam(args.adam_learning_rate)),
     }
     print(f"digits: {len(x_train)} train / {len(x_test)} test images, 8x8")
     results = {}
-    for name, make in optimizers.items():
+    for name, (true_fisher, make) in optimizers.items():
         model = network()
         model.set_weights(initial)
+        if true_fisher:
+            model = keras_kfac.TrueFisherModel(model, distribution="categorical")
         model.compile(optimizer=make(),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])

@@ -321,3 +321,24 @@ def test_adaptive_state_saves_and_loads(rng, tmp_path):
     )
     loaded.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert int(loaded.optimizer.update_count) == 6
+
+
+def test_adaptive_step_is_the_same_under_jit_compile(rng):
+    """XLA compiles the whole adaptive step, curvature products and the
+    reduction ratio included, to the same update. (Cold steps: `Δ = ∇`,
+    since the sampled Fisher targets draw other numbers under XLA.)"""
+    weights = {}
+    for jit in (False, True):
+        model, optimizer, x, y = adaptive_model(
+            np.random.default_rng(7),
+            damping=1.0,
+            damping_adaptation_interval=1,
+            cold_steps=10,
+        )
+        model.compile(optimizer=optimizer, loss=bernoulli_nll, jit_compile=jit)
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        weights[jit] = flat(model.get_weights())
+        assert int(optimizer.update_count) == 4
+    np.testing.assert_allclose(
+        weights[True], weights[False], rtol=1e-3, atol=1e-5
+    )
