@@ -236,11 +236,8 @@ class TrueFisherModel(keras.Model):
                 tangents.append(full)
             return self.gauss_newton_products(batch, state, values, tangents)
 
-        optimizer._exact_curvature = exact_curvature
-        try:
+        with optimizer.supplying_curvature(exact_curvature):
             optimizer.apply_gradients(zip(gradients, weights))
-        finally:
-            optimizer._exact_curvature = None
 
         def adapt():
             after = [tf.convert_to_tensor(w) for w in weights]

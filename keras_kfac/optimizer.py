@@ -23,6 +23,7 @@ quadratic model under the exact curvature of the batch, and the damping
 model's train step supplies the exact curvature (`keras_kfac.TrueFisherModel`).
 """
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -330,7 +331,7 @@ class KFAC(keras.optimizers.Optimizer):
         self.damping_adaptation_interval = damping_adaptation_interval
         self.damping_adaptation_decay = float(damping_adaptation_decay)
         self.min_damping = float(min_damping)
-        # Set by the model's train step around `apply` in adaptive mode.
+        # Set by `supplying_curvature` around `apply` in adaptive mode.
         self._exact_curvature = None
         self._backward_scale_sq = None
         self._warned_skipped_updates = False
@@ -740,7 +741,9 @@ class KFAC(keras.optimizers.Optimizer):
                 "KFAC(adaptive=True) chooses its step from exact curvature "
                 "products, which need the model's loss: train through "
                 "keras_kfac.TrueFisherModel (model.fit on a plain model "
-                "cannot supply them), or use adaptive=False."
+                "cannot supply them), apply the gradients inside "
+                "optimizer.supplying_curvature(...) in a custom step, or "
+                "use adaptive=False."
             )
         previous = {
             i: tf.cast(self._velocities[i], tf.float32) for i in indices
@@ -764,6 +767,22 @@ class KFAC(keras.optimizers.Optimizer):
         )
         self.assign(self._predicted_change, change)
         return coefficients[0], coefficients[1]
+
+    @contextlib.contextmanager
+    def supplying_curvature(self, products):
+        """Inside the block, adaptive updates take their exact curvature
+        from `products(variables, vectors)`: `vectors` is a list of tangents,
+        each a list of tensors shaped like `variables` (those being updated,
+        in order), and it returns the matrix `[wᵢᵀ F wⱼ]` of the batch as a
+        float32 tensor. A model's train step wraps `apply_gradients` in it
+        (`keras_kfac.TrueFisherModel` does); it is read while the step is
+        traced.
+        """
+        previous, self._exact_curvature = self._exact_curvature, products
+        try:
+            yield
+        finally:
+            self._exact_curvature = previous
 
     def damping_adaptation_due(self) -> tf.Tensor:
         """Whether `adapt_damping` should run after the update just applied:
