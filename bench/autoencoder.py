@@ -209,6 +209,7 @@ def make_evaluate(model, x):
 
 def train(name, value, initial, x, batches, eval_every, seed):
     """One run; returns updates, training seconds and errors at each evaluation."""
+    keras.utils.set_random_seed(seed)  # the sampled Fisher targets
     model = autoencoder()
     model.set_weights(initial)
     optimizer = make_optimizer(name, value)

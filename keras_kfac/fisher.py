@@ -94,8 +94,8 @@ class TrueFisherModel(keras.Model):
     with collection off, whose gradient the optimizer applies. With
     `KFAC(adaptive=True)`, the default of `compile` here, the step also
     reads exact Gauss-Newton products of the compiled loss on the batch
-    (`gauss_newton_products`) and, every few steps, the batch loss after
-    the update (`batch_loss`); both replay the forward pass from the
+    (`gauss_newton_products`) and the batch loss after the update
+    (`batch_loss`), undoing an update that raised it; both replay the forward pass from the
     variables' state before it (dropout seeds, batch-norm statistics) and
     change no variable.
 
@@ -218,8 +218,8 @@ class TrueFisherModel(keras.Model):
 
     def _adaptive_update(self, batch, state, gradients, weights, loss_before):
         """Applies `KFAC(adaptive=True)`'s update: it reads exact curvature
-        products of this batch during the update, and after every few
-        updates the batch loss again for the reduction ratio."""
+        products of this batch during the update and the batch loss after
+        it, and undoes an update the optimizer rejects."""
         optimizer = self.optimizer
         if not optimizer.built:
             optimizer.build(weights)
@@ -238,19 +238,12 @@ class TrueFisherModel(keras.Model):
 
         with optimizer.supplying_curvature(exact_curvature):
             optimizer.apply_gradients(zip(gradients, weights))
-
-        def adapt():
-            after = [tf.convert_to_tensor(w) for w in weights]
-            optimizer.adapt_damping(
-                loss_before, self.batch_loss(batch, state, after)
-            )
-            return tf.constant(True)
-
-        tf.cond(
-            optimizer.damping_adaptation_due(),
-            adapt,
-            lambda: tf.constant(False),
+        after = [tf.convert_to_tensor(w) for w in weights]
+        rejected = optimizer.review_update(
+            loss_before, self.batch_loss(batch, state, after)
         )
+        for weight, value in zip(weights, values):
+            weight.assign(tf.where(rejected, value, weight))
 
     def batch_loss(self, batch, state, values) -> tf.Tensor:
         """The training loss of `batch` at weights `values`, regularization

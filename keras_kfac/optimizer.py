@@ -122,8 +122,8 @@ class KFAC(keras.optimizers.Optimizer):
             clipped steps. Defaults to `0.9`.
         stats_decay: `ε ∈ [0, 1)`, decay of the running factors. Defaults
             to `0.95`.
-        inverse_update_freq: Eigendecompose the factors every this many
-            updates. Defaults to `10`.
+        inverse_update_freq: Eigendecompose (or invert) the factors every
+            this many updates. Defaults to `10` (`5` with `adaptive`).
         statistics_update_freq: The layers record `A` and `G` on the
             backward passes of every this many steps (those where
             `iterations` is a multiple of it), and the running factors fold
@@ -139,15 +139,18 @@ class KFAC(keras.optimizers.Optimizer):
             Grosse 2015, §6.3) through the explicit inverses of the two
             damped factors: an inversion per refresh (several times
             cheaper than an eigendecomposition), two matmuls per step;
-            it needs `damping > 0`. Defaults to `"eigen"`.
+            it needs `damping > 0`. Defaults to `"eigen"` (`"factored"`
+            with `adaptive`, which measured better there: its damping acts
+            more strongly on the products of small factor eigenvalues).
         adaptive: The full K-FAC of Martens & Grosse (2015) for supervised
             training. Each update is `v = α Δ + μ v_prev` with `α` and `μ`
             minimizing the quadratic model `½ vᵀ (F + λ I) v - ∇ᵀ v` under
             the exact Gauss-Newton matrix `F` of the batch (two forward-mode
-            passes), and every `damping_adaptation_interval` updates `λ`
-            follows the Levenberg-Marquardt rule on the reduction ratio
-            `ρ` (one more forward pass); `damping` is then the initial
-            `λ`. `learning_rate`, `momentum` and `kl_clip` are not used.
+            passes). One more forward pass measures the reduction ratio
+            `ρ`: an update that raised the batch loss is undone
+            (`review_update`), and every `damping_adaptation_interval`
+            updates `λ` follows the Levenberg-Marquardt rule on `ρ`;
+            `damping` is the initial `λ`. `learning_rate`, `momentum` and `kl_clip` are not used.
             The curvature products need the model's loss, so train through
             `keras_kfac.TrueFisherModel`, on one device. Defaults to
             `False`: the KL-clipped step above, the one ACKTR takes.
@@ -181,9 +184,9 @@ class KFAC(keras.optimizers.Optimizer):
         kl_clip: float | None = 1e-3,
         momentum: float = 0.9,
         stats_decay: float = 0.95,
-        inverse_update_freq: int = 10,
+        inverse_update_freq: int | None = None,
         cold_steps: int = 0,
-        damping_mode: str = "eigen",
+        damping_mode: str | None = None,
         statistics_update_freq: int = 1,
         adaptive: bool = False,
         damping_adaptation_interval: int = 5,
@@ -278,6 +281,12 @@ class KFAC(keras.optimizers.Optimizer):
             "a finite number in [0, 1]",
             lambda v: 0 <= v <= 1,
         )
+        if inverse_update_freq is None:
+            inverse_update_freq = 5 if adaptive is True else 10
+        if damping_mode is None:
+            damping_mode = (
+                linalg.FACTORED if adaptive is True else linalg.EIGEN
+            )
         _check_integer("inverse_update_freq", inverse_update_freq, 1)
         _check_integer("cold_steps", cold_steps, 0)
         _check_integer("statistics_update_freq", statistics_update_freq, 1)
@@ -402,6 +411,9 @@ class KFAC(keras.optimizers.Optimizer):
         )
         self._predicted_change = self.add_variable(
             name="predicted_change", **scalar
+        )
+        self._rejected_steps = self.add_variable(
+            (), dtype="int64", name="rejected_steps"
         )
         self._reduction_ratio = self.add_variable(
             initializer=keras.initializers.Constant(float("nan")),
@@ -562,9 +574,14 @@ class KFAC(keras.optimizers.Optimizer):
 
     @property
     def reduction_ratio(self):
-        """`ρ` of the latest damping adaptation (NaN before the first, or
-        when it did not adapt)."""
+        """`ρ` of the latest adaptive update (NaN before the first, or
+        after a skipped one)."""
         return self._reduction_ratio
+
+    @property
+    def rejected_steps(self):
+        """Adaptive updates undone because they raised the batch loss."""
+        return self._rejected_steps
 
     @property
     def clip_coefficient(self):
@@ -734,7 +751,7 @@ class KFAC(keras.optimizers.Optimizer):
         self, variables, indices, gradients, directions
     ):
         """`(α, μ)` of the adaptive update from the exact curvature products
-        of `Δ` and the previous update `v`; stores `M₀` for `adapt_damping`.
+        of `Δ` and the previous update `v`; stores `M₀` for `review_update`.
         """
         if self._exact_curvature is None:
             raise ValueError(
@@ -784,8 +801,58 @@ class KFAC(keras.optimizers.Optimizer):
         finally:
             self._exact_curvature = previous
 
+    def review_update(self, loss_before, loss_after) -> tf.Tensor:
+        """Judges the adaptive update just applied from the batch loss
+        before and after it; returns whether to undo it.
+
+        `ρ = (h(θ - v) - h(θ)) / M₀(v)` (`keras_kfac.quadratic_model`). An
+        update that raised the batch loss it was fitted to, or made it
+        non-finite, is rejected: its velocity is zeroed (the next update
+        starts without momentum), `λ` grows by `1/ω`, `rejected_steps`
+        counts it, and the caller restores the weights. Otherwise, every
+        `damping_adaptation_interval` updates, `λ` follows the
+        Levenberg-Marquardt rule on `ρ`. Nothing happens after a skipped
+        update (it predicted no change).
+
+        Returns:
+            A boolean tensor: the caller must restore the weights.
+        """
+        predicted = tf.convert_to_tensor(self._predicted_change)
+        applied = predicted < 0.0
+        ratio = quadratic_model.reduction_ratio(
+            loss_before, loss_after, predicted
+        )
+        rejected = tf.logical_and(
+            applied,
+            tf.logical_not(
+                tf.cast(loss_after, tf.float32)
+                <= tf.cast(loss_before, tf.float32)
+            ),
+        )
+        factor = self.damping_adaptation_decay**self.damping_adaptation_interval
+        damping = tf.convert_to_tensor(self._current_damping)
+        adapted = quadratic_model.adapted_damping(
+            damping, ratio, factor, self.min_damping
+        )
+        due = tf.logical_and(applied, self.damping_adaptation_due())
+        self.assign(
+            self._current_damping,
+            tf.where(
+                rejected,
+                damping / factor,
+                tf.where(due, adapted, damping),
+            ),
+        )
+        self.assign(
+            self._reduction_ratio,
+            tf.where(applied, ratio, float("nan")),
+        )
+        self.scale_velocities(tf.where(rejected, 0.0, 1.0))
+        self.assign_add(self._rejected_steps, tf.cast(rejected, tf.int64))
+        return rejected
+
     def damping_adaptation_due(self) -> tf.Tensor:
-        """Whether `adapt_damping` should run after the update just applied:
+        """Whether the update just applied is one on which `λ` adapts:
         every `damping_adaptation_interval` applied updates."""
         return tf.logical_and(
             self._update_count > 0,
@@ -795,36 +862,6 @@ class KFAC(keras.optimizers.Optimizer):
                 ),
                 0,
             ),
-        )
-
-    def adapt_damping(self, loss_before, loss_after) -> None:
-        """The Levenberg-Marquardt step on `λ` after an adaptive update.
-
-        `ρ = (h(θ - v) - h(θ)) / M₀(v)` from the batch loss before and
-        after the update and the model's predicted change `M₀`
-        (`keras_kfac.quadratic_model`). Nothing adapts when the model
-        predicted no decrease (a skipped update predicts none).
-        """
-        predicted = tf.convert_to_tensor(self._predicted_change)
-        ratio = quadratic_model.reduction_ratio(
-            loss_before, loss_after, predicted
-        )
-        factor = self.damping_adaptation_decay**self.damping_adaptation_interval
-        adapt = predicted < 0.0
-        damping = tf.convert_to_tensor(self._current_damping)
-        self.assign(
-            self._current_damping,
-            tf.where(
-                adapt,
-                quadratic_model.adapted_damping(
-                    damping, ratio, factor, self.min_damping
-                ),
-                damping,
-            ),
-        )
-        self.assign(
-            self._reduction_ratio,
-            tf.where(adapt, ratio, float("nan")),
         )
 
     def _apply_weight_decay(self, variables):

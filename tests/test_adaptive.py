@@ -342,3 +342,38 @@ def test_adaptive_step_is_the_same_under_jit_compile(rng):
     np.testing.assert_allclose(
         weights[True], weights[False], rtol=1e-3, atol=1e-5
     )
+
+
+def test_review_rejects_an_update_that_raised_the_batch_loss(rng):
+    model, optimizer, x, y = adaptive_model(
+        rng, damping=0.5, damping_adaptation_interval=100
+    )
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    factor = 0.95**100
+    assert float(np.abs(flat(optimizer._velocities)).max()) > 0
+    # Kept: the loss fell; λ waits for its interval, ρ is recorded.
+    predicted = float(optimizer._predicted_change)
+    assert not bool(optimizer.review_update(2.0, 2.0 + 0.5 * predicted))
+    assert float(optimizer.reduction_ratio) == pytest.approx(0.5)
+    assert float(optimizer.current_damping) == pytest.approx(0.5)
+    # Rejected: the loss rose (or is not finite); momentum is dropped.
+    for after in (2.5, float("nan")):
+        damping = float(optimizer.current_damping)
+        assert bool(optimizer.review_update(2.0, after))
+        assert float(optimizer.current_damping) == pytest.approx(
+            damping / factor
+        )
+        assert not np.any(flat(optimizer._velocities))
+    assert int(optimizer.rejected_steps) == 2
+
+
+def test_a_rejected_update_leaves_the_weights_where_they_were(rng):
+    """With a batch loss that always reads higher after the update, every
+    update is undone: the weights stay at their initial values."""
+    model, optimizer, x, y = adaptive_model(rng, damping=1.0)
+    model.batch_loss = lambda batch, state, values: tf.constant(1e9)
+    before = flat(model.get_weights())
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    np.testing.assert_array_equal(flat(model.get_weights()), before)
+    assert int(optimizer.rejected_steps) == 4
+    assert int(optimizer.update_count) == 4
