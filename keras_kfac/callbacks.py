@@ -17,8 +17,8 @@ class KFACLogs(keras.callbacks.Callback):
       always 1 with `adaptive=True`);
     - `kfac_momentum`: `μ` of the latest update;
     - `kfac_damping`: `λ` now (adapted with `adaptive=True`);
-    - `kfac_reduction_ratio`: with `adaptive=True`, `ρ` of the latest
-      damping adaptation;
+    - `kfac_reduction_ratio`, `kfac_rejected_steps`: with `adaptive=True`,
+      `ρ` of the latest update and the updates undone so far;
     - `kfac_skipped_steps`: updates skipped so far because a gradient,
       statistic or update was not finite.
 
@@ -54,6 +54,7 @@ class KFACLogs(keras.callbacks.Callback):
         logs["kfac_damping"] = value(optimizer.current_damping)
         if optimizer.adaptive:
             logs["kfac_reduction_ratio"] = value(optimizer.reduction_ratio)
+            logs["kfac_rejected_steps"] = value(optimizer.rejected_steps)
         logs["kfac_skipped_steps"] = value(optimizer.skipped_steps)
 
     def on_train_batch_end(self, batch, logs=None):
