@@ -165,7 +165,7 @@ class KFAC(keras.optimizers.Optimizer):
             model is accurate (`ρ ≈ 1`) at any batch size, so on small
             batches `λ` falls to this floor and stays near it: there the
             floor is the damping that holds the step to what generalizes
-            beyond the batch. Defaults to `1e-4`.
+            beyond the batch. Defaults to `3e-5`.
         {{base_optimizer_keyword_args}}
 
     A step whose gradients, factor statistics or resulting update are not
@@ -191,7 +191,7 @@ class KFAC(keras.optimizers.Optimizer):
         adaptive: bool = False,
         damping_adaptation_interval: int = 5,
         damping_adaptation_decay: float = 0.95,
-        min_damping: float = 1e-4,
+        min_damping: float = 3e-5,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
