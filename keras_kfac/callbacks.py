@@ -18,7 +18,8 @@ class KFACLogs(keras.callbacks.Callback):
     - `kfac_momentum`: `μ` of the latest update;
     - `kfac_damping`: `λ` now (adapted with `adaptive=True`);
     - `kfac_reduction_ratio`, `kfac_rejected_steps`: with `adaptive=True`,
-      `ρ` of the latest update and the updates undone so far;
+      `ρ` of the latest update (with a finite one) and the updates undone
+      so far;
     - `kfac_skipped_steps`: updates skipped so far because a gradient,
       statistic or update was not finite.
 

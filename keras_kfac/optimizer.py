@@ -284,9 +284,7 @@ class KFAC(keras.optimizers.Optimizer):
         if inverse_update_freq is None:
             inverse_update_freq = 5 if adaptive is True else 10
         if damping_mode is None:
-            damping_mode = (
-                linalg.FACTORED if adaptive is True else linalg.EIGEN
-            )
+            damping_mode = linalg.FACTORED if adaptive is True else linalg.EIGEN
         _check_integer("inverse_update_freq", inverse_update_freq, 1)
         _check_integer("cold_steps", cold_steps, 0)
         _check_integer("statistics_update_freq", statistics_update_freq, 1)
@@ -416,9 +414,7 @@ class KFAC(keras.optimizers.Optimizer):
             (), dtype="int64", name="rejected_steps"
         )
         self._reduction_ratio = self.add_variable(
-            initializer=keras.initializers.Constant(float("nan")),
-            name="reduction_ratio",
-            **scalar,
+            name="reduction_ratio", **scalar
         )
 
     def _find_blocks(self, var_list) -> list[KroneckerBlock]:
@@ -574,8 +570,8 @@ class KFAC(keras.optimizers.Optimizer):
 
     @property
     def reduction_ratio(self):
-        """`ρ` of the latest adaptive update (NaN before the first, or
-        after a skipped one)."""
+        """`ρ` of the latest adaptive update with a finite one (0 before
+        the first)."""
         return self._reduction_ratio
 
     @property
@@ -843,9 +839,15 @@ class KFAC(keras.optimizers.Optimizer):
                 tf.where(due, adapted, damping),
             ),
         )
+        # Only finite values are kept: the optimizer's state stays finite
+        # whatever a step did (a non-finite ρ is a rejection, counted).
         self.assign(
             self._reduction_ratio,
-            tf.where(applied, ratio, float("nan")),
+            tf.where(
+                tf.logical_and(applied, tf.math.is_finite(ratio)),
+                ratio,
+                tf.convert_to_tensor(self._reduction_ratio),
+            ),
         )
         self.scale_velocities(tf.where(rejected, 0.0, 1.0))
         self.assign_add(self._rejected_steps, tf.cast(rejected, tf.int64))
