@@ -242,8 +242,13 @@ class TrueFisherModel(keras.Model):
         rejected = optimizer.review_update(
             loss_before, self.batch_loss(batch, state, after)
         )
-        for weight, value in zip(weights, values):
-            weight.assign(tf.where(rejected, value, weight))
+
+        def restore():
+            for weight, value in zip(weights, values):
+                weight.assign(value)
+            return tf.constant(True)
+
+        tf.cond(rejected, restore, lambda: tf.constant(False))
 
     def batch_loss(self, batch, state, values) -> tf.Tensor:
         """The training loss of `batch` at weights `values`, regularization

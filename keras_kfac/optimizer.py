@@ -683,7 +683,7 @@ class KFAC(keras.optimizers.Optimizer):
             is_cold, lambda: raw, lambda: {**raw, **self._precondition(grad_of)}
         )
         if self.adaptive:
-            eta, mu = self._quadratic_model_coefficients(
+            eta, mu, change = self._quadratic_model_coefficients(
                 variables, indices, raw, directions
             )
             scale_of_direction = eta
@@ -706,10 +706,7 @@ class KFAC(keras.optimizers.Optimizer):
         )
         if self.adaptive:
             # A skipped update predicts no change, so no damping adapts on it.
-            self.assign(
-                self._predicted_change,
-                tf.where(ok, self._predicted_change, 0.0),
-            )
+            self.assign(self._predicted_change, tf.where(ok, change, 0.0))
         for i, variable in zip(indices, variables):
             velocity = tf.where(
                 ok, new_velocities[i], tf.cast(self._velocities[i], tf.float32)
@@ -748,9 +745,8 @@ class KFAC(keras.optimizers.Optimizer):
     def _quadratic_model_coefficients(
         self, variables, indices, gradients, directions
     ):
-        """`(α, μ)` of the adaptive update from the exact curvature products
-        of `Δ` and the previous update `v`; stores `M₀` for `review_update`.
-        """
+        """`(α, μ, M₀)` of the adaptive update from the exact curvature
+        products of `Δ` and the previous update `v`."""
         if self._exact_curvature is None:
             raise ValueError(
                 "KFAC(adaptive=True) chooses its step from exact curvature "
@@ -780,8 +776,7 @@ class KFAC(keras.optimizers.Optimizer):
             tf.stack([inner(gradient, w) for w in vectors]),
             self._current_damping,
         )
-        self.assign(self._predicted_change, change)
-        return coefficients[0], coefficients[1]
+        return coefficients[0], coefficients[1], change
 
     @contextlib.contextmanager
     def supplying_curvature(self, products):
