@@ -49,6 +49,7 @@ from agents.checks import (
     check_unit_interval,
 )
 from agents.policies import ActorCriticPolicy
+from keras_kfac import linalg
 
 ActorCriticLossInfo = collections.namedtuple(
     "ActorCriticLossInfo",
@@ -535,21 +536,14 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         variable changes (network, optimizers, observation normalizer,
         step size) but `skipped_updates`, and the `LossInfo` is NaN."""
         self._check_experience(experience)
-        finite = tf.reduce_all(
+        finite = linalg.all_finite(
             [
-                tf.reduce_all(tf.math.is_finite(tf.cast(x, tf.float32)))
-                for x in (
-                    experience.reward,
-                    experience.discount,
-                    *tf.nest.flatten(experience.observation),
-                )
+                experience.reward,
+                experience.discount,
+                *tf.nest.flatten(experience.observation),
             ]
+            + ([] if weights is None else [weights])
         )
-        if weights is not None:
-            finite = tf.logical_and(
-                finite,
-                tf.reduce_all(tf.math.is_finite(tf.cast(weights, tf.float32))),
-            )
 
         def skip():
             self._skipped_updates.assign_add(1)
@@ -691,9 +685,7 @@ def apply_gradients(optimizer, gradients, variables) -> None:
     if isinstance(optimizer, keras_kfac.KFAC):
         optimizer.apply(gradients, variables)
         return
-    finite = tf.reduce_all(
-        [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]
-    )
+    finite = linalg.all_finite(gradients)
     tf.cond(
         finite,
         lambda: optimizer.apply(gradients, variables) or tf.constant(True),

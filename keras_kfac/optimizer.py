@@ -87,11 +87,6 @@ def _in_xla_context() -> bool:
     )
 
 
-def _all_finite(tensors) -> tf.Tensor:
-    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
-    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
-
-
 @keras.saving.register_keras_serializable(package="keras_kfac")
 class KFAC(keras.optimizers.Optimizer):
     """Kronecker-factored natural gradient with a KL trust region.
@@ -344,6 +339,7 @@ class KFAC(keras.optimizers.Optimizer):
         self._exact_curvature = None
         self._backward_scale_sq = None
         self._warned_skipped_updates = False
+        self._warned_xla_refresh = False
         self._block_layers = None  # ids of the blocks' layers, once built
         add_statistics_reader(self)
 
@@ -662,19 +658,23 @@ class KFAC(keras.optimizers.Optimizer):
 
         count = self._update_count
         is_cold = count < self.cold_steps
-        batches = self._batch_factors(scale_sq)
+        batches = self._batch_factors()
         # One non-finite gradient or statistic skips the whole update, so
         # the running factors never mix in a batch the weights did not see.
-        inputs_finite = tf.logical_and(
-            _all_finite(grads),
-            _all_finite([t for A, G, _ in batches for t in (A, G)]),
+        inputs_finite = linalg.all_finite(
+            grads
+            + [
+                tf.where(fresh, tf.reduce_sum(A) + tf.reduce_sum(G), 0.0)
+                for A, G, fresh in batches
+            ]
         )
-        self._update_factors(batches, inputs_finite)
+        self._update_factors(batches, scale_sq, inputs_finite)
         warm = count - self.cold_steps
         refresh = tf.logical_and(
             tf.logical_and(inputs_finite, warm >= 0),
             tf.math.floormod(warm, self.inverse_update_freq) == 0,
         )
+        self._warn_if_refresh_compiled_for_cpu()
         tf.cond(refresh, self._update_inverses, lambda: tf.no_op())
 
         raw = {i: tf.cast(grad_of[i], tf.float32) for i in indices}
@@ -702,7 +702,7 @@ class KFAC(keras.optimizers.Optimizer):
             for i in indices
         }
         ok = tf.logical_and(
-            inputs_finite, _all_finite(list(new_velocities.values()))
+            inputs_finite, linalg.all_finite(list(new_velocities.values()))
         )
         if self.adaptive:
             # A skipped update predicts no change, so no damping adapts on it.
@@ -912,6 +912,34 @@ class KFAC(keras.optimizers.Optimizer):
 
         tf.cond(most_skipped, warn, lambda: tf.constant(False))
 
+    def _warn_if_refresh_compiled_for_cpu(self) -> None:
+        """Warns once, while tracing, when XLA compiles the refresh of the
+        factors (`jit_compile=True`) and no accelerator is visible.
+
+        XLA cannot leave a compiled step for one op, so the refresh runs
+        as XLA compiles it; XLA's CPU eigendecomposition, inverse and
+        Cholesky are 10-50x slower than TensorFlow's kernels (`bench/
+        step_cost.py`), more than the fusion of the other ops saves.
+        """
+        if self._warned_xla_refresh or not _in_xla_context():
+            return
+        if tf.config.list_physical_devices("GPU"):
+            return
+        self._warned_xla_refresh = True
+        work = (
+            "eigendecompositions"
+            if self.damping_mode == linalg.EIGEN
+            else "matrix inverses"
+        )
+        warnings.warn(
+            f"KFAC optimizer {self.name!r}: jit_compile=True compiles the "
+            f"{work} that refresh the K-FAC factors with XLA, which on "
+            "CPU runs them 10-50x slower than TensorFlow does, so a step "
+            "costs more than without XLA. On CPU, compile the model with "
+            "jit_compile=False (what Keras' default 'auto' chooses there).",
+            stacklevel=2,
+        )
+
     def _warn_skipped_updates(self, skipped, total):
         if self._warned_skipped_updates:
             return
@@ -930,45 +958,41 @@ class KFAC(keras.optimizers.Optimizer):
             )
         warnings.warn(message, stacklevel=2)
 
-    def _batch_factors(self, scale_sq):
-        """`(A, G, fresh)` of every block's latest batch, G unscaled.
-
-        A block whose layer recorded nothing since the last update reads as
-        zeros, so stale statistics are neither folded in again nor checked.
-        """
-        batches = []
-        for block in self._blocks:
-            statistics = block.layer.statistics
-            fresh = tf.convert_to_tensor(statistics.fresh) > 0.0
-            A = tf.convert_to_tensor(statistics.A)
-            G = tf.convert_to_tensor(statistics.G) / scale_sq
-            batches.append(
-                (
-                    tf.where(fresh, A, tf.zeros_like(A)),
-                    tf.where(fresh, G, tf.zeros_like(G)),
-                    fresh,
-                )
+    def _batch_factors(self):
+        """`(A, G, fresh)` of every block's latest batch, `G` as the layer
+        recorded it (loss scale included); `fresh` says whether the layer
+        recorded them since the last update."""
+        return [
+            (
+                tf.convert_to_tensor(block.layer.statistics.A),
+                tf.convert_to_tensor(block.layer.statistics.G),
+                tf.convert_to_tensor(block.layer.statistics.fresh) > 0.0,
             )
-        return batches
+            for block in self._blocks
+        ]
 
-    def _update_factors(self, batches, ok):
-        """Folds every fresh batch `A`, `G` into the running factors if `ok`."""
+    def _update_factors(self, batches, scale_sq, ok):
+        """Folds every fresh batch `A`, `G / scale²` into the running
+        factors if `ok`; stale statistics cost nothing but the test."""
         for block, state, (A_batch, G_batch, fresh) in zip(
             self._blocks, self._factors, batches
         ):
-            use = tf.logical_and(fresh, ok)
-            decay = linalg.warm_start_decay(self.stats_decay, state["updates"])
-            for name, batch in (("A", A_batch), ("G", G_batch)):
-                average = tf.convert_to_tensor(state[name])
-                self.assign(
-                    state[name],
-                    tf.where(
-                        use,
-                        linalg.running_average(average, batch, decay),
-                        average,
-                    ),
+
+            def fold(state=state, A_batch=A_batch, G_batch=G_batch):
+                decay = linalg.warm_start_decay(
+                    self.stats_decay, state["updates"]
                 )
-            self.assign_add(state["updates"], tf.cast(use, tf.float32))
+                for name, batch in (("A", A_batch), ("G", G_batch / scale_sq)):
+                    self.assign(
+                        state[name],
+                        linalg.running_average(
+                            tf.convert_to_tensor(state[name]), batch, decay
+                        ),
+                    )
+                self.assign_add(state["updates"], 1.0)
+                return tf.constant(True)
+
+            tf.cond(tf.logical_and(fresh, ok), fold, lambda: tf.constant(False))
             block.layer.statistics.fresh.assign(0.0)
 
     def _update_inverses(self):

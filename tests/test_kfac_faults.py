@@ -162,7 +162,7 @@ def test_xla_counts_skipped_steps_without_the_host_callback(rng):
         warnings.simplefilter("always")
         model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert int(model.optimizer.skipped_steps) == 12
-    assert kfac_warnings(caught) == []
+    assert [m for m in kfac_warnings(caught) if "skipped" in m] == []
 
 
 def test_batch_normalization_statistics_take_a_nan_batch(rng):

@@ -119,3 +119,22 @@ def test_factored_inverses_flag_nonfinite_input(rng):
         tf.constant(A), tf.constant(spd(rng, 2)), tf.constant(0.01)
     )
     assert not bool(ok)
+
+
+@pytest.mark.parametrize(
+    "bad", [np.nan, np.inf, -np.inf, "inf and -inf"], ids=str
+)
+def test_all_finite_finds_one_bad_element_among_many(rng, bad):
+    tensors = [rng.normal(size=s).astype("float32") for s in ((3, 4), (7,))]
+    assert bool(linalg.all_finite([tf.constant(t) for t in tensors]))
+    if bad == "inf and -inf":  # their sum is NaN, not another infinity
+        tensors[0][1, 2], tensors[1][5] = np.inf, -np.inf
+    else:
+        tensors[1][5] = bad
+    assert not bool(linalg.all_finite([tf.constant(t) for t in tensors]))
+
+
+def test_all_finite_of_other_dtypes_and_of_nothing():
+    assert bool(linalg.all_finite([]))
+    assert bool(linalg.all_finite([tf.constant([255, 255], tf.uint8)]))
+    assert not bool(linalg.all_finite([tf.constant([1.0, np.inf], tf.float16)]))

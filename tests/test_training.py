@@ -1,7 +1,11 @@
 """model.fit end to end: saving, resuming, XLA, faults, mixed precision."""
 
+import warnings
+
 import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 
 import keras_kfac
 from keras_kfac import layers
@@ -92,6 +96,24 @@ def test_jit_compile_agrees_with_graph_mode(rng):
         results.append(model.get_weights())
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("damping_mode", ["eigen", "factored"])
+def test_xla_refresh_on_cpu_warns_once(rng, damping_mode):
+    """XLA compiles the refresh with its own, far slower CPU linear
+    algebra: one warning when it does, none without XLA or with an
+    accelerator (where XLA's kernels are the vendor's)."""
+    x, y = data(rng)
+    expected = 0 if tf.config.list_physical_devices("GPU") else 1
+    for jit, count in ((False, 0), (True, expected)):
+        model = compile_(
+            classifier(), jit_compile=jit, damping_mode=damping_mode
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(model, x, y, epochs=2)
+        messages = [str(w.message) for w in caught]
+        assert sum("with XLA" in m for m in messages) == count, messages
 
 
 def test_nan_batch_is_skipped_and_changes_nothing(rng):

@@ -1,0 +1,201 @@
+"""What one `model.fit` step costs with KFAC against Adam on plain Keras layers.
+
+    python bench/step_cost.py                 # about 15 minutes
+    python bench/step_cost.py --steps 60      # a quick look
+
+For each model (MLP 64-256-256-10, MLP 64-1024-1024-10, the digits CNN) and
+batch size (64, 256, 1024), times the training batches of `model.fit` on
+digits (repeated to fill the batches) with a callback around each batch,
+after one untimed epoch (tracing, the first refreshes), and reports the
+mean: the refreshes and the steps that record statistics are a fraction of
+the steps, so a median would leave them out. The rows, alternating in one
+process, each from the same weights:
+
+- `Adam`: `keras.optimizers.Adam` on the model built from plain Keras
+  layers, what a user runs without K-FAC; every ratio is to this row;
+- `Adam, keras_kfac layers`: the same on `keras_kfac.layers`, which record
+  no factors for Adam (the row shows what their taps cost);
+- `KFAC`: `keras_kfac.KFAC()` with its defaults (eigen damping, inverses
+  every 10 steps, factors every step);
+- `KFAC factored`: `damping_mode="factored"` (explicit inverses, two
+  matmuls per layer per step);
+- `KFAC factored, statistics every 10`: the same with
+  `statistics_update_freq=10`;
+- `KFAC adaptive, TrueFisherModel`: the default of supervised training,
+  `KFAC(adaptive=True)` through `keras_kfac.TrueFisherModel` (its step
+  also differentiates a sampled Fisher loss, takes two forward-mode
+  curvature products and one more forward pass for the reduction ratio).
+
+`--jit` compiles every train step with XLA (`jit_compile=True`).
+Prints Markdown for BENCHMARKS.md.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+import keras_kfac  # noqa: E402
+
+
+class BatchTimer(keras.callbacks.Callback):
+    """Wall time of every training batch after the first epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.times, self._epoch = [], 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch > 0:
+            self.times.append(time.perf_counter() - self._start)
+
+
+def mlp(width):
+    def build(layers):
+        return keras.Sequential(
+            [
+                keras.Input((64,)),
+                layers.Dense(width, activation="tanh"),
+                layers.Dense(width, activation="tanh"),
+                layers.Dense(10),
+            ]
+        )
+
+    return build
+
+
+def cnn(layers):
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            layers.Dense(128, activation="tanh"),
+            layers.Dense(10),
+        ]
+    )
+
+
+MODELS = {
+    "MLP 64-256-256-10": (mlp(256), (64,)),
+    "MLP 64-1024-1024-10": (mlp(1024), (64,)),
+    "CNN 2xconv32-128-10": (cnn, (8, 8, 1)),
+}
+
+# name -> (optimizer, the layers of the model it trains, the model's wrapper)
+OPTIMIZERS = {
+    "Adam": (lambda: keras.optimizers.Adam(1e-3), keras.layers, None),
+    "Adam, keras_kfac layers": (
+        lambda: keras.optimizers.Adam(1e-3),
+        keras_kfac.layers,
+        None,
+    ),
+    "KFAC": (lambda: keras_kfac.KFAC(), keras_kfac.layers, None),
+    "KFAC factored": (
+        lambda: keras_kfac.KFAC(damping_mode="factored"),
+        keras_kfac.layers,
+        None,
+    ),
+    "KFAC factored, statistics every 10": (
+        lambda: keras_kfac.KFAC(
+            damping_mode="factored", statistics_update_freq=10
+        ),
+        keras_kfac.layers,
+        None,
+    ),
+    "KFAC adaptive, TrueFisherModel": (
+        lambda: keras_kfac.KFAC(adaptive=True),
+        keras_kfac.layers,
+        lambda model: keras_kfac.TrueFisherModel(model, "categorical"),
+    ),
+}
+
+
+def step_times(model, optimizer, x, y, batch_size, steps, jit):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
+    )
+    timer = BatchTimer()
+    model.fit(
+        x, y, batch_size=batch_size, epochs=2, verbose=0, callbacks=[timer]
+    )
+    return timer.times
+
+
+def digits_batches(shape, batch_size, steps):
+    """Digits, repeated and cut to `steps` batches of `batch_size`."""
+    x, y = load_digits(return_X_y=True)
+    reps = -(-(batch_size * steps) // len(x))
+    x = np.tile((x / 16.0).astype("float32"), (reps, 1))[: batch_size * steps]
+    y = np.tile(y.astype("int32"), reps)[: batch_size * steps]
+    return x.reshape((-1,) + shape), y
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[64, 256, 1024]
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--jit", action="store_true")
+    args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+
+    print(
+        f"Mean ms per `model.fit` step ({args.steps} steps after one "
+        f"untimed epoch, {args.repeats} alternating runs"
+        f"{', jit_compile=True' if args.jit else ''}); ratio to Adam on plain "
+        "Keras layers.\n"
+    )
+    sizes = args.batch_sizes
+    print(
+        "| model | optimizer | "
+        + " | ".join(f"batch {b}" for b in sizes)
+        + " |"
+    )
+    print("|---|---|" + "---|" * len(sizes))
+    for label in args.models:
+        build, shape = MODELS[label]
+        initial = build(keras.layers).get_weights()
+        means = {name: [] for name in OPTIMIZERS}
+        for batch_size in sizes:
+            x, y = digits_batches(shape, batch_size, args.steps)
+            times = {name: [] for name in OPTIMIZERS}
+            for _ in range(args.repeats):
+                for name, (make, layers, wrap) in OPTIMIZERS.items():
+                    model = build(layers)
+                    model.set_weights(initial)
+                    model = wrap(model) if wrap else model
+                    times[name] += step_times(
+                        model, make(), x, y, batch_size, args.steps, args.jit
+                    )
+            for name in OPTIMIZERS:
+                means[name].append(statistics.mean(times[name]))
+        for name, row in means.items():
+            cells = " | ".join(
+                f"{1000 * t:.2f} ms ({t / adam:.2f}x)"
+                for t, adam in zip(row, means["Adam"])
+            )
+            print(f"| {label} | {name} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
