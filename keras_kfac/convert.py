@@ -8,17 +8,22 @@ _REPLACEMENTS = {
     keras.layers.Dense: layers.Dense,
     keras.layers.Conv1D: layers.Conv1D,
     keras.layers.Conv2D: layers.Conv2D,
+    keras.layers.Embedding: layers.Embedding,
+    keras.layers.LayerNormalization: layers.LayerNormalization,
+    keras.layers.BatchNormalization: layers.BatchNormalization,
 }
 
 
 def convert(model: keras.Model) -> keras.Model:
-    """A copy of `model` whose `Dense`, `Conv1D` and `Conv2D` layers tap
-    K-FAC factors.
+    """A copy of `model` whose `Dense`, `Conv1D`, `Conv2D`, `Embedding`,
+    `LayerNormalization` and `BatchNormalization` layers tap K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
-    `keras.layers.Dense`, `Conv1D` and `Conv2D` (exactly those classes,
-    not subclasses) becomes its `keras_kfac.layers` counterpart, inside
-    nested Sequential and functional models too. Other layers are cloned
+    `keras.layers.Dense`, `Conv1D`, `Conv2D`, `Embedding`,
+    `LayerNormalization` and `BatchNormalization` (exactly those classes,
+    not subclasses; not an Embedding with LoRA or a quantized table, nor
+    a BatchNormalization with renorm) becomes its `keras_kfac.layers` counterpart, inside nested
+    Sequential and functional models too. Other layers are cloned
     unchanged and train first-order under `keras_kfac.KFAC`
     (`KFAC.summary()` lists which).
 
@@ -40,6 +45,12 @@ def convert(model: keras.Model) -> keras.Model:
 
     def clone(layer):
         kind = _REPLACEMENTS.get(type(layer))
+        if (
+            getattr(layer, "lora_enabled", False)
+            or getattr(layer, "quantization_mode", None)
+            or getattr(layer, "renorm", False)
+        ):
+            kind = None
         if kind is None:
             return layer.__class__.from_config(layer.get_config())
         return kind.from_config(layer.get_config())

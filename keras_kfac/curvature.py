@@ -13,6 +13,10 @@ and spatially uncorrelated derivatives, `F ≈ T · Ω ⊗ Γ` where `Ω` and `�
 average over positions. Here `A = Ω` and `G = T · Γ`, which for `T = 1` (a
 Dense layer on a batch of vectors) reduces to the formulas above.
 
+Embeddings: `a` is the one-hot row `e_t` of each token, so `A = diag(a)`
+with `a` the token frequencies over the (example, position) rows, and `g`
+ranges over the positions as for a Dense layer on sequences.
+
 These functions are pure; the layers in `keras_kfac.layers` call them from
 their forward and backward passes and store the results.
 """
@@ -20,6 +24,8 @@ their forward and backward passes and store the results.
 import math
 
 import tensorflow as tf
+
+from keras_kfac import linalg
 
 
 def _append_homogeneous(a: tf.Tensor) -> tf.Tensor:
@@ -38,6 +44,17 @@ def input_factor(a: tf.Tensor, use_bias: bool) -> tf.Tensor:
         a = _append_homogeneous(a)
     rows = tf.cast(tf.shape(a)[0], tf.float32)
     return tf.matmul(a, a, transpose_a=True) / rows
+
+
+def token_frequencies(ids: tf.Tensor, vocabulary: int) -> tf.Tensor:
+    """The diagonal `a` of an embedding's `A = E[e_t e_tᵀ]`: how often each
+    of the `vocabulary` tokens occurs among the rows (every position of
+    every example), divided by the number of rows; shape `(vocabulary,)`."""
+    ids = tf.reshape(tf.cast(ids, tf.int32), (-1,))
+    counts = tf.math.bincount(
+        ids, minlength=vocabulary, maxlength=vocabulary, dtype=tf.float32
+    )
+    return counts / tf.cast(tf.size(ids), tf.float32)
 
 
 def dense_inputs(x: tf.Tensor) -> tf.Tensor:
@@ -124,13 +141,59 @@ def output_factor(
     return tf.matmul(ds, ds, transpose_a=True) * (n_global * n_global / n_local)
 
 
-class KroneckerBlock:
-    """Maps a layer's `(kernel, bias)` gradients to and from the matrix `V`.
+def scale_shift_factor(
+    x_hat: tf.Tensor,
+    ds: tf.Tensor,
+    parameter_axes: list[int],
+    scale: bool,
+    shift: bool,
+    num_replicas: int,
+) -> tf.Tensor:
+    """`f = E[g ⊙ g]`, the diagonal Fisher of a normalization layer's
+    `[γ, β]` from per-example gradients `g = n · [Σ x̂ ⊙ ds, Σ ds]`.
 
-    `V = [∇W; ∇b]` has shape `(dim A, dim G)`: the kernel gradient with every
+    Args:
+        x_hat: The normalized input `x̂`.
+        ds: `∂L/∂s` at the output `s = x̂ γ + β`, this replica's share.
+        parameter_axes: The axes of `x̂` that `γ` and `β` span; every
+            other axis but the batch shares them and is summed in each
+            example's gradient. `γ` is laid out over them row-major in
+            increasing axis order, as Keras reshapes it onto the input.
+        scale, shift: Whether `γ`, `β` are in the block (in that order).
+        num_replicas: Replicas in sync (as in `output_factor`).
+    """
+    ds = tf.cast(ds, tf.float32)
+    x_hat = tf.cast(x_hat, tf.float32)
+    rank = len(ds.shape)
+    shared = [a for a in range(1, rank) if a not in parameter_axes]
+    n_local = tf.shape(ds)[0]
+    parts = []
+    if scale:
+        parts.append(tf.reduce_sum(x_hat * ds, axis=shared))
+    if shift:
+        parts.append(tf.reduce_sum(ds, axis=shared))
+    g = tf.concat(
+        [tf.reshape(p, (n_local, -1)) for p in parts],
+        axis=1,
+    )
+    n_local = tf.cast(n_local, tf.float32)
+    n_global = n_local * num_replicas
+    return tf.reduce_sum(tf.square(g), axis=0) * (n_global * n_global / n_local)
+
+
+class KroneckerBlock:
+    """One layer's K-FAC block `F̂ = A ⊗ G` and the algebra on it.
+
+    Maps the layer's `(kernel, bias)` gradients to and from the matrix
+    `V = [∇W; ∇b]` of shape `(dim A, dim G)`: the kernel gradient with every
     axis but the last flattened (Dense `(d_in, d_out)`, Conv1D
     `(k · c_in, c_out)`, Conv2D `(kh · kw · c_in, c_out)`) and the bias
-    gradient as an extra row.
+    gradient as an extra row. Given the optimizer's state of the block (the
+    running factors and what a refresh derived from them), solves the
+    damped system and measures `vec(V)ᵀ F̂ vec(V)`; `(A ⊗ G) vec(V) =
+    vec(A V G)`. A factor that is diagonal by construction is kept as the
+    vector of its diagonal (`diagonal_A`, `diagonal_G`), its eigenbasis is
+    the identity, and its products are row or column scalings.
 
     Args:
         layer: The `keras_kfac` layer whose statistics feed this block.
@@ -138,14 +201,30 @@ class KroneckerBlock:
         bias_index: Position of the bias, or `None` without a bias.
     """
 
+    diagonal_A = False
+    diagonal_G = False
+
     def __init__(self, layer, kernel_index: int, bias_index: int | None):
         self.layer = layer
         self.kernel_index = kernel_index
         self.bias_index = bias_index
-        kernel_shape = tuple(layer.kernel.shape)
-        self.kernel_shape = kernel_shape
-        self.dim_G = kernel_shape[-1]
-        self.dim_A = math.prod(kernel_shape[:-1]) + (bias_index is not None)
+        self.kernel_shape = tuple(layer.kfac_kernel.shape)
+        self.dim_A, self.dim_G = self.dimensions(
+            self.kernel_shape, bias_index is not None
+        )
+
+    @staticmethod
+    def dimensions(kernel_shape, has_bias: bool) -> tuple[int, int]:
+        """`(dim A, dim G)` of a layer's kernel shape and bias."""
+        return math.prod(kernel_shape[:-1]) + has_bias, int(kernel_shape[-1])
+
+    @property
+    def A_shape(self) -> tuple[int, ...]:
+        return (self.dim_A,) if self.diagonal_A else (self.dim_A, self.dim_A)
+
+    @property
+    def G_shape(self) -> tuple[int, ...]:
+        return (self.dim_G,) if self.diagonal_G else (self.dim_G, self.dim_G)
 
     def gradient_matrix(
         self, kernel_grad: tf.Tensor, bias_grad: tf.Tensor | None
@@ -160,3 +239,141 @@ class KroneckerBlock:
         if self.bias_index is None:
             return tf.reshape(X, self.kernel_shape), None
         return tf.reshape(X[:-1], self.kernel_shape), X[-1]
+
+    def refresh(self, state: dict, damping: tf.Tensor, mode: str):
+        """What a refresh derives from the running factors `state["A"]`,
+        `state["G"]`: `({name: new value}, ok)`, the names those of
+        `state` that the mode keeps (`linalg.symmetric_eigh` or
+        `linalg.factored_inverses`); `ok` is false when something is not
+        finite, and the caller then keeps the previous values."""
+        A = tf.convert_to_tensor(state["A"])
+        G = tf.convert_to_tensor(state["G"])
+        if mode == linalg.FACTORED:
+            A_inverse, G_inverse, ok = linalg.factored_inverses(A, G, damping)
+            return {"A_inverse": A_inverse, "G_inverse": G_inverse}, ok
+        new, ok = {}, tf.constant(True)
+        for name, factor, diagonal in (
+            ("A", A, self.diagonal_A),
+            ("G", G, self.diagonal_G),
+        ):
+            if diagonal:
+                new[f"eigenvalues_{name}"] = tf.maximum(factor, 0.0)
+                factor_ok = linalg.all_finite([factor])
+            else:
+                eigenvalues, Q, factor_ok = linalg.symmetric_eigh(factor)
+                new[f"eigenvalues_{name}"], new[f"Q_{name}"] = eigenvalues, Q
+            ok = tf.logical_and(ok, factor_ok)
+        return new, ok
+
+    def _left(self, M, V, transpose=False):
+        """`M V`, `M` the `A`-side matrix or the vector of its diagonal."""
+        if self.diagonal_A:
+            return M[:, None] * V
+        return tf.matmul(M, V, transpose_a=transpose)
+
+    def _right(self, V, M, transpose=False):
+        """`V M`, `M` the `G`-side matrix or the vector of its diagonal."""
+        if self.diagonal_G:
+            return V * M[None, :]
+        return tf.matmul(V, M, transpose_b=transpose)
+
+    def _rotate(self, state, V, inverse=False):
+        """`Q_Aᵀ V Q_G`, or `Q_A V Q_Gᵀ` for `inverse`; a diagonal
+        factor's eigenbasis is the identity."""
+        if not self.diagonal_A:
+            Q_A = tf.convert_to_tensor(state["Q_A"])
+            V = tf.matmul(Q_A, V, transpose_a=not inverse)
+        if not self.diagonal_G:
+            Q_G = tf.convert_to_tensor(state["Q_G"])
+            V = tf.matmul(V, Q_G, transpose_b=inverse)
+        return V
+
+    def precondition(
+        self, state: dict, V: tf.Tensor, damping: tf.Tensor, mode: str
+    ) -> tf.Tensor:
+        """`X` with `vec(X)` the damped `F̂⁻¹ vec(V)` of `mode`:
+        `(A + π√λ I)⁻¹ V (G + √λ/π I)⁻¹` (`"factored"`) or
+        `Q_A [(Q_Aᵀ V Q_G) / D] Q_Gᵀ` (`"eigen"`, `linalg.kronecker_solve`).
+        """
+        if mode == linalg.FACTORED:
+            return self._right(
+                self._left(tf.convert_to_tensor(state["A_inverse"]), V),
+                tf.convert_to_tensor(state["G_inverse"]),
+            )
+        D = linalg.damped_eigenvalues(
+            tf.convert_to_tensor(state["eigenvalues_A"]),
+            tf.convert_to_tensor(state["eigenvalues_G"]),
+            damping,
+            mode,
+        )
+        return self._rotate(state, self._rotate(state, V) / D, inverse=True)
+
+    def curvature(self, state: dict, V: tf.Tensor, mode: str) -> tf.Tensor:
+        """`vec(V)ᵀ F̂ vec(V)`, undamped: with `"eigen"`, of the
+        decomposition the steps are preconditioned with, `Σ (Q_Aᵀ V Q_G)²
+        ⊙ λ_A λ_Gᵀ`; with `"factored"`, of the current factors,
+        `Σ V ⊙ (A V G)`."""
+        if mode == linalg.FACTORED:
+            AVG = self._right(
+                self._left(tf.convert_to_tensor(state["A"]), V),
+                tf.convert_to_tensor(state["G"]),
+            )
+            return tf.reduce_sum(V * AVG)
+        curvature = (
+            tf.convert_to_tensor(state["eigenvalues_A"])[:, None]
+            * tf.convert_to_tensor(state["eigenvalues_G"])[None, :]
+        )
+        return tf.reduce_sum(tf.square(self._rotate(state, V)) * curvature)
+
+
+class DiagonalInputBlock(KroneckerBlock):
+    """The block of an embedding table: `F̂ = diag(a) ⊗ G`.
+
+    An embedding's input is a one-hot row `e_t` of the token `t`, so
+    `A = E[e_t e_tᵀ] = diag(a)` with `a` the frequency of each token among
+    the rows, and the table's gradient `V` (shape `(vocabulary, dim G)`)
+    is preconditioned row by row: `X = [V / (a + π√λ)] (G + √λ/π I)⁻¹`
+    (factored), or `X = [(V Q_G) / (a λ_Gᵀ + λ)] Q_Gᵀ` (eigen, exact).
+    Rows of tokens absent from every batch so far have `a = 0` and are
+    damped alone.
+    """
+
+    diagonal_A = True
+
+
+class ScaleShiftBlock(KroneckerBlock):
+    """The block of a normalization layer's scale `γ` and shift `β`:
+    the diagonal of their Fisher, `F̂ = 1 ⊗ diag(f)`.
+
+    `V = [∇γ, ∇β]` is one row (`dim A = 1`, `A = 1`), and `f = E[g ⊙ g]`
+    over the examples of the per-example gradients `g = [Σ x̂ ⊙ s', Σ s']`
+    (sums over the positions that share `γ` and `β`, `x̂` the normalized
+    input and `s'` the gradient at the output): the exact diagonal of the
+    (empirical or sampled) Fisher, so the step is `∇ / (f + λ)` (eigen),
+    as for a diagonal natural gradient. Either variable may be absent.
+    """
+
+    diagonal_G = True
+
+    def __init__(self, layer, kernel_index, bias_index):
+        super().__init__(layer, kernel_index, bias_index)
+        self.parameter_shape = self.kernel_shape
+        self.kernel_size = math.prod(self.kernel_shape)
+
+    @staticmethod
+    def dimensions(kernel_shape, has_bias):
+        return 1, math.prod(kernel_shape) * (1 + has_bias)
+
+    def gradient_matrix(self, kernel_grad, bias_grad):
+        parts = [tf.reshape(tf.cast(kernel_grad, tf.float32), (1, -1))]
+        if bias_grad is not None:
+            parts.append(tf.reshape(tf.cast(bias_grad, tf.float32), (1, -1)))
+        return tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def split(self, X):
+        kernel = tf.reshape(X[0, : self.kernel_size], self.parameter_shape)
+        if self.bias_index is None:
+            return kernel, None
+        return kernel, tf.reshape(
+            X[0, self.kernel_size :], self.parameter_shape
+        )

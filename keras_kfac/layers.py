@@ -1,10 +1,11 @@
 """Keras layers that tap the Kronecker factors K-FAC needs.
 
-`Dense`, `Conv1D` and `Conv2D` behave exactly like their Keras parents and load the
-same weights. When called with `training=True` they also record, for the
-optimizer:
+`Dense`, `Conv1D`, `Conv2D` and `Embedding` behave exactly like their Keras
+parents and load the same weights. When called with `training=True` they
+also record, for the optimizer:
 
-- `A`, from the layer input, and `G`, from the gradient reaching the
+- `A`, from the layer input (an embedding's: its token frequencies), and
+  `G`, from the gradient reaching the
   pre-activation `s`, through an identity on `s` with a custom gradient
   (`keras_kfac.curvature` has the formulas);
 - `‖∇W‖²` of every backward pass through the kernel, which lets the
@@ -26,7 +27,6 @@ the model, and do not change the layer's weight list.
 """
 
 import contextlib
-import math
 import weakref
 
 import keras
@@ -100,8 +100,8 @@ def kfac_layer_of(variable) -> "KFACLayer | None":
     for layer in list(_live_layers):
         if not layer.built:
             continue
-        if layer.kernel is variable or (
-            layer.bias is not None and layer.bias is variable
+        if layer.kfac_kernel is variable or (
+            layer.kfac_bias is not None and layer.kfac_bias is variable
         ):
             return layer
     return None
@@ -116,7 +116,7 @@ class FactorStatistics:
     into its running averages and sets it back to 0.
     """
 
-    def __init__(self, dim_A: int, dim_G: int, name: str):
+    def __init__(self, A_shape: tuple, G_shape: tuple, name: str):
         def variable(shape, suffix):
             return keras.Variable(
                 initializer="zeros",
@@ -128,24 +128,56 @@ class FactorStatistics:
                 name=f"{name}_{suffix}",
             )
 
-        self.A = variable((dim_A, dim_A), "batch_A")
-        self.G = variable((dim_G, dim_G), "batch_G")
+        # A diagonal factor (an embedding's `A`, a normalization layer's
+        # `G`) is kept as its diagonal.
+        self.A = variable(A_shape, "batch_A")
+        self.G = variable(G_shape, "batch_G")
         self.fresh = variable((), "fresh")
         self.kernel_grad_sq = variable((), "kernel_grad_sq")
 
 
 class KFACLayer:
-    """Mixin for layers with a kernel whose last axis is the output axis."""
+    """Mixin for layers with a kernel whose last axis is the output axis.
+
+    `block_type` is the optimizer's `curvature` block for the layer, and
+    `kfac_kernel`, `kfac_bias` the variables it preconditions.
+    """
+
+    block_type = curvature.KroneckerBlock
+
+    @property
+    def kfac_kernel(self):
+        return self.kernel
+
+    @property
+    def kfac_bias(self):
+        return self.bias
 
     def build(self, input_shape):
         super().build(input_shape)
         self._build_statistics()
 
     def _build_statistics(self) -> None:
-        dim_A = math.prod(self.kernel.shape[:-1]) + self.use_bias
-        dim_G = int(self.kernel.shape[-1])
-        self.statistics = FactorStatistics(dim_A, dim_G, self.name)
+        block = self.block_type
+        dim_A, dim_G = block.dimensions(
+            tuple(self.kfac_kernel.shape), self.kfac_bias is not None
+        )
+        self.statistics = FactorStatistics(
+            (dim_A,) if block.diagonal_A else (dim_A, dim_A),
+            (dim_G,) if block.diagonal_G else (dim_G, dim_G),
+            self.name,
+        )
         _live_layers.add(self)
+
+    def _input_factor(self, x: tf.Tensor) -> tf.Tensor:
+        """The batch `A` from the layer input `x`."""
+        return curvature.input_factor(self._input_rows(x), self.use_bias)
+
+    def _output_factor(self, x, ds, replicas: int) -> tf.Tensor:
+        """The batch `G` from the gradient `ds` at the output."""
+        return curvature.output_factor(
+            ds, tf.shape(x)[0], replicas, self._channels_axis()
+        )
 
     def _input_rows(self, x: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
@@ -163,8 +195,10 @@ class KFACLayer:
         def identity(k):
             def grad(dk):
                 if _collecting[0] or _read_by_an_optimizer(self):
+                    # An embedding's gradient is sparse, with repeated rows.
+                    dense = tf.convert_to_tensor(dk)
                     statistics.kernel_grad_sq.assign(
-                        tf.reduce_sum(tf.square(tf.cast(dk, tf.float32)))
+                        tf.reduce_sum(tf.square(tf.cast(dense, tf.float32)))
                     )
                 return dk
 
@@ -175,7 +209,6 @@ class KFACLayer:
     def _tap(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
         """Identity on `s` whose gradient records the batch `A` and `G`."""
         statistics = self.statistics
-        use_bias = self.use_bias
 
         @tf.custom_gradient
         def identity(pre_activation):
@@ -183,14 +216,8 @@ class KFACLayer:
                 def record():
                     context = tf.distribute.get_replica_context()
                     replicas = context.num_replicas_in_sync if context else 1
-                    statistics.A.assign(
-                        curvature.input_factor(self._input_rows(x), use_bias)
-                    )
-                    statistics.G.assign(
-                        curvature.output_factor(
-                            ds, tf.shape(x)[0], replicas, self._channels_axis()
-                        )
-                    )
+                    statistics.A.assign(self._input_factor(x))
+                    statistics.G.assign(self._output_factor(x, ds, replicas))
                     statistics.fresh.assign(1.0)
                     return tf.constant(True)
 
@@ -331,3 +358,235 @@ class Conv1D(_Convolution, keras.layers.Conv1D):
             )
             s = s + tf.reshape(self.bias, shape)
         return self._finish(inputs, s, training)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class Embedding(KFACLayer, keras.layers.Embedding):
+    """`keras.layers.Embedding` that records its K-FAC factors when training.
+
+    Same arguments and weights as `keras.layers.Embedding` (`mask_zero`
+    included; the mask does not change the statistics: every position's
+    token counts in `A` and its gradient in `G`, as in the table's
+    gradient). Its block is `F̂ = diag(a) ⊗ G` with `a` the token
+    frequencies (`curvature.DiagonalInputBlock`). The optimizer makes the
+    table's sparse gradient dense, so the update costs what a
+    `(input_dim, output_dim)` matrix costs. LoRA (`lora_rank`) and
+    quantized tables are not supported.
+    """
+
+    block_type = curvature.DiagonalInputBlock
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.lora_rank:
+            raise ValueError(
+                "keras_kfac.layers.Embedding does not support LoRA. "
+                f"Received: lora_rank={self.lora_rank}"
+            )
+
+    @property
+    def kfac_kernel(self):
+        return self._embeddings
+
+    @property
+    def kfac_bias(self):
+        return None
+
+    @property
+    def use_bias(self):
+        return False
+
+    def enable_lora(self, *args, **kwargs):
+        raise ValueError(
+            "keras_kfac.layers.Embedding does not support LoRA: its K-FAC "
+            "block preconditions the whole table."
+        )
+
+    def quantize(self, *args, **kwargs):
+        raise ValueError(
+            "keras_kfac.layers.Embedding does not support quantization: "
+            "its K-FAC block preconditions a float table."
+        )
+
+    def _input_factor(self, x):
+        return curvature.token_frequencies(x, self.input_dim)
+
+    def call(self, inputs, training=None):
+        if inputs.dtype not in (tf.int32, tf.int64):
+            inputs = tf.cast(inputs, tf.int32)
+        table = self._embeddings
+        if training:
+            table = self._watch_kernel(table)
+        s = tf.gather(table, inputs)
+        if training:
+            s = self._tap(inputs, s)
+        return tf.cast(s, self.compute_dtype)
+
+
+class _ScaleShift(KFACLayer):
+    """What the normalization layers share: the block of `γ` and `β`
+    (`curvature.ScaleShiftBlock`), recorded from the normalized input
+    `x̂` and the gradient at the output `s = x̂ γ + β`."""
+
+    block_type = curvature.ScaleShiftBlock
+
+    @property
+    def kfac_kernel(self):
+        return self.gamma if self.scale else self.beta
+
+    @property
+    def kfac_bias(self):
+        return self.beta if self.scale and self._shifts else None
+
+    @property
+    def _shifts(self) -> bool:
+        return self.center
+
+    @property
+    def _has_block(self) -> bool:
+        return self.scale or self._shifts
+
+    def _normalized_axes(self, rank: int) -> list[int]:
+        raise NotImplementedError
+
+    def _broadcast_shape(self, input_shape) -> list[int]:
+        """The shape `γ` is reshaped to against the input, as Keras does:
+        the input's sizes on the normalized axes, 1 elsewhere."""
+        shape = [1] * len(input_shape)
+        for a in self._normalized_axes(len(input_shape)):
+            shape[a] = input_shape[a]
+        return shape
+
+    def _input_factor(self, x_hat):
+        return tf.ones((1, 1), tf.float32)
+
+    def _output_factor(self, x_hat, ds, replicas):
+        return curvature.scale_shift_factor(
+            x_hat,
+            ds,
+            self._normalized_axes(len(x_hat.shape)),
+            scale=self.scale,
+            shift=self._shifts,
+            num_replicas=replicas,
+        )
+
+    def _scale_and_shift(self, x_hat, training):
+        """`s = x̂ γ + β`, tapped when training."""
+        shape = self._broadcast_shape(x_hat.shape)
+        s = x_hat
+        if self.scale:
+            gamma = self.gamma
+            if training:
+                gamma = self._watch_kernel(gamma)
+            s = s * tf.reshape(tf.cast(gamma, s.dtype), shape)
+        if self._shifts:
+            beta = self.beta
+            if training and not self.scale:
+                beta = self._watch_kernel(beta)
+            s = s + tf.reshape(tf.cast(beta, s.dtype), shape)
+        if training:
+            s = self._tap(x_hat, s)
+        return s
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class LayerNormalization(_ScaleShift, keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` that records the diagonal Fisher
+    of its scale `γ` and shift `β` when training.
+
+    Same arguments and weights as `keras.layers.LayerNormalization` (any
+    `axis`, `center`, `scale`, `rms_scaling`). The output is computed as
+    `x̂ · γ + β` from the normalized input `x̂`, which it records with the
+    gradient at the output; the block is `curvature.ScaleShiftBlock`.
+    """
+
+    @property
+    def _shifts(self) -> bool:
+        # Keras' RMS scaling ignores `β`.
+        return self.center and not self.rms_scaling
+
+    def build(self, input_shape):
+        keras.layers.LayerNormalization.build(self, input_shape)
+        if self._has_block:
+            self._build_statistics()
+
+    def _normalized_axes(self, rank):
+        return [a % rank for a in self.axis]
+
+    def call(self, inputs, training=None):
+        if not self._has_block:
+            return super().call(inputs)
+        x_hat = keras.ops.layer_normalization(
+            inputs,
+            None,
+            None,
+            self.axis,
+            self.epsilon,
+            rms_scaling=self.rms_scaling,
+        )
+        s = self._scale_and_shift(x_hat, training)
+        return tf.cast(s, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class BatchNormalization(_ScaleShift, keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that records the diagonal Fisher
+    of its scale `γ` and shift `β` when training.
+
+    Same arguments, weights and moving statistics as
+    `keras.layers.BatchNormalization` (`axis`, `momentum`, `center`,
+    `scale`, `synchronized`, masks); `renorm` is not supported. In
+    training, the output is computed as `x̂ · γ + β` from the input
+    normalized by the batch's moments; an example's gradient of `γ`, `β`
+    is taken at its own outputs (the batch moments couple the examples;
+    `γ` and `β` do not enter them), and the block is
+    `curvature.ScaleShiftBlock`. In inference, and when the layer is
+    frozen (`trainable=False`), it is Keras' layer.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.renorm:
+            raise ValueError(
+                "keras_kfac.layers.BatchNormalization does not support "
+                f"renorm. Received: renorm={self.renorm}"
+            )
+
+    def build(self, input_shape):
+        keras.layers.BatchNormalization.build(self, input_shape)
+        if self._has_block:
+            self._build_statistics()
+
+    def _normalized_axes(self, rank):
+        return [self.axis % rank]
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self._has_block):
+            return super().call(inputs, training=training, mask=mask)
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                "The mask provided should be one dimension less than the "
+                f"inputs. Received: mask.shape={mask.shape}, "
+                f"inputs.shape={inputs.shape}"
+            )
+        # As Keras: the moments in at least float32.
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        inputs = tf.cast(inputs, dtype)
+        mean, variance = self._moments(inputs, mask)
+        for moving, batch in (
+            (self.moving_mean, mean),
+            (self.moving_variance, variance),
+        ):
+            moving.assign(
+                tf.cast(moving, dtype) * self.momentum
+                + batch * (1.0 - self.momentum)
+            )
+        x_hat = keras.ops.batch_normalization(
+            x=inputs,
+            mean=mean,
+            variance=variance,
+            axis=self.axis,
+            epsilon=self.epsilon,
+        )
+        s = self._scale_and_shift(x_hat, training)
+        return tf.cast(s, self.compute_dtype)

@@ -72,21 +72,42 @@ def factored_inverses(
     """`((A + π√λ I)⁻¹, (G + √λ/π I)⁻¹, ok)` of factored damping.
 
     `π` is `pi_adjustment` of the factors' diagonals (their means are the
-    mean eigenvalues). `ok` is false when a factor or an inverse is not
-    finite (the caller then keeps its previous inverses); a non-finite
-    factor is inverted as the identity, so the op never sees NaN.
+    mean eigenvalues). A diagonal factor given as the vector of its
+    diagonal (an embedding's `A`, a normalization layer's `G`) gets the
+    vector of its inverse's diagonal. `ok` is
+    false when a factor or an inverse is not finite (the caller then keeps
+    its previous inverses); a non-finite factor is inverted as the
+    identity, so the op never sees NaN.
     """
     finite = all_finite([A, G])
-    eye_A = tf.eye(tf.shape(A)[0], dtype=A.dtype)
-    eye_G = tf.eye(tf.shape(G)[0], dtype=G.dtype)
-    A = tf.where(finite, 0.5 * (A + tf.transpose(A)), eye_A)
-    G = tf.where(finite, 0.5 * (G + tf.transpose(G)), eye_G)
-    pi = pi_adjustment(tf.linalg.diag_part(A), tf.linalg.diag_part(G))
     root = tf.sqrt(damping)
-    A_inverse = tf.linalg.inv(A + pi * root * eye_A)
-    G_inverse = tf.linalg.inv(G + root / pi * eye_G)
+    A = _symmetric_or_identity(A, finite)
+    G = _symmetric_or_identity(G, finite)
+    pi = pi_adjustment(_diagonal(A), _diagonal(G))
+    A_inverse = _damped_inverse(A, pi * root)
+    G_inverse = _damped_inverse(G, root / pi)
     ok = tf.logical_and(finite, all_finite([A_inverse, G_inverse]))
     return A_inverse, G_inverse, ok
+
+
+def _diagonal(M: tf.Tensor) -> tf.Tensor:
+    return M if M.shape.rank == 1 else tf.linalg.diag_part(M)
+
+
+def _symmetric_or_identity(M: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
+    """`M` symmetrized, or the identity where the factors are not finite;
+    a diagonal factor (a vector) stays a vector."""
+    if M.shape.rank == 1:
+        return tf.where(finite, M, tf.ones_like(M))
+    eye = tf.eye(tf.shape(M)[0], dtype=M.dtype)
+    return tf.where(finite, 0.5 * (M + tf.transpose(M)), eye)
+
+
+def _damped_inverse(M: tf.Tensor, damping: tf.Tensor) -> tf.Tensor:
+    """`(M + damping I)⁻¹`, elementwise for a diagonal factor."""
+    if M.shape.rank == 1:
+        return 1.0 / (M + damping)
+    return tf.linalg.inv(M + damping * tf.eye(tf.shape(M)[0], dtype=M.dtype))
 
 
 def pi_adjustment(

@@ -91,8 +91,9 @@ def _in_xla_context() -> bool:
 class KFAC(keras.optimizers.Optimizer):
     """Kronecker-factored natural gradient with a KL trust region.
 
-    Preconditions the variables of `keras_kfac.layers.Dense` and
-    `keras_kfac.layers.Conv2D`; any other trainable variable gets a plain
+    Preconditions the variables of `keras_kfac.layers.Dense`, `Conv1D`,
+    `Conv2D`, `Embedding` and `LayerNormalization` (one block each, from
+    `keras_kfac.curvature`); any other trainable variable gets a plain
     momentum-SGD update with the same step size. The layers record the
     factor statistics of every backward pass made with `training=True`, so
     `model.fit` uses the empirical Fisher (the gradient of the training loss
@@ -362,29 +363,44 @@ class KFAC(keras.optimizers.Optimizer):
             )
 
         # Before the first refresh, both modes divide by λ.
-        inverse_scale = keras.initializers.Identity(
+        inverse_scale = (
             1.0 / math.sqrt(self.damping) if self.damping > 0 else 1.0
         )
         self._factors = []
         for block in self._blocks:
-            dim_A, dim_G = block.dim_A, block.dim_G
+
+            def inverse(shape, name, diagonal):
+                initializer = (
+                    keras.initializers.Constant(inverse_scale)
+                    if diagonal
+                    else keras.initializers.Identity(inverse_scale)
+                )
+                return factor(shape, name, initializer)
+
             state = {
-                "A": factor((dim_A, dim_A), "A"),
-                "G": factor((dim_G, dim_G), "G"),
+                "A": factor(block.A_shape, "A"),
+                "G": factor(block.G_shape, "G"),
                 "updates": factor((), "factor_updates"),
             }
             if self.damping_mode == linalg.FACTORED:
-                state["A_inverse"] = factor(
-                    (dim_A, dim_A), "A_inverse", inverse_scale
+                state["A_inverse"] = inverse(
+                    block.A_shape, "A_inverse", block.diagonal_A
                 )
-                state["G_inverse"] = factor(
-                    (dim_G, dim_G), "G_inverse", inverse_scale
+                state["G_inverse"] = inverse(
+                    block.G_shape, "G_inverse", block.diagonal_G
                 )
             else:
-                state["Q_A"] = factor((dim_A, dim_A), "Q_A", "identity")
-                state["eigenvalues_A"] = factor((dim_A,), "eigenvalues_A")
-                state["Q_G"] = factor((dim_G, dim_G), "Q_G", "identity")
-                state["eigenvalues_G"] = factor((dim_G,), "eigenvalues_G")
+                for name, dim, diagonal in (
+                    ("A", block.dim_A, block.diagonal_A),
+                    ("G", block.dim_G, block.diagonal_G),
+                ):
+                    if not diagonal:
+                        state[f"Q_{name}"] = factor(
+                            (dim, dim), f"Q_{name}", "identity"
+                        )
+                    state[f"eigenvalues_{name}"] = factor(
+                        (dim,), f"eigenvalues_{name}"
+                    )
             self._factors.append(state)
         self._update_count = self.add_variable(
             (), dtype="int64", name="update_count"
@@ -423,12 +439,11 @@ class KFAC(keras.optimizers.Optimizer):
             if layer is None or id(layer) in seen:
                 continue
             seen.add(id(layer))
-            kernel_index = index.get(id(layer.kernel))
-            bias_index = (
-                None if layer.bias is None else index.get(id(layer.bias))
-            )
+            kernel, bias = layer.kfac_kernel, layer.kfac_bias
+            kernel_index = index.get(id(kernel))
+            bias_index = None if bias is None else index.get(id(bias))
             if kernel_index is None or (
-                layer.bias is not None and bias_index is None
+                bias is not None and bias_index is None
             ):
                 warnings.warn(
                     f"Layer {layer.name!r} has a kernel or bias that is not "
@@ -437,10 +452,11 @@ class KFAC(keras.optimizers.Optimizer):
                     stacklevel=3,
                 )
                 continue
-            blocks.append(KroneckerBlock(layer, kernel_index, bias_index))
+            blocks.append(layer.block_type(layer, kernel_index, bias_index))
         if not blocks:
             warnings.warn(
-                "KFAC found no keras_kfac.layers.Dense, Conv1D or Conv2D among the "
+                "KFAC found no keras_kfac.layers (Dense, Conv1D, Conv2D, "
+                "Embedding, LayerNormalization) among the "
                 f"{len(var_list)} variables it trains, so every update is "
                 "first-order (momentum SGD). Build the model from "
                 "keras_kfac.layers or call keras_kfac.convert(model).",
@@ -461,15 +477,16 @@ class KFAC(keras.optimizers.Optimizer):
         kernels = [
             v.path
             for i, v in enumerate(var_list)
-            if i not in in_blocks and v.path.endswith("kernel")
+            if i not in in_blocks and v.path.endswith(("kernel", "embeddings"))
         ]
         if self._blocks and kernels:
             warnings.warn(
                 f"KFAC trains {len(kernels)} kernel(s) first-order, outside "
                 f"any K-FAC block: {', '.join(kernels)}. Only "
-                "keras_kfac.layers.Dense, Conv1D and Conv2D get one; "
-                "keras_kfac.convert(model) turns the Keras ones "
-                "layers into them. KFAC.summary() lists every variable.",
+                "keras_kfac.layers (Dense, Conv1D, Conv2D, Embedding, "
+                "LayerNormalization) get one; "
+                "keras_kfac.convert(model) turns the Keras layers into "
+                "them. KFAC.summary() lists every variable.",
                 stacklevel=4,
             )
 
@@ -486,9 +503,15 @@ class KFAC(keras.optimizers.Optimizer):
         update_of = {}
         for number, block in enumerate(self._blocks, 1):
             kind = type(block.layer).__name__
+            A, G = (
+                f"{name} diagonal {dim}" if diagonal else f"{name} {dim}x{dim}"
+                for name, dim, diagonal in (
+                    ("A", block.dim_A, block.diagonal_A),
+                    ("G", block.dim_G, block.diagonal_G),
+                )
+            )
             update_of[block.kernel_index] = (
-                f"K-FAC {kind} block {number} (A {block.dim_A}x{block.dim_A}, "
-                f"G {block.dim_G}x{block.dim_G})"
+                f"K-FAC {kind} block {number} ({A}, {G})"
             )
             if block.bias_index is not None:
                 update_of[block.bias_index] = f"K-FAC {kind} block {number}"
@@ -996,32 +1019,12 @@ class KFAC(keras.optimizers.Optimizer):
             block.layer.statistics.fresh.assign(0.0)
 
     def _update_inverses(self):
-        if self.damping_mode == linalg.FACTORED:
-            damping = tf.convert_to_tensor(self._current_damping)
-            for state in self._factors:
-                A_inverse, G_inverse, ok = linalg.factored_inverses(
-                    tf.convert_to_tensor(state["A"]),
-                    tf.convert_to_tensor(state["G"]),
-                    damping,
-                )
-                for name, new in (
-                    ("A_inverse", A_inverse),
-                    ("G_inverse", G_inverse),
-                ):
-                    old = tf.convert_to_tensor(state[name])
-                    self.assign(state[name], tf.where(ok, new, old))
-            return tf.no_op()
-        for state in self._factors:
-            for factor in ("A", "G"):
-                eigenvalues, Q, ok = linalg.symmetric_eigh(
-                    tf.convert_to_tensor(state[factor])
-                )
-                for name, new in (
-                    (f"eigenvalues_{factor}", eigenvalues),
-                    (f"Q_{factor}", Q),
-                ):
-                    old = tf.convert_to_tensor(state[name])
-                    self.assign(state[name], tf.where(ok, new, old))
+        damping = tf.convert_to_tensor(self._current_damping)
+        for block, state in zip(self._blocks, self._factors):
+            new, ok = block.refresh(state, damping, self.damping_mode)
+            for name, value in new.items():
+                old = tf.convert_to_tensor(state[name])
+                self.assign(state[name], tf.where(ok, value, old))
         return tf.no_op()
 
     def _precondition(self, grad_of) -> dict:
@@ -1039,24 +1042,7 @@ class KFAC(keras.optimizers.Optimizer):
             if block.bias_index is not None and bias_grad is None:
                 bias_grad = tf.zeros((block.dim_G,), tf.float32)
             V = block.gradient_matrix(grad_of[block.kernel_index], bias_grad)
-            if self.damping_mode == linalg.FACTORED:
-                X = tf.matmul(
-                    tf.matmul(tf.convert_to_tensor(state["A_inverse"]), V),
-                    tf.convert_to_tensor(state["G_inverse"]),
-                )
-            else:
-                D = linalg.damped_eigenvalues(
-                    tf.convert_to_tensor(state["eigenvalues_A"]),
-                    tf.convert_to_tensor(state["eigenvalues_G"]),
-                    damping,
-                    self.damping_mode,
-                )
-                X = linalg.kronecker_solve(
-                    tf.convert_to_tensor(state["Q_A"]),
-                    tf.convert_to_tensor(state["Q_G"]),
-                    D,
-                    V,
-                )
+            X = block.precondition(state, V, damping, self.damping_mode)
             kernel_step, bias_step = block.split(X)
             directions[block.kernel_index] = kernel_step
             if block.bias_index is not None and block.bias_index in grad_of:
@@ -1089,34 +1075,11 @@ class KFAC(keras.optimizers.Optimizer):
         for block, state in zip(self._blocks, self._factors):
             bias = velocity_of.pop(block.bias_index, None)
             V = block.gradient_matrix(velocity_of.pop(block.kernel_index), bias)
-            if self.damping_mode == linalg.FACTORED:
-                AVG = tf.matmul(
-                    tf.matmul(tf.convert_to_tensor(state["A"]), V),
-                    tf.convert_to_tensor(state["G"]),
-                )
-                terms.append(
-                    tf.where(
-                        cold,
-                        tf.reduce_sum(tf.square(V)),
-                        tf.reduce_sum(V * AVG),
-                    )
-                )
-                continue
-            rotated = tf.matmul(
-                tf.matmul(
-                    tf.convert_to_tensor(state["Q_A"]), V, transpose_a=True
-                ),
-                tf.convert_to_tensor(state["Q_G"]),
-            )
-            curvature = (
-                tf.convert_to_tensor(state["eigenvalues_A"])[:, None]
-                * tf.convert_to_tensor(state["eigenvalues_G"])[None, :]
-            )
             terms.append(
                 tf.where(
                     cold,
                     tf.reduce_sum(tf.square(V)),
-                    tf.reduce_sum(tf.square(rotated) * curvature),
+                    block.curvature(state, V, self.damping_mode),
                 )
             )
         terms += [tf.reduce_sum(tf.square(v)) for v in velocity_of.values()]

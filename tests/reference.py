@@ -73,3 +73,34 @@ def factored_damped_fisher(blocks, damping):
             np.kron(A + pi * r * np.eye(len(A)), G + r / pi * np.eye(len(G)))
         )
     return scipy.linalg.block_diag(*parts)
+
+
+# KFAC settings under which one step is the plain damped solve.
+EXACT = dict(
+    momentum=0.0,
+    kl_clip=None,
+    stats_decay=0.0,
+    cold_steps=0,
+    inverse_update_freq=1,
+)
+
+
+def flat(mats):
+    return np.concatenate([m.ravel() for m in mats]).astype("float64")
+
+
+def float32_solve_atol(F_damped, expected):
+    """Error to allow in a float32 K-FAC step against a float64 dense solve.
+
+    The optimizer forms the factors, their eigendecompositions and four
+    rotations in float32, from a float32 gradient; each stage rounds with a
+    relative error of a few float32 eps. To first order, relative
+    perturbations ρ of `F + λI` and of `∇` move the solution of
+    `(F + λI) x = ∇` by at most `cond(F + λI) · ρ · ‖x‖₂`, and the 2-norm
+    bounds every element. We allow ρ = 64 eps, the constant test_kfac_critic
+    uses; the errors measured here, with and without oneDNN, stay below
+    0.5 eps · cond · ‖x‖₂, while a wrong damping, factor or scaling is off by
+    percents.
+    """
+    eps = np.finfo(np.float32).eps
+    return 64 * eps * np.linalg.cond(F_damped) * np.linalg.norm(expected)

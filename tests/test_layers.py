@@ -128,6 +128,24 @@ def test_dense_on_sequences_treats_positions_as_rows(rng):
     )
 
 
+def test_dense_on_sequences_sums_g_over_positions(rng):
+    """One example whose positions share one input and whose loss reads
+    only the last position: the gradient of `[W; b]` is `a g_Tᵀ`, so the
+    exact Fisher block is `a aᵀ ⊗ g_T g_Tᵀ`. `A` averages the positions'
+    (equal) inputs and `G` sums their gradients (all but the last zero);
+    averaging `G` over the positions instead would be `T` times too small.
+    """
+    layer = layers.Dense(2)
+    x = np.repeat(rng.normal(size=(1, 1, 3)), 4, axis=1).astype("float32")
+    layer.build(x.shape)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.sin(layer(x, training=True)[:, -1]))
+    dW, db = tape.gradient(loss, [layer.kernel, layer.bias])
+    g = np.concatenate([dW.numpy(), db.numpy()[None]], axis=0).ravel()
+    kron = np.kron(layer.statistics.A.numpy(), layer.statistics.G.numpy())
+    np.testing.assert_allclose(kron, np.outer(g, g), rtol=1e-5, atol=1e-7)
+
+
 def test_layers_match_keras_outputs_and_serialize(rng):
     x = rng.normal(size=(2, 5, 5, 3)).astype("float32")
     plain = keras.Sequential(

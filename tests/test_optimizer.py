@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from reference import (
+    EXACT,
     dense_fisher,
     factored_damped_fisher,
     factors,
+    flat,
+    float32_solve_atol,
     numpy_patches,
     stacked_gradient,
     with_ones,
@@ -16,14 +19,6 @@ from reference import (
 
 import keras_kfac
 from keras_kfac import layers
-
-EXACT = dict(
-    momentum=0.0,
-    kl_clip=None,
-    stats_decay=0.0,
-    cold_steps=0,
-    inverse_update_freq=1,
-)
 
 
 def mlp(d_in=3, hidden=4, d_out=2):
@@ -94,27 +89,6 @@ def cnn_reference(model, x, y):
 def stacked_weights(model):
     w = model.get_weights()
     return [stacked_gradient(w[i], w[i + 1]) for i in range(0, len(w), 2)]
-
-
-def flat(mats):
-    return np.concatenate([m.ravel() for m in mats]).astype("float64")
-
-
-def float32_solve_atol(F_damped, expected):
-    """Error to allow in a float32 K-FAC step against a float64 dense solve.
-
-    The optimizer forms the factors, their eigendecompositions and four
-    rotations in float32, from a float32 gradient; each stage rounds with a
-    relative error of a few float32 eps. To first order, relative
-    perturbations ρ of `F + λI` and of `∇` move the solution of
-    `(F + λI) x = ∇` by at most `cond(F + λI) · ρ · ‖x‖₂`, and the 2-norm
-    bounds every element. We allow ρ = 64 eps, the constant test_kfac_critic
-    uses; the errors measured here, with and without oneDNN, stay below
-    0.5 eps · cond · ‖x‖₂, while a wrong damping, factor or scaling is off by
-    percents.
-    """
-    eps = np.finfo(np.float32).eps
-    return 64 * eps * np.linalg.cond(F_damped) * np.linalg.norm(expected)
 
 
 def one_step(model, x, y, **kwargs):
@@ -503,7 +477,9 @@ def test_summary_names_every_variables_update():
     optimizer = keras_kfac.KFAC()
     with pytest.raises(ValueError, match="needs the optimizer built"):
         optimizer.summary()
-    with pytest.warns(UserWarning, match=r"1 kernel\(s\).*plain/kernel"):
+    with pytest.warns(
+        UserWarning, match=r"2 kernel\(s\).*tokens/embeddings, .*plain/kernel"
+    ):
         optimizer.build(model.trainable_variables)
     rows = {
         path.split("/", 1)[1]: update
