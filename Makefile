@@ -65,6 +65,7 @@ bench-kfac-jax: $(JAX_STAMP)
 # Everything in BENCHMARKS.md (hours on 2 cores; runs that finished are kept).
 bench: $(BENCH_STAMP) bench-kfac-jax
 	$(BENCH_PY) bench/optimizer.py
+	$(BENCH_PY) bench/step_cost.py
 	$(BENCH_PY) bench/autoencoder.py
 	$(BENCH_PY) bench/cartpole.py
 	$(BENCH_PY) bench/update_time.py

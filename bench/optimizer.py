@@ -1,43 +1,35 @@
-"""KFAC vs Adam inside `model.fit`: per-step time and loss vs epochs / seconds.
+"""KFAC vs Adam inside `model.fit`: training loss vs epochs and seconds.
 
     python bench/optimizer.py > bench_out.md     # or: make bench
 
-Per-step time is the median wall time of a training batch (callback around
-each batch, first epoch dropped for tracing), measured for Adam and for KFAC
-with `inverse_update_freq` 1 and 10, alternating runs in one process. Adam
-trains the model built from plain Keras layers, what a user would run
-without K-FAC, and, as a second row, from `keras_kfac.layers` (which record
-no factors for Adam; the row shows what their taps cost). The
-loss curves train the digits CNN with both optimizers from the same weights.
-Prints Markdown for BENCHMARKS.md.
+Trains the digits MLP and CNN from the same initial weights with Adam (on
+the model built from plain Keras layers, what a user would run without
+K-FAC) and with KFAC at `inverse_update_freq` 1 and 10, and prints each
+epoch's loss and the seconds since the start as Markdown for
+BENCHMARKS.md. What one step costs is `bench/step_cost.py`'s.
 """
 
 import argparse
 import time
 
 import keras
-import numpy as np
 from sklearn.datasets import load_digits
 
 import keras_kfac
 
 
-class BatchTimer(keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds from the start of `fit` to the end of each epoch."""
+
     def __init__(self):
         super().__init__()
-        self.times, self.epoch_ends, self.start = [], [], None
+        self.epoch_ends, self.start = [], None
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_ends.append(time.perf_counter() - self.start)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
 
 
 def mlp(layers=keras_kfac.layers):
@@ -68,10 +60,6 @@ def cnn(layers=keras_kfac.layers):
 # name -> (optimizer, the layers of the model it trains)
 OPTIMIZERS = {
     "Adam": (lambda: keras.optimizers.Adam(1e-3), keras.layers),
-    "Adam, keras_kfac layers": (
-        lambda: keras.optimizers.Adam(1e-3),
-        keras_kfac.layers,
-    ),
     "KFAC freq=1": (
         lambda: keras_kfac.KFAC(inverse_update_freq=1),
         keras_kfac.layers,
@@ -90,7 +78,7 @@ def train(build, initial, optimizer, x, y, epochs, batch_size):
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    timer = BatchTimer()
+    timer = EpochTimer()
     history = model.fit(
         x,
         y,
@@ -100,18 +88,12 @@ def train(build, initial, optimizer, x, y, epochs, batch_size):
         shuffle=True,
         callbacks=[timer],
     )
-    steps = len(timer.times) // epochs
-    return (
-        np.median(timer.times[steps:]),
-        history.history["loss"],
-        timer.epoch_ends,
-    )
+    return history.history["loss"], timer.epoch_ends
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
@@ -123,37 +105,22 @@ def main():
         "CNN 2xconv32-128-10": (cnn, x.reshape(-1, 8, 8, 1)),
     }
 
-    print(
-        f"## Per-step time in model.fit (digits, batch {args.batch_size}, median of "
-        f"{args.repeats} alternating runs, CPU)\n"
-    )
-    print("| model | optimizer | ms/step | vs Adam |")
-    print("|---|---|---|---|")
     curves = {}
     for label, (build, data) in inputs.items():
         initial = build().get_weights()
-        times = {name: [] for name in OPTIMIZERS}
-        for _ in range(args.repeats):
-            for name, (make, layers) in OPTIMIZERS.items():
-                step, losses, ends = train(
-                    lambda: build(layers),
-                    initial,
-                    make(),
-                    data,
-                    y,
-                    args.epochs,
-                    args.batch_size,
-                )
-                times[name].append(step)
-                curves.setdefault(label, {})[name] = (losses, ends)
-        adam = np.median(times["Adam"])
-        for name, t in times.items():
-            t = np.median(t)
-            print(f"| {label} | {name} | {1000 * t:.2f} | {t / adam:.2f}x |")
+        for name, (make, layers) in OPTIMIZERS.items():
+            losses, ends = train(
+                lambda: build(layers),
+                initial,
+                make(),
+                data,
+                y,
+                args.epochs,
+                args.batch_size,
+            )
+            curves.setdefault(label, {})[name] = (losses, ends)
 
-    print(
-        f"\n## Training loss vs epochs and seconds (last run of each, {args.epochs} epochs)\n"
-    )
+    print(f"## Training loss vs epochs and seconds ({args.epochs} epochs)\n")
     for label, runs in curves.items():
         print(f"### {label}\n")
         print(

@@ -18,7 +18,9 @@ same separate 64-64 tanh policy and value networks. Rows:
 - `acktr, adam critic, mujoco K-FAC`: the same with the `mujoco` preset's
   K-FAC settings (inverses every update instead of every 10).
 
-Prints Markdown for BENCHMARKS.md: median milliseconds per update and the
+Prints Markdown for BENCHMARKS.md: mean milliseconds per update (the mean:
+the refreshes of `acktr_optimizer()`'s defaults come every 10th update, and
+a median would leave them out) and the
 ratio to the A2C row of the same critic.
 """
 
@@ -90,7 +92,7 @@ def build_agents(env):
 
 
 def time_updates(env_id: str, repeats: int) -> dict:
-    """name -> (median seconds per update, reference row)."""
+    """name -> (mean seconds per update, reference row)."""
     import tensorflow as tf
     from tf_agents.environments import tf_py_environment
 
@@ -116,7 +118,7 @@ def time_updates(env_id: str, repeats: int) -> dict:
             train(experience).loss.numpy()
             times[name].append(time.perf_counter() - start)
     return {
-        name: (statistics.median(t), agents[name][1])
+        name: (statistics.mean(t), agents[name][1])
         for name, t in times.items()
     }
 
