@@ -340,6 +340,23 @@ class DiagonalInputBlock(KroneckerBlock):
 
     diagonal_A = True
 
+    def precondition_touched_rows(self, state, V, damping, mode):
+        """`precondition` of the rows of `V` that are not zero (the tokens
+        of the batch), the others left zero: the same `X`, since the solve
+        acts row by row, at the cost of the batch's tokens instead of the
+        vocabulary's (`vocabulary · dim G²` for the product with `G⁻¹`).
+        The number of rows is known only when the step runs, which XLA
+        cannot compile."""
+        rows = tf.where(tf.reduce_any(tf.not_equal(V, 0.0), axis=1))[:, 0]
+        names = (
+            ("A_inverse",) if mode == linalg.FACTORED else ("eigenvalues_A",)
+        )
+        touched = dict(state)
+        for name in names:
+            touched[name] = tf.gather(tf.convert_to_tensor(state[name]), rows)
+        X = self.precondition(touched, tf.gather(V, rows), damping, mode)
+        return tf.scatter_nd(rows[:, None], X, tf.shape(V, out_type=tf.int64))
+
 
 class ScaleShiftBlock(KroneckerBlock):
     """The block of a normalization layer's scale `γ` and shift `β`:

@@ -368,10 +368,10 @@ class Embedding(KFACLayer, keras.layers.Embedding):
     included; the mask does not change the statistics: every position's
     token counts in `A` and its gradient in `G`, as in the table's
     gradient). Its block is `F̂ = diag(a) ⊗ G` with `a` the token
-    frequencies (`curvature.DiagonalInputBlock`). The optimizer makes the
-    table's sparse gradient dense, so the update costs what a
-    `(input_dim, output_dim)` matrix costs. LoRA (`lora_rank`) and
-    quantized tables are not supported.
+    frequencies (`curvature.DiagonalInputBlock`). The optimizer
+    preconditions the rows of the batch's tokens only; the momentum and
+    the update are dense over the `(input_dim, output_dim)` table. LoRA
+    (`lora_rank`) and quantized tables are not supported.
     """
 
     block_type = curvature.DiagonalInputBlock

@@ -1042,7 +1042,12 @@ class KFAC(keras.optimizers.Optimizer):
             if block.bias_index is not None and bias_grad is None:
                 bias_grad = tf.zeros((block.dim_G,), tf.float32)
             V = block.gradient_matrix(grad_of[block.kernel_index], bias_grad)
-            X = block.precondition(state, V, damping, self.damping_mode)
+            if block.diagonal_A and not _in_xla_context():
+                X = block.precondition_touched_rows(
+                    state, V, damping, self.damping_mode
+                )
+            else:
+                X = block.precondition(state, V, damping, self.damping_mode)
             kernel_step, bias_step = block.split(X)
             directions[block.kernel_index] = kernel_step
             if block.bias_index is not None and block.bias_index in grad_of:

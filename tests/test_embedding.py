@@ -1,5 +1,7 @@
 """keras_kfac.layers.Embedding: its block diag(a) ⊗ G against dense references."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -187,3 +189,30 @@ def test_fit_trains_the_table_by_its_block(rng):
     assert history.history["loss"][-1] < history.history["loss"][0]
     rows = [update for _, _, update in model.optimizer.summary_rows()]
     assert rows[0] == "K-FAC Embedding block 1 (A diagonal 7, G 3x3)"
+
+
+@pytest.mark.parametrize("mode", ["eigen", "factored"])
+def test_touched_rows_alone_equal_the_whole_table_under_xla(rng, mode):
+    """Graph mode preconditions only the batch's tokens' rows; XLA, which
+    needs static shapes, the whole table. The steps agree, and the row of
+    the token no batch holds does not move."""
+    ids = tokens(rng, 16)
+    y = rng.normal(size=(16, 2)).astype("float32")
+    initial = text_model().get_weights()
+    tables = {}
+    for jit in (False, True):
+        model = text_model()
+        model.set_weights(initial)
+        model.compile(
+            optimizer=keras_kfac.KFAC(damping_mode=mode, momentum=0.0),
+            loss="mse",
+            jit_compile=jit,
+        )
+        with warnings.catch_warnings():  # XLA's slow refresh, on CPU
+            warnings.simplefilter("ignore")
+            model.fit(ids, y, batch_size=8, epochs=2, verbose=0)
+        tables[jit] = model.get_weights()[0]
+    np.testing.assert_allclose(
+        tables[False], tables[True], rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_array_equal(tables[False][VOCABULARY - 1], initial[0][-1])
