@@ -104,10 +104,18 @@ def _symmetric_or_identity(M: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
 
 
 def _damped_inverse(M: tf.Tensor, damping: tf.Tensor) -> tf.Tensor:
-    """`(M + damping I)⁻¹`, elementwise for a diagonal factor."""
+    """`(M + damping I)⁻¹`, elementwise for a diagonal factor.
+
+    `M + damping I` is symmetric positive definite (a PSD factor plus a
+    positive damping), so the inverse is solved from its Cholesky factor,
+    in about two thirds of the time of a general (LU) inverse. When
+    roundoff makes the matrix indefinite, TensorFlow's Cholesky returns
+    NaN, and the caller's finiteness test keeps the previous inverse.
+    """
     if M.shape.rank == 1:
         return 1.0 / (M + damping)
-    return tf.linalg.inv(M + damping * tf.eye(tf.shape(M)[0], dtype=M.dtype))
+    eye = tf.eye(tf.shape(M)[0], dtype=M.dtype)
+    return tf.linalg.cholesky_solve(tf.linalg.cholesky(M + damping * eye), eye)
 
 
 def pi_adjustment(

@@ -121,6 +121,23 @@ def test_factored_inverses_flag_nonfinite_input(rng):
     assert not bool(ok)
 
 
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_factored_inverses_flag_an_indefinite_factor(mode):
+    """A factor that roundoff made indefinite beyond the damping has no
+    Cholesky factor: the result is flagged, not raised, and the caller
+    keeps its previous inverses."""
+    A = tf.constant([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1
+    G = tf.constant([[1.0]])
+
+    def inverses():
+        return linalg.factored_inverses(A, G, tf.constant(1e-4))
+
+    if mode != "eager":
+        inverses = tf.function(inverses, jit_compile=mode == "xla")
+    _, _, ok = inverses()
+    assert not bool(ok)
+
+
 @pytest.mark.parametrize(
     "bad", [np.nan, np.inf, -np.inf, "inf and -inf"], ids=str
 )
