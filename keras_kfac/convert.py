@@ -11,16 +11,19 @@ _REPLACEMENTS = {
     keras.layers.Embedding: layers.Embedding,
     keras.layers.LayerNormalization: layers.LayerNormalization,
     keras.layers.BatchNormalization: layers.BatchNormalization,
+    keras.layers.RMSNormalization: layers.RMSNormalization,
 }
 
 
 def convert(model: keras.Model) -> keras.Model:
-    """A copy of `model` whose `Dense`, `Conv1D`, `Conv2D`, `Embedding`,
-    `LayerNormalization` and `BatchNormalization` layers tap K-FAC factors.
+    """A copy of `model` whose `Dense`, `Conv1D`, `Conv2D`, `Embedding` and
+    normalization (`LayerNormalization`, `BatchNormalization`,
+    `RMSNormalization`) layers tap K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
     `keras.layers.Dense`, `Conv1D`, `Conv2D`, `Embedding`,
-    `LayerNormalization` and `BatchNormalization` (exactly those classes,
+    `LayerNormalization`, `BatchNormalization` and `RMSNormalization`
+    (exactly those classes,
     not subclasses; not an Embedding with LoRA or a quantized table, nor
     a BatchNormalization with renorm) becomes its `keras_kfac.layers` counterpart, inside nested
     Sequential and functional models too. Other layers are cloned

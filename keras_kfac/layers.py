@@ -1,11 +1,13 @@
 """Keras layers that tap the Kronecker factors K-FAC needs.
 
-`Dense`, `Conv1D`, `Conv2D` and `Embedding` behave exactly like their Keras
+`Dense`, `Conv1D`, `Conv2D`, `Embedding`, `LayerNormalization`,
+`BatchNormalization` and `RMSNormalization` behave exactly like their Keras
 parents and load the same weights. When called with `training=True` they
 also record, for the optimizer:
 
-- `A`, from the layer input (an embedding's: its token frequencies), and
-  `G`, from the gradient reaching the
+- `A`, from the layer input (an embedding's: its token frequencies; a
+  normalization layer's is 1 and its `G` the mean squares of the per-example
+  gradients of `γ`, `β`), and `G`, from the gradient reaching the
   pre-activation `s`, through an identity on `s` with a custom gradient
   (`keras_kfac.curvature` has the formulas);
 - `‖∇W‖²` of every backward pass through the kernel, which lets the
@@ -431,20 +433,26 @@ class _ScaleShift(KFACLayer):
     block_type = curvature.ScaleShiftBlock
 
     @property
+    def _gamma(self):
+        """`γ`, or `None` when the layer does not scale."""
+        return self.gamma if self.scale else None
+
+    @property
+    def _beta(self):
+        """`β`, or `None` when the layer does not shift."""
+        return self.beta if self.center else None
+
+    @property
     def kfac_kernel(self):
-        return self.gamma if self.scale else self.beta
+        return self._gamma if self._gamma is not None else self._beta
 
     @property
     def kfac_bias(self):
-        return self.beta if self.scale and self._shifts else None
-
-    @property
-    def _shifts(self) -> bool:
-        return self.center
+        return self._beta if self._gamma is not None else None
 
     @property
     def _has_block(self) -> bool:
-        return self.scale or self._shifts
+        return self._gamma is not None or self._beta is not None
 
     def _normalized_axes(self, rank: int) -> list[int]:
         raise NotImplementedError
@@ -465,8 +473,8 @@ class _ScaleShift(KFACLayer):
             x_hat,
             ds,
             self._normalized_axes(len(x_hat.shape)),
-            scale=self.scale,
-            shift=self._shifts,
+            scale=self._gamma is not None,
+            shift=self._beta is not None,
             num_replicas=replicas,
         )
 
@@ -474,14 +482,13 @@ class _ScaleShift(KFACLayer):
         """`s = x̂ γ + β`, tapped when training."""
         shape = self._broadcast_shape(x_hat.shape)
         s = x_hat
-        if self.scale:
-            gamma = self.gamma
+        gamma, beta = self._gamma, self._beta
+        if gamma is not None:
             if training:
                 gamma = self._watch_kernel(gamma)
             s = s * tf.reshape(tf.cast(gamma, s.dtype), shape)
-        if self._shifts:
-            beta = self.beta
-            if training and not self.scale:
+        if beta is not None:
+            if training and gamma is None:
                 beta = self._watch_kernel(beta)
             s = s + tf.reshape(tf.cast(beta, s.dtype), shape)
         if training:
@@ -501,9 +508,9 @@ class LayerNormalization(_ScaleShift, keras.layers.LayerNormalization):
     """
 
     @property
-    def _shifts(self) -> bool:
+    def _beta(self):
         # Keras' RMS scaling ignores `β`.
-        return self.center and not self.rms_scaling
+        return self.beta if self.center and not self.rms_scaling else None
 
     def build(self, input_shape):
         keras.layers.LayerNormalization.build(self, input_shape)
@@ -590,3 +597,37 @@ class BatchNormalization(_ScaleShift, keras.layers.BatchNormalization):
         )
         s = self._scale_and_shift(x_hat, training)
         return tf.cast(s, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class RMSNormalization(_ScaleShift, keras.layers.RMSNormalization):
+    """`keras.layers.RMSNormalization` that records the diagonal Fisher of
+    its `scale` when training.
+
+    Same arguments and weights as `keras.layers.RMSNormalization`. The
+    output is computed as `x̂ · scale` from `x̂ = x / rms(x)`; the block is
+    `curvature.ScaleShiftBlock` with `γ` its `scale` and no `β`.
+    """
+
+    @property
+    def _gamma(self):
+        return self.scale
+
+    @property
+    def _beta(self):
+        return None
+
+    def build(self, input_shape):
+        keras.layers.RMSNormalization.build(self, input_shape)
+        self._build_statistics()
+
+    def _normalized_axes(self, rank):
+        return [a % rank for a in self.axis]
+
+    def call(self, x, training=None):
+        x_hat = keras.ops.rms_normalization(
+            x, scale=None, axis=self.axis, epsilon=self.epsilon
+        )
+        return tf.cast(
+            self._scale_and_shift(x_hat, training), self.compute_dtype
+        )

@@ -91,9 +91,10 @@ def _in_xla_context() -> bool:
 class KFAC(keras.optimizers.Optimizer):
     """Kronecker-factored natural gradient with a KL trust region.
 
-    Preconditions the variables of `keras_kfac.layers.Dense`, `Conv1D`,
-    `Conv2D`, `Embedding` and `LayerNormalization` (one block each, from
-    `keras_kfac.curvature`); any other trainable variable gets a plain
+    Preconditions the variables of `keras_kfac.layers` (`Dense`, `Conv1D`,
+    `Conv2D`, `Embedding`, `LayerNormalization`, `BatchNormalization`,
+    `RMSNormalization`: one block each, from `keras_kfac.curvature`); any
+    other trainable variable gets a plain
     momentum-SGD update with the same step size. The layers record the
     factor statistics of every backward pass made with `training=True`, so
     `model.fit` uses the empirical Fisher (the gradient of the training loss
@@ -456,7 +457,7 @@ class KFAC(keras.optimizers.Optimizer):
         if not blocks:
             warnings.warn(
                 "KFAC found no keras_kfac.layers (Dense, Conv1D, Conv2D, "
-                "Embedding, LayerNormalization) among the "
+                "Embedding or a normalization layer) among the "
                 f"{len(var_list)} variables it trains, so every update is "
                 "first-order (momentum SGD). Build the model from "
                 "keras_kfac.layers or call keras_kfac.convert(model).",
@@ -483,8 +484,8 @@ class KFAC(keras.optimizers.Optimizer):
             warnings.warn(
                 f"KFAC trains {len(kernels)} kernel(s) first-order, outside "
                 f"any K-FAC block: {', '.join(kernels)}. Only "
-                "keras_kfac.layers (Dense, Conv1D, Conv2D, Embedding, "
-                "LayerNormalization) get one; "
+                "keras_kfac.layers (Dense, Conv1D, Conv2D, Embedding and "
+                "the normalization layers) get one; "
                 "keras_kfac.convert(model) turns the Keras layers into "
                 "them. KFAC.summary() lists every variable.",
                 stacklevel=4,

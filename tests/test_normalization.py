@@ -242,3 +242,33 @@ def test_a_cnn_with_batch_normalization_trains_every_block(rng):
     assert history.history["loss"][-1] < history.history["loss"][0]
     updates = [row[2] for row in model.optimizer.summary_rows()]
     assert all(update.startswith("K-FAC") for update in updates), updates
+
+
+@pytest.mark.parametrize("axis", [-1, [1, 2]], ids=["last axis", "two axes"])
+def test_rms_normalization_matches_keras_and_records_its_scale(rng, axis):
+    plain = keras.Sequential(
+        [keras.Input((3, 4)), keras.layers.RMSNormalization(axis=axis)]
+    )
+    scale = plain.layers[0].scale
+    scale.assign(rng.normal(size=scale.shape).astype("float32"))
+    ours = keras_kfac.convert(plain)
+    layer = ours.layers[0]
+    assert type(layer) is layers.RMSNormalization
+    x = rng.normal(size=(5, 3, 4)).astype("float32")
+    targets = rng.normal(size=x.shape).astype("float32")
+    np.testing.assert_allclose(ours(x, training=True), plain(x), rtol=1e-5)
+    expected, _ = per_example_fisher_diagonal(layer, x, targets)
+    with keras_kfac.collecting_statistics(True):
+        with tf.GradientTape() as tape:
+            out = layer(x, training=True)
+            loss = 0.5 * tf.reduce_sum(tf.square(out - targets)) / len(x)
+        tape.gradient(loss, [layer.scale])
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), expected, rtol=1e-5, atol=1e-7
+    )
+    optimizer = keras_kfac.KFAC()
+    optimizer.build(ours.trainable_variables)
+    size = int(np.prod(layer.scale.shape))
+    assert optimizer.summary_rows()[0][2] == (
+        f"K-FAC RMSNormalization block 1 (A 1x1, G diagonal {size})"
+    )
