@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from optimizer import cnn  # noqa: E402  (bench/optimizer.py's digits CNN)
 from sklearn.datasets import load_digits  # noqa: E402
 
 import keras_kfac  # noqa: E402
@@ -74,20 +75,6 @@ def mlp(width):
         )
 
     return build
-
-
-def cnn(layers):
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            layers.Dense(128, activation="tanh"),
-            layers.Dense(10),
-        ]
-    )
 
 
 MODELS = {

@@ -265,28 +265,27 @@ class KroneckerBlock:
             ok = tf.logical_and(ok, factor_ok)
         return new, ok
 
-    def _left(self, M, V, transpose=False):
+    def _left(self, M, V):
         """`M V`, `M` the `A`-side matrix or the vector of its diagonal."""
         if self.diagonal_A:
             return M[:, None] * V
-        return tf.matmul(M, V, transpose_a=transpose)
+        return tf.matmul(M, V)
 
-    def _right(self, V, M, transpose=False):
+    def _right(self, V, M):
         """`V M`, `M` the `G`-side matrix or the vector of its diagonal."""
         if self.diagonal_G:
             return V * M[None, :]
-        return tf.matmul(V, M, transpose_b=transpose)
+        return tf.matmul(V, M)
 
-    def _rotate(self, state, V, inverse=False):
-        """`Q_Aᵀ V Q_G`, or `Q_A V Q_Gᵀ` for `inverse`; a diagonal
-        factor's eigenbasis is the identity."""
-        if not self.diagonal_A:
-            Q_A = tf.convert_to_tensor(state["Q_A"])
-            V = tf.matmul(Q_A, V, transpose_a=not inverse)
-        if not self.diagonal_G:
-            Q_G = tf.convert_to_tensor(state["Q_G"])
-            V = tf.matmul(V, Q_G, transpose_b=inverse)
-        return V
+    def _eigenvectors(self, state):
+        """`(Q_A, Q_G)`, `None` for a factor kept as its diagonal."""
+        return tuple(
+            None if diagonal else tf.convert_to_tensor(state[f"Q_{name}"])
+            for name, diagonal in (
+                ("A", self.diagonal_A),
+                ("G", self.diagonal_G),
+            )
+        )
 
     def precondition(
         self, state: dict, V: tf.Tensor, damping: tf.Tensor, mode: str
@@ -306,7 +305,7 @@ class KroneckerBlock:
             damping,
             mode,
         )
-        return self._rotate(state, self._rotate(state, V) / D, inverse=True)
+        return linalg.kronecker_solve(*self._eigenvectors(state), D, V)
 
     def curvature(self, state: dict, V: tf.Tensor, mode: str) -> tf.Tensor:
         """`vec(V)ᵀ F̂ vec(V)`, undamped: with `"eigen"`, of the
@@ -323,7 +322,8 @@ class KroneckerBlock:
             tf.convert_to_tensor(state["eigenvalues_A"])[:, None]
             * tf.convert_to_tensor(state["eigenvalues_G"])[None, :]
         )
-        return tf.reduce_sum(tf.square(self._rotate(state, V)) * curvature)
+        rotated = linalg.to_eigenbases(*self._eigenvectors(state), V)
+        return tf.reduce_sum(tf.square(rotated) * curvature)
 
 
 class DiagonalInputBlock(KroneckerBlock):

@@ -167,20 +167,32 @@ def damped_eigenvalues(
     )
 
 
+def to_eigenbases(
+    eigenvectors_A: tf.Tensor | None,
+    eigenvectors_G: tf.Tensor | None,
+    V: tf.Tensor,
+    inverse: bool = False,
+) -> tf.Tensor:
+    """`Q_Aᵀ V Q_G`, or back, `Q_A V Q_Gᵀ`, with `inverse`. `None` is the
+    identity: the eigenbasis of a factor kept as its diagonal."""
+    if eigenvectors_A is not None:
+        V = tf.matmul(eigenvectors_A, V, transpose_a=not inverse)
+    if eigenvectors_G is not None:
+        V = tf.matmul(V, eigenvectors_G, transpose_b=inverse)
+    return V
+
+
 def kronecker_solve(
-    eigenvectors_A: tf.Tensor,
-    eigenvectors_G: tf.Tensor,
+    eigenvectors_A: tf.Tensor | None,
+    eigenvectors_G: tf.Tensor | None,
     divisor: tf.Tensor,
     V: tf.Tensor,
 ) -> tf.Tensor:
-    """`X = Q_A [(Q_Aᵀ V Q_G) / D] Q_Gᵀ`: the damped natural-gradient block."""
-    rotated = tf.matmul(
-        tf.matmul(eigenvectors_A, V, transpose_a=True), eigenvectors_G
-    )
-    return tf.matmul(
-        tf.matmul(eigenvectors_A, rotated / divisor),
-        eigenvectors_G,
-        transpose_b=True,
+    """`X = Q_A [(Q_Aᵀ V Q_G) / D] Q_Gᵀ`: the damped natural-gradient block
+    (`None` for the identity eigenbasis of a diagonal factor)."""
+    rotated = to_eigenbases(eigenvectors_A, eigenvectors_G, V)
+    return to_eigenbases(
+        eigenvectors_A, eigenvectors_G, rotated / divisor, inverse=True
     )
 
 

@@ -367,17 +367,17 @@ class KFAC(keras.optimizers.Optimizer):
         inverse_scale = (
             1.0 / math.sqrt(self.damping) if self.damping > 0 else 1.0
         )
+
+        def inverse(shape, name, diagonal):
+            initializer = (
+                keras.initializers.Constant(inverse_scale)
+                if diagonal
+                else keras.initializers.Identity(inverse_scale)
+            )
+            return factor(shape, name, initializer)
+
         self._factors = []
         for block in self._blocks:
-
-            def inverse(shape, name, diagonal):
-                initializer = (
-                    keras.initializers.Constant(inverse_scale)
-                    if diagonal
-                    else keras.initializers.Identity(inverse_scale)
-                )
-                return factor(shape, name, initializer)
-
             state = {
                 "A": factor(block.A_shape, "A"),
                 "G": factor(block.G_shape, "G"),

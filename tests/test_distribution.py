@@ -14,41 +14,67 @@ import textwrap
 
 import numpy as np
 
-SCRIPT = textwrap.dedent(
+# The problem both comparisons train, in the fresh interpreters: data, the
+# model and its K-FAC, and what is compared after training.
+PROBLEM = textwrap.dedent(
     """
     import json
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
     import keras_kfac
 
-    def run(strategy):
+    def data():
         keras.utils.set_random_seed(0)
         rng = np.random.default_rng(0)
         x = rng.normal(size=(64, 6, 6, 1)).astype("float32")
         y = rng.normal(size=(64, 2)).astype("float32")
-        with strategy.scope():
-            model = keras.Sequential([
-                keras.Input((6, 6, 1)),
-                keras_kfac.layers.Conv2D(3, 3, activation="tanh"),
-                keras.layers.Flatten(),
-                keras_kfac.layers.Dense(8, activation="tanh"),
-                keras_kfac.layers.Dense(2)])
-            model.compile(optimizer=keras_kfac.KFAC(
-                learning_rate=0.1, kl_clip=1e-2, momentum=0.9, stats_decay=0.9,
-                inverse_update_freq=2, cold_steps=1), loss="mse")
-        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-        factors = [np.asarray(f["G"]).tolist() for f in model.optimizer._factors]
-        return [w.tolist() for w in model.get_weights()], factors
+        return x, y
 
-    replicas = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert replicas.num_replicas_in_sync == 2
-    single = tf.distribute.OneDeviceStrategy("/cpu:0")
-    print("RESULT" + json.dumps({"mirrored": run(replicas), "single": run(single)}))
+    def model_and_optimizer():
+        model = keras.Sequential([
+            keras.Input((6, 6, 1)),
+            keras_kfac.layers.Conv2D(3, 3, activation="tanh"),
+            keras.layers.Flatten(),
+            keras_kfac.layers.Dense(8, activation="tanh"),
+            keras_kfac.layers.Dense(2)])
+        optimizer = keras_kfac.KFAC(
+            learning_rate=0.1, kl_clip=1e-2, momentum=0.9, stats_decay=0.9,
+            inverse_update_freq=2, cold_steps=1)
+        return model, optimizer
+
+    def trained(model, optimizer):
+        factors = [np.asarray(f["G"]).tolist() for f in optimizer._factors]
+        return [w.tolist() for w in model.get_weights()], factors
     """
+)
+
+SCRIPT = (
+    textwrap.dedent(
+        """
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        """
+    )
+    + PROBLEM
+    + textwrap.dedent(
+        """
+        def run(strategy):
+            x, y = data()
+            with strategy.scope():
+                model, optimizer = model_and_optimizer()
+                model.compile(optimizer=optimizer, loss="mse")
+            model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+            return trained(model, optimizer)
+
+        replicas = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert replicas.num_replicas_in_sync == 2
+        single = tf.distribute.OneDeviceStrategy("/cpu:0")
+        print("RESULT" + json.dumps(
+            {"mirrored": run(replicas), "single": run(single)}))
+        """
+    )
 )
 
 
@@ -77,55 +103,45 @@ def test_mirrored_strategy_matches_single_device():
 # collective strategy rejects, whatever the optimizer), so the workers
 # train in a custom loop: the replica's loss is its share of the global
 # batch's mean, as Keras' own train step scales it.
-WORKER = textwrap.dedent(
-    """
-    import json
-    import tensorflow as tf
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    import keras
-    import numpy as np
-    import keras_kfac
+WORKER = (
+    textwrap.dedent(
+        """
+        import tensorflow as tf
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        """
+    )
+    + PROBLEM
+    + textwrap.dedent(
+        """
+        def run(strategy):
+            x, y = data()
+            batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+            with strategy.scope():
+                model, optimizer = model_and_optimizer()
+                optimizer.build(model.trainable_variables)
 
-    def run(strategy):
-        keras.utils.set_random_seed(0)
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(64, 6, 6, 1)).astype("float32")
-        y = rng.normal(size=(64, 2)).astype("float32")
-        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-        with strategy.scope():
-            model = keras.Sequential([
-                keras.Input((6, 6, 1)),
-                keras_kfac.layers.Conv2D(3, 3, activation="tanh"),
-                keras.layers.Flatten(),
-                keras_kfac.layers.Dense(8, activation="tanh"),
-                keras_kfac.layers.Dense(2)])
-            optimizer = keras_kfac.KFAC(
-                learning_rate=0.1, kl_clip=1e-2, momentum=0.9,
-                stats_decay=0.9, inverse_update_freq=2, cold_steps=1)
-            optimizer.build(model.trainable_variables)
+            @tf.function
+            def step(x, y):
+                def replica(x, y):
+                    with tf.GradientTape() as tape:
+                        error = tf.square(model(x, training=True) - y)
+                        loss = tf.reduce_sum(tf.reduce_mean(error, -1)) / 16.0
+                    grads = tape.gradient(loss, model.trainable_variables)
+                    optimizer.apply_gradients(
+                        zip(grads, model.trainable_variables))
+                strategy.run(replica, (x, y))
 
-        @tf.function
-        def step(x, y):
-            def replica(x, y):
-                with tf.GradientTape() as tape:
-                    error = tf.square(model(x, training=True) - y)
-                    loss = tf.reduce_sum(tf.reduce_mean(error, -1)) / 16.0
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(
-                    zip(grads, model.trainable_variables))
-            strategy.run(replica, (x, y))
+            for _ in range(2):
+                for batch in strategy.experimental_distribute_dataset(batches):
+                    step(*batch)
+            return trained(model, optimizer)
 
-        for _ in range(2):
-            for batch in strategy.experimental_distribute_dataset(data):
-                step(*batch)
-        factors = [np.asarray(f["G"]).tolist() for f in optimizer._factors]
-        return [w.tolist() for w in model.get_weights()], factors
-
-    assert strategy.num_replicas_in_sync == 2
-    result = {"workers": run(strategy)}
-    result["single"] = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    print("RESULT" + json.dumps(result))
-    """
+        assert strategy.num_replicas_in_sync == 2
+        result = {"workers": run(strategy)}
+        result["single"] = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+        print("RESULT" + json.dumps(result))
+        """
+    )
 )
 
 
