@@ -116,8 +116,16 @@ def test_one_step_is_the_damped_diagonal_solve(rng, mode):
     before = np.concatenate([v.numpy().ravel() for v in parameters_of(layer)])
     model.train_on_batch(x, targets)
     after = np.concatenate([v.numpy().ravel() for v in parameters_of(layer)])
-    # A diagonal solve: each element has the rounding of a few float32 ops.
-    np.testing.assert_allclose(after - before, expected, rtol=1e-5, atol=0)
+    # A diagonal solve, each element a few float32 ops (rtol), from a
+    # gradient whose mean over the examples may cancel (its error scales
+    # with the mean |g_i|), read as the difference of float32 weights.
+    eps = np.finfo(np.float32).eps
+    atol = 4 * eps * np.abs(before).max() + 64 * eps * lr * np.max(
+        np.abs(g).mean(axis=0) / np.diag(F)
+    )
+    np.testing.assert_allclose(
+        after - before, expected, rtol=64 * eps, atol=atol
+    )
     assert optimizer.summary_rows()[0][2] == (
         "K-FAC LayerNormalization block 1 (A 1x1, G diagonal 8)"
     )
