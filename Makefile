@@ -50,31 +50,35 @@ $(BENCH_STAMP): requirements.lock requirements-bench.lock setup.cfg pyproject.to
 	$(BENCH_PY) -m pip install -q --no-deps -e .
 	touch $(BENCH_STAMP)
 
-# kfac-jax, the peer of the autoencoder benchmark, in its own environment.
+# kfac-jax, the peer of the supervised benchmarks, in its own environment.
 $(JAX_STAMP): requirements-jax.lock
 	test -x $(JAX_PY) || $(PYTHON) -m venv $(JAX_VENV)
 	$(JAX_PY) -m pip install -q --upgrade pip
 	$(JAX_PY) -m pip install -q --no-deps -r requirements-jax.lock
 	touch $(JAX_STAMP)
 
-# Writes bench/results/autoencoder/kfac_jax.json, which bench/autoencoder.py
+# Writes bench/results/<problem>/kfac_jax.json, which bench/supervised.py
 # reads (run this first).
 bench-kfac-jax: $(JAX_STAMP)
-	$(JAX_PY) bench/kfac_jax_autoencoder.py
+	$(JAX_PY) bench/kfac_jax_supervised.py --problem autoencoder
+	$(JAX_PY) bench/kfac_jax_supervised.py --problem cnn
 
 # Everything in BENCHMARKS.md (hours on 2 cores; runs that finished are kept).
 bench: $(BENCH_STAMP) bench-kfac-jax
 	$(BENCH_PY) bench/optimizer.py
 	$(BENCH_PY) bench/step_cost.py
-	$(BENCH_PY) bench/autoencoder.py
+	$(BENCH_PY) bench/supervised.py --problem autoencoder
+	$(BENCH_PY) bench/supervised.py --problem cnn
 	$(BENCH_PY) bench/cartpole.py
 	$(BENCH_PY) bench/update_time.py
 	$(BENCH_PY) bench/compare.py
 
-# The same comparison and autoencoder on small budgets, one seed: minutes.
+# The same comparisons on small budgets: minutes.
 bench-quick: $(BENCH_STAMP) $(JAX_STAMP)
-	$(JAX_PY) bench/kfac_jax_autoencoder.py --quick
-	$(BENCH_PY) bench/autoencoder.py --quick
+	$(JAX_PY) bench/kfac_jax_supervised.py --problem autoencoder --quick
+	$(JAX_PY) bench/kfac_jax_supervised.py --problem cnn --quick
+	$(BENCH_PY) bench/supervised.py --problem autoencoder --quick
+	$(BENCH_PY) bench/supervised.py --problem cnn --quick
 	$(BENCH_PY) bench/compare.py --quick
 	$(BENCH_PY) bench/compare.py --suite mujoco --quick --jobs 1
 

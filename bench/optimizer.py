@@ -13,7 +13,9 @@ import argparse
 import time
 
 import keras
+from problems import CNN
 from sklearn.datasets import load_digits
+from supervised import network
 
 import keras_kfac
 
@@ -44,17 +46,8 @@ def mlp(layers=keras_kfac.layers):
 
 
 def cnn(layers=keras_kfac.layers):
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            layers.Dense(128, activation="tanh"),
-            layers.Dense(10),
-        ]
-    )
+    """The digits CNN of `bench/problems.py`."""
+    return network(CNN, layers)
 
 
 # name -> (optimizer, the layers of the model it trains)

@@ -1,58 +1,56 @@
-"""Deep autoencoder: K-FAC vs Adam vs Nesterov SGD, error vs updates and seconds.
+"""K-FAC vs kfac-jax vs Adam vs SGD on a supervised problem: error vs
+updates and seconds.
 
-    python bench/autoencoder.py > bench/results/autoencoder/autoencoder.md
-    python bench/autoencoder.py --quick    # a smoke test, about 1 minute
+    python bench/supervised.py --problem autoencoder > bench/results/autoencoder/autoencoder.md
+    python bench/supervised.py --problem cnn > bench/results/cnn/cnn.md
+    python bench/supervised.py --problem cnn --quick   # a smoke test
 
-Full mode (about 11 minutes on 2 CPU cores): batch 128 for 2000 updates and
-batch 1024 for 1000 updates, 3 seeds, error target 1.0. Quick mode: batch
-128 for 300 updates, 2-point grids, 2 seeds, target 4.0 (the plateau of
-predicting the mean image is 4.69), writing `*_quick.*` files.
+`bench/problems.py` defines the problems: the deep autoencoder of Martens &
+Grosse (2015) scaled down to data that ships offline, scikit-learn's digits
+(1797 8x8 images, pixels scaled to [0, 1]; nothing larger ships in the
+installed packages, and Keras' MNIST loader needs a download), and the
+digits CNN of `bench/optimizer.py`; their plans (batch sizes, updates) and
+error targets; the initial weights and batch order of each seed.
 
-The supervised deep-autoencoder problem of Martens & Grosse (2015),
-scaled down to data that ships offline: scikit-learn's digits (1797 8x8
-images, pixels scaled to [0, 1]; nothing larger ships in the installed
-packages, and Keras' MNIST loader needs a download). The paper's
-784-1000-500-250-30 logistic encoder and its mirror image become
-
-    64-256-128-64-8-64-128-256-64
-
-with logistic-sigmoid hidden units, a linear 8-unit code layer and a sigmoid
-output (kept as logits). The training loss is the Bernoulli negative
-log-likelihood of the image, binary cross-entropy *summed* over the 64
-pixels and averaged over the batch. The sum matters for K-FAC: its factors
-come from outer products of the loss gradient, which match the loss's
-curvature only when the loss is a negative log-likelihood; Keras'
-`binary_crossentropy` averages over the pixels, which makes K-FAC's Fisher
-64 times too small relative to the loss it preconditions.
+The autoencoder's training loss is the Bernoulli negative log-likelihood
+of the image, binary cross-entropy *summed* over the 64 pixels and averaged
+over the batch. The sum matters for K-FAC: its factors come from outer
+products of the loss gradient, which match the loss's curvature only when
+the loss is a negative log-likelihood; Keras' `binary_crossentropy`
+averages over the pixels, which makes K-FAC's Fisher 64 times too small
+relative to the loss it preconditions. The CNN's loss is the softmax
+cross-entropy of the digit, already a negative log-likelihood.
 
 Optimizers, all from the same initial weights and batch sequence per seed:
 
 - `KFAC adaptive`: `keras_kfac.KFAC(adaptive=True)` with its defaults,
-  trained by `keras_kfac.TrueFisherModel(distribution="bernoulli")`'s
-  train step: true-Fisher factors, the step `α Δ + μ v` minimizing the
-  quadratic model under exact Gauss-Newton products, Levenberg-Marquardt
-  damping (Martens & Grosse 2015, §6.5 and §7). Its one-point "grid" is
-  the default initial damping: nothing is tuned;
+  trained by `keras_kfac.TrueFisherModel`'s train step: true-Fisher
+  factors, the step `α Δ + μ v` minimizing the quadratic model under exact
+  Gauss-Newton products, Levenberg-Marquardt damping (Martens & Grosse
+  2015, §6.5 and §7). Its one-point "grid" is the default initial damping:
+  nothing is tuned;
 - `KFAC emp.`: `keras_kfac.KFAC`, factors from the gradient of the training
   loss (the empirical Fisher; what `model.fit` does);
 - `KFAC true`: the same optimizer with factors from a second backward pass
-  at pixels sampled from the model's Bernoulli outputs (the true Fisher, as
-  in the paper, what `keras_kfac.TrueFisherModel(distribution="bernoulli")`
-  does, written out here with `keras_kfac.collecting_statistics`);
+  at targets sampled from the model's predictive distribution (the true
+  Fisher, as in the paper, what `keras_kfac.TrueFisherModel` does, written
+  out here with `keras_kfac.collecting_statistics`);
 - `Adam`; `SGD`: Nesterov momentum 0.9.
 
 The KL-clipped K-FAC keeps its defaults except `damping`; each of the
 other optimizers has one hyperparameter tuned over a grid of the same size
-(`GRIDS`) on seed 0 by the final error, and the chosen value is then run on the other seeds.
+(`GRIDS`) on seed 0 by the final error, and the chosen value is then run on
+the other seeds. `bench/kfac_jax_supervised.py` runs kfac-jax and optax
+Adam on the same problem in their own environment; this script adds the
+runs it wrote to `--out` to its table and plot.
 
-Measured: the full-set reconstruction error, squared error summed over the
-64 pixels and averaged over the 1797 images (inference mode), every few
-updates; training wall seconds exclude those evaluations and all tracing
-(each run makes two warm-up updates, then restores the weights and
-optimizer state). ms/update is training seconds over updates, so K-FAC's
-periodic eigendecompositions are included. Prints Markdown; writes the plot
-(one row per batch size: error vs updates, error vs seconds, mean over seeds
-and min-max band) and every curve as CSV to `--out`.
+Measured: the problem's error on the whole set every few updates;
+training wall seconds exclude those evaluations and all tracing (each run
+makes two warm-up updates, then restores the weights and optimizer state).
+ms/update is training seconds over updates, so K-FAC's periodic
+refreshes are included. Prints Markdown; writes the plot (one row per batch
+size: error vs updates, error vs seconds, mean over seeds and min-max
+band) and every curve as CSV to `--out`.
 """
 
 import argparse
@@ -66,19 +64,8 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from autoencoder_problem import (
-    ACTIVATION,
-    CODE_LAYER,
-    FULL_PLAN,
-    QUICK_PLAN,
-    QUICK_TARGET,
-    TARGET,
-    WIDTHS,
-    batch_sequence,
-    images,
-    initial_weights,
-)
-from autoencoder_problem import reach as reach_target
+from problems import BERNOULLI, KERNEL, POOL, PROBLEMS, batch_sequence
+from problems import reach as reach_target
 
 import keras_kfac
 
@@ -121,41 +108,70 @@ def make_optimizer(name, value):
     return keras.optimizers.SGD(value, momentum=MOMENTUM, nesterov=True)
 
 
-def autoencoder():
-    dense = keras_kfac.layers.Dense
-    layers = [
-        dense(
-            w,
-            activation=None
-            if i in (CODE_LAYER, len(WIDTHS) - 1)
-            else ACTIVATION,
+def network(problem, layers=keras_kfac.layers):
+    """The problem's layers as a Keras model; its Dense and Conv2D come from
+    `layers` (`keras_kfac.layers`, or `keras.layers` for a model without
+    K-FAC's taps)."""
+    stack = []
+    for spec in problem.layers:
+        kind = spec[0]
+        if kind == "dense":
+            stack.append(layers.Dense(spec[1], activation=spec[2]))
+        elif kind == "conv":
+            stack.append(
+                layers.Conv2D(
+                    spec[1], KERNEL, padding="same", activation=spec[2]
+                )
+            )
+        elif kind == "pool":
+            stack.append(keras.layers.MaxPooling2D(POOL))
+        else:
+            stack.append(keras.layers.Flatten())
+    return keras.Sequential([keras.Input(problem.input_shape), *stack])
+
+
+def per_example_nll(problem, y, logits):
+    """`-log p(y | x)` of each example: Bernoulli over the pixels, or
+    softmax over the digits."""
+    if problem.loss == BERNOULLI:
+        per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=y, logits=logits
         )
-        for i, w in enumerate(WIDTHS)
-    ]
-    return keras.Sequential([keras.Input((WIDTHS[-1],)), *layers])
+        return tf.reduce_sum(per_pixel, axis=1)
+    # Keras' compiled loss hands the digits over cast to the logits' dtype.
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(y, tf.int32), logits=logits
+    )
 
 
-def bernoulli_nll(x, logits):
-    """Binary cross-entropy summed over pixels, mean over images."""
-    per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits)
-    return tf.reduce_mean(tf.reduce_sum(per_pixel, axis=1))
+def sample_targets(problem, logits, generator):
+    """Targets drawn from the model's predictive distribution."""
+    u = generator.uniform(tf.shape(logits))
+    if problem.loss == BERNOULLI:
+        return tf.cast(u < tf.sigmoid(logits), tf.float32)
+    # Gumbel-max: argmax(logits + Gumbel noise) is a categorical draw.
+    return tf.argmax(
+        logits - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32
+    )
 
 
-def make_step(model, optimizer, x, true_fisher, generator):
+def make_step(problem, model, optimizer, x, y, true_fisher, generator):
     variables = model.trainable_variables
+
+    def loss_of(targets, logits):
+        return tf.reduce_mean(per_example_nll(problem, targets, logits))
 
     @tf.function
     def step(indices):
-        batch = tf.gather(x, indices)
+        batch, targets = tf.gather(x, indices), tf.gather(y, indices)
         with tf.GradientTape(persistent=true_fisher) as tape:
             logits = model(batch, training=True)
-            loss = bernoulli_nll(batch, logits)
+            loss = loss_of(targets, logits)
             if true_fisher:
-                p = tf.sigmoid(logits)
                 sampled = tf.stop_gradient(
-                    tf.cast(generator.uniform(tf.shape(p)) < p, tf.float32)
+                    sample_targets(problem, logits, generator)
                 )
-                fisher = bernoulli_nll(sampled, logits)
+                fisher = loss_of(sampled, logits)
         if true_fisher:
             # Factors from the sampled loss; the real loss's pass goes last
             # because the optimizer compares its gradient with the kernel
@@ -173,54 +189,59 @@ def make_step(model, optimizer, x, true_fisher, generator):
     return step
 
 
-def make_adaptive_step(model, optimizer, x):
-    """`keras_kfac.TrueFisherModel`'s own train step: Bernoulli true-Fisher
-    factors, the adaptive update from exact Gauss-Newton products."""
-    trainer = keras_kfac.TrueFisherModel(model, distribution="bernoulli")
+def make_adaptive_step(problem, model, optimizer, x, y):
+    """`keras_kfac.TrueFisherModel`'s own train step: true-Fisher factors,
+    the adaptive update from exact Gauss-Newton products."""
+    trainer = keras_kfac.TrueFisherModel(model, distribution=problem.loss)
     trainer.compile(
         optimizer=optimizer,
-        loss=lambda images, logits: tf.reduce_sum(
-            tf.nn.sigmoid_cross_entropy_with_logits(
-                labels=images, logits=logits
-            ),
-            axis=-1,
-        ),
+        loss=lambda targets, logits: per_example_nll(problem, targets, logits),
     )
 
     @tf.function
     def step(indices):
-        batch = tf.gather(x, indices)
-        return trainer.train_step((batch, batch))["loss"]
+        batch = (tf.gather(x, indices), tf.gather(y, indices))
+        return trainer.train_step(batch)["loss"]
 
     return step
 
 
-def make_evaluate(model, x):
+def make_evaluate(problem, model, x, y):
+    """The problem's error and second figure on the whole set."""
+
     @tf.function
     def evaluate():
         logits = model(x, training=False)
-        error = tf.reduce_mean(
-            tf.reduce_sum(tf.square(tf.sigmoid(logits) - x), axis=1)
-        )
-        return error, bernoulli_nll(x, logits)
+        nll = tf.reduce_mean(per_example_nll(problem, y, logits))
+        if problem.loss == BERNOULLI:
+            error = tf.reduce_mean(
+                tf.reduce_sum(tf.square(tf.sigmoid(logits) - x), axis=1)
+            )
+            return error, nll
+        wrong = tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32), y)
+        return nll, 100 * tf.reduce_mean(tf.cast(wrong, tf.float32))
 
     return evaluate
 
 
-def train(name, value, initial, x, batches, eval_every, seed):
-    """One run; returns updates, training seconds and errors at each evaluation."""
+def train(problem, name, value, initial, data, batches, eval_every, seed):
+    """One run; returns updates, training seconds and errors at each
+    evaluation."""
     keras.utils.set_random_seed(seed)  # the sampled Fisher targets
-    model = autoencoder()
+    x, y = data
+    model = network(problem)
     model.set_weights(initial)
     optimizer = make_optimizer(name, value)
     optimizer.build(model.trainable_variables)
     generator = tf.random.Generator.from_seed(seed)
     adaptive = getattr(optimizer, "adaptive", False)
     if adaptive:
-        step = make_adaptive_step(model, optimizer, x)
+        step = make_adaptive_step(problem, model, optimizer, x, y)
     else:
-        step = make_step(model, optimizer, x, name == "KFAC true", generator)
-    evaluate = make_evaluate(model, x)
+        step = make_step(
+            problem, model, optimizer, x, y, name == "KFAC true", generator
+        )
+    evaluate = make_evaluate(problem, model, x, y)
 
     state = model.weights + optimizer.variables
     saved = [v.numpy() for v in state]
@@ -231,7 +252,7 @@ def train(name, value, initial, x, batches, eval_every, seed):
         v.assign(value_)
     generator.reset_from_seed(seed)
 
-    error, nll = evaluate()
+    error, second = evaluate()
     updates, seconds, errors = [0], [0.0], [float(error)]
     clip = []
     clock = 0.0
@@ -241,7 +262,7 @@ def train(name, value, initial, x, batches, eval_every, seed):
             loss = step(indices)
         loss.numpy()
         clock += time.perf_counter() - t
-        error, nll = evaluate()
+        error, second = evaluate()
         updates.append(min(start + eval_every, len(batches)))
         seconds.append(clock)
         errors.append(float(error))
@@ -252,7 +273,7 @@ def train(name, value, initial, x, batches, eval_every, seed):
         updates=np.array(updates),
         seconds=np.array(seconds),
         errors=np.array(errors),
-        nll=float(nll),
+        second=float(second),
         ms=1000 * clock / len(batches),
         clip=float(np.mean(clip)) if clip else None,
         skipped=skipped,
@@ -260,7 +281,7 @@ def train(name, value, initial, x, batches, eval_every, seed):
     del model, optimizer, step, evaluate
     gc.collect()
     print(
-        f"  {name} {value:g} seed {seed}: error {errors[-1]:.3f}, "
+        f"  {name} {value:g} seed {seed}: error {errors[-1]:.4g}, "
         f"{result['ms']:.2f} ms/update",
         file=sys.stderr,
         flush=True,
@@ -281,18 +302,20 @@ def fmt(value):
     return f"{value:g}"
 
 
-def benchmark(x, batch_size, updates, grids, seeds, eval_every):
-    initial = {seed: initial_weights(seed) for seed in seeds}
-    batches = {s: batch_sequence(len(x), batch_size, updates, s) for s in seeds}
+def benchmark(problem, data, batch_size, updates, grids, seeds, eval_every):
+    initial = {seed: problem.initial_weights(seed) for seed in seeds}
+    n = len(data[0])
+    batches = {s: batch_sequence(n, batch_size, updates, s) for s in seeds}
 
     grid_runs = {}
     for name, (_, values) in grids.items():
         for value in values:
             grid_runs[name, value] = train(
+                problem,
                 name,
                 value,
                 initial[seeds[0]],
-                x,
+                data,
                 batches[seeds[0]],
                 eval_every,
                 seeds[0],
@@ -305,10 +328,11 @@ def benchmark(x, batch_size, updates, grids, seeds, eval_every):
         for name in grids:
             runs[name].append(
                 train(
+                    problem,
                     name,
                     chosen[name],
                     initial[seed],
-                    x,
+                    data,
                     batches[seed],
                     eval_every,
                     seed,
@@ -317,7 +341,9 @@ def benchmark(x, batch_size, updates, grids, seeds, eval_every):
     return grid_runs, chosen, runs
 
 
-def report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs):
+def report(
+    problem, batch_size, updates, grids, seeds, target, grid_runs, chosen, runs
+):
     epochs = updates * batch_size / 1797
     print(f"### Batch {batch_size}, {updates} updates ({epochs:.0f} epochs)\n")
     print(
@@ -325,13 +351,14 @@ def report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs):
         "updates/seconds to target averaged over the seeds that reached it.\n"
     )
     print(
-        "| optimizer | tuned | final error | final NLL | updates to target "
+        f"| optimizer | tuned | final {problem.error} | final {problem.second} "
+        "| updates to target "
         "| seconds to target | ms/update |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, seed_runs in runs.items():
         errors = np.array([r["errors"][-1] for r in seed_runs])
-        nll = np.array([r["nll"] for r in seed_runs])
+        second = np.array([r["second"] for r in seed_runs])
         hits = [
             h for h in (reach(r, target) for r in seed_runs) if h is not None
         ]
@@ -349,9 +376,9 @@ def report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs):
         ms = np.mean([r["ms"] for r in seed_runs])
         param = grids[name][0]
         print(
-            f"| {name} | {param}={fmt(chosen[name])} | {errors.mean():.3f} ± "
-            f"{errors.std(ddof=1) if len(errors) > 1 else 0:.3f} | {nll.mean():.2f} | {to_updates} "
-            f"| {to_seconds} | {ms:.2f} |"
+            f"| {name} | {param}={fmt(chosen[name])} | {errors.mean():.3g} ± "
+            f"{errors.std(ddof=1) if len(errors) > 1 else 0:.2g} "
+            f"| {second.mean():.3g} | {to_updates} | {to_seconds} | {ms:.2f} |"
         )
     print(
         f"\nGrid (seed {seeds[0]}, final error; chosen in bold; for K-FAC also "
@@ -365,7 +392,7 @@ def report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs):
             cell = f"{param}={fmt(value)}"
             cell = f"**{cell}**" if value == chosen[name] else cell
             clip = "—" if run["clip"] is None else f"{run['clip']:.3f}"
-            print(f"| {name} | {cell} | {run['errors'][-1]:.3f} | {clip} |")
+            print(f"| {name} | {cell} | {run['errors'][-1]:.3g} | {clip} |")
     skipped = {
         name: sum(r["skipped"] for r in seed_runs)
         for name, seed_runs in runs.items()
@@ -374,7 +401,7 @@ def report(batch_size, updates, grids, seeds, target, grid_runs, chosen, runs):
     print(f"\nK-FAC steps skipped as non-finite (all seeds): {skipped}\n")
 
 
-def plot(results, path):
+def plot(problem, results, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -388,14 +415,17 @@ def plot(results, path):
             mean = errors.mean(axis=0)
             for col, key in enumerate(("updates", "seconds")):
                 # Seeds share evaluation points; on the time axis each point
-                # sits at the seeds' mean time.
+                # sits at the seeds' mean time. Time is on a log scale (the
+                # optimizers' costs differ by orders of magnitude), which
+                # leaves out the start at 0 s.
                 at = np.mean([r[key] for r in seed_runs], axis=0)
+                shown = slice(col, None)
                 ax = axes[row, col]
-                ax.plot(at, mean, color=COLORS[name], label=name)
+                ax.plot(at[shown], mean[shown], color=COLORS[name], label=name)
                 ax.fill_between(
-                    at,
-                    errors.min(axis=0),
-                    errors.max(axis=0),
+                    at[shown],
+                    errors.min(axis=0)[shown],
+                    errors.max(axis=0)[shown],
                     color=COLORS[name],
                     alpha=0.2,
                     linewidth=0,
@@ -404,9 +434,10 @@ def plot(results, path):
             ax = axes[row, col]
             ax.set_yscale("log")
             ax.set_xlabel(label)
-            ax.set_ylabel("reconstruction error (full set)")
+            ax.set_ylabel(f"{problem.error} (whole set)")
             ax.set_title(f"batch {batch_size}: error vs {label}")
             ax.grid(True, which="both", alpha=0.3)
+        axes[row, 1].set_xscale("log")
         axes[row, 0].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -471,53 +502,55 @@ def main():
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="batch 128 only, 300 updates, 2-point grids, 2 seeds",
+        help="the problem's quick plan, 2-point grids, 2 seeds",
+    )
+    parser.add_argument(
+        "--problem", choices=sorted(PROBLEMS), default="autoencoder"
     )
     parser.add_argument("--seeds", type=int, default=None, help="3 (quick: 2)")
     parser.add_argument(
         "--target",
         type=float,
         default=None,
-        help="reconstruction error target, 1.0 (quick: 4.0); "
-        "predicting the mean image gives 4.69",
+        help="error target; the problem's own by default (bench/problems.py)",
     )
     parser.add_argument(
-        "--out", default=os.path.join("bench", "results", "autoencoder")
+        "--out", default=None, help="bench/results/<problem> by default"
     )
     args = parser.parse_args()
+    problem = PROBLEMS[args.problem]
+    out = args.out or os.path.join("bench", "results", problem.name)
     if args.quick:
-        plan, grids, seeds = QUICK_PLAN, QUICK_GRIDS, args.seeds or 2
-        target = QUICK_TARGET if args.target is None else args.target
+        plan, grids, seeds = problem.quick_plan, QUICK_GRIDS, args.seeds or 2
+        target = problem.quick_target
     else:
-        target = TARGET if args.target is None else args.target
-        plan, grids, seeds = FULL_PLAN, GRIDS, args.seeds or 3
+        plan, grids, seeds = problem.full_plan, GRIDS, args.seeds or 3
+        target = problem.target
+    target = target if args.target is None else args.target
     seeds = list(range(seeds))
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
 
-    x = tf.constant(images())
-    widths = "-".join(str(w) for w in (WIDTHS[-1], *WIDTHS))
+    data = tuple(tf.constant(a) for a in problem.data())
     start, load = time.perf_counter(), os.getloadavg()[0]
     results, sections = {}, []
     for batch_size, updates, eval_every in plan:
         grid_runs, chosen, runs = benchmark(
-            x, batch_size, updates, grids, seeds, eval_every
+            problem, data, batch_size, updates, grids, seeds, eval_every
         )
         results[batch_size] = runs
         sections.append((batch_size, updates, grid_runs, chosen, runs))
     total = time.perf_counter() - start
     suffix = "_quick" if args.quick else ""
     jax_versions = add_kfac_jax_runs(
-        os.path.join(args.out, f"kfac_jax{suffix}.json"), sections, grids
+        os.path.join(out, f"kfac_jax{suffix}.json"), sections, grids
     )
-    plot(results, os.path.join(args.out, f"autoencoder{suffix}.png"))
-    write_curves(results, os.path.join(args.out, f"curves{suffix}.csv"))
+    plot(problem, results, os.path.join(out, f"{problem.name}{suffix}.png"))
+    write_curves(results, os.path.join(out, f"curves{suffix}.csv"))
 
-    print("## Deep autoencoder on digits: K-FAC vs Adam vs SGD\n")
+    print(f"## {problem.title}: K-FAC vs Adam vs SGD\n")
     print(
-        f"Architecture {widths}, {ACTIVATION} hidden units, linear code layer, "
-        "sigmoid output; loss = Bernoulli NLL (cross-entropy summed over the 64 "
-        "pixels, mean over images); error = squared error summed over pixels, "
-        "mean over all 1797 images, inference mode. `KFAC emp.` / `KFAC true`: "
+        f"{problem.description} Error: {problem.error}, mean over all 1797 "
+        "images, inference mode. `KFAC emp.` / `KFAC true`: "
         "`keras_kfac.KFAC` defaults but `damping`, empirical / sampled (true) "
         f"Fisher; SGD: Nesterov momentum {MOMENTUM}. Same initial weights and "
         "batch order per seed for every optimizer. Seconds = training only "
@@ -526,7 +559,7 @@ def main():
     if jax_versions is not None:
         print(
             "`kfac-jax adaptive` and `optax Adam`: "
-            "`bench/kfac_jax_autoencoder.py` in its own environment (jax "
+            "`bench/kfac_jax_supervised.py` in its own environment (jax "
             f"{jax_versions['jax']}, kfac-jax {jax_versions['kfac_jax']}, "
             f"optax {jax_versions['optax']}; "
             f"{jax_versions['minutes']:.1f} min), same weights and batches.\n"
@@ -534,7 +567,15 @@ def main():
     for section in sections:
         batch_size, updates, grid_runs, chosen, runs = section
         report(
-            batch_size, updates, grids, seeds, target, grid_runs, chosen, runs
+            problem,
+            batch_size,
+            updates,
+            grids,
+            seeds,
+            target,
+            grid_runs,
+            chosen,
+            runs,
         )
     print(
         f"Whole benchmark: {total / 60:.1f} min of wall time (load average "
