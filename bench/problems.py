@@ -61,10 +61,6 @@ class Problem:
         x = (pixels / 16.0).astype("float32").reshape(-1, *self.input_shape)
         return (x, x) if self.loss == BERNOULLI else (x, digits.astype("int32"))
 
-    def weighted_layers(self) -> list[int]:
-        """Indices into `layers` of the layers that carry weights."""
-        return [i for i, spec in enumerate(self.layers) if spec[0] in WEIGHTED]
-
     def initial_weights(self, seed: int) -> list[np.ndarray]:
         """`[W₁, b₁, W₂, b₂, ...]` in Keras' layouts (Dense `(in, out)`,
         Conv2D `(k, k, in, out)`): Glorot-uniform kernels, Keras' default,
@@ -94,8 +90,6 @@ class Problem:
             weights.append(np.zeros(kernel[-1], "float32"))
         return weights
 
-
-WEIGHTED = ("dense", "conv")
 
 _ENCODER = (256, 128, 64)
 AUTOENCODER = Problem(
