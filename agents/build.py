@@ -48,6 +48,7 @@ def build(config: Config):
             hidden_units=config.hidden_units,
             shared_torso=config.shared_torso,
             normalize_observations=config.normalize_observations,
+            initial_log_std=config.initial_log_std,
         )
         learning_rate, target_kl = config.learning_rate, config.target_kl
         if config.lr_schedule == "linear" and target_kl is not None:

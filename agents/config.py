@@ -81,6 +81,7 @@ class Config:
     normalize_observations: bool = FROM_PRESET
     time_feature: bool = FROM_PRESET
     previous_observation: bool = FROM_PRESET
+    initial_log_std: float = FROM_PRESET
     processes: bool = False
     env_timeout: float | None = None
     checkpoint_every: int = 50
@@ -133,6 +134,11 @@ class Config:
                 raise ValueError(
                     f"{name} must be > 0 and finite. Received: {name}={value!r}"
                 )
+        if not math.isfinite(self.initial_log_std):
+            raise ValueError(
+                "initial_log_std must be finite. "
+                f"Received: initial_log_std={self.initial_log_std!r}"
+            )
         if self.critic not in CRITICS:
             raise ValueError(
                 f"critic must be one of {CRITICS}. "

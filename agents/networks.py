@@ -134,8 +134,9 @@ class ActorCriticNetwork(network.Network):
         normalize_observations: Normalize observations with running
             moments (`ObservationNormalizer`; the agents update them).
             Defaults to `False`.
-        initial_log_std: Initial `log σ` of the Gaussian head. Defaults to
-            `0.0`.
+        initial_log_std: Initial `log σ` of the Gaussian head, the same
+            for every action dimension (SB3's `log_std_init`); only for
+            continuous actions. Defaults to `0.0`.
         name: Defaults to `"ActorCriticNetwork"`.
     """
 
@@ -167,6 +168,17 @@ class ActorCriticNetwork(network.Network):
                 f"hidden_units must be positive. Received: {tuple(hidden_units)}"
             )
         self._discrete = action_spec.dtype.is_integer
+        if not np.isfinite(initial_log_std):
+            raise ValueError(
+                "initial_log_std must be finite. "
+                f"Received: initial_log_std={initial_log_std!r}"
+            )
+        if self._discrete and initial_log_std != 0.0:
+            raise ValueError(
+                "initial_log_std sets the σ of a Gaussian policy; discrete "
+                "actions have none. Received: initial_log_std="
+                f"{initial_log_std!r} for the action spec {action_spec}"
+            )
         if self._discrete:
             if action_spec.shape.rank != 0:
                 raise ValueError(

@@ -39,6 +39,7 @@ COMMON = dict(
     time_feature=False,
     previous_observation=False,
     warm_start=False,
+    initial_log_std=0.0,
 )
 
 # "default": discrete actions (classic control). A2C has the paper's

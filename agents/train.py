@@ -226,6 +226,12 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         type=lambda s: tuple(int(u) for u in s.split(",")),
         help="comma-separated widths, e.g. 64,64",
     )
+    add(
+        "--initial-log-std",
+        type=float,
+        help="log σ of the Gaussian policy before training (Box actions; "
+        "SB3's log_std_init)",
+    )
     add("--shared-torso", action=argparse.BooleanOptionalAction)
     add("--normalize-observations", action=argparse.BooleanOptionalAction)
     add(

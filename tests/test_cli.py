@@ -166,6 +166,8 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
         (["--warm-start", "--target-kl", "none"], "warm_start=True"),
         (["--value-minibatch-size", "0"], "value_minibatch_size=0"),
         (["--max-kl-ratio", "0"], "max_kl_ratio=0.0"),
+        (["--initial-log-std", "nan"], "initial_log_std=nan"),
+        (["--initial-log-std", "-1"], "initial_log_std=-1.0 for the action"),
     ):
         assert train.main(argv + ["--logdir", str(logdir)]) == 2
         assert received in capsys.readouterr().err
@@ -190,6 +192,33 @@ def test_kfac_critic_guard_and_observation_features(tmp_path, capsys):
             r'name: "observation"\s*shape \{\s*dim \{\s*size: (\d+)', f.read()
         )
     assert sizes and set(sizes) == {"7"}
+
+
+def test_initial_log_std_is_the_gaussian_policys_first_sigma(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--preset", "mujoco", "--env", "Pendulum-v1"]
+    argv += ["--total-steps", "40", "--logdir", logdir]
+    assert train.main(argv + ["--initial-log-std", "-1.5"]) == 0
+    assert _config(logdir)["initial_log_std"] == -1.5
+    config = train.Config(
+        algo="trpo", env="Pendulum-v1", initial_log_std=-1.5, num_envs=1
+    )
+    py_env, tf_env, agent = train.build(config)
+    py_env.close()
+    observation = tf.zeros((3, *tf_env.observation_spec().shape))
+    (distribution, _), _ = agent.actor_critic_network(observation)
+    # σ = exp(log σ) in every row and action dimension, before any update.
+    np.testing.assert_allclose(
+        distribution.stddev().numpy(), np.full((3, 1), np.exp(-1.5)), rtol=1e-6
+    )
+    assert train.Config(env="Pendulum-v1").initial_log_std == (
+        train.PRESETS["mujoco"]["acktr"].get(
+            "initial_log_std", train.COMMON["initial_log_std"]
+        )
+    )
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
