@@ -72,11 +72,9 @@ COMMON = dict(
 # InvertedDoublePendulum's one action), a target KL of 0.02 decaying
 # linearly to 0.002 over the run (the late updates of a constant target
 # undo progress on InvertedDoublePendulum and Hopper), KL radius δ = 0.05,
-# starting from η = 0.03, and σ = e⁻¹ at the start: ACKTR's `log σ` lies
-# outside the Kronecker blocks and moves by `η ∇`, with `η` held down by
-# the KL that K-FAC's model of the mean's step underestimates, so from
-# σ = 1 it ended at 0.58 on Hopper where TRPO's reached 0.37 (1M steps;
-# BENCHMARKS.md measures the change). TRPO takes δ = 0.01.
+# starting from η = 0.03, with σ = 1 at the start (σ = e⁻¹ measured as a
+# trade at 1M steps: HalfCheetah and InvertedDoublePendulum up, Hopper and
+# Walker2d down; BENCHMARKS.md). TRPO takes δ = 0.01.
 PRESETS = {
     "default": {
         "acktr": dict(
@@ -134,7 +132,6 @@ PRESETS = {
                 max_grad_norm=None,
                 max_kl_ratio=2.0,
                 lr_schedule="linear",
-                initial_log_std=-1.0,
             ),
             "a2c": dict(learning_rate=3e-4, target_kl=0.002),
             "trpo": dict(max_kl=0.01, damping=0.1),
