@@ -134,11 +134,6 @@ class Config:
                 raise ValueError(
                     f"{name} must be > 0 and finite. Received: {name}={value!r}"
                 )
-        if not math.isfinite(self.initial_log_std):
-            raise ValueError(
-                "initial_log_std must be finite. "
-                f"Received: initial_log_std={self.initial_log_std!r}"
-            )
         if self.critic not in CRITICS:
             raise ValueError(
                 f"critic must be one of {CRITICS}. "
