@@ -11,7 +11,7 @@ from keras_kfac import layers
 from keras_kfac.callbacks import KFACLogs
 from keras_kfac.convert import convert
 from keras_kfac.fisher import TrueFisherModel
-from keras_kfac.layers import collecting_statistics
+from keras_kfac.statistics import collecting_statistics
 from keras_kfac.optimizer import KFAC
 
 __all__ = [

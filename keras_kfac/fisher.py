@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
-from keras_kfac.layers import collecting_statistics
+from keras_kfac.statistics import collecting_statistics
 from keras_kfac.optimizer import KFAC
 
 CATEGORICAL = "categorical"

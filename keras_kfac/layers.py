@@ -13,139 +13,37 @@ also record, for the optimizer:
 - `‖∇W‖²` of every backward pass through the kernel, which lets the
   optimizer undo a loss scale applied to that pass (mixed precision).
 
-A layer records them only for a reader: while some `keras_kfac.KFAC` is
-alive that is not built yet (it may train any layer) or was built with
-this layer among its blocks. A model of these layers trained by Adam alone
-computes no factors, and costs what the Keras layers cost. The decision is
-taken while TensorFlow traces the backward pass; `collecting_statistics(
-True)` or `(False)` overrides it inside a block, which works inside a
-`tf.function` too: ACKTR differentiates its Fisher loss under
-`collecting_statistics(True)` and its training loss under
-`collecting_statistics(False)`.
-
-The statistics live in variables the layer does not track: they are scratch
-space between the backward pass and the optimizer step, are not saved with
-the model, and do not change the layer's weight list.
+Which backward passes record them, for which optimizer, and where they are
+kept: `keras_kfac.statistics`.
 """
-
-import contextlib
-import weakref
 
 import keras
 import tensorflow as tf
 
-from keras_kfac import curvature
+from keras_kfac import blocks, curvature, statistics
+from keras_kfac.statistics import collecting_statistics
 
-# None: a layer records statistics when a reader wants them (see above).
-_collecting: list[bool | None] = [None]
-_live_layers: "weakref.WeakSet[KFACLayer]" = weakref.WeakSet()
-_readers = weakref.WeakSet()  # the live KFAC optimizers
-
-
-def add_statistics_reader(optimizer) -> None:
-    """Registers a live optimizer with a method `reads_statistics_of(layer)`
-    (`keras_kfac.KFAC` registers itself); held weakly."""
-    _readers.add(optimizer)
-
-
-@contextlib.contextmanager
-def collecting_statistics(enabled: bool = True):
-    """Turns factor collection on or off for backward passes traced inside,
-    whatever optimizer reads them.
-
-    Args:
-        enabled: Whether backward passes traced in this block record `A` and
-            `G`. Defaults to `True`.
-    """
-    previous = _collecting[0]
-    _collecting[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _collecting[0] = previous
-
-
-def is_collecting_statistics(layer: "KFACLayer | None" = None) -> bool:
-    """Whether a backward pass traced now records `layer`'s statistics:
-    as `collecting_statistics` set it, else whether a live optimizer reads
-    them (any layer's, for `layer=None`)."""
-    if _collecting[0] is not None:
-        return _collecting[0]
-    return _read_by_an_optimizer(layer)
-
-
-def _statistics_due(layer: "KFACLayer") -> tf.Tensor | None:
-    """Whether this step's backward pass records `layer`'s statistics, by
-    the schedules of the optimizers that read them (the built ones whose
-    blocks hold `layer`, else those not built yet): a boolean tensor, or
-    `None` for "yes" (a reader records every step, or there is none)."""
-    readers = [r for r in list(_readers) if r.reads_statistics_of(layer)]
-    built = [r for r in readers if r.built]
-    dues = []
-    for reader in built or readers:
-        due = reader.statistics_due()
-        if due is None:
-            return None
-        dues.append(due)
-    return tf.reduce_any(tf.stack(dues)) if dues else None
-
-
-def _read_by_an_optimizer(layer: "KFACLayer | None") -> bool:
-    return any(
-        layer is None or reader.reads_statistics_of(layer)
-        for reader in list(_readers)
-    )
-
-
-def kfac_layer_of(variable) -> "KFACLayer | None":
-    """The live `keras_kfac` layer whose kernel or bias is `variable`."""
-    for layer in list(_live_layers):
-        if not layer.built:
-            continue
-        if layer.kfac_kernel is variable or (
-            layer.kfac_bias is not None and layer.kfac_bias is variable
-        ):
-            return layer
-    return None
-
-
-class FactorStatistics:
-    """The latest batch `A`, `G` and `‖∇W‖²` of one layer.
-
-    Variables average over replicas (`aggregation="mean"`), so under
-    `tf.distribute` they hold the statistics of the global batch. `fresh` is
-    1 after a backward pass recorded `A` and `G`; the optimizer folds them
-    into its running averages and sets it back to 0.
-    """
-
-    def __init__(self, A_shape: tuple, G_shape: tuple, name: str):
-        def variable(shape, suffix):
-            return keras.Variable(
-                initializer="zeros",
-                shape=shape,
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-                aggregation="mean",
-                name=f"{name}_{suffix}",
-            )
-
-        # A diagonal factor (an embedding's `A`, a normalization layer's
-        # `G`) is kept as its diagonal.
-        self.A = variable(A_shape, "batch_A")
-        self.G = variable(G_shape, "batch_G")
-        self.fresh = variable((), "fresh")
-        self.kernel_grad_sq = variable((), "kernel_grad_sq")
+__all__ = [
+    "BatchNormalization",
+    "Conv1D",
+    "Conv2D",
+    "Dense",
+    "Embedding",
+    "KFACLayer",
+    "LayerNormalization",
+    "RMSNormalization",
+    "collecting_statistics",
+]
 
 
 class KFACLayer:
     """Mixin for layers with a kernel whose last axis is the output axis.
 
-    `block_type` is the optimizer's `curvature` block for the layer, and
-    `kfac_kernel`, `kfac_bias` the variables it preconditions.
+    `block_type` is the optimizer's `keras_kfac.blocks` block for the
+    layer, and `kfac_kernel`, `kfac_bias` the variables it preconditions.
     """
 
-    block_type = curvature.KroneckerBlock
+    block_type = blocks.KroneckerBlock
 
     @property
     def kfac_kernel(self):
@@ -160,16 +58,13 @@ class KFACLayer:
         self._build_statistics()
 
     def _build_statistics(self) -> None:
-        block = self.block_type
-        dim_A, dim_G = block.dimensions(
+        A_shape, G_shape = self.block_type.factor_shapes(
             tuple(self.kfac_kernel.shape), self.kfac_bias is not None
         )
-        self.statistics = FactorStatistics(
-            (dim_A,) if block.diagonal_A else (dim_A, dim_A),
-            (dim_G,) if block.diagonal_G else (dim_G, dim_G),
-            self.name,
+        self.statistics = statistics.FactorStatistics(
+            A_shape, G_shape, self.name
         )
-        _live_layers.add(self)
+        statistics.register_layer(self)
 
     def _input_factor(self, x: tf.Tensor) -> tf.Tensor:
         """The batch `A` from the layer input `x`."""
@@ -187,19 +82,23 @@ class KFACLayer:
     def _channels_axis(self) -> int:
         return -1
 
+    def _kernel_for(self, kernel, training) -> tf.Tensor:
+        """`kernel`, watched by `_watch_kernel` when training."""
+        return self._watch_kernel(kernel) if training else kernel
+
     def _watch_kernel(self, kernel: tf.Tensor) -> tf.Tensor:
         """Identity on the kernel that records `‖∇W‖²` of every backward
         pass an optimizer may read (the loss pass too, whose gradient it
         receives)."""
-        statistics = self.statistics
+        recorded = self.statistics
 
         @tf.custom_gradient
         def identity(k):
             def grad(dk):
-                if _collecting[0] or _read_by_an_optimizer(self):
+                if statistics.records_kernel_gradient(self):
                     # An embedding's gradient is sparse, with repeated rows.
                     dense = tf.convert_to_tensor(dk)
-                    statistics.kernel_grad_sq.assign(
+                    recorded.kernel_grad_sq.assign(
                         tf.reduce_sum(tf.square(tf.cast(dense, tf.float32)))
                     )
                 return dk
@@ -210,7 +109,7 @@ class KFACLayer:
 
     def _tap(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
         """Identity on `s` whose gradient records the batch `A` and `G`."""
-        statistics = self.statistics
+        recorded = self.statistics
 
         @tf.custom_gradient
         def identity(pre_activation):
@@ -218,13 +117,13 @@ class KFACLayer:
                 def record():
                     context = tf.distribute.get_replica_context()
                     replicas = context.num_replicas_in_sync if context else 1
-                    statistics.A.assign(self._input_factor(x))
-                    statistics.G.assign(self._output_factor(x, ds, replicas))
-                    statistics.fresh.assign(1.0)
+                    recorded.A.assign(self._input_factor(x))
+                    recorded.G.assign(self._output_factor(x, ds, replicas))
+                    recorded.fresh.assign(1.0)
                     return tf.constant(True)
 
-                if is_collecting_statistics(self):
-                    due = _statistics_due(self)
+                if statistics.is_collecting_statistics(self):
+                    due = statistics.statistics_due(self)
                     if due is None:
                         record()
                     else:  # the readers' schedule: only on some steps
@@ -257,6 +156,14 @@ class _Convolution(KFACLayer):
     def _channels_axis(self):
         return 1 if self.data_format == "channels_first" else -1
 
+    def _add_bias(self, s: tf.Tensor) -> tf.Tensor:
+        """`s + b`, the bias broadcast along the channels axis."""
+        if not self.use_bias:
+            return s
+        shape = [1] * len(s.shape)
+        shape[self._channels_axis()] = self.filters
+        return s + tf.reshape(self.bias, shape)
+
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
 class Dense(KFACLayer, keras.layers.Dense):
@@ -270,9 +177,7 @@ class Dense(KFACLayer, keras.layers.Dense):
         return curvature.dense_inputs(x)
 
     def call(self, inputs, training=None):
-        kernel = self.kernel
-        if training:
-            kernel = self._watch_kernel(kernel)
+        kernel = self._kernel_for(self.kernel, training)
         s = (
             tf.matmul(inputs, kernel)
             if inputs.shape.rank == 2
@@ -303,17 +208,8 @@ class Conv2D(_Convolution, keras.layers.Conv2D):
         )
 
     def call(self, inputs, training=None):
-        kernel = self.kernel
-        if training:
-            kernel = self._watch_kernel(kernel)
-        s = self.convolution_op(inputs, kernel)
-        if self.use_bias:
-            shape = (
-                (1, 1, 1, self.filters)
-                if self.data_format == "channels_last"
-                else (1, self.filters, 1, 1)
-            )
-            s = s + tf.reshape(self.bias, shape)
+        kernel = self._kernel_for(self.kernel, training)
+        s = self._add_bias(self.convolution_op(inputs, kernel))
         return self._finish(inputs, s, training)
 
 
@@ -337,9 +233,7 @@ class Conv1D(_Convolution, keras.layers.Conv1D):
         )
 
     def call(self, inputs, training=None):
-        kernel = self.kernel
-        if training:
-            kernel = self._watch_kernel(kernel)
+        kernel = self._kernel_for(self.kernel, training)
         padded, padding = inputs, self.padding
         if padding == "causal":
             padded = tf.pad(inputs, self._compute_causal_padding())
@@ -352,14 +246,7 @@ class Conv1D(_Convolution, keras.layers.Conv1D):
             dilation_rate=self.dilation_rate,
             data_format=self.data_format,
         )
-        if self.use_bias:
-            shape = (
-                (1, 1, self.filters)
-                if self.data_format == "channels_last"
-                else (1, self.filters, 1)
-            )
-            s = s + tf.reshape(self.bias, shape)
-        return self._finish(inputs, s, training)
+        return self._finish(inputs, self._add_bias(s), training)
 
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
@@ -370,13 +257,13 @@ class Embedding(KFACLayer, keras.layers.Embedding):
     included; the mask does not change the statistics: every position's
     token counts in `A` and its gradient in `G`, as in the table's
     gradient). Its block is `F̂ = diag(a) ⊗ G` with `a` the token
-    frequencies (`curvature.DiagonalInputBlock`). The optimizer
+    frequencies (`blocks.DiagonalInputBlock`). The optimizer
     preconditions the rows of the batch's tokens only; the momentum and
     the update are dense over the `(input_dim, output_dim)` table. LoRA
     (`lora_rank`) and quantized tables are not supported.
     """
 
-    block_type = curvature.DiagonalInputBlock
+    block_type = blocks.DiagonalInputBlock
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -416,9 +303,7 @@ class Embedding(KFACLayer, keras.layers.Embedding):
     def call(self, inputs, training=None):
         if inputs.dtype not in (tf.int32, tf.int64):
             inputs = tf.cast(inputs, tf.int32)
-        table = self._embeddings
-        if training:
-            table = self._watch_kernel(table)
+        table = self._kernel_for(self._embeddings, training)
         s = tf.gather(table, inputs)
         if training:
             s = self._tap(inputs, s)
@@ -427,10 +312,10 @@ class Embedding(KFACLayer, keras.layers.Embedding):
 
 class _ScaleShift(KFACLayer):
     """What the normalization layers share: the block of `γ` and `β`
-    (`curvature.ScaleShiftBlock`), recorded from the normalized input
+    (`blocks.ScaleShiftBlock`), recorded from the normalized input
     `x̂` and the gradient at the output `s = x̂ γ + β`."""
 
-    block_type = curvature.ScaleShiftBlock
+    block_type = blocks.ScaleShiftBlock
 
     @property
     def _gamma(self):
@@ -484,8 +369,7 @@ class _ScaleShift(KFACLayer):
         s = x_hat
         gamma, beta = self._gamma, self._beta
         if gamma is not None:
-            if training:
-                gamma = self._watch_kernel(gamma)
+            gamma = self._kernel_for(gamma, training)
             s = s * tf.reshape(tf.cast(gamma, s.dtype), shape)
         if beta is not None:
             if training and gamma is None:
@@ -504,7 +388,7 @@ class LayerNormalization(_ScaleShift, keras.layers.LayerNormalization):
     Same arguments and weights as `keras.layers.LayerNormalization` (any
     `axis`, `center`, `scale`, `rms_scaling`). The output is computed as
     `x̂ · γ + β` from the normalized input `x̂`, which it records with the
-    gradient at the output; the block is `curvature.ScaleShiftBlock`.
+    gradient at the output; the block is `blocks.ScaleShiftBlock`.
     """
 
     @property
@@ -547,7 +431,7 @@ class BatchNormalization(_ScaleShift, keras.layers.BatchNormalization):
     normalized by the batch's moments; an example's gradient of `γ`, `β`
     is taken at its own outputs (the batch moments couple the examples;
     `γ` and `β` do not enter them), and the block is
-    `curvature.ScaleShiftBlock`. In inference, and when the layer is
+    `blocks.ScaleShiftBlock`. In inference, and when the layer is
     frozen (`trainable=False`), it is Keras' layer.
     """
 
@@ -606,7 +490,7 @@ class RMSNormalization(_ScaleShift, keras.layers.RMSNormalization):
 
     Same arguments and weights as `keras.layers.RMSNormalization`. The
     output is computed as `x̂ · scale` from `x̂ = x / rms(x)`; the block is
-    `curvature.ScaleShiftBlock` with `γ` its `scale` and no `β`.
+    `blocks.ScaleShiftBlock` with `γ` its `scale` and no `β`.
     """
 
     @property

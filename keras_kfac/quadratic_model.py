@@ -15,14 +15,40 @@ damping `λ` follows the Levenberg-Marquardt rule on the reduction ratio
 `M₀` the model without `λ` (§6.5): `λ ← ω λ` when `ρ > ¾`, `λ ← λ / ω`
 when `ρ < ¼`. Everything here is a small tensor function of the inner
 products `Cᵢⱼ = wᵢᵀ F wⱼ`, `Dᵢⱼ = wᵢᵀ wⱼ` and `bᵢ = ∇ᵀ wᵢ` of the vectors
-`w = (Δ, v)`.
+`w = (Δ, v)`, of the losses before and after a step, and of `λ`; the
+optimizer (`keras_kfac.KFAC(adaptive=True)`) keeps the state.
 """
+
+from typing import NamedTuple
 
 import tensorflow as tf
 
 # Levenberg-Marquardt thresholds on ρ (Martens & Grosse 2015, §6.5).
 LOWER_RATIO = 0.25
 UPPER_RATIO = 0.75
+
+
+def inner_product(x: list[tf.Tensor], y: list[tf.Tensor]) -> tf.Tensor:
+    """`xᵀ y` of two vectors given as lists of tensors."""
+    return tf.add_n([tf.reduce_sum(a * b) for a, b in zip(x, y)])
+
+
+def coefficients_in_span(
+    curvature: tf.Tensor,
+    gradient: list[tf.Tensor],
+    vectors: list[list[tf.Tensor]],
+    damping: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`step_coefficients` of `vectors = [Δ, v]`, each a list of tensors,
+    from their exact curvature products `curvature = [wᵢᵀ F wⱼ]` and the
+    `gradient` `∇` (a list of tensors alike)."""
+    products = [[inner_product(x, y) for y in vectors] for x in vectors]
+    return step_coefficients(
+        curvature,
+        tf.stack([tf.stack(row) for row in products]),
+        tf.stack([inner_product(gradient, w) for w in vectors]),
+        damping,
+    )
 
 
 def step_coefficients(
@@ -101,3 +127,62 @@ def adapted_damping(
         tf.where(ratio > UPPER_RATIO, damping * factor, damping),
     )
     return tf.maximum(new, minimum)
+
+
+class Review(NamedTuple):
+    """The verdict on an adaptive update (`review`).
+
+    Attributes:
+        rejected: Whether to undo the update.
+        damping: `λ` for the next update.
+        ratio: `ρ` of the update.
+        ratio_counts: Whether `ρ` is one to report: the update was applied
+            and `ρ` is finite.
+    """
+
+    rejected: tf.Tensor
+    damping: tf.Tensor
+    ratio: tf.Tensor
+    ratio_counts: tf.Tensor
+
+
+def review(
+    loss_before: tf.Tensor,
+    loss_after: tf.Tensor,
+    predicted: tf.Tensor,
+    damping: tf.Tensor,
+    factor: float,
+    minimum: float,
+    adaptation_due: tf.Tensor,
+) -> Review:
+    """Judges an update from the batch loss before and after it.
+
+    An update that predicted no change (`M₀ ≥ 0`: it was skipped) is left
+    alone. One that raised the batch loss it was fitted to, or made it
+    non-finite, is rejected and `λ` grows by `1/ω`; otherwise, when
+    `adaptation_due`, `λ` follows `adapted_damping`.
+
+    Args:
+        loss_before: `h(θ)`.
+        loss_after: `h(θ - δ)`.
+        predicted: `M₀(δ)`.
+        damping: `λ`.
+        factor: `ω ∈ (0, 1)`.
+        minimum: The smallest damping the adaptation returns.
+        adaptation_due: Whether `λ` adapts on this update.
+    """
+    applied = predicted < 0.0
+    ratio = reduction_ratio(loss_before, loss_after, predicted)
+    rejected = tf.logical_and(
+        applied,
+        tf.logical_not(
+            tf.cast(loss_after, tf.float32) <= tf.cast(loss_before, tf.float32)
+        ),
+    )
+    adapted = adapted_damping(damping, ratio, factor, minimum)
+    due = tf.logical_and(applied, adaptation_due)
+    new_damping = tf.where(
+        rejected, damping / factor, tf.where(due, adapted, damping)
+    )
+    counts = tf.logical_and(applied, tf.math.is_finite(ratio))
+    return Review(rejected, new_damping, ratio, counts)

@@ -122,17 +122,17 @@ def test_factors_come_from_the_fisher_pass_only():
 
     agent.train(experience)
     factors = {
-        id(b.layer): f for b, f in zip(optimizer._blocks, optimizer._factors)
+        id(b.layer): f for b, f in zip(optimizer.estimator.blocks, optimizer.estimator.states)
     }
     # Policy head: g = ∇_logits log π(a|s) = onehot(a) - p, G = E[g gᵀ].
     g = np.eye(2)[actions] - p
-    G_policy = factors[id(net._policy_head)]["G"].numpy()
+    G_policy = factors[id(net._policy_head)].G.numpy()
     np.testing.assert_allclose(G_policy, g.T @ g / n, rtol=1e-4, atol=1e-7)
     # Value head: g = 2ε with the agent's noise for train step 0, G = E[4ε²].
     noise = tf.random.stateless_normal(
         (n,), tf.constant([7, 0], tf.int64)
     ).numpy()
-    G_value = factors[id(net._value_head)]["G"].numpy()
+    G_value = factors[id(net._value_head)].G.numpy()
     np.testing.assert_allclose(G_value, [[np.mean(4 * noise**2)]], rtol=1e-4)
     py_env.close()
 
@@ -140,7 +140,7 @@ def test_factors_come_from_the_fisher_pass_only():
 def test_loss_pass_alone_records_no_statistics():
     py_env, env, agent = _setup()
     experience = _rollout(env, agent)
-    layers = [b.layer for b in agent.optimizer._blocks]
+    layers = [b.layer for b in agent.optimizer.estimator.blocks]
     for layer in layers:
         layer.statistics.fresh.assign(0.0)
     rows = tf.reshape(experience.observation[:, :-1], (-1, 4))
@@ -247,7 +247,7 @@ def test_a_users_network_trains_with_kfac_on_all_its_layers():
     env = tf_py_environment.TFPyEnvironment(py_env)
     net = _UserNetwork(env.observation_spec())
     agent = AcktrAgent(env.time_step_spec(), env.action_spec(), net)
-    assert len(agent.optimizer._blocks) == 3
+    assert len(agent.optimizer.estimator.blocks) == 3
     info = agent.train(_rollout(env, agent))
     assert np.isfinite(info.loss)
     py_env.close()

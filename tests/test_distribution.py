@@ -43,7 +43,7 @@ PROBLEM = textwrap.dedent(
         return model, optimizer
 
     def trained(model, optimizer):
-        factors = [np.asarray(f["G"]).tolist() for f in optimizer._factors]
+        factors = [np.asarray(f.G).tolist() for f in optimizer.estimator.states]
         return [w.tolist() for w in model.get_weights()], factors
     """
 )

@@ -99,7 +99,7 @@ def test_fit_taps_sampled_targets_only_with_true_fisher(rng, true_fisher):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     model.train_on_batch(x, y)
-    G = np.asarray(model.optimizer._factors[0]["G"])
+    G = np.asarray(model.optimizer.estimator.states[0].G)
     p = np.full(3, 1 / 3)
     if true_fisher:
         expected = np.diag(p) - np.outer(p, p)

@@ -108,14 +108,14 @@ def test_the_kfac_critic_factors_come_from_its_gauss_newton_pass():
     experience = RolloutCollector(env, agent.collect_policy, 6).collect()
     py_env.close()
     agent.train(experience)
-    policy_layers = {id(b.layer) for b in agent.optimizer._blocks}
-    value_layers = {id(b.layer) for b in value_optimizer._blocks}
+    policy_layers = {id(b.layer) for b in agent.optimizer.estimator.blocks}
+    value_layers = {id(b.layer) for b in value_optimizer.estimator.blocks}
     assert id(net._policy_head) in policy_layers
     assert id(net._value_head) in value_layers
     assert not policy_layers & value_layers
     G_value = {
-        id(b.layer): f["G"]
-        for b, f in zip(value_optimizer._blocks, value_optimizer._factors)
+        id(b.layer): f.G
+        for b, f in zip(value_optimizer.estimator.blocks, value_optimizer.estimator.states)
     }[id(net._value_head)]
     np.testing.assert_allclose(G_value.numpy(), [[2.0]], rtol=1e-6)
     assert isinstance(agent.value_optimizer, keras_kfac.KFAC)

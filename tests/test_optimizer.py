@@ -622,7 +622,7 @@ def test_statistics_are_recorded_every_statistics_update_freq_steps(
         x = rng.normal(size=(8, 3)).astype("float32")
         y = rng.normal(size=(8, 2)).astype("float32")
         recorded.append(float(step(x, y)))
-        A = optimizer._factors[0]["A"].numpy().copy()
+        A = optimizer.estimator.states[0].A.numpy().copy()
         moved.append(previous is None or not np.array_equal(A, previous))
         previous = A
     assert recorded == [1, 0, 0, 1, 0, 0, 1]

@@ -52,8 +52,8 @@ def test_kfac_records_its_own_layers_only(rng):
     other.fit(x, y, epochs=1, verbose=0)
     assert _recorded(other) == [False, False]
     # The KFAC folded its layers' fresh statistics into its factors.
-    for factors in trained.optimizer._factors:
-        assert np.abs(factors["A"].numpy()).max() > 0
+    for factors in trained.optimizer.estimator.states:
+        assert np.abs(factors.A.numpy()).max() > 0
 
 
 def test_a_kfac_not_built_yet_may_read_any_layer(rng):

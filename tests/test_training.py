@@ -156,10 +156,10 @@ def test_mixed_float16_keeps_factors_float32_and_undoes_loss_scale(rng):
         fit(model, x[:16], y[:16], epochs=1)
         kfac = getattr(model.optimizer, "inner_optimizer", model.optimizer)
         assert all(
-            f["G"].dtype == "float32" and f["Q_A"].dtype == "float32"
-            for f in kfac._factors
+            f.G.dtype == "float32" and f.derived.Q_A.dtype == "float32"
+            for f in kfac.estimator.states
         )
-        factors[policy] = [np.asarray(f["G"]) for f in kfac._factors]
+        factors[policy] = [np.asarray(f.G) for f in kfac.estimator.states]
     keras.config.set_dtype_policy("float32")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     for g32, g16 in zip(factors["float32"], factors["mixed_float16"]):

@@ -122,15 +122,15 @@ def _dense_quadratic(optimizer, steps_by_index):
     """½ Σ vec(V)ᵀ (A ⊗ G) vec(V) in float64 from the optimizer's factors,
     plus ½ ‖v‖² for variables outside the blocks."""
     total, seen = 0.0, set()
-    for block, state in zip(optimizer._blocks, optimizer._factors):
+    for block, state in zip(optimizer.estimator.blocks, optimizer.estimator.states):
         kernel = steps_by_index[block.kernel_index]
         V = kernel.reshape(-1, block.dim_G)
         seen.add(block.kernel_index)
         if block.bias_index is not None:
             V = np.concatenate([V, steps_by_index[block.bias_index][None]])
             seen.add(block.bias_index)
-        A = state["A"].numpy().astype(np.float64)
-        G = state["G"].numpy().astype(np.float64)
+        A = state.A.numpy().astype(np.float64)
+        G = state.G.numpy().astype(np.float64)
         F = np.kron(A, G)  # row-major vec: (A ⊗ G) vec(V) = vec(A V G)
         total += 0.5 * V.ravel() @ F @ V.ravel()
     for i, v in steps_by_index.items():

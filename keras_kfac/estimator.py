@@ -1,0 +1,227 @@
+"""The curvature estimate of one optimizer: its K-FAC blocks and their state.
+
+`KroneckerFactoredCurvature` finds the blocks among the variables an
+optimizer trains (one per `keras_kfac` layer whose kernel and bias it
+trains), creates each block's state through the optimizer, and does, over
+all blocks, what an update needs of the curvature (Martens & Grosse 2015):
+
+1. fold each layer's latest batch factors into the running ones,
+   `A ← ε A + (1 - ε) A_batch`, `G ← ε G + (1 - ε) G_batch`,
+   `ε = min(stats_decay, k / (k + 1))` after `k` earlier batches
+   (`update_factors`);
+2. refresh what the damping mode derives from them (`update_inverses`);
+3. precondition, `Δ = F̂⁻¹ ∇` per block (`precondition`);
+4. measure `vᵀ F̂ v` of a step (`quadratic_form`).
+"""
+
+import warnings
+
+import tensorflow as tf
+
+from keras_kfac import linalg
+from keras_kfac.blocks import BlockState, KroneckerBlock
+from keras_kfac.statistics import kfac_layer_of
+
+# A batch's `(A, G, fresh)`: `fresh` says whether the layer recorded them
+# since the last update.
+BatchFactors = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
+
+
+def find_blocks(var_list) -> list[KroneckerBlock]:
+    """One block per `keras_kfac` layer whose kernel (and bias) are in
+    `var_list`; warns about a layer with a variable outside it, and when
+    there is no block at all."""
+    index = {id(v): i for i, v in enumerate(var_list)}
+    blocks, seen = [], set()
+    for variable in var_list:
+        layer = kfac_layer_of(variable)
+        if layer is None or id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        kernel, bias = layer.kfac_kernel, layer.kfac_bias
+        kernel_index = index.get(id(kernel))
+        bias_index = None if bias is None else index.get(id(bias))
+        if kernel_index is None or (bias is not None and bias_index is None):
+            warnings.warn(
+                f"Layer {layer.name!r} has a kernel or bias that is not "
+                "trained by this optimizer; its variables get first-order "
+                "updates.",
+                stacklevel=3,
+            )
+            continue
+        blocks.append(layer.block_type(layer, kernel_index, bias_index))
+    if not blocks:
+        warnings.warn(
+            "KFAC found no keras_kfac.layers (Dense, Conv1D, Conv2D, "
+            "Embedding or a normalization layer) among the "
+            f"{len(var_list)} variables it trains, so every update is "
+            "first-order (momentum SGD). Build the model from "
+            "keras_kfac.layers or call keras_kfac.convert(model).",
+            stacklevel=3,
+        )
+    return blocks
+
+
+class KroneckerFactoredCurvature:
+    """The blocks of one optimizer's variables, each with its state.
+
+    Args:
+        blocks: From `find_blocks`.
+        states: Each block's `BlockState` (`KroneckerBlock.create_state`).
+        stats_decay: `ε`, the decay of the running factors.
+        damping_mode: `"eigen"` or `"factored"` (`keras_kfac.linalg`).
+        assign: The optimizer's `assign(variable, value)`.
+        assign_add: The optimizer's `assign_add(variable, value)`. Every
+            change of the state goes through these two.
+    """
+
+    def __init__(
+        self,
+        blocks: list[KroneckerBlock],
+        states: list[BlockState],
+        stats_decay: float,
+        damping_mode: str,
+        assign,
+        assign_add,
+    ):
+        self.blocks = blocks
+        self.states = states
+        self.stats_decay = stats_decay
+        self.damping_mode = damping_mode
+        self._assign = assign
+        self._assign_add = assign_add
+        self.layer_ids = {id(block.layer) for block in blocks}
+        self.block_of_kernel = {b.kernel_index: b for b in blocks}
+
+    def batch_factors(self) -> list[BatchFactors]:
+        """`(A, G, fresh)` of every block's latest batch, `G` as the layer
+        recorded it (loss scale included)."""
+        return [
+            (
+                tf.convert_to_tensor(block.layer.statistics.A),
+                tf.convert_to_tensor(block.layer.statistics.G),
+                tf.convert_to_tensor(block.layer.statistics.fresh) > 0.0,
+            )
+            for block in self.blocks
+        ]
+
+    def update_factors(
+        self, batches: list[BatchFactors], scale_sq: tf.Tensor, ok: tf.Tensor
+    ) -> None:
+        """Folds every fresh batch `A`, `G / scale²` into the running
+        factors if `ok`; stale statistics cost nothing but the test. Marks
+        every layer's statistics as read."""
+        for block, state, (A_batch, G_batch, fresh) in zip(
+            self.blocks, self.states, batches
+        ):
+
+            def fold(state=state, A_batch=A_batch, G_batch=G_batch):
+                decay = linalg.warm_start_decay(self.stats_decay, state.updates)
+                for running, batch in (
+                    (state.A, A_batch),
+                    (state.G, G_batch / scale_sq),
+                ):
+                    self._assign(
+                        running,
+                        linalg.running_average(
+                            tf.convert_to_tensor(running), batch, decay
+                        ),
+                    )
+                self._assign_add(state.updates, 1.0)
+                return tf.constant(True)
+
+            tf.cond(tf.logical_and(fresh, ok), fold, lambda: tf.constant(False))
+            block.layer.statistics.fresh.assign(0.0)
+
+    def update_inverses(self, damping) -> tf.Operation:
+        """Refreshes every block's eigenbases or inverses from its running
+        factors, with `λ = damping` (a tensor or variable); a block whose
+        refresh is not finite keeps its previous ones."""
+        damping = tf.convert_to_tensor(damping)
+        for block, state in zip(self.blocks, self.states):
+            new, ok = block.refresh(state, damping, self.damping_mode)
+            for variable, value in zip(state.derived, new):
+                if variable is not None:
+                    old = tf.convert_to_tensor(variable)
+                    self._assign(variable, tf.where(ok, value, old))
+        return tf.no_op()
+
+    def precondition(self, grad_of: dict, damping) -> dict:
+        """`{index: Δ}` for every kernel and bias of a block whose kernel
+        is in `grad_of` (`{index: ∇}`), with `λ = damping` (a tensor or
+        variable); a bias without a gradient counts as zero."""
+        damping = tf.convert_to_tensor(damping)
+        directions = {}
+        for block, state in zip(self.blocks, self.states):
+            if block.kernel_index not in grad_of:
+                continue
+            bias_grad = (
+                None
+                if block.bias_index is None
+                else grad_of.get(block.bias_index)
+            )
+            if block.bias_index is not None and bias_grad is None:
+                bias_grad = tf.zeros((block.dim_G,), tf.float32)
+            V = block.gradient_matrix(grad_of[block.kernel_index], bias_grad)
+            X = block.precondition(state, V, damping, self.damping_mode)
+            kernel_step, bias_step = block.split(X)
+            directions[block.kernel_index] = kernel_step
+            if block.bias_index is not None and block.bias_index in grad_of:
+                directions[block.bias_index] = bias_step
+        return directions
+
+    def quadratic_form(self, vector_of: dict, cold: tf.Tensor) -> tf.Tensor:
+        """`vᵀ F̂ v` for the vector `{index: v}` over all the variables:
+        each block's `KroneckerBlock.quadratic_form` (`‖v‖²` instead while
+        `cold`), and `‖v‖²` for variables outside the blocks."""
+        vector_of = dict(vector_of)
+        terms = []
+        for block, state in zip(self.blocks, self.states):
+            bias = vector_of.pop(block.bias_index, None)
+            V = block.gradient_matrix(vector_of.pop(block.kernel_index), bias)
+            terms.append(
+                tf.where(
+                    cold,
+                    tf.reduce_sum(tf.square(V)),
+                    block.quadratic_form(state, V, self.damping_mode),
+                )
+            )
+        terms += [tf.reduce_sum(tf.square(v)) for v in vector_of.values()]
+        return tf.add_n(terms) if terms else tf.constant(0.0)
+
+    def backward_scale_sq(
+        self, grads, indices, loss_scale_factor: float | None
+    ) -> tf.Tensor:
+        """The square of the loss scale of the backward pass, measured.
+
+        The layers recorded `‖∇W‖²` of the pass as it was scaled (a dynamic
+        or fixed loss scale); the gradients `grads` of the variables at
+        `indices` arrive unscaled, but for Keras' fixed
+        `loss_scale_factor`. The ratio, taken before any clipping, is the
+        factor by which `G` is too large.
+        """
+        recorded, received = [], []
+        for g, index in zip(grads, indices):
+            block = self.block_of_kernel.get(index)
+            if g is None or block is None:
+                continue
+            recorded.append(
+                tf.convert_to_tensor(block.layer.statistics.kernel_grad_sq)
+            )
+            g = tf.cast(g, tf.float32)
+            if loss_scale_factor is not None:
+                g = g / loss_scale_factor
+            received.append(tf.reduce_sum(tf.square(g)))
+        if not recorded:
+            return tf.constant(1.0)
+        received = tf.add_n(received)
+        context = tf.distribute.get_replica_context()
+        if context is not None:
+            # The recorded values are replica means; match them.
+            received = context.all_reduce(tf.distribute.ReduceOp.MEAN, received)
+        recorded = tf.add_n(recorded)
+        return tf.where(
+            tf.logical_and(received > 0.0, recorded > 0.0),
+            tf.math.divide_no_nan(recorded, received),
+            tf.ones_like(received),
+        )
