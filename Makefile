@@ -16,7 +16,7 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo demo-digits test test-all bench bench-quick bench-mujoco \
+.PHONY: demo demo-digits lint test test-slow test-all bench bench-quick bench-mujoco \
 	bench-mujoco-baselines bench-atari bench-kfac-jax
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
@@ -35,8 +35,18 @@ demo: $(STAMP)
 demo-digits: $(STAMP)
 	$(PY) examples/digits.py
 
+# The lint and format rules are in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The default suite leaves out the tests marked slow (end-to-end runs,
+# subprocesses, XLA compilation); test-slow runs those, test-all both.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
