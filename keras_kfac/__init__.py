@@ -10,7 +10,7 @@ model.fit(x, y)
 from keras_kfac import layers
 from keras_kfac.callbacks import KFACLogs
 from keras_kfac.convert import convert
-from keras_kfac.fisher import TrueFisherModel
+from keras_kfac.fisher import TrueFisherModel, fisher_then_loss_gradients
 from keras_kfac.statistics import collecting_statistics
 from keras_kfac.optimizer import KFAC
 
@@ -20,6 +20,7 @@ __all__ = [
     "TrueFisherModel",
     "collecting_statistics",
     "convert",
+    "fisher_then_loss_gradients",
     "layers",
 ]
 __version__ = "0.1.0"

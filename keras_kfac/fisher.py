@@ -84,6 +84,25 @@ def gaussian_fisher_loss(
     return tf.reduce_mean(per_example) / (2.0 * variance)
 
 
+def fisher_then_loss_gradients(
+    tape: tf.GradientTape, fisher_loss, loss, variables
+) -> list:
+    """The gradients of `loss` in `variables`, taken with factor collection
+    off, after the backward pass of `fisher_loss` (skipped when `None`)
+    recorded the K-FAC factors: the factors come from the Fisher pass only.
+
+    The loss pass goes last because the optimizer compares the gradient it
+    receives with the kernel gradient norm the layers recorded on the
+    latest backward pass (to undo a loss scale). `tape` must be persistent
+    when there is a Fisher loss.
+    """
+    if fisher_loss is not None:
+        with collecting_statistics(True):
+            tape.gradient(fisher_loss, variables)
+    with collecting_statistics(False):
+        return tape.gradient(loss, variables)
+
+
 @keras.saving.register_keras_serializable(package="keras_kfac")
 class TrueFisherModel(keras.Model):
     """Trains `model` with factors from the true Fisher instead of the empirical.
@@ -203,10 +222,7 @@ class TrueFisherModel(keras.Model):
             loss = self.optimizer.scale_loss(loss)
             fisher = self.optimizer.scale_loss(fisher)
         weights = self.trainable_weights
-        with collecting_statistics(True):
-            tape.gradient(fisher, weights)
-        with collecting_statistics(False):
-            gradients = tape.gradient(loss, weights)
+        gradients = fisher_then_loss_gradients(tape, fisher, loss, weights)
         del tape
         if not adaptive:
             self.optimizer.apply_gradients(zip(gradients, weights))

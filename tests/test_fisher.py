@@ -107,3 +107,27 @@ def test_fit_taps_sampled_targets_only_with_true_fisher(rng, true_fisher):
         g = p - np.eye(3)[0]
         expected = np.outer(g, g)
     np.testing.assert_allclose(G, expected, atol=0.02)
+
+
+def test_fisher_then_loss_gradients_takes_factors_from_the_fisher_pass(rng):
+    # Fisher loss mean_i u_iᵀ s_i: g_i = n ∂L/∂s_i = u_i, so G = Uᵀ U / n.
+    # The training loss mean_i w_iᵀ s_i then gives ∇W = Xᵀ W / n, and the
+    # factors must not move on its pass.
+    n = 6
+    layer = layers.Dense(3)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    u = rng.normal(size=(n, 3)).astype("float32")
+    w = rng.normal(size=(n, 3)).astype("float32")
+    layer.build(x.shape)
+    with tf.GradientTape(persistent=True) as tape:
+        s = layer(x, training=True)
+        fisher_loss = tf.reduce_mean(tf.reduce_sum(s * u, axis=1))
+        loss = tf.reduce_mean(tf.reduce_sum(s * w, axis=1))
+    gradients = keras_kfac.fisher_then_loss_gradients(
+        tape, fisher_loss, loss, [layer.kernel, layer.bias]
+    )
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), u.T @ u / n, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(gradients[0], x.T @ w / n, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gradients[1], w.mean(axis=0), rtol=1e-5, atol=1e-6)
