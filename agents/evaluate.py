@@ -341,7 +341,6 @@ def _play_episode(policy, env: gymnasium.Env, seed: int, actions) -> float:
         done = terminated or truncated
         step_type = ts.StepType.LAST if done else ts.StepType.MID
         discount = 0.0 if terminated else 1.0
-    # The LAST time step goes to no policy: nothing acts after it.
     return total
 
 
