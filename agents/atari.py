@@ -16,9 +16,9 @@ reads:
 5. `FireOnReset`: FIRE pressed after each reset in games that wait for it
    (Breakout);
 6. `ClipReward`: the learner's reward is the sign of the game's, and the
-   game's own reward is kept in `info["score"]`, from which
-   `agents.envs.GymnasiumEnvironment` tallies the returns it reports
-   (game scores over whole games, not clipped rewards per life);
+   game's own reward is kept in `info["score"]`, from which training and
+   evaluation report returns (`agents.spaces.game_score`: game scores
+   over whole games, not clipped rewards per life);
 7. the last 4 frames stacked on the channel axis: observations
    `(84, 84, 4)` of `uint8`, scaled to `[0, 1]` only inside the network.
 
@@ -97,9 +97,8 @@ def preprocess(env: gymnasium.Env) -> gymnasium.Env:
 
 class EpisodicLife(gymnasium.Wrapper):
     """A lost life ends the episode (`terminated`, `info["life_lost"]`)
-    while the game goes on: the reset that follows takes one no-op step
-    instead of restarting the game, and `continues_game` says so
-    beforehand (for `agents.env_factory.EpisodeRecorder`)."""
+    while the game goes on: the reset that follows (`continues_game` until
+    then) takes one no-op step instead of restarting the game."""
 
     def __init__(self, env: gymnasium.Env):
         super().__init__(env)

@@ -1,8 +1,11 @@
-"""Builds one Gymnasium environment with the observation features asked for.
+"""Builds one Gymnasium environment as a policy sees it: the observation
+features asked for, an Atari game preprocessed.
 
-Kept apart from `agents.envs` and importing only Gymnasium, so that the
-subprocesses of `GymnasiumEnvironment(..., processes=True)`, which receive
-`make_env` by reference, start without TensorFlow.
+Training (`agents.envs`), evaluation (`agents.evaluate`) and the video
+replay (`agents.replay`) all build theirs with `make_env`. Kept apart from
+`agents.envs` and importing only Gymnasium, so that the subprocesses of
+`GymnasiumEnvironment(..., processes=True)`, which receive `make_env` by
+reference, and the video replay start without TensorFlow.
 """
 
 import copy
@@ -13,6 +16,7 @@ import numpy as np
 from gymnasium import wrappers
 
 from agents import atari
+from agents.spaces import game_score
 
 
 def registered_id(env_id: str, name: str = "env_id") -> str:
@@ -34,11 +38,30 @@ def registered_id(env_id: str, name: str = "env_id") -> str:
     return env_id
 
 
+def check_env_id(env_id: str, name: str = "env_id") -> None:
+    """Raises `ValueError`, naming the argument `name`, unless `env_id` is
+    a registered Gymnasium id.
+
+    `"module:Env-v0"` imports `module` first (which registers `Env-v0`), as
+    `gymnasium.make` does.
+    """
+    received = env_id
+    env_id = registered_id(env_id, name)
+    if env_id not in gymnasium.registry:
+        close = [k for k in gymnasium.registry if k.lower() == env_id.lower()]
+        hint = f". Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            "Unknown Gymnasium environment id. "
+            f"Received: {name}={received!r}{hint}"
+        )
+
+
 def make_env(
     env_id: str,
     env_kwargs: dict | None = None,
     time_feature: bool = False,
     previous_observation: bool = False,
+    render_mode: str | None = None,
 ) -> gymnasium.Env:
     """`gymnasium.make(env_id, **env_kwargs)` with optional extra features,
     inside an `EpisodeRecorder`; an Atari game comes preprocessed as in the
@@ -49,22 +72,28 @@ def make_env(
         env_kwargs: Keyword arguments for `gymnasium.make`.
         time_feature: Append `t / T`, the elapsed fraction of the time
             limit `T`, as the last observation entry.
-        previous_observation: Prepend the previous observation (at a reset,
-            the first observation again).
+        previous_observation: Put the previous observation (at a reset,
+            the first observation again) before the current one: with both
+            features, an observation is `[o_{t-1}, o_t, t / T]`.
+        render_mode: Gymnasium's `render_mode`, for example `"rgb_array"`;
+            `None` renders nothing. Defaults to `None`.
 
     Raises:
         ValueError: A feature was asked for an environment whose
             observations are not vectors, or `time_feature` for one
             without a time limit.
     """
+    kwargs = dict(env_kwargs or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
     if atari.is_atari(env_id):
         if time_feature or previous_observation:
             raise ValueError(
                 "time_feature and previous_observation need vector "
                 f"observations; {env_id!r} is an Atari game (stacked frames)."
             )
-        return EpisodeRecorder(atari.make(env_id, env_kwargs), seed_resets=True)
-    env = gymnasium.make(env_id, **(env_kwargs or {}))
+        return EpisodeRecorder(atari.make(env_id, kwargs), seed_resets=True)
+    env = gymnasium.make(env_id, **kwargs)
     if not (time_feature or previous_observation):
         return EpisodeRecorder(env)
     space = env.observation_space
@@ -105,9 +134,9 @@ class EpisodeRecorder(gymnasium.Wrapper):
     An environment whose randomness lives outside `np_random` (the ALE
     emulator's, which drives sticky actions) needs `seed_resets`: every
     reset is then seeded, from a seed drawn from `np_random`, which the
-    record keeps. A reset that continues a game after a lost life
-    (`agents.atari.EpisodicLife.continues_game`) is recorded among the
-    actions (as `None`), since the game it continues is one episode here.
+    record keeps. A reset that continues a game after a step that lost a
+    life (`agents.spaces.game_score`) is recorded among the actions (as
+    `None`), since the game it continues is one episode here.
     """
 
     def __init__(self, env: gymnasium.Env, seed_resets: bool = False):
@@ -116,15 +145,13 @@ class EpisodeRecorder(gymnasium.Wrapper):
         self._start = None
         self._actions = []
         self._reset_on_next_step = False
+        self._life_lost = False
         self.record_to_restore = None
 
-    def _continues_game(self) -> bool:
-        return self.env.has_wrapper_attr(
-            "continues_game"
-        ) and self.env.get_wrapper_attr("continues_game")
-
     def reset(self, *, seed=None, options=None):
-        if seed is None and self._continues_game():
+        continues_game = seed is None and self._life_lost
+        self._life_lost = False
+        if continues_game:
             self._actions.append(None)
             self._reset_on_next_step = False
             return self.env.reset(options=options)
@@ -144,7 +171,9 @@ class EpisodeRecorder(gymnasium.Wrapper):
             observation, info = self.reset()
             return observation, 0.0, False, False, info
         self._actions.append(np.asarray(action).tolist())
-        return self.env.step(action)
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._life_lost = bool(game_score(reward, info)[1])
+        return observation, reward, terminated, truncated, info
 
     def episode_record(self) -> dict:
         """The start of the current episode and the actions since, as

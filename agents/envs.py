@@ -26,8 +26,9 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
+from agents import spaces
 from agents.checks import check_positive_integer
-from agents.env_factory import make_env, registered_id
+from agents.env_factory import check_env_id, make_env
 
 
 class EnvironmentStepError(RuntimeError):
@@ -39,52 +40,13 @@ class NonFiniteDataError(EnvironmentStepError):
     """An environment returned a NaN or infinite observation or reward."""
 
 
-def _observation_spec(space: gymnasium.Space) -> array_spec.ArraySpec:
-    if isinstance(space, gymnasium.spaces.Box):
-        if space.dtype == np.uint8:  # images stay bytes; networks rescale
-            return array_spec.BoundedArraySpec(
-                space.shape, np.uint8, 0, 255, name="observation"
-            )
-        return array_spec.ArraySpec(space.shape, np.float32, name="observation")
-    if isinstance(space, gymnasium.spaces.Discrete):  # one-hot encoded
-        return array_spec.BoundedArraySpec(
-            (int(space.n),), np.float32, 0.0, 1.0, name="observation"
-        )
-    raise ValueError(
-        "Observation spaces must be Box or Discrete. "
-        f"Received: observation_space={space}"
+def _array_spec(spec: spaces.Spec, name: str) -> array_spec.ArraySpec:
+    """`spec` as tf-agents' `ArraySpec`, a `BoundedArraySpec` if bounded."""
+    if spec.minimum is None:
+        return array_spec.ArraySpec(spec.shape, spec.dtype, name=name)
+    return array_spec.BoundedArraySpec(
+        spec.shape, spec.dtype, spec.minimum, spec.maximum, name=name
     )
-
-
-def _action_spec(space: gymnasium.Space) -> array_spec.BoundedArraySpec:
-    if isinstance(space, gymnasium.spaces.Discrete):
-        return array_spec.BoundedArraySpec(
-            (), np.int64, 0, int(space.n) - 1, name="action"
-        )
-    if isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1:
-        return array_spec.BoundedArraySpec(
-            space.shape,
-            np.float32,
-            space.low.astype(np.float32),
-            space.high.astype(np.float32),
-            name="action",
-        )
-    raise ValueError(
-        "Action spaces must be Discrete or a one-dimensional Box. "
-        f"Received: action_space={space}"
-    )
-
-
-def _game_score(info: dict, reward: np.ndarray):
-    """`(score, life_lost)` per copy from a vector step's `info`: the
-    unclipped reward where `info["score"]` has one (else the reward) and
-    whether the step lost a life without ending the game."""
-    score, life_lost = reward, np.zeros(reward.shape, bool)
-    if "score" in info:
-        score = np.where(info["_score"], info["score"], reward)
-    if "life_lost" in info:
-        life_lost = info["_life_lost"] & np.asarray(info["life_lost"], bool)
-    return score, life_lost
 
 
 def _check_observations(env_id: str, env: gymnasium.Env) -> None:
@@ -103,28 +65,12 @@ def _check_observations(env_id: str, env: gymnasium.Env) -> None:
             )
 
 
-def check_env_id(env_id: str) -> None:
-    """Raises `ValueError` unless `env_id` is a registered Gymnasium id.
-
-    `"module:Env-v0"` imports `module` first (which registers `Env-v0`), as
-    `gymnasium.make` does.
-    """
-    env_id = registered_id(env_id)
-    if env_id not in gymnasium.registry:
-        close = [k for k in gymnasium.registry if k.lower() == env_id.lower()]
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"Unknown Gymnasium environment id. Received: env_id={env_id!r}."
-            + hint
-        )
-
-
 class GymnasiumEnvironment(py_environment.PyEnvironment):
     """`num_envs` copies of a Gymnasium environment as one batched env.
 
-    Actions outside a Box action space are clipped to its bounds before the
-    environment sees them (the policy's Gaussian samples are unbounded; the
-    trajectory keeps the sampled action, so its log-probability is exact).
+    Observations and actions cross between the policy and the copies as
+    `agents.spaces` converts them (`Discrete` observations one-hot, `Box`
+    actions clipped to their bounds, ...).
 
     Episode returns and lengths are tallied per copy from the environment's
     own rewards; `pop_completed_episodes()` hands over the finished ones.
@@ -151,10 +97,11 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         env_kwargs: Keyword arguments for `gymnasium.make`.
         time_feature: Append `t / T`, the elapsed fraction of the time
             limit (Gymnasium's `TimeAwareObservation`), to the
-            observations. Defaults to `False`.
-        previous_observation: Append the previous observation (the first
-            one again after a reset; `FrameStackObservation` of 2,
-            flattened). Defaults to `False`.
+            observations, as their last entry. Defaults to `False`.
+        previous_observation: Put the previous observation before the
+            current one (the first one again after a reset;
+            `FrameStackObservation` of 2, flattened): with both features,
+            an observation is `[o_{t-1}, o_t, t / T]`. Defaults to `False`.
     """
 
     def __init__(
@@ -186,8 +133,12 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         try:
             self._observation_space = probe.observation_space
             self._action_space = probe.action_space
-            self._observation_spec = _observation_spec(self._observation_space)
-            self._action_spec = _action_spec(self._action_space)
+            self._observation_spec = _array_spec(
+                spaces.observation_spec(self._observation_space), "observation"
+            )
+            self._action_spec = _array_spec(
+                spaces.action_spec(self._action_space), "action"
+            )
             _check_observations(env_id, probe)
         finally:
             probe.close()
@@ -217,11 +168,6 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
     def batch_size(self) -> int:
         return self._num_envs
 
-    @property
-    def gymnasium_spaces(self) -> tuple[gymnasium.Space, gymnasium.Space]:
-        """`(observation_space, action_space)` of one copy."""
-        return self._observation_space, self._action_space
-
     def observation_spec(self) -> array_spec.ArraySpec:
         return self._observation_spec
 
@@ -232,18 +178,6 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         """`(return, length)` of the episodes finished since the last call."""
         completed, self._completed = self._completed, []
         return completed
-
-    def _observation(self, observation: np.ndarray) -> np.ndarray:
-        if isinstance(self._observation_space, gymnasium.spaces.Discrete):
-            one_hot = np.zeros(
-                (self._num_envs, self._observation_space.n), np.float32
-            )
-            one_hot[
-                np.arange(self._num_envs),
-                observation - self._observation_space.start,
-            ] = 1.0
-            return one_hot
-        return np.asarray(observation, self._observation_spec.dtype)
 
     def call_seconds(self) -> float:
         """Seconds the current `reset` or `step` has been running; 0 when
@@ -302,25 +236,23 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             step_type=np.full(n, ts.StepType.FIRST, np.int32),
             reward=np.zeros(n, np.float32),
             discount=np.ones(n, np.float32),
-            observation=self._observation(observation),
+            observation=spaces.encode_observations(
+                self._observation_space, observation
+            ),
         )
-
-    def _env_action(self, action: np.ndarray) -> np.ndarray:
-        action = np.asarray(action)
-        if isinstance(self._action_space, gymnasium.spaces.Discrete):
-            return action.astype(np.int64) + int(self._action_space.start)
-        return np.clip(action, self._action_space.low, self._action_space.high)
 
     def _step(self, action) -> ts.TimeStep:
         self._steps += 1
         observation, reward, terminated, truncated, info = self._call(
-            "step", self._vector.step, actions=self._env_action(action)
+            "step",
+            self._vector.step,
+            actions=spaces.env_actions(self._action_space, action),
         )
         reward = np.asarray(reward, np.float64)
         self._check_finite("step", observation, reward)
         restarted = self._ended
         ended = np.logical_or(terminated, truncated)
-        score, life_lost = _game_score(info, reward)
+        score, life_lost = spaces.game_score(reward, info)
 
         # A copy restarted after a lost life continues its game's tally.
         new_game = restarted & ~self._life_lost
@@ -349,7 +281,9 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             step_type=step_type,
             reward=np.where(restarted, 0.0, reward).astype(np.float32),
             discount=discount,
-            observation=self._observation(observation),
+            observation=spaces.encode_observations(
+                self._observation_space, observation
+            ),
         )
 
     def get_state(self) -> dict:

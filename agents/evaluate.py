@@ -1,8 +1,9 @@
 """Run episodes with an exported policy and print the mean and std return.
 
+    python -m agents.evaluate runs/acktr-CartPole-v1-seed0
     python -m agents.evaluate runs/acktr-CartPole-v1-seed0/policy --env CartPole-v1
-    python -m agents.evaluate runs/acktr-CartPole-v1-seed0 --env CartPole-v1 \
-        --stochastic --video cartpole.gif
+    python -m agents.evaluate runs/acktr-CartPole-v1-seed0 --stochastic \
+        --video cartpole.gif
 
 The greedy policy (`policy/`) takes the most likely action (a Gaussian
 policy's mean); `--stochastic` runs the sampling policy that collected the
@@ -12,13 +13,21 @@ exploration noise can do better or worse without it. `--video` records the
 first episode to a GIF (`rgb_array` rendering, offscreen, in a child
 process; MuJoCo renders with `MUJOCO_GL=egl` unless the variable is set).
 
-The policy is the `PolicySaver` SavedModel that `agents.train` writes. This
-module imports TensorFlow, tf-agents, Gymnasium, NumPy and `agents.replay`
-(the environment side, without TensorFlow), never `keras_kfac` or the
-training code. Observations are converted as `agents.envs` converts them
-(float32; uint8 images kept; Discrete one-hot), and Box actions clipped to
-the bounds. An Atari game is preprocessed as in training, played to the end
-of the game across its lives, and scored by its own, unclipped, points.
+The policy is the `PolicySaver` SavedModel that `agents.train` writes. A
+policy in a run directory (`RUN/policy`, `RUN/collect_policy` beside
+`RUN/config.json`) sees the environment as it did in training: the run's
+observation features (`time_feature`, `previous_observation`) are rebuilt,
+and the environment is the run's unless `--env` names another (which must
+then give the policy the same specs). A policy elsewhere needs `--env`
+and is run without features.
+
+This module imports TensorFlow, tf-agents, Gymnasium, NumPy and the
+environment side of `agents` (`agents.env_factory`, `agents.spaces`,
+`agents.replay`; `agents.config` to read `config.json`), never `keras_kfac`
+or the training code. Observations and actions are converted as in
+training (`agents.spaces`). An Atari game is preprocessed as in training,
+played to the end of the game across its lives, and scored by its own,
+unclipped, points.
 
 Bad input (a policy directory that is missing, incomplete or corrupt, an
 environment whose observation or action spec differs from the policy's, a
@@ -33,14 +42,20 @@ import sys
 import gymnasium
 import numpy as np
 
+from agents import spaces
+from agents.config import read_config_file
+from agents.env_factory import check_env_id, make_env
 from agents.quiet import import_tensorflow
-from agents.replay import make_env, play_step
+from agents.replay import play_step
 
 tf = import_tensorflow()  # before tf-agents, which imports it too
 
 from tf_agents.policies import py_tf_eager_policy  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
+# The settings of a run's config.json that change what its policy reads
+# (keyword arguments of `agents.env_factory.make_env`).
+OBSERVATION_FEATURES = ("time_feature", "previous_observation")
 # What `PolicySaver.save` writes besides the variables' data shards.
 _POLICY_FILES = (
     "saved_model.pb",
@@ -183,53 +198,23 @@ def _load_policy(
         ) from error
 
 
-def _env_specs(env: gymnasium.Env) -> tuple[tuple, tuple]:
-    """The observation and action specs `agents.envs` gives `env`'s spaces:
-    `(dtype, shape)` and `("Discrete", n)` or `("Box", shape, low, high)`."""
-    space = env.observation_space
-    if isinstance(space, gymnasium.spaces.Box):
-        dtype = "uint8" if space.dtype == np.uint8 else "float32"
-        observation = (dtype, tuple(space.shape))
-    elif isinstance(space, gymnasium.spaces.Discrete):  # one-hot encoded
-        observation = ("float32", (int(space.n),))
-    else:
-        raise ValueError(
-            "Observation spaces must be Box or Discrete. "
-            f"Received: observation_space={space}"
-        )
-    space = env.action_space
-    if isinstance(space, gymnasium.spaces.Discrete):
-        # The policy's actions are 0..n-1; `evaluate` adds `space.start`.
-        action = ("Discrete", int(space.n))
-    elif isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1:
-        low, high = (
-            tuple(np.broadcast_to(b, space.shape).astype(np.float32).tolist())
-            for b in (space.low, space.high)
-        )
-        action = ("Box", tuple(space.shape), low, high)
-    else:
-        raise ValueError(
-            "Action spaces must be Discrete or a one-dimensional Box. "
-            f"Received: action_space={space}"
-        )
-    return observation, action
-
-
-def _policy_specs(policy) -> tuple[tuple, tuple]:
-    """The policy's specs in the form of `_env_specs`."""
-    spec = policy.time_step_spec.observation
-    observation = (np.dtype(spec.dtype).name, tuple(spec.shape))
-    spec = policy.action_spec
+def _specs(observation, action) -> tuple[tuple, tuple]:
+    """An observation and an action spec (a policy's `TensorSpec`s or
+    `agents.spaces.Spec`s) in a form to compare and print: `(dtype,
+    shape)` and `("Discrete", n)` (`n` integer actions from 0; a third
+    entry is the smallest if not 0) or `("Box", shape, low, high)`."""
+    observation = (np.dtype(observation.dtype).name, tuple(observation.shape))
+    shape = tuple(action.shape)
     low, high = (
-        np.broadcast_to(b, spec.shape) for b in (spec.minimum, spec.maximum)
+        np.broadcast_to(b, shape) for b in (action.minimum, action.maximum)
     )
-    if np.issubdtype(spec.dtype, np.integer) and spec.shape == ():
+    if np.issubdtype(action.dtype, np.integer) and shape == ():
         action = ("Discrete", int(high) - int(low) + 1)
         if int(low) != 0:
             action += (int(low),)
     else:
         low, high = (tuple(b.astype(np.float32).tolist()) for b in (low, high))
-        action = ("Box", tuple(spec.shape), low, high)
+        action = ("Box", shape, low, high)
     return observation, action
 
 
@@ -252,22 +237,19 @@ def _describe(specs: tuple[tuple, tuple]) -> str:
 
 
 def _check_specs(policy, env: gymnasium.Env, policy_dir: str, env_id: str):
-    """Raises `ValueError` unless the policy's specs are `env`'s."""
-    expected, given = _policy_specs(policy), _env_specs(env)
+    """Raises `ValueError` unless the policy's specs are the ones
+    `agents.spaces` gives `env`'s spaces."""
+    expected = _specs(policy.time_step_spec.observation, policy.action_spec)
+    given = _specs(
+        spaces.observation_spec(env.observation_space),
+        spaces.action_spec(env.action_space),
+    )
     if expected != given:
         raise ValueError(
             "The policy's observation and action specs differ from the "
             f"environment's. Received: policy_dir={policy_dir!r} with "
             f"{_describe(expected)}; env={env_id!r} with {_describe(given)}"
         )
-
-
-def _observation(space: gymnasium.Space, observation, dtype) -> np.ndarray:
-    if isinstance(space, gymnasium.spaces.Discrete):
-        one_hot = np.zeros((1, space.n), np.float32)
-        one_hot[0, observation - space.start] = 1.0
-        return one_hot
-    return np.asarray(observation, dtype)[None]
 
 
 def _time_step(step_type, reward, discount, observation) -> ts.TimeStep:
@@ -280,18 +262,105 @@ def _time_step(step_type, reward, discount, observation) -> ts.TimeStep:
     )
 
 
+def training_environment(policy_dir: str, env_id: str | None = None) -> dict:
+    """The `agents.env_factory.make_env` arguments that show the policy in
+    `policy_dir` its environment as training did.
+
+    A policy in a run directory (`RUN/policy` or `RUN/collect_policy`
+    beside `RUN/config.json`) gets the run's observation features, on the
+    run's environment unless `env_id` names another. A policy elsewhere
+    gets `env_id`, without features.
+
+    Args:
+        policy_dir: A `PolicySaver` SavedModel directory.
+        env_id: A Gymnasium id, or `None` for the run's. Defaults to
+            `None`.
+
+    Returns:
+        A dict of `env_id` and, for a run, `time_feature` and
+        `previous_observation`.
+
+    Raises:
+        ValueError: If `config.json` cannot be read; if `env_id` is `None`
+            and the policy is not in a run, or the run names no id or one
+            that imports a module (`"module:Env-v0"`: a run directory is
+            data, so importing what it names is left to an explicit
+            `env_id`).
+    """
+    path = os.path.normpath(policy_dir)
+    config_path = os.path.join(os.path.dirname(path), "config.json")
+    in_run = os.path.basename(path) in ("policy", "collect_policy")
+    if not (in_run and os.path.isfile(config_path)):
+        if env_id is None:
+            raise ValueError(
+                "The policy is not in a run directory of agents.train (no "
+                "config.json beside it); give the environment to run it "
+                f"on. Received: policy_dir={policy_dir!r}, env=None"
+            )
+        return {"env_id": env_id}
+    config = read_config_file(config_path)
+    if env_id is None:
+        env_id = config.get("env")
+        if not isinstance(env_id, str):
+            raise ValueError(
+                f"{config_path} names no environment; give one. "
+                f"Received: env={env_id!r}"
+            )
+        if ":" in env_id:
+            raise ValueError(
+                f"{config_path} names an environment whose module only an "
+                f"explicit --env imports; pass --env {env_id} to run it. "
+                f"Received: env=None"
+            )
+    features = {name: bool(config.get(name)) for name in OBSERVATION_FEATURES}
+    return {"env_id": env_id, **features}
+
+
+def _play_episode(policy, env: gymnasium.Env, seed: int, actions) -> float:
+    """The return of one episode of `policy` in `env`, reset with `seed`;
+    appends the environment's actions to `actions` unless it is `None`."""
+    observation, _ = env.reset(seed=seed)
+    step_type, reward, discount = ts.StepType.FIRST, 0.0, 1.0
+    total, done = 0.0, False
+    while not done:
+        time_step = _time_step(
+            step_type,
+            reward,
+            discount,
+            spaces.encode_observations(
+                env.observation_space, np.asarray(observation)[None]
+            ),
+        )
+        action = spaces.env_actions(
+            env.action_space, policy.action(time_step).action
+        )[0]
+        observation, reward, terminated, truncated = play_step(env, action)
+        if actions is not None:
+            actions.append(action)
+        total += float(reward)
+        done = terminated or truncated
+        step_type = ts.StepType.LAST if done else ts.StepType.MID
+        discount = 0.0 if terminated else 1.0
+    return total
+
+
 def evaluate(
     policy_dir: str,
-    env_id: str,
+    env_id: str | None = None,
     episodes: int = 10,
     seed: int = 0,
     video: str | None = None,
 ) -> np.ndarray:
     """Returns of `episodes` episodes of the SavedModel policy in `policy_dir`.
 
+    The environment shows the policy what training showed it
+    (`training_environment`).
+
     Args:
         policy_dir: A `PolicySaver` SavedModel directory.
         env_id: A Gymnasium id; `"module:Env-v0"` imports `module` first.
+            `None` takes the run's, for a policy in a run directory.
+            Defaults to `None`.
         episodes: Number of episodes, at least 1. Defaults to `10`.
         seed: Episode `i` is reset with seed `seed + i`; at least 0.
             Defaults to `0`.
@@ -301,9 +370,11 @@ def evaluate(
             replay must earn the same return. Defaults to `None`.
 
     Raises:
-        ValueError: If an argument is out of range, `env_id` is unknown,
-            `policy_dir` is missing, incomplete or corrupt, or the policy's
-            observation or action spec differs from the environment's.
+        ValueError: If an argument is out of range, `env_id` is unknown
+            (or `None` outside a run), `policy_dir` is missing, incomplete
+            or corrupt, its run's `config.json` unreadable, or the
+            policy's observation or action spec differs from the
+            environment's.
     """
     if episodes < 1:
         raise ValueError(
@@ -313,42 +384,18 @@ def evaluate(
         raise ValueError(f"seed must be >= 0. Received: seed={seed}")
     if video is not None:
         _check_video_path(video)
-    env = make_env(env_id)
-    returns, actions = [], []
+    policy = _load_policy(policy_dir)
+    environment = training_environment(policy_dir, env_id)
+    env_id = environment["env_id"]
+    check_env_id(env_id, name="env")
+    env = make_env(**environment)
+    returns = []
     try:
-        policy = _load_policy(policy_dir)
         _check_specs(policy, env, policy_dir, env_id)
-        dtype = policy.time_step_spec.observation.dtype
-        space = env.action_space
         for episode in range(episodes):
-            observation, _ = env.reset(seed=seed + episode)
             recording = video is not None and episode == 0
-            time_step = _time_step(
-                ts.StepType.FIRST,
-                0.0,
-                1.0,
-                _observation(env.observation_space, observation, dtype),
-            )
-            total, done = 0.0, False
-            while not done:
-                action = policy.action(time_step).action[0]
-                if isinstance(space, gymnasium.spaces.Discrete):
-                    action = int(action) + int(space.start)
-                else:
-                    action = np.clip(action, space.low, space.high)
-                observation, reward, terminated, truncated = play_step(
-                    env, action
-                )
-                if recording:
-                    actions.append(action)
-                total += float(reward)
-                done = terminated or truncated
-                time_step = _time_step(
-                    ts.StepType.LAST if done else ts.StepType.MID,
-                    reward,
-                    0.0 if terminated else 1.0,
-                    _observation(env.observation_space, observation, dtype),
-                )
+            actions = [] if recording else None
+            total = _play_episode(policy, env, seed + episode, actions)
             returns.append(total)
             if recording:
                 _record(env_id, seed, actions, total, video)
@@ -366,7 +413,11 @@ def main(argv=None) -> int:
         help="a PolicySaver SavedModel directory, or a run directory of "
         "agents.train (its policy/)",
     )
-    parser.add_argument("--env", required=True, help="a Gymnasium id")
+    parser.add_argument(
+        "--env",
+        help="a Gymnasium id; defaults to the run's (config.json) for a "
+        "policy in a run directory",
+    )
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument(
@@ -386,6 +437,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    env_id = training_environment(policy_dir, args.env)["env_id"]
     kind = (
         "the sampling policy, as in training"
         if args.stochastic
@@ -393,7 +445,7 @@ def main(argv=None) -> int:
         "sampled; --stochastic runs the sampling one"
     )
     print(
-        f"{args.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
+        f"{env_id}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
         f"over {len(returns)} episodes of {kind}"
     )
     if args.video is not None:

@@ -1,6 +1,7 @@
-"""The environment side of an evaluation, without TensorFlow.
+"""Episodes played outside training: the step of an evaluation, and the
+video of one.
 
-`agents.evaluate` builds its environment with `make_env` and steps it
+`agents.evaluate` steps its environment (`agents.env_factory.make_env`)
 with `play_step`. For a video it runs this module in a child process,
 
     python -m agents.replay ENV SEED ACTIONS.npy OUT.gif
@@ -10,11 +11,13 @@ which resets `ENV` with `SEED`, replays the saved actions with
 every k-th frame to the GIF so that it plays at most 25 frames per
 second (GIF delays are whole centiseconds), and prints the replay's
 return. The child imports no TensorFlow: MuJoCo's EGL renderer crashes in
-a process that has loaded TensorFlow.
+a process that has loaded TensorFlow. It builds `ENV` without the
+observation features a policy may have been trained with: they change
+what the policy reads, not the dynamics, the frames or the return.
 
 An Atari game is built preprocessed as in training (`agents.atari`),
 played to the end of the game across its lives, and scored by the game's
-own, unclipped, points.
+own, unclipped, points (`agents.spaces.game_score`).
 """
 
 import sys
@@ -23,35 +26,21 @@ import gymnasium
 import numpy as np
 
 from agents import atari
-from agents.env_factory import registered_id
-
-
-def make_env(env_id: str, render_mode: str | None = None) -> gymnasium.Env:
-    """The environment `env_id` (`"module:Env-v0"` imports `module`
-    first) as training saw it; raises `ValueError` for an unknown id."""
-    received = env_id
-    env_id = registered_id(env_id, name="env")
-    kwargs = {} if render_mode is None else {"render_mode": render_mode}
-    if atari.is_atari(env_id):
-        return atari.make(env_id, kwargs)
-    if env_id not in gymnasium.registry:
-        raise ValueError(
-            f"Unknown Gymnasium environment id. Received: env={received!r}"
-        )
-    return gymnasium.make(env_id, **kwargs)
+from agents.env_factory import make_env
+from agents.spaces import game_score
 
 
 def play_step(env: gymnasium.Env, action):
     """`env.step(action)` as `(observation, score, terminated,
     truncated)`, over whole Atari games: the score is the game's
-    unclipped points where `info["score"]` has them, and a step that loses
-    a life (`info["life_lost"]`) resets into the same game and is not
-    terminal."""
+    unclipped points (`game_score`), and a step that loses a life resets
+    into the same game and is not terminal."""
     observation, reward, terminated, truncated, info = env.step(action)
-    if terminated and info.get("life_lost", False):
+    score, life_lost = game_score(reward, info)
+    if terminated and life_lost:
         observation, _ = env.reset()
         terminated = False
-    return observation, float(info.get("score", reward)), terminated, truncated
+    return observation, float(score), terminated, truncated
 
 
 def _follow_first_body(env: gymnasium.Env) -> None:

@@ -10,10 +10,10 @@ import pytest
 from tf_agents.trajectories import time_step as ts
 
 from agents import atari
+from agents.config import Config
 from agents.env_factory import make_env
 from agents.envs import GymnasiumEnvironment
 from agents.presets import preset_for
-from agents.train import Config
 
 BREAKOUT = "ALE/Breakout-v5"  # 5 lives, FIRE serves the ball
 # 3 lives, aliens worth 5-30 points: clipped rewards and scores differ.

@@ -1,5 +1,5 @@
-"""`agents.evaluate`: the sampling policy next to the greedy one, and the
-recorded episode."""
+"""`agents.evaluate`: the sampling policy next to the greedy one, the
+recorded episode, and the environment rebuilt as a run trained on it."""
 
 import math
 import os
@@ -78,3 +78,114 @@ def test_bad_video_or_sampling_requests_are_named(run_dir, tmp_path, capsys):
     assert evaluate.main([alone, "--env", "CartPole-v1", "--stochastic"]) == 2
     assert "collect_policy/ beside policy/" in capsys.readouterr().err
     assert not os.path.exists(str(tmp_path / "a.mp4"))
+
+
+@pytest.fixture(scope="module")
+def featured_run(tmp_path_factory):
+    """A tiny Pendulum-v1 run whose policy reads `[o_{t-1}, o_t, t / T]`:
+    3 + 3 + 1 entries."""
+    logdir = str(tmp_path_factory.mktemp("runs") / "pendulum")
+    argv = ["--algo", "a2c", "--env", "Pendulum-v1", "--total-steps", "20"]
+    argv += ["--num-envs", "2", "--n-steps", "5", "--hidden-units", "8"]
+    argv += ["--time-feature", "--previous-observation"]
+    assert train.main(argv + ["--logdir", logdir, "--no-progress"]) == 0
+    return logdir
+
+
+class _Recording:
+    """A loaded policy that keeps the observations it is given."""
+
+    def __init__(self, policy):
+        self._policy = policy
+        self.observations = []
+
+    def __getattr__(self, name):
+        return getattr(self._policy, name)
+
+    def action(self, time_step):
+        self.observations.append(np.array(time_step.observation))
+        return self._policy.action(time_step)
+
+
+def test_a_run_with_observation_features_is_evaluated_as_trained(
+    featured_run, monkeypatch, capsys
+):
+    policies = []
+
+    def load(policy_dir):
+        policies.append(_Recording(load_policy(policy_dir)))
+        return policies[-1]
+
+    load_policy = evaluate._load_policy
+    monkeypatch.setattr(evaluate, "_load_policy", load)
+    # The environment and its features come from the run's config.json.
+    assert evaluate.main([featured_run, "--episodes", "1", "--seed", "4"]) == 0
+    assert "Pendulum-v1: mean return" in capsys.readouterr().out
+    observations = np.concatenate(policies[0].observations)
+    # Pendulum is cut at T = 200 steps; the policy acts before each.
+    assert observations.shape == (200, 7)
+    assert observations.dtype == np.float32
+    t = np.arange(200)
+    np.testing.assert_array_equal(observations[:, 6], np.float32(t / 200))
+    # Each step's previous observation is the step before's current one,
+    # and at the reset the first observation again.
+    np.testing.assert_array_equal(observations[1:, :3], observations[:-1, 3:6])
+    np.testing.assert_array_equal(observations[0, :3], observations[0, 3:6])
+    # The current observation is Pendulum's: (cos θ, sin θ, θ').
+    np.testing.assert_allclose(
+        observations[:, 3] ** 2 + observations[:, 4] ** 2, 1.0, rtol=1e-6
+    )
+
+
+def test_the_training_environment_comes_from_the_run(featured_run, tmp_path):
+    policy = os.path.join(featured_run, "policy")
+    features = {"time_feature": True, "previous_observation": True}
+    for path in (policy, os.path.join(featured_run, "collect_policy")):
+        environment = evaluate.training_environment(path)
+        assert environment == {"env_id": "Pendulum-v1", **features}
+    # An explicit environment replaces the run's; the features stay.
+    environment = evaluate.training_environment(policy, "CartPole-v1")
+    assert environment == {"env_id": "CartPole-v1", **features}
+    # A policy out of its run is shown the environment as it is.
+    alone = str(tmp_path / "policy")
+    shutil.copytree(policy, alone)
+    environment = evaluate.training_environment(alone, "Pendulum-v1")
+    assert environment == {"env_id": "Pendulum-v1"}
+    with pytest.raises(ValueError, match="policy_dir=.*, env=None$"):
+        evaluate.training_environment(alone)
+
+
+def test_another_environment_gets_the_features_and_the_spec_check(
+    featured_run, tmp_path, capsys
+):
+    # CartPole with both features reads 4 + 4 + 1 entries, not 7.
+    argv = [featured_run, "--env", "CartPole-v1", "--episodes", "1"]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "with observation float32 (7,), action Box(-2.0, 2.0, (1,)" in err
+    assert "env='CartPole-v1' with observation float32 (9,)" in err
+    # Out of its run, the policy is refused the plain Pendulum (3 entries).
+    alone = str(tmp_path / "policy")
+    shutil.copytree(os.path.join(featured_run, "policy"), alone)
+    argv = [alone, "--env", "Pendulum-v1", "--episodes", "1"]
+    assert evaluate.main(argv) == 2
+    assert "env='Pendulum-v1' with observation float32 (3,)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_run_naming_a_module_needs_an_explicit_env(tmp_path):
+    # Importing is running code: a run directory is data.
+    os.makedirs(tmp_path / "policy")
+    with open(tmp_path / "config.json", "w") as f:
+        f.write('{"env": "toy_envs:Countdown-v0", "time_feature": false}')
+    with pytest.raises(ValueError, match="pass --env toy_envs:Countdown-v0"):
+        evaluate.training_environment(str(tmp_path / "policy"))
+    environment = evaluate.training_environment(
+        str(tmp_path / "policy"), "toy_envs:Countdown-v0"
+    )
+    assert environment == {
+        "env_id": "toy_envs:Countdown-v0",
+        "time_feature": False,
+        "previous_observation": False,
+    }

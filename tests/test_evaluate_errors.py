@@ -199,3 +199,9 @@ def test_a_box_action_policy_on_a_discrete_environment(
 def test_bad_arguments(policy, argv, received, capsys):
     line = _fails(capsys, policy, [policy] + argv)
     assert line.endswith(f"Received: {received}")
+
+
+def test_a_policy_outside_a_run_needs_an_environment(policy, capsys):
+    line = _fails(capsys, policy, [policy, "--episodes", "1"])
+    assert "not in a run directory" in line
+    assert line.endswith(f"Received: policy_dir={str(policy)!r}, env=None")
