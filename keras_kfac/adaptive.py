@@ -35,6 +35,12 @@ class AdaptiveUpdates:
         return self._reduction_ratio
 
     @property
+    def predicted_change(self):
+        """`M₀` of the latest adaptive update: the change of the batch loss
+        the quadratic model predicted (0 for a skipped update)."""
+        return self._predicted_change
+
+    @property
     def rejected_steps(self):
         """Adaptive updates undone because they raised the batch loss."""
         return self._rejected_steps

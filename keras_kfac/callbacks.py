@@ -4,7 +4,7 @@ the `TensorBoard` callback."""
 import keras
 import numpy as np
 
-from keras_kfac.optimizer import KFAC
+from keras_kfac.fisher import kfac_optimizer_of
 
 
 class KFACLogs(keras.callbacks.Callback):
@@ -28,12 +28,13 @@ class KFACLogs(keras.callbacks.Callback):
 
     Raises:
         ValueError: At the start of training, when the model's optimizer
-            is not a `keras_kfac.KFAC`.
+            is not a `keras_kfac.KFAC` (or the `LossScaleOptimizer` Keras
+            wraps one in under `mixed_float16`).
     """
 
     def on_train_begin(self, logs=None):
         optimizer = getattr(self.model, "optimizer", None)
-        if not isinstance(optimizer, KFAC):
+        if kfac_optimizer_of(optimizer) is None:
             raise ValueError(
                 "KFACLogs reports a keras_kfac.KFAC; the model was compiled "
                 f"with {type(optimizer).__name__}."
@@ -42,7 +43,7 @@ class KFACLogs(keras.callbacks.Callback):
     def _add(self, logs) -> None:
         if logs is None:
             return
-        optimizer = self.model.optimizer
+        optimizer = kfac_optimizer_of(self.model.optimizer)
         if not optimizer.built:
             return
 

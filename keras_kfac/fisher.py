@@ -84,6 +84,15 @@ def gaussian_fisher_loss(
     return tf.reduce_mean(per_example) / (2.0 * variance)
 
 
+def kfac_optimizer_of(optimizer) -> KFAC | None:
+    """The `KFAC` that `optimizer` is or wraps (Keras wraps the model's
+    optimizer in a `LossScaleOptimizer` under `mixed_float16`), else
+    `None`."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer if isinstance(optimizer, KFAC) else None
+
+
 def fisher_then_loss_gradients(
     tape: tf.GradientTape, fisher_loss, loss, variables
 ) -> list:
@@ -188,7 +197,8 @@ class TrueFisherModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        adaptive = getattr(self.optimizer, "adaptive", False)
+        kfac = kfac_optimizer_of(self.optimizer)
+        adaptive = kfac is not None and kfac.adaptive
         if adaptive:
             if tf.distribute.get_strategy().num_replicas_in_sync > 1:
                 raise NotImplementedError(
@@ -237,6 +247,7 @@ class TrueFisherModel(keras.Model):
         products of this batch during the update and the batch loss after
         it, and undoes an update the optimizer rejects."""
         optimizer = self.optimizer
+        kfac = kfac_optimizer_of(optimizer)
         if not optimizer.built:
             optimizer.build(weights)
         values = [tf.convert_to_tensor(w) for w in weights]
@@ -252,10 +263,14 @@ class TrueFisherModel(keras.Model):
                 tangents.append(full)
             return self.gauss_newton_products(batch, state, values, tangents)
 
-        with optimizer.supplying_curvature(exact_curvature):
+        if kfac is not optimizer:
+            # A loss-scale wrapper skips the update of a step whose scaled
+            # gradients overflowed: then no change may be predicted for it.
+            kfac.assign(kfac.predicted_change, 0.0)
+        with kfac.supplying_curvature(exact_curvature):
             optimizer.apply_gradients(zip(gradients, weights))
         after = [tf.convert_to_tensor(w) for w in weights]
-        rejected = optimizer.review_update(
+        rejected = kfac.review_update(
             loss_before, self.batch_loss(batch, state, after)
         )
 
@@ -283,20 +298,18 @@ class TrueFisherModel(keras.Model):
         Jacobian of the outputs, `H` the Hessian of the loss in them; the
         Fisher for a likelihood of the outputs' natural parameters).
 
-        `J w` comes from one forward-mode pass per tangent, `H J w` from a
-        double backward pass through the loss alone. The variables'
-        state is `state` and nothing is assigned.
+        `J w` comes from one forward-mode pass per tangent (from two
+        backward passes for a model with a rolled recurrent layer, whose
+        loop forward mode cannot differentiate), `H J w` from a double
+        backward pass through the loss alone. The variables' state is
+        `state` and nothing is assigned.
         """
         x, y, sample_weight = batch
-        jvps = []
         with collecting_statistics(False):
-            for tangent in tangents:
-                with tf.autodiff.ForwardAccumulator(values, tangent) as acc:
-                    y_pred, _ = self.stateless_call(
-                        values, state, x, training=True
-                    )
-                jvp = acc.jvp(y_pred)
-                jvps.append(tf.zeros_like(y_pred) if jvp is None else jvp)
+            if self._has_rolled_recurrence():
+                y_pred, jvps = self._reverse_mode_jvps(x, state, values, tangents)
+            else:
+                y_pred, jvps = self._forward_mode_jvps(x, state, values, tangents)
         y_pred = tf.stop_gradient(y_pred)
         with tf.GradientTape(persistent=True) as outer:
             outer.watch(y_pred)
@@ -321,6 +334,52 @@ class TrueFisherModel(keras.Model):
                 for u in jvps
             ]
         )
+
+    def _has_rolled_recurrence(self) -> bool:
+        """Whether the model holds a Keras RNN layer run as a loop
+        (`unroll=False`, Keras' default)."""
+        return any(
+            isinstance(layer, keras.layers.RNN) and not layer.unroll
+            for layer in self.model._flatten_layers(include_self=False)
+        )
+
+    def _forward_mode_jvps(self, x, state, values, tangents):
+        """`(y, [J w])`: the outputs and one forward-mode pass per tangent."""
+        jvps = []
+        for tangent in tangents:
+            with tf.autodiff.ForwardAccumulator(values, tangent) as acc:
+                y_pred, _ = self.stateless_call(values, state, x, training=True)
+            jvp = acc.jvp(y_pred)
+            jvps.append(tf.zeros_like(y_pred) if jvp is None else jvp)
+        return y_pred, jvps
+
+    def _reverse_mode_jvps(self, x, state, values, tangents):
+        """`(y, [J w])` from reverse mode alone: `Jᵀ u` is linear in `u`,
+        so `J w = ∂(wᵀ Jᵀ u)/∂u`, one backward pass through the backward
+        pass per tangent. TensorFlow's forward mode has no rule for the
+        tensor lists a `tf.while_loop` keeps (a rolled RNN), its reverse
+        mode differentiates them twice."""
+        with tf.GradientTape(persistent=True) as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(values)
+                y_pred, _ = self.stateless_call(values, state, x, training=True)
+            u = tf.zeros_like(y_pred)
+            outer.watch(u)
+            transposed = inner.gradient(
+                y_pred, values, output_gradients=u, unconnected_gradients="zero"
+            )
+            dots = [
+                tf.add_n(
+                    [
+                        tf.reduce_sum(g * tf.cast(t, g.dtype))
+                        for g, t in zip(transposed, tangent)
+                    ]
+                )
+                for tangent in tangents
+            ]
+        jvps = [outer.gradient(d, u, unconnected_gradients="zero") for d in dots]
+        del outer
+        return y_pred, jvps
 
     def get_config(self):
         config = super().get_config()

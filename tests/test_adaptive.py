@@ -30,12 +30,12 @@ def flat(tensors):
     return np.concatenate([np.asarray(t, np.float64).ravel() for t in tensors])
 
 
-def dense_gauss_newton(model, x, output_hessian):
+def dense_gauss_newton(model, x, output_hessian, state=()):
     """`Jᵀ H J` in float64 from the full Jacobian of the outputs."""
     values = [tf.convert_to_tensor(v) for v in model.trainable_variables]
     with tf.GradientTape() as tape:
         tape.watch(values)
-        outputs, _ = model.stateless_call(values, [], x, training=True)
+        outputs, _ = model.stateless_call(values, list(state), x, training=True)
     jacobians = tape.jacobian(outputs, values)
     rows = int(np.prod(outputs.shape))
     J = np.concatenate(
@@ -123,6 +123,40 @@ def test_gauss_newton_products_match_the_dense_matrix(rng):
         [[tf.constant(t, tf.float32) for t in w] for w in tangents],
     )
     F = dense_gauss_newton(model, x, bernoulli_output_hessian(len(x)))
+    W = np.stack([flat(w) for w in tangents], 1)
+    expected = W.T @ F @ W
+    np.testing.assert_allclose(
+        products, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max()
+    )
+
+
+def test_gauss_newton_products_through_a_rolled_lstm(rng):
+    # Keras runs an LSTM as a loop, which forward mode cannot
+    # differentiate: the products come from reverse mode there, and must
+    # equal the dense Jᵀ H J (H = 2 I / n for the mean squared error of
+    # one output; the Jacobian from the same rolled network).
+    keras.utils.set_random_seed(int(rng.integers(1 << 30)))
+    network = keras.Sequential(
+        [keras.Input((5, 2)), keras.layers.LSTM(3), layers.Dense(1)]
+    )
+    model = keras_kfac.TrueFisherModel(network, "gaussian")
+    model.compile(loss="mse")
+    x = rng.normal(size=(4, 5, 2)).astype("float32")
+    y = rng.normal(size=(4, 1)).astype("float32")
+    model(x)
+    assert model._has_rolled_recurrence()
+    values = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    state = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
+    tangents = [[rng.normal(size=v.shape) for v in values] for _ in range(2)]
+    products = model.gauss_newton_products(
+        (x, y, None),
+        state,
+        values,
+        [[tf.constant(t, tf.float32) for t in w] for w in tangents],
+    )
+    F = dense_gauss_newton(
+        model, x, lambda outputs: 2.0 * np.eye(4) / 4, state=state
+    )
     W = np.stack([flat(w) for w in tangents], 1)
     expected = W.T @ F @ W
     np.testing.assert_allclose(
@@ -379,3 +413,62 @@ def test_a_rejected_update_leaves_the_weights_where_they_were(rng):
     np.testing.assert_array_equal(flat(model.get_weights()), before)
     assert int(optimizer.rejected_steps) == 4
     assert int(optimizer.update_count) == 4
+
+
+def test_a_loss_scale_wrapper_leaves_the_adaptive_update_unchanged(rng):
+    # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer.
+    # Its loss scale, a power of two, scales gradients and factors exactly,
+    # so the adaptive updates (and what KFACLogs reads through the wrapper)
+    # must match those of the bare optimizer. The Fisher loss is taken at
+    # fixed targets: sampled ones would differ between the two graphs.
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (rng.uniform(size=(32, 3)) < 0.5).astype("float32")
+
+    class FixedTargets(keras_kfac.TrueFisherModel):
+        def fisher_loss(self, y_pred):
+            return tf.reduce_mean(bernoulli_nll(tf.ones_like(y_pred), y_pred))
+
+    def train(optimizer):
+        keras.utils.set_random_seed(3)
+        model = FixedTargets(tiny_network(), "bernoulli")
+        model.compile(optimizer=optimizer, loss=bernoulli_nll)
+        history = model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[keras_kfac.KFACLogs()],
+        )
+        return model, history.history
+
+    wrapped, wrapped_logs = train(
+        keras.optimizers.LossScaleOptimizer(keras_kfac.KFAC(adaptive=True))
+    )
+    plain, plain_logs = train(keras_kfac.KFAC(adaptive=True))
+    assert int(wrapped.optimizer.inner_optimizer.update_count) == 4
+    for w, p in zip(wrapped.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(w, p, rtol=1e-6, atol=1e-7)
+    for name in ("kfac_reduction_ratio", "kfac_damping", "kfac_step_size"):
+        assert wrapped_logs[name] == pytest.approx(plain_logs[name], rel=1e-5)
+
+
+def test_mixed_float16_trains_the_adaptive_kfac(rng):
+    # Keras wraps the optimizer itself here; the wrapper is looked through.
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (rng.uniform(size=(32, 3)) < 0.5).astype("float32")
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = keras_kfac.TrueFisherModel(tiny_network(), "bernoulli")
+        model.compile(loss=bernoulli_nll)
+        history = model.fit(
+            x, y, batch_size=8, epochs=2, verbose=0,
+            callbacks=[keras_kfac.KFACLogs()],
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    kfac = model.optimizer.inner_optimizer
+    assert int(kfac.update_count) + int(kfac.rejected_steps) >= 1
+    assert np.all(np.isfinite(history.history["loss"]))
