@@ -11,8 +11,8 @@ from keras_kfac import layers
 from keras_kfac.callbacks import KFACLogs
 from keras_kfac.convert import convert
 from keras_kfac.fisher import TrueFisherModel, fisher_then_loss_gradients
-from keras_kfac.statistics import collecting_statistics
 from keras_kfac.optimizer import KFAC
+from keras_kfac.statistics import collecting_statistics
 
 __all__ = [
     "KFAC",

@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
-from keras_kfac.statistics import collecting_statistics
 from keras_kfac.optimizer import KFAC
+from keras_kfac.statistics import collecting_statistics
 
 CATEGORICAL = "categorical"
 BERNOULLI = "bernoulli"

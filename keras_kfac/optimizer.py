@@ -40,7 +40,6 @@ from keras_kfac.adaptive import AdaptiveUpdates
 from keras_kfac.kl_clip import KLClippedUpdates
 from keras_kfac.statistics import add_statistics_reader
 
-
 # The arguments `KFAC.get_config` adds to the base optimizer's, each
 # stored under its name.
 _HYPERPARAMETERS = (

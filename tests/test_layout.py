@@ -12,7 +12,9 @@ PACKAGES = ("keras_kfac", "agents")
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
-MODULES = sorted(p for package in PACKAGES for p in (ROOT / package).glob("*.py"))
+MODULES = sorted(
+    p for package in PACKAGES for p in (ROOT / package).rglob("*.py")
+)
 
 
 def _functions(tree):
@@ -23,10 +25,12 @@ def _functions(tree):
 
 def test_the_packages_have_modules():
     # Guards the globs below: an empty list would pass every check.
-    assert {p.parent.name for p in MODULES} == set(PACKAGES)
+    assert {p.relative_to(ROOT).parts[0] for p in MODULES} == set(PACKAGES)
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path", MODULES, ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_modules_and_functions_stay_readable(path):
     source = path.read_text()
     lines = source.count("\n")

@@ -1,0 +1,91 @@
+"""`Conv1D` and `Conv2D` that tap their factors (Grosse & Martens 2016)."""
+
+import keras
+import tensorflow as tf
+
+from keras_kfac import curvature
+from keras_kfac.layers.base import KFACLayer
+
+
+class _Convolution(KFACLayer):
+    """What `Conv1D` and `Conv2D` share: no groups, channels by format."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1:
+            raise ValueError(
+                f"keras_kfac.layers.{type(self).__name__} supports only "
+                f"groups=1. Received: groups={self.groups}"
+            )
+
+    def _channels_axis(self):
+        return 1 if self.data_format == "channels_first" else -1
+
+    def _add_bias(self, s: tf.Tensor) -> tf.Tensor:
+        """`s + b`, the bias broadcast along the channels axis."""
+        if not self.use_bias:
+            return s
+        shape = [1] * len(s.shape)
+        shape[self._channels_axis()] = self.filters
+        return s + tf.reshape(self.bias, shape)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class Conv2D(_Convolution, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that records its K-FAC factors when training.
+
+    Same arguments and weights as `keras.layers.Conv2D`: any padding,
+    strides, dilation and data format. Grouped convolutions (`groups > 1`)
+    are not supported.
+    """
+
+    def _input_rows(self, x):
+        return curvature.conv2d_patches(
+            x,
+            self.kernel_size,
+            self.strides,
+            self.dilation_rate,
+            self.padding,
+            self.data_format,
+        )
+
+    def call(self, inputs, training=None):
+        kernel = self._kernel_for(self.kernel, training)
+        s = self._add_bias(self.convolution_op(inputs, kernel))
+        return self._finish(inputs, s, training)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class Conv1D(_Convolution, keras.layers.Conv1D):
+    """`keras.layers.Conv1D` that records its K-FAC factors when training.
+
+    Same arguments and weights as `keras.layers.Conv1D`: `"valid"`,
+    `"same"` or `"causal"` padding, strides, dilation and data format.
+    Grouped convolutions (`groups > 1`) are not supported.
+    """
+
+    def _input_rows(self, x):
+        return curvature.conv1d_patches(
+            x,
+            self.kernel_size[0],
+            self.strides[0],
+            self.dilation_rate[0],
+            self.padding,
+            self.data_format,
+        )
+
+    def call(self, inputs, training=None):
+        kernel = self._kernel_for(self.kernel, training)
+        padded, padding = inputs, self.padding
+        if padding == "causal":
+            padded = tf.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
+        s = keras.ops.conv(
+            padded,
+            kernel,
+            strides=list(self.strides),
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._finish(inputs, self._add_bias(s), training)
