@@ -1,10 +1,12 @@
 """`episodes.csv`: one row per finished training episode.
 
-Each row holds the environment steps and the training seconds (over all
-sessions of a resumed run) at the end of the update in which the episode
-finished, its return and its length. Rows are appended after every update;
-that append is the one write that is not atomic, so a crash can leave a
-partial last row, which `load` drops and reports.
+Header `env_steps,return,length,wall_seconds`. Each row holds the
+environment steps and the training seconds (over all sessions of a resumed
+run) at the end of the update in which the episode finished, its return
+and its length. Rows are appended after every update; that append is the
+one write that is not atomic, so a crash can leave a partial last row,
+which `load` drops and reports. `agents.train` and the benchmark's runners
+(`bench/runner_common.py`) write it through `EpisodeLog`.
 """
 
 import csv
@@ -52,7 +54,7 @@ class EpisodeLog:
     """The rows of `episodes.csv` in memory and on disk.
 
     Args:
-        path: The file; created on the first `append` or `load`.
+        path: The file; created by the first `append`, `load` or `clear`.
     """
 
     def __init__(self, path: str):
@@ -83,6 +85,12 @@ class EpisodeLog:
         self._rewrite()
         return counts
 
+    def clear(self) -> None:
+        """Starts the log afresh: no rows, and a file with the header alone
+        (replacing any earlier one)."""
+        self.rows = []
+        self._rewrite()
+
     def _rewrite(self) -> None:
         temporary = self.path + ".tmp"
         with open(temporary, "w", newline="") as f:
@@ -92,6 +100,13 @@ class EpisodeLog:
         os.replace(temporary, self.path)
 
     def append(self, rows) -> None:
+        """Adds `rows` of `(env_steps, return, length, wall_seconds)` to the
+        file (flushed) and to `self.rows`: integers, a float and the
+        seconds rounded to the millisecond."""
+        rows = [
+            (int(steps), float(r), int(length), round(float(seconds), 3))
+            for steps, r, length, seconds in rows
+        ]
         if not os.path.exists(self.path):
             self._rewrite()
         with open(self.path, "a", newline="") as f:

@@ -118,6 +118,46 @@ def _torso(kind: str, hidden_units: Sequence[int], activation: str, name: str):
     ]
 
 
+def _policy_outputs(
+    action_spec: tensor_spec.BoundedTensorSpec, initial_log_std: float
+) -> int:
+    """Outputs of the policy head: one logit per action of a scalar
+    integer spec starting at 0, or one mean per dimension of a float
+    vector; raises `ValueError` for other specs, and for an
+    `initial_log_std` that is not finite or is set for discrete actions."""
+    discrete = action_spec.dtype.is_integer
+    if not np.isfinite(initial_log_std):
+        raise ValueError(
+            "initial_log_std must be finite. "
+            f"Received: initial_log_std={initial_log_std!r}"
+        )
+    if discrete and initial_log_std != 0.0:
+        raise ValueError(
+            "initial_log_std sets the σ of a Gaussian policy; discrete "
+            "actions have none. Received: initial_log_std="
+            f"{initial_log_std!r} for the action spec {action_spec}"
+        )
+    if not discrete:
+        if action_spec.shape.rank != 1:
+            raise ValueError(
+                "Continuous actions must be vectors. "
+                f"Received: action_spec.shape={action_spec.shape}"
+            )
+        return int(action_spec.shape[0])
+    if action_spec.shape.rank != 0:
+        raise ValueError(
+            "Discrete actions must be scalars. "
+            f"Received: action_spec.shape={action_spec.shape}"
+        )
+    minimum = int(np.min(action_spec.minimum))
+    if minimum != 0:
+        raise ValueError(
+            "Discrete actions must start at 0. "
+            f"Received: action_spec.minimum={minimum}"
+        )
+    return int(np.max(action_spec.maximum)) + 1
+
+
 class ActorCriticNetwork(network.Network):
     """Policy and value heads over one shared torso or one torso each.
 
@@ -168,38 +208,7 @@ class ActorCriticNetwork(network.Network):
                 f"hidden_units must be positive. Received: {tuple(hidden_units)}"
             )
         self._discrete = action_spec.dtype.is_integer
-        if not np.isfinite(initial_log_std):
-            raise ValueError(
-                "initial_log_std must be finite. "
-                f"Received: initial_log_std={initial_log_std!r}"
-            )
-        if self._discrete and initial_log_std != 0.0:
-            raise ValueError(
-                "initial_log_std sets the σ of a Gaussian policy; discrete "
-                "actions have none. Received: initial_log_std="
-                f"{initial_log_std!r} for the action spec {action_spec}"
-            )
-        if self._discrete:
-            if action_spec.shape.rank != 0:
-                raise ValueError(
-                    "Discrete actions must be scalars. "
-                    f"Received: action_spec.shape={action_spec.shape}"
-                )
-            minimum = int(np.min(action_spec.minimum))
-            maximum = int(np.max(action_spec.maximum))
-            if minimum != 0:
-                raise ValueError(
-                    "Discrete actions must start at 0. "
-                    f"Received: action_spec.minimum={minimum}"
-                )
-            outputs = maximum + 1
-        else:
-            if action_spec.shape.rank != 1:
-                raise ValueError(
-                    "Continuous actions must be vectors. "
-                    f"Received: action_spec.shape={action_spec.shape}"
-                )
-            outputs = int(action_spec.shape[0])
+        outputs = _policy_outputs(action_spec, initial_log_std)
         if torso == "atari" and observation_spec.shape.rank != 3:
             raise ValueError(
                 "The atari torso needs (height, width, channels) observations. "

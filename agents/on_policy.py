@@ -1,4 +1,4 @@
-"""The on-policy actor-critic core that ACKTR and A2C share.
+"""The on-policy actor-critic core that ACKTR, A2C and TRPO share.
 
 One `train(experience)` call is one update from a batch of trajectories
 shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
@@ -12,44 +12,42 @@ shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
 3. the loss terms (`agents.losses`) and, for agents that want them, the
    Fisher losses;
 4. `_update(tape, terms, batch, variables)`: where the agents differ;
+   then, with a `value_optimizer`, the separate value fit
+   (`agents.value_fit`);
 5. the realized `KL(π_old || π_new)` on the batch, the observation
-   normalizer's moments and, with `target_kl`, the step size.
+   normalizer's moments and, with `target_kl`, the step size
+   (`agents.step_size`).
 
-Adaptive step size (Schulman et al. 2016, used by the ACKTR paper for
-continuous control): with `target_kl = κ`, the optimizer's learning rate is
-divided by 1.5 after an update whose realized KL exceeds `2κ` and
-multiplied by 1.5 after one below `κ / 2`, within `[1e-8, 1]`. `κ` may
-follow a schedule of the update count (a Keras `LearningRateSchedule`),
-e.g. a linear decay that makes the late steps smaller, as a decaying
-learning rate does for a fixed-rate optimizer. With
-`warm_start`, until the first update whose KL reaches `κ / 2` the rate is
-instead multiplied by `min(sqrt(κ / KL), 10)`: the KL of a small step grows
-as the square of its size, so the first steps reach the target in one or
-two updates instead of climbing by 1.5x per update from a KL of 1e-6.
+The core's checks of its network and experience are in
+`agents.on_policy_checks`; the backward passes and the guarded apply that
+the agents' `_update`s share are in `agents.gradients` (and importable
+from here).
 """
 
 import collections
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tf_agents.agents import tf_agent
 from tf_agents.networks import network
 from tf_agents.policies import greedy_policy
-from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import time_step as ts
-from tf_agents.utils import nest_utils
 
-import keras_kfac
 from agents import advantages as advantages_lib
-from agents import losses
-from agents.checks import (
-    check_non_negative,
-    check_positive_integer,
-    check_unit_interval,
-)
+from agents import losses, on_policy_checks, step_size, value_fit
+from agents.gradients import apply_gradients, fisher_then_loss_gradients
 from agents.policies import ActorCriticPolicy
 from keras_kfac import linalg
+
+__all__ = [
+    "ActorCriticLossInfo",
+    "LossTerms",
+    "OnPolicyActorCriticAgent",
+    "TrustRegionLossInfo",
+    "UpdateBatch",
+    "apply_gradients",
+    "fisher_then_loss_gradients",
+]
 
 ActorCriticLossInfo = collections.namedtuple(
     "ActorCriticLossInfo",
@@ -101,6 +99,21 @@ def _rows(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], 0))
 
 
+def _row_weights(valid: tf.Tensor, weights) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(loss, fisher)` weights of the `B·T` rows: the caller's `weights`
+    (`[B]` or `[B, T]`, or `None` for ones), times the `valid` mask for
+    the losses. The Fisher losses take every row: their targets are
+    sampled from the policy, so a row past an episode's end still tells
+    about the curvature."""
+    sample_weights = tf.ones_like(valid)
+    if weights is not None:
+        weights = tf.cast(weights, tf.float32)
+        if weights.shape.rank == 1:
+            weights = weights[:, None]
+        sample_weights = sample_weights * weights
+    return _rows(valid * sample_weights), _rows(sample_weights)
+
+
 class OnPolicyActorCriticAgent(tf_agent.TFAgent):
     """Base class of the actor-critic agents; subclasses define `_update`
     and may set `_loss_info_type`, the namedtuple of `LossInfo.extra`.
@@ -122,13 +135,13 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         normalize_advantages: Standardize `Â` over the batch. Defaults to
             `False`.
         target_kl: Adapt the learning rate toward this realized KL per
-            update (see above): a float, or a callable of the update count
-            (`train_step_counter`) returning it, such as a
+            update (`agents.step_size`): a float, or a callable of the
+            update count (`train_step_counter`) returning it, such as a
             `keras.optimizers.schedules.PolynomialDecay`; `None` keeps the
             rate fixed. Needs an optimizer with a constant learning rate.
             Defaults to `None`.
         warm_start: Reach `target_kl` from the first updates by the
-            square-root rule above. Defaults to `False`.
+            square-root rule of `agents.step_size`. Defaults to `False`.
         value_optimizer: A Keras optimizer that fits the value function
             separately after each update (`value_epochs` passes of
             minibatch steps on `mean_w((R - V(s))²)`), as the ACKTR paper
@@ -177,52 +190,20 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         name: str | None = None,
     ):
         tf.Module.__init__(self, name=name)
-        check_unit_interval("gamma", gamma)
-        if gae_lambda is not None:
-            check_unit_interval("gae_lambda", gae_lambda)
-        check_non_negative("ent_coef", ent_coef)
-        check_non_negative("vf_coef", vf_coef)
-        if not isinstance(actor_critic_network, network.Network):
-            raise ValueError(
-                "actor_critic_network must be a tf_agents.networks.Network. "
-                f"Received: {actor_critic_network!r}"
-            )
-        self._network = actor_critic_network
-        self._check_network(time_step_spec, action_spec)
-        self._optimizer = optimizer
-        if target_kl is not None:
-            if optimizer is None:
-                raise ValueError(
-                    "target_kl adapts the optimizer's learning rate; this "
-                    f"agent has none. Received: target_kl={target_kl}"
-                )
-            first = target_kl(0) if callable(target_kl) else target_kl
-            if not float(first) > 0:
-                raise ValueError(
-                    f"target_kl must be > 0. Received: target_kl={target_kl!r}"
-                    + (
-                        f" (at update 0: {float(first)})"
-                        if callable(target_kl)
-                        else ""
-                    )
-                )
-            schedule = keras.optimizers.schedules.LearningRateSchedule
-            if isinstance(getattr(optimizer, "_learning_rate", None), schedule):
-                raise ValueError(
-                    "target_kl adapts the learning rate, so the optimizer "
-                    "needs a constant one. Received a schedule: "
-                    f"{optimizer._learning_rate!r}"
-                )
-        self._target_kl = (
-            target_kl
-            if target_kl is None or callable(target_kl)
-            else float(target_kl)
+        on_policy_checks.check_loss_arguments(
+            gamma, gae_lambda, ent_coef, vf_coef
         )
-        if warm_start and target_kl is None:
-            raise ValueError(
-                "warm_start scales the learning rate toward target_kl, "
-                "which is None. Received: warm_start=True"
-            )
+        on_policy_checks.check_network(
+            actor_critic_network,
+            time_step_spec,
+            action_spec,
+            type(self).__name__,
+        )
+        self._network = actor_critic_network
+        self._optimizer = optimizer
+        self._target_kl = step_size.check_target_kl(
+            target_kl, optimizer, warm_start
+        )
         # 1 until an update reaches κ / 2; saved with the agent.
         self._warming = tf.Variable(
             1.0 if warm_start else 0.0, trainable=False, name="warming"
@@ -234,33 +215,13 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._normalize_advantages = bool(normalize_advantages)
         self._seed = int(seed)
         self._value_optimizer = value_optimizer
-        if value_optimizer is None:
-            self._policy_variables = list(self._network.trainable_variables)
-            self._value_variables = []
-        else:
-            if not isinstance(value_optimizer, keras.optimizers.Optimizer):
-                raise ValueError(
-                    "value_optimizer must be a keras.optimizers.Optimizer. "
-                    f"Received: {value_optimizer!r}"
-                )
-            check_positive_integer("value_epochs", value_epochs)
-            if value_minibatch_size is not None:
-                check_positive_integer(
-                    "value_minibatch_size", value_minibatch_size
-                )
-            self._value_epochs = int(value_epochs)
-            self._value_minibatch_size = value_minibatch_size
-            self._policy_variables, self._value_variables = (
-                self._split_variables(time_step_spec)
-            )
-            value_optimizer.build(self._value_variables)
-        if optimizer is not None:
-            optimizer.build(self._policy_variables)
+        self._build_optimizers(
+            time_step_spec, value_epochs, value_minibatch_size
+        )
         if train_step_counter is None:  # one per agent, not a global step
             train_step_counter = tf.Variable(
                 0, dtype=tf.int64, name="train_step"
             )
-
         # Seeds the collect policy's samples; saved with the agent, so a
         # restored agent samples the actions the original would have.
         self._sampling_generator = tf.random.Generator.from_seed(self._seed)
@@ -268,6 +229,22 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._skipped_updates = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="skipped_updates"
         )
+        policy, collect_policy = self._policies(time_step_spec, action_spec)
+        super().__init__(
+            time_step_spec,
+            action_spec,
+            policy,
+            collect_policy,
+            train_sequence_length=None,
+            debug_summaries=debug_summaries,
+            summarize_grads_and_vars=summarize_grads_and_vars,
+            train_step_counter=train_step_counter,
+        )
+
+    def _policies(self, time_step_spec, action_spec):
+        """`(policy, collect_policy)`: the greedy policy, its actions
+        clipped to the spec, and the sampling one, seeded by the agent's
+        generator."""
         collect_policy = ActorCriticPolicy(
             time_step_spec,
             action_spec,
@@ -280,16 +257,30 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                 time_step_spec, action_spec, self._network, clip=True
             )
         )
-        super().__init__(
-            time_step_spec,
-            action_spec,
-            policy,
-            collect_policy,
-            train_sequence_length=None,
-            debug_summaries=debug_summaries,
-            summarize_grads_and_vars=summarize_grads_and_vars,
-            train_step_counter=train_step_counter,
-        )
+        return policy, collect_policy
+
+    def _build_optimizers(
+        self, time_step_spec, value_epochs, value_minibatch_size
+    ) -> None:
+        """Splits the network's variables between the optimizers (all to
+        `optimizer` without a value fit) and builds them."""
+        if self._value_optimizer is None:
+            self._policy_variables = list(self._network.trainable_variables)
+            self._value_variables = []
+        else:
+            value_fit.check_arguments(
+                self._value_optimizer, value_epochs, value_minibatch_size
+            )
+            self._value_epochs = int(value_epochs)
+            self._value_minibatch_size = value_minibatch_size
+            self._policy_variables, self._value_variables = (
+                value_fit.split_variables(
+                    self._network, time_step_spec, type(self).__name__
+                )
+            )
+            self._value_optimizer.build(self._value_variables)
+        if self._optimizer is not None:
+            self._optimizer.build(self._policy_variables)
 
     @property
     def actor_critic_network(self) -> network.Network:
@@ -303,155 +294,19 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
     def value_optimizer(self):
         return self._value_optimizer
 
-    def _split_variables(self, time_step_spec):
-        """`(policy, value)` variables; raises if the two share any."""
-        # Zeros rather than samples: tf-agents cannot sample a uint8 spec
-        # bounded by [0, 255] (its exclusive upper bound overflows).
-        observation = tensor_spec.zero_spec_nest(
-            time_step_spec.observation, outer_dims=(2,)
-        )
-        variables = self._network.trainable_variables
-        with tf.GradientTape(persistent=True) as tape:
-            (distribution, value), _ = self._network(
-                observation, training=False
-            )
-            actions = tf.stop_gradient(distribution.sample(seed=0))
-            policy_output = tf.reduce_sum(
-                distribution.log_prob(actions)
-            ) + tf.reduce_sum(distribution.entropy())
-        policy_gradients = tape.gradient(policy_output, variables)
-        value_gradients = tape.gradient(value, variables)
-        del tape
-        policy, value = [], []
-        for variable, p, v in zip(variables, policy_gradients, value_gradients):
-            if p is not None and v is not None:
-                raise ValueError(
-                    f"{type(self).__name__} fits the value function "
-                    "separately, so the network's policy and value must not "
-                    "share parameters (e.g. ActorCriticNetwork(..., "
-                    f"shared_torso=False)). Received a network whose "
-                    f"{variable.path} feeds both"
-                )
-            (policy if p is not None else value).append(variable)
-        return policy, value
+    @property
+    def target_kl(self) -> tf.Tensor | None:
+        """`κ` of the next update (`None` without a target KL)."""
+        return None if self._target_kl is None else self._current_target_kl()
 
-    def _fit_value(self, batch) -> None:
-        """`value_epochs` passes of minibatch steps of the value optimizer
-        on `mean_w((R - V(s))²)`, minibatches reshuffled every pass; with a
-        K-FAC value optimizer, each step's factors come from the backward
-        pass of `losses.value_gauss_newton_loss` on its minibatch."""
-        gauss_newton = isinstance(self._value_optimizer, keras_kfac.KFAC)
-        variables = self._value_variables
-        rows = tf.shape(batch.returns)[0]
-        size = (
-            rows
-            if self._value_minibatch_size is None
-            else tf.minimum(self._value_minibatch_size, rows)
-        )
-        for epoch in tf.range(self._value_epochs):
-            seed = tf.stack(
-                [
-                    tf.constant(self._seed, tf.int64),
-                    tf.cast(self.train_step_counter, tf.int64)
-                    * self._value_epochs
-                    + tf.cast(epoch, tf.int64),
-                ]
-            )
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(rows), seed
-            )
-            for i in tf.range(rows // size):
-                index = order[i * size : (i + 1) * size]
-                weights = tf.gather(batch.weights, index)
-                with tf.GradientTape(persistent=gauss_newton) as tape:
-                    (_, values), _ = self._network(
-                        tf.gather(batch.observation, index), training=True
-                    )
-                    loss = losses.value_loss(
-                        values, tf.gather(batch.returns, index), weights
-                    )
-                    gauss_newton_loss = losses.value_gauss_newton_loss(
-                        values, weights
-                    )
-                gradients = fisher_then_loss_gradients(
-                    tape,
-                    gauss_newton_loss if gauss_newton else None,
-                    loss,
-                    variables,
-                )
-                del tape
-                apply_gradients(self._value_optimizer, gradients, variables)
-
-    def _check_network(self, time_step_spec, action_spec) -> None:
-        """Calls the network once and checks what it returns."""
-        # Zeros rather than samples: tf-agents cannot sample a uint8 spec
-        # bounded by [0, 255] (its exclusive upper bound overflows).
-        observation = tensor_spec.zero_spec_nest(
-            time_step_spec.observation, outer_dims=(2,)
-        )
-        try:
-            outputs, _ = self._network(observation, training=False)
-        except TypeError as error:  # e.g. a network that needs step_type
-            raise ValueError(
-                f"{type(self).__name__} needs one network that maps "
-                "observations alone to ((distribution, value), state), such "
-                "as agents.networks.ActorCriticNetwork; a tf-agents actor "
-                "network (ActorDistributionNetwork) with a separate "
-                "ValueNetwork, as PPO takes, does not fit. Calling "
-                f"{type(self._network).__name__}(observations) raised: "
-                f"{error}"
-            ) from None
-        ok = isinstance(outputs, (tuple, list)) and len(outputs) == 2
-        if ok:
-            distribution, value = outputs
-            ok = isinstance(distribution, tfp.distributions.Distribution)
-            ok = ok and tuple(value.shape) == (2,)
-        if not ok:
-            raise ValueError(
-                "actor_critic_network must return ((distribution, value), "
-                "state) with a tfp distribution and values of shape [batch]. "
-                f"Received outputs: {outputs!r}"
-            )
-        actions = distribution.sample()
-        if (
-            actions.dtype != action_spec.dtype
-            or actions.shape[1:] != action_spec.shape
-        ):
-            raise ValueError(
-                "The network's distribution samples "
-                f"{actions.dtype.name}{actions.shape[1:]} actions; the action "
-                f"spec wants {action_spec.dtype.name}{action_spec.shape}. "
-                f"Received: action_spec={action_spec}"
-            )
+    @property
+    def skipped_updates(self) -> tf.Variable:
+        """Updates skipped because their batch held a NaN or infinite
+        reward, discount or observation (saved with the agent)."""
+        return self._skipped_updates
 
     def _initialize(self):
         return tf.no_op()
-
-    def _check_experience(self, experience) -> None:
-        """Raises `ValueError` unless `experience` fits `collect_data_spec`."""
-        spec = self.collect_data_spec
-        try:
-            tf.nest.assert_same_structure(experience, spec)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                "experience must be a Trajectory matching the agent's "
-                f"collect_data_spec. {error}"
-            ) from None
-        paths = nest_utils.flatten_with_joined_paths(spec)
-        for (path, s), tensor in zip(paths, tf.nest.flatten(experience)):
-            tensor = tf.convert_to_tensor(tensor)
-            if tensor.dtype != s.dtype or tensor.shape[2:] != s.shape:
-                raise ValueError(
-                    f"experience.{path} must be {s.dtype.name} shaped "
-                    f"[batch, time] + {s.shape.as_list()}. Received: "
-                    f"{tensor.dtype.name} shaped {tensor.shape.as_list()}"
-                )
-        time = tf.convert_to_tensor(experience.step_type).shape[1]
-        if time is not None and time < 2:
-            raise ValueError(
-                "experience needs at least 2 time steps (the last one only "
-                f"bootstraps). Received: {time}"
-            )
 
     def _returns_and_advantages(self, transitions, values, valid, continues):
         """`(R, Â)`, `[B, T]`, from values `[B, T + 1]` without gradient."""
@@ -498,44 +353,26 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             batch.weights,
         )
 
-    @property
-    def target_kl(self) -> tf.Tensor | None:
-        """`κ` of the next update (`None` without a target KL)."""
-        return None if self._target_kl is None else self._current_target_kl()
-
     def _current_target_kl(self) -> tf.Tensor:
         """`κ` at the current update count."""
-        if callable(self._target_kl):
-            return tf.cast(self._target_kl(self.train_step_counter), tf.float32)
-        return tf.constant(self._target_kl, tf.float32)
+        return step_size.target_kl_at(self._target_kl, self.train_step_counter)
 
     def _adapt_learning_rate(self, kl: tf.Tensor) -> None:
-        kappa = self._current_target_kl()
-        factor = tf.where(
-            kl > 2.0 * kappa,
-            1.0 / 1.5,
-            tf.where(kl < 0.5 * kappa, 1.5, 1.0),
+        """Scales the optimizer's learning rate after an update of realized
+        `kl` (`agents.step_size`) and ends the warm start once due."""
+        factor, warming = step_size.learning_rate_factor(
+            kl, self._current_target_kl(), self._warming > 0.0
         )
-        warming = tf.logical_and(self._warming > 0.0, kl < 0.5 * kappa)
-        warm_factor = tf.minimum(tf.sqrt(kappa / tf.maximum(kl, 1e-12)), 10.0)
-        factor = tf.where(warming, warm_factor, factor)
         self._warming.assign(tf.cast(warming, tf.float32))
-        learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
-        self._optimizer.learning_rate = tf.clip_by_value(
-            learning_rate * factor, 1e-8, 1.0
+        self._optimizer.learning_rate = step_size.scaled_learning_rate(
+            self._optimizer.learning_rate, factor
         )
-
-    @property
-    def skipped_updates(self) -> tf.Variable:
-        """Updates skipped because their batch held a NaN or infinite
-        reward, discount or observation (saved with the agent)."""
-        return self._skipped_updates
 
     def _train(self, experience, weights=None):
         """One update, or none when the batch holds NaN or Inf: then no
         variable changes (network, optimizers, observation normalizer,
         step size) but `skipped_updates`, and the `LossInfo` is NaN."""
-        self._check_experience(experience)
+        on_policy_checks.check_experience(experience, self.collect_data_spec)
         finite = linalg.all_finite(
             [
                 experience.reward,
@@ -560,29 +397,58 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         )
 
     def _train_on_finite(self, experience, weights):
+        tape, terms, batch = self._forward(experience, weights)
+        update_statistics = self._update(
+            tape, terms, batch, self._policy_variables
+        )
+        del tape
+        if self._value_optimizer is not None:
+            value_fit.fit_value(
+                self._network,
+                self._value_optimizer,
+                self._value_variables,
+                batch,
+                self._value_epochs,
+                self._value_minibatch_size,
+                self._seed,
+                self.train_step_counter,
+            )
+        kl = self._mean_kl(batch)
+        if self._target_kl is not None:
+            self._adapt_learning_rate(kl)
+        normalizer = getattr(self._network, "observation_normalizer", None)
+        if normalizer is not None:
+            normalizer.update(batch.observation)
+        self.train_step_counter.assign_add(1)
+        extra = self._loss_info_type(
+            policy_loss=terms.policy,
+            value_loss=terms.value,
+            entropy=terms.entropy,
+            kl=kl,
+            **{
+                name: tf.cast(value, tf.float32)
+                for name, value in update_statistics.items()
+            },
+        )
+        return tf_agent.LossInfo(loss=terms.total, extra=extra)
+
+    def _forward(self, experience, weights):
+        """Steps 1-3 of the module docstring: `(tape, terms, batch)`, the
+        tape persistent for the agents' backward passes."""
         transitions = tf.nest.map_structure(lambda x: x[:, :-1], experience)
-        batch, time = (
+        batch_size, time = (
             tf.shape(transitions.step_type)[0],
             tf.shape(transitions.step_type)[1],
         )
         valid, continues = advantages_lib.episode_masks(
             transitions.step_type, transitions.next_step_type
         )
-        sample_weights = tf.ones_like(valid)
-        if weights is not None:
-            weights = tf.cast(weights, tf.float32)
-            if weights.shape.rank == 1:
-                weights = weights[:, None]
-            sample_weights = sample_weights * weights
-        loss_weights = _rows(valid * sample_weights)
-        fisher_weights = _rows(sample_weights)
-
+        loss_weights, fisher_weights = _row_weights(valid, weights)
         (_, bootstrap_value), _ = self._network(
             experience.observation[:, -1], training=False
         )
         observation = _rows(transitions.observation)
         actions = _rows(transitions.action)
-        variables = self._policy_variables
         noise_seed = tf.stack(
             [
                 tf.constant(self._seed, tf.int64),
@@ -595,7 +461,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             )
             all_values = tf.concat(
                 [
-                    tf.reshape(tf.stop_gradient(values), (batch, time)),
+                    tf.reshape(tf.stop_gradient(values), (batch_size, time)),
                     bootstrap_value[:, None],
                 ],
                 axis=1,
@@ -603,11 +469,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             returns, advantages = self._returns_and_advantages(
                 transitions, all_values, valid, continues
             )
-            log_prob = distribution.log_prob(actions)
+            returns, advantages = _rows(returns), _rows(advantages)
             policy_loss = losses.policy_gradient_loss(
-                log_prob, _rows(advantages), loss_weights
+                distribution.log_prob(actions), advantages, loss_weights
             )
-            value_loss = losses.value_loss(values, _rows(returns), loss_weights)
+            value_loss = losses.value_loss(values, returns, loss_weights)
             entropy = losses.entropy(distribution.entropy(), loss_weights)
             total = policy_loss - self._ent_coef * entropy
             if self._value_optimizer is None:
@@ -619,75 +485,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         batch = UpdateBatch(
             observation,
             actions,
-            tf.stop_gradient(_rows(advantages)),
-            tf.stop_gradient(_rows(returns)),
+            tf.stop_gradient(advantages),
+            tf.stop_gradient(returns),
             loss_weights,
             distribution,
         )
-        update_statistics = self._update(tape, terms, batch, variables)
-        del tape
-        if self._value_optimizer is not None:
-            self._fit_value(batch)
-
-        kl = self._mean_kl(batch)
-        if self._target_kl is not None:
-            self._adapt_learning_rate(kl)
-        normalizer = getattr(self._network, "observation_normalizer", None)
-        if normalizer is not None:
-            normalizer.update(observation)
-        self.train_step_counter.assign_add(1)
-
-        extra = self._loss_info_type(
-            policy_loss=policy_loss,
-            value_loss=value_loss,
-            entropy=entropy,
-            kl=kl,
-            **{
-                name: tf.cast(value, tf.float32)
-                for name, value in update_statistics.items()
-            },
-        )
-        if self.summaries_enabled:
-            step = self.train_step_counter
-            tf.summary.scalar("loss/total", total, step=step)
-            for name, value in extra._asdict().items():
-                tf.summary.scalar(f"loss/{name}", value, step=step)
-            if self._target_kl is not None:
-                tf.summary.scalar(
-                    "train/target_kl", self._current_target_kl(), step=step
-                )
-            if self._optimizer is not None:
-                tf.summary.scalar(
-                    "train/learning_rate",
-                    tf.cast(self._optimizer.learning_rate, tf.float32),
-                    step=step,
-                )
-        return tf_agent.LossInfo(loss=total, extra=extra)
-
-
-def fisher_then_loss_gradients(tape, fisher_loss, loss, variables):
-    """The gradients of `loss`, taken with factor collection off, after the
-    backward pass of `fisher_loss` (skipped when `None`) recorded the K-FAC
-    factors: the factors come from the Fisher pass only."""
-    if fisher_loss is not None:
-        with keras_kfac.collecting_statistics(True):
-            tape.gradient(fisher_loss, variables)
-    with keras_kfac.collecting_statistics(False):
-        return tape.gradient(loss, variables)
-
-
-def apply_gradients(optimizer, gradients, variables) -> None:
-    """`optimizer.apply` on the variables that received a gradient; a
-    first-order step whose gradients hold NaN or Inf is skipped whole
-    (`keras_kfac.KFAC` skips such steps itself)."""
-    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-    gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
-    if isinstance(optimizer, keras_kfac.KFAC):
-        optimizer.apply(gradients, variables)
-        return
-    finite = linalg.all_finite(gradients)
-    tf.cond(
-        finite,
-        lambda: optimizer.apply(gradients, variables) or tf.constant(True),
-        lambda: tf.constant(False),
-    )
+        return tape, terms, batch

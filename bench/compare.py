@@ -66,6 +66,7 @@ from agents import episode_log
 from agents.plot import draw, moving_mean
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # the Markdown's image paths start here
 RESULTS = os.path.join(HERE, "results", "compare")
 
 # budget / quick: environment steps per run, what 2 CPU cores allow for
@@ -189,6 +190,18 @@ def suite_directory(suite: str, quick: bool) -> str:
     """Where a suite's runs, plots and log go."""
     full, short = SUITES[suite]["directories"]
     return os.path.join(RESULTS, short if quick else full)
+
+
+def plot_path(suite: str, task: str, quick: bool) -> str:
+    """Where a task's learning curves are drawn."""
+    return os.path.join(
+        suite_directory(suite, quick), f"{task_directory(task)}.png"
+    )
+
+
+def image(suite: str, task: str, quick: bool) -> str:
+    """The Markdown image of a task's plot, from the repository's root."""
+    return f"![{task}]({os.path.relpath(plot_path(suite, task, quick), ROOT)})"
 
 
 def run_directory(
@@ -373,9 +386,9 @@ def plot(spec, task, table, path):
     plt.close(figure)
 
 
-def markdown(task, table, quick) -> str:
-    """The `default` suite's table: steps to target, final return, speed."""
-    spec = TASKS[task]
+def markdown(suite, task, table, quick) -> str:
+    """A suite's table led by the steps to target: final return, speed."""
+    spec = SUITES[suite]["tasks"][task]
     budget = spec["quick" if quick else "budget"]
     lines = [
         f"### {task}",
@@ -402,10 +415,7 @@ def markdown(task, table, quick) -> str:
             f"{np.mean(finals):.1f} ± {np.std(finals):.1f} | {speed:.0f} |"
         )
     lines.append("")
-    lines.append(
-        f"![{task}](bench/results/compare/{'quick' if quick else 'full'}/"
-        f"{task}.png)"
-    )
+    lines.append(image(suite, task, quick))
     return "\n".join(lines)
 
 
@@ -449,11 +459,8 @@ def markdown_auc(suite, task, table, quick) -> str:
             f"{np.std(aucs):.1f} | {sum(r['held'] for r in rows)}/{len(rows)} "
             f"| {speed:.0f} | {duration(wall)} | {cpu} |"
         )
-    directory = os.path.relpath(
-        suite_directory(suite, quick), os.path.join(HERE, "..")
-    )
     lines.append("")
-    lines.append(f"![{task}]({directory}/{task_directory(task)}.png)")
+    lines.append(image(suite, task, quick))
     return "\n".join(lines)
 
 
@@ -515,22 +522,21 @@ def main(argv=None) -> None:
                 jobs,
             ):
                 print(line, file=sys.stderr, flush=True)
-    directory = suite_directory(args.suite, args.quick)
     tables = {}
     for task in tasks:
         table = summarize(args.suite, task, algos, seeds, args.quick)
         if not table:
             continue
         tables[task] = table
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(suite_directory(args.suite, args.quick), exist_ok=True)
         plot(
             suite["tasks"][task],
             task,
             table,
-            os.path.join(directory, f"{task_directory(task)}.png"),
+            plot_path(args.suite, task, args.quick),
         )
         if suite["metric"] == "steps to target":
-            print(markdown(task, table, args.quick))
+            print(markdown(args.suite, task, table, args.quick))
         else:
             print(markdown_auc(args.suite, task, table, args.quick))
         print()

@@ -15,7 +15,6 @@ checkpoint (`agents.train`'s resume) when started again, so long runs
 only, and `summary.json` says `"resumed": true`.
 """
 
-import argparse
 import os
 import shutil
 import sys
@@ -23,7 +22,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from runner_common import add_run_arguments, summary_line, write_summary  # noqa: E402
+from runner_common import (  # noqa: E402
+    parse_run_arguments,
+    summary_line,
+    write_summary,
+)
 
 from agents import train  # noqa: E402
 from agents.presets import preset_for  # noqa: E402
@@ -62,32 +65,27 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
         for k, v in vars(config).items()
         if v is not None and k not in ("logdir", "env", "algo", "seed")
     }
-    summary = {
-        "library": "keras-kfac",
-        "algo": algo,
-        "env": env_id,
-        "seed": seed,
-        "env_steps": result.env_steps,
-        "train_seconds": round(result.seconds, 3),
-        "train_cpu_seconds": round(cpu_seconds, 3),
-        "steps_per_second": round(result.steps_per_second, 1),
-        "episodes": result.episodes,
-        "hyperparameters": settings,
-        "source": f"agents.train preset {config.preset!r}",
-        "resumed": resume,
-    }
-    write_summary(out, summary)
-    return summary
+    return write_summary(
+        out,
+        library="keras-kfac",
+        algo=algo,
+        env=env_id,
+        seed=seed,
+        env_steps=result.env_steps,
+        seconds=result.seconds,
+        cpu_seconds=cpu_seconds,
+        # This session's rate: a resumed run's earlier steps are left out.
+        steps_per_second=result.steps_per_second,
+        episodes=result.episodes,
+        hyperparameters=settings,
+        source=f"agents.train preset {config.preset!r}",
+        resumed=resume,
+    )
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--algo", required=True, choices=train.ALGORITHMS)
-    add_run_arguments(parser, str)
-    args = parser.parse_args(argv)
+    """Parses the command line, trains, prints a one-line result."""
+    _, args = parse_run_arguments(__doc__, str, argv, train.ALGORITHMS)
     summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
     print(summary_line(summary))
 

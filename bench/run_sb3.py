@@ -30,15 +30,14 @@ returns. See `runner_common.py` for the output files; `train_seconds` is
 the wall time of `learn()`.
 """
 
-import argparse
 import time
 
 import sb3_contrib
 import stable_baselines3
 import torch
 from runner_common import (
-    EpisodeLog,
-    add_run_arguments,
+    new_episode_log,
+    parse_run_arguments,
     summary_line,
     write_summary,
 )
@@ -48,6 +47,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from agents.episode_log import EpisodeLog
 
 ALGORITHMS = {"a2c": A2C, "ppo": PPO, "trpo": TRPO}
 
@@ -333,7 +334,8 @@ def model_arguments(hyperparameters: dict) -> tuple[int, bool, dict]:
 
 
 class EpisodeCallback(BaseCallback):
-    """Logs every episode a `Monitor` reports, as it finishes."""
+    """Logs every episode a `Monitor` reports, as it finishes (each row
+    reaches the file at once, so a killed run keeps what it logged)."""
 
     def __init__(self, log: EpisodeLog, start_time: float):
         super().__init__()
@@ -341,20 +343,18 @@ class EpisodeCallback(BaseCallback):
         self._start_time = start_time
 
     def _on_step(self) -> bool:
-        # `num_timesteps` already counts this vector step, all copies.
-        for info in self.locals["infos"]:
-            episode = info.get("episode")
-            if episode is not None:
-                self._log.write(
-                    self.num_timesteps,
-                    episode["r"],
-                    episode["l"],
-                    time.perf_counter() - self._start_time,
-                )
+        infos = self.locals["infos"]
+        finished = [
+            info["episode"] for info in infos if info.get("episode") is not None
+        ]
+        if finished:
+            seconds = time.perf_counter() - self._start_time
+            # `num_timesteps` already counts this vector step, all copies.
+            self._log.append(
+                (self.num_timesteps, episode["r"], episode["l"], seconds)
+                for episode in finished
+            )
         return True
-
-    def _on_rollout_end(self) -> None:
-        self._log.flush()
 
 
 def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
@@ -369,7 +369,7 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
     model = ALGORITHMS[algo](
         "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs
     )
-    log = EpisodeLog(out)
+    log = new_episode_log(out)
     try:
         start, cpu_start = time.perf_counter(), time.process_time()
         model.learn(
@@ -379,44 +379,35 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
     finally:
-        log.close()
         env.close()
-    summary = {
-        "library": "sb3",
-        "algo": algo,
-        "env": env_id,
-        "seed": seed,
-        "env_steps": int(model.num_timesteps),
-        "train_seconds": round(seconds, 3),
-        "train_cpu_seconds": round(cpu_seconds, 3),
-        "steps_per_second": round(model.num_timesteps / seconds, 1),
-        "episodes": log.count,
-        "hyperparameters": {
+    return write_summary(
+        out,
+        library="sb3",
+        algo=algo,
+        env=env_id,
+        seed=seed,
+        env_steps=int(model.num_timesteps),
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        episodes=len(log.rows),
+        hyperparameters={
             "n_envs": n_envs,
             "normalize": normalize,
             **entry["hyperparameters"],
         },
-        "source": f"rl-baselines3-zoo {entry['source']}",
-        "zoo_n_timesteps": entry["n_timesteps"],
-        "versions": {
+        source=f"rl-baselines3-zoo {entry['source']}",
+        zoo_n_timesteps=entry["n_timesteps"],
+        versions={
             "stable_baselines3": stable_baselines3.__version__,
             "sb3_contrib": sb3_contrib.__version__,
             "torch": torch.__version__,
         },
-    }
-    write_summary(out, summary)
-    return summary
+    )
 
 
 def main(argv=None) -> None:
     """Parses the command line, trains, prints a one-line result."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS))
-    add_run_arguments(parser, ENVS)
-    args = parser.parse_args(argv)
+    parser, args = parse_run_arguments(__doc__, ENVS, argv, sorted(ALGORITHMS))
     if args.env not in ZOO[args.algo]:
         parser.error(
             f"no zoo settings for {args.algo} on {args.env} (it has "

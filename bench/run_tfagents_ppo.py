@@ -64,8 +64,8 @@ import numpy as np
 import tensorflow as tf
 import tf_agents
 from runner_common import (
-    EpisodeLog,
-    add_run_arguments,
+    new_episode_log,
+    parse_run_arguments,
     summary_line,
     write_summary,
 )
@@ -263,17 +263,53 @@ def train_on_batch(agent, train, experience, hp: dict, rng) -> None:
             train(steps, order[start : start + size])
 
 
+def collector(tf_env, agent, hp: dict):
+    """`(replay_buffer, collect)`: `collect(time_step, policy_state)` runs
+    `agent.collect_policy` for one iteration's steps into `replay_buffer`."""
+    num_envs = hp["num_envs"]
+    collect_steps = hp["collect_sequence_length"]
+    # Every item a collect can add per copy: `collect_steps / num_envs`
+    # steps, at most as many boundaries, one more carried over.
+    capacity = 2 * math.ceil(collect_steps / num_envs) + 2
+    replay_buffer = tf_uniform_replay_buffer.TFUniformReplayBuffer(
+        agent.collect_data_spec, batch_size=num_envs, max_length=capacity
+    )
+    driver = dynamic_step_driver.DynamicStepDriver(
+        tf_env,
+        agent.collect_policy,
+        observers=[replay_buffer.add_batch],
+        num_steps=collect_steps,
+    )
+    return replay_buffer, common.function(driver.run)
+
+
+def log_episodes(experience, py_env, log, steps_before: int, seconds) -> int:
+    """Appends the episodes that ended in `experience` to `log`, each at
+    the exact environment steps of its end; returns the steps at the end
+    of `experience`."""
+    ends, steps_after = episode_end_steps(experience, steps_before)
+    finished = py_env.pop_completed_episodes()
+    if len(finished) != len(ends):
+        raise RuntimeError(
+            f"{len(finished)} episodes finished but the collected "
+            f"data holds {len(ends)} episode ends."
+        )
+    log.append(
+        (steps, episode_return, length, seconds)
+        for steps, (episode_return, length) in zip(ends, finished, strict=True)
+    )
+    return steps_after
+
+
 def run(env_id: str, seed: int, total_steps: int, out: str) -> dict:
     """Trains one run and writes its files; returns the summary."""
     hp = HYPERPARAMETERS
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    num_envs = hp["num_envs"]
-    collect_steps = hp["collect_sequence_length"]
-    iterations = math.ceil(total_steps / collect_steps)
-    py_env = GymnasiumEnvironment(env_id, num_envs, seed=seed)
+    iterations = math.ceil(total_steps / hp["collect_sequence_length"])
+    py_env = GymnasiumEnvironment(env_id, hp["num_envs"], seed=seed)
     tf_env = tf_py_environment.TFPyEnvironment(py_env)
-    log = EpisodeLog(out)
+    log = new_episode_log(out)
     try:
         iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
         agent = build_agent(
@@ -284,80 +320,54 @@ def run(env_id: str, seed: int, total_steps: int, out: str) -> dict:
             ),
             hp,
         )
-        # Every item a collect can add per copy: `collect_steps / num_envs`
-        # steps, at most as many boundaries, one more carried over.
-        capacity = 2 * math.ceil(collect_steps / num_envs) + 2
-        replay_buffer = tf_uniform_replay_buffer.TFUniformReplayBuffer(
-            agent.collect_data_spec, batch_size=num_envs, max_length=capacity
-        )
-        driver = dynamic_step_driver.DynamicStepDriver(
-            tf_env,
-            agent.collect_policy,
-            observers=[replay_buffer.add_batch],
-            num_steps=collect_steps,
-        )
-        collect = common.function(driver.run)
+        replay_buffer, collect = collector(tf_env, agent, hp)
         train = minibatch_trainer(agent)
 
         env_steps = 0
         start, cpu_start = time.perf_counter(), time.process_time()
         time_step = tf_env.reset()
-        policy_state = agent.collect_policy.get_initial_state(num_envs)
+        policy_state = agent.collect_policy.get_initial_state(hp["num_envs"])
         while env_steps < total_steps:
             time_step, policy_state = collect(
                 time_step=time_step, policy_state=policy_state
             )
             experience = replay_buffer.gather_all()
             replay_buffer.clear()
-            ends, env_steps = episode_end_steps(experience, env_steps)
-            finished = py_env.pop_completed_episodes()
-            if len(finished) != len(ends):
-                raise RuntimeError(
-                    f"{len(finished)} episodes finished but the collected "
-                    f"data holds {len(ends)} episode ends."
-                )
-            now = time.perf_counter() - start
-            for steps, (episode_return, length) in zip(
-                ends, finished, strict=True
-            ):
-                log.write(steps, episode_return, length, now)
-            log.flush()
+            env_steps = log_episodes(
+                experience,
+                py_env,
+                log,
+                env_steps,
+                time.perf_counter() - start,
+            )
             train_on_batch(agent, train, experience, hp, rng)
             iteration.assign_add(1)
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
     finally:
-        log.close()
         tf_env.close()
-    summary = {
-        "library": "tf-agents",
-        "algo": "ppo",
-        "env": env_id,
-        "seed": seed,
-        "env_steps": env_steps,
-        "train_seconds": round(seconds, 3),
-        "train_cpu_seconds": round(cpu_seconds, 3),
-        "steps_per_second": round(env_steps / seconds, 1),
-        "episodes": log.count,
-        "hyperparameters": hp,
-        "source": SOURCE,
-        "versions": {
+    return write_summary(
+        out,
+        library="tf-agents",
+        algo="ppo",
+        env=env_id,
+        seed=seed,
+        env_steps=env_steps,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        episodes=len(log.rows),
+        hyperparameters=hp,
+        source=SOURCE,
+        versions={
             "tf_agents": tf_agents.__version__,
             "tensorflow": tf.__version__,
         },
-    }
-    write_summary(out, summary)
-    return summary
+    )
 
 
 def main(argv=None) -> None:
     """Parses the command line, trains, prints a one-line result."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_run_arguments(parser, env_id_type)
-    args = parser.parse_args(argv)
+    _, args = parse_run_arguments(__doc__, env_id_type, argv)
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     summary = run(args.env, args.seed, args.total_steps, args.out)

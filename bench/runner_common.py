@@ -1,24 +1,26 @@
-"""What the third-party baseline runners share: CLI checks and outputs.
+"""What the benchmark's runners share: command line, checks and outputs.
 
-`bench/run_sb3.py` and `bench/run_tfagents_ppo.py` take the same
-arguments and write the same two files into `--out`:
+`bench/run_ours.py`, `bench/run_sb3.py` and `bench/run_tfagents_ppo.py`
+take the same arguments (`parse_run_arguments`) and write the same two
+files into `--out`:
 
-- `episodes.csv`, header `env_steps,return,length,wall_seconds`: one row
-  per finished training episode, with the environment steps taken so far
-  (all copies together) when it ended, its undiscounted return and length
-  as the environment gave them, and the seconds since training started;
-- `summary.json`: library, algorithm, environment, seed, steps, training
-  time (wall and this process's CPU time: on a machine shared with other
-  work, steps per CPU second estimates the speed it would have alone),
-  steps per second, hyperparameters and where they came from.
+- `episodes.csv` (`agents.episode_log`), header
+  `env_steps,return,length,wall_seconds`: one row per finished training
+  episode, with the environment steps taken so far (all copies together)
+  when it ended, its undiscounted return and length as the environment
+  gave them, and the seconds since training started;
+- `summary.json` (`write_summary`): library, algorithm, environment, seed,
+  steps, training time (wall and this process's CPU time: on a machine
+  shared with other work, steps per CPU second estimates the speed it
+  would have alone), steps per second, episodes, hyperparameters and
+  where they came from, then what the runner adds.
 """
 
 import argparse
-import csv
 import json
 import os
 
-FIELDS = ("env_steps", "return", "length", "wall_seconds")
+from agents.episode_log import EpisodeLog
 
 
 def int_at_least(minimum: int):
@@ -60,53 +62,87 @@ def add_run_arguments(parser: argparse.ArgumentParser, env_type) -> None:
     )
 
 
-class EpisodeLog:
-    """Writes `episodes.csv` row by row (flushed, so a killed run keeps
-    what it logged)."""
+def parse_run_arguments(
+    doc: str, env_type, argv=None, algorithms=None
+) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """A runner's command line: `--algo` (when `algorithms` lists the
+    choices), then `add_run_arguments`; the description is the first
+    paragraph of the runner's docstring `doc`.
 
-    def __init__(self, out_dir: str):
-        os.makedirs(out_dir, exist_ok=True)
-        self._file = open(
-            os.path.join(out_dir, "episodes.csv"), "w", newline=""
-        )
-        self._writer = csv.writer(self._file)
-        self._writer.writerow(FIELDS)
-        self.count = 0
-
-    def write(
-        self,
-        env_steps: int,
-        episode_return: float,
-        length: int,
-        wall_seconds: float,
-    ) -> None:
-        """Adds one episode's row."""
-        self._writer.writerow(
-            (
-                int(env_steps),
-                float(episode_return),
-                int(length),
-                round(wall_seconds, 3),
-            )
-        )
-        self.count += 1
-
-    def flush(self) -> None:
-        """Pushes the rows written so far to the file."""
-        self._file.flush()
-
-    def close(self) -> None:
-        """Closes the file."""
-        self._file.close()
+    Returns:
+        `(parser, args)`: the parser, for errors the runner finds in the
+        arguments, and the parsed arguments.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if algorithms is not None:
+        parser.add_argument("--algo", required=True, choices=algorithms)
+    add_run_arguments(parser, env_type)
+    return parser, parser.parse_args(argv)
 
 
-def write_summary(out_dir: str, summary: dict) -> None:
-    """Writes `summary.json` (atomically)."""
+def new_episode_log(out_dir: str) -> EpisodeLog:
+    """`out_dir`'s `episodes.csv` started afresh, header alone (the
+    directory is created if needed)."""
+    os.makedirs(out_dir, exist_ok=True)
+    log = EpisodeLog(os.path.join(out_dir, "episodes.csv"))
+    log.clear()
+    return log
+
+
+def write_summary(
+    out_dir: str,
+    *,
+    library: str,
+    algo: str,
+    env: str,
+    seed: int,
+    env_steps: int,
+    seconds: float,
+    cpu_seconds: float,
+    episodes: int,
+    hyperparameters: dict,
+    source: str,
+    steps_per_second: float | None = None,
+    **extra,
+) -> dict:
+    """Writes `summary.json` (atomically) and returns its contents.
+
+    Args:
+        out_dir: The run's directory.
+        library, algo, env, seed: Who ran what.
+        env_steps: Environment steps trained, all copies together.
+        seconds, cpu_seconds: Training time, wall and this process's CPU.
+        episodes: Episodes finished.
+        hyperparameters: The settings of the run.
+        source: Where the settings came from.
+        steps_per_second: Defaults to `env_steps / seconds`.
+        **extra: Written last, in their order.
+    """
+    if steps_per_second is None:
+        steps_per_second = env_steps / seconds
+    summary = {
+        "library": library,
+        "algo": algo,
+        "env": env,
+        "seed": seed,
+        "env_steps": env_steps,
+        "train_seconds": round(seconds, 3),
+        "train_cpu_seconds": round(cpu_seconds, 3),
+        "steps_per_second": round(steps_per_second, 1),
+        "episodes": episodes,
+        "hyperparameters": hyperparameters,
+        "source": source,
+        **extra,
+    }
     path = os.path.join(out_dir, "summary.json")
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
     os.replace(path + ".tmp", path)
+    return summary
 
 
 def summary_line(summary: dict) -> str:

@@ -55,6 +55,7 @@ band) and every curve as CSV to `--out`.
 
 import argparse
 import csv
+import dataclasses
 import gc
 import json
 import os
@@ -70,6 +71,8 @@ from problems import reach as reach_target
 import keras_kfac
 
 MOMENTUM = 0.9
+# The arrays of a run's curve: one entry per evaluation.
+COLUMNS = ("updates", "seconds", "errors")
 
 # One tuned hyperparameter per optimizer, grids of equal size.
 GRIDS = {
@@ -96,6 +99,26 @@ COLORS = {
     "Adam": "tab:blue",
     "SGD": "tab:green",
 }
+
+
+@dataclasses.dataclass
+class Section:
+    """One batch size of the benchmark: its table in the report.
+
+    Attributes:
+        batch_size: Examples per update.
+        updates: Updates per run.
+        grid_runs: `(optimizer, value) -> run` of the grid on the first
+            seed.
+        chosen: `optimizer -> value` of the lowest final error.
+        runs: `optimizer -> [run of each seed]` at the chosen value.
+    """
+
+    batch_size: int
+    updates: int
+    grid_runs: dict
+    chosen: dict
+    runs: dict
 
 
 def make_optimizer(name, value):
@@ -302,7 +325,11 @@ def fmt(value):
     return f"{value:g}"
 
 
-def benchmark(problem, data, batch_size, updates, grids, seeds, eval_every):
+def benchmark(
+    problem, data, batch_size, updates, grids, seeds, eval_every
+) -> Section:
+    """Every optimizer's grid on the first seed, then its chosen value on
+    the other seeds."""
     initial = {seed: problem.initial_weights(seed) for seed in seeds}
     n = len(data[0])
     batches = {s: batch_sequence(n, batch_size, updates, s) for s in seeds}
@@ -338,13 +365,18 @@ def benchmark(problem, data, batch_size, updates, grids, seeds, eval_every):
                     seed,
                 )
             )
-    return grid_runs, chosen, runs
+    return Section(batch_size, updates, grid_runs, chosen, runs)
 
 
 def report(
-    problem, batch_size, updates, grids, seeds, target, grid_runs, chosen, runs
-):
-    epochs = updates * batch_size / 1797
+    problem, section: Section, *, grids, seeds, target, examples: int
+) -> None:
+    """Prints a section's Markdown: the table of the chosen values over the
+    seeds, the grid on the first seed and the skipped K-FAC steps.
+    `examples` is the size of the data set, for the epochs."""
+    batch_size, updates = section.batch_size, section.updates
+    grid_runs, chosen, runs = section.grid_runs, section.chosen, section.runs
+    epochs = updates * batch_size / examples
     print(f"### Batch {batch_size}, {updates} updates ({epochs:.0f} epochs)\n")
     print(
         f"Error target {fmt(target)}; mean ± sample std over seeds {seeds}; "
@@ -466,27 +498,28 @@ def write_curves(results, path):
 
 
 def add_kfac_jax_runs(path, sections, grids):
-    """Adds the runs `bench/kfac_jax_autoencoder.py` wrote to `path` (same
-    problem, weights and batches) to every section of that batch size;
-    returns their package versions, or None when there is no such file."""
+    """Adds the runs `bench/kfac_jax_supervised.py` wrote to `path` (same
+    problem, weights and batches) to every section of that batch size, and
+    their grids to `grids`; returns their package versions, or None when
+    there is no such file."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         external = json.load(f)
-    for batch_size, _, grid_runs, chosen, runs in sections:
-        section = external.get(str(batch_size))
-        if section is None:
+    for section in sections:
+        theirs = external.get(str(section.batch_size))
+        if theirs is None:
             continue
-        for name, (param, values) in section["grids"].items():
+        for name, (param, values) in theirs["grids"].items():
             grids[name] = (param, values)
-            chosen[name] = section["chosen"][name]
-            runs[name] = [
+            section.chosen[name] = theirs["chosen"][name]
+            section.runs[name] = [
                 {**r, **{k: np.array(r[k]) for k in COLUMNS}, "clip": None}
-                for r in section["runs"][name]
+                for r in theirs["runs"][name]
             ]
             for value in values:
-                run = section["grid_runs"][name][str(value)]
-                grid_runs[name, value] = {
+                run = theirs["grid_runs"][name][str(value)]
+                section.grid_runs[name, value] = {
                     **run,
                     **{k: np.array(run[k]) for k in COLUMNS},
                     "clip": None,
@@ -494,10 +527,28 @@ def add_kfac_jax_runs(path, sections, grids):
     return external["versions"]
 
 
-COLUMNS = ("updates", "seconds", "errors")
+def print_introduction(problem, examples: int, jax_versions) -> None:
+    """The report's title and what every table shares."""
+    print(f"## {problem.title}: K-FAC vs Adam vs SGD\n")
+    print(
+        f"{problem.description} Error: {problem.error}, mean over all "
+        f"{examples} images, inference mode. `KFAC emp.` / `KFAC true`: "
+        "`keras_kfac.KFAC` defaults but `damping`, empirical / sampled (true) "
+        f"Fisher; SGD: Nesterov momentum {MOMENTUM}. Same initial weights and "
+        "batch order per seed for every optimizer. Seconds = training only "
+        "(no tracing, no evaluation).\n"
+    )
+    if jax_versions is not None:
+        print(
+            "`kfac-jax adaptive` and `optax Adam`: "
+            "`bench/kfac_jax_supervised.py` in its own environment (jax "
+            f"{jax_versions['jax']}, kfac-jax {jax_versions['kfac_jax']}, "
+            f"optax {jax_versions['optax']}; "
+            f"{jax_versions['minutes']:.1f} min), same weights and batches.\n"
+        )
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--quick",
@@ -517,7 +568,12 @@ def main():
     parser.add_argument(
         "--out", default=None, help="bench/results/<problem> by default"
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Runs the benchmark; prints the Markdown, writes the plot and CSV."""
+    args = parse_args(argv)
     problem = PROBLEMS[args.problem]
     out = args.out or os.path.join("bench", "results", problem.name)
     if args.quick:
@@ -526,56 +582,36 @@ def main():
     else:
         plan, grids, seeds = problem.full_plan, GRIDS, args.seeds or 3
         target = problem.target
+    grids = dict(grids)  # a copy: add_kfac_jax_runs adds kfac-jax's grids
     target = target if args.target is None else args.target
     seeds = list(range(seeds))
     os.makedirs(out, exist_ok=True)
 
     data = tuple(tf.constant(a) for a in problem.data())
+    examples = len(data[0])
     start, load = time.perf_counter(), os.getloadavg()[0]
-    results, sections = {}, []
-    for batch_size, updates, eval_every in plan:
-        grid_runs, chosen, runs = benchmark(
-            problem, data, batch_size, updates, grids, seeds, eval_every
-        )
-        results[batch_size] = runs
-        sections.append((batch_size, updates, grid_runs, chosen, runs))
+    sections = [
+        benchmark(problem, data, batch_size, updates, grids, seeds, eval_every)
+        for batch_size, updates, eval_every in plan
+    ]
     total = time.perf_counter() - start
     suffix = "_quick" if args.quick else ""
     jax_versions = add_kfac_jax_runs(
         os.path.join(out, f"kfac_jax{suffix}.json"), sections, grids
     )
+    results = {section.batch_size: section.runs for section in sections}
     plot(problem, results, os.path.join(out, f"{problem.name}{suffix}.png"))
     write_curves(results, os.path.join(out, f"curves{suffix}.csv"))
 
-    print(f"## {problem.title}: K-FAC vs Adam vs SGD\n")
-    print(
-        f"{problem.description} Error: {problem.error}, mean over all 1797 "
-        "images, inference mode. `KFAC emp.` / `KFAC true`: "
-        "`keras_kfac.KFAC` defaults but `damping`, empirical / sampled (true) "
-        f"Fisher; SGD: Nesterov momentum {MOMENTUM}. Same initial weights and "
-        "batch order per seed for every optimizer. Seconds = training only "
-        "(no tracing, no evaluation).\n"
-    )
-    if jax_versions is not None:
-        print(
-            "`kfac-jax adaptive` and `optax Adam`: "
-            "`bench/kfac_jax_supervised.py` in its own environment (jax "
-            f"{jax_versions['jax']}, kfac-jax {jax_versions['kfac_jax']}, "
-            f"optax {jax_versions['optax']}; "
-            f"{jax_versions['minutes']:.1f} min), same weights and batches.\n"
-        )
+    print_introduction(problem, examples, jax_versions)
     for section in sections:
-        batch_size, updates, grid_runs, chosen, runs = section
         report(
             problem,
-            batch_size,
-            updates,
-            grids,
-            seeds,
-            target,
-            grid_runs,
-            chosen,
-            runs,
+            section,
+            grids=grids,
+            seeds=seeds,
+            target=target,
+            examples=examples,
         )
     print(
         f"Whole benchmark: {total / 60:.1f} min of wall time (load average "

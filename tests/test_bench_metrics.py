@@ -61,3 +61,43 @@ def test_holds_its_best_compares_the_last_window_with_the_best_one():
     assert compare.holds_its_best(np.array([4.0, -4.0]), 100)
     with pytest.raises(ValueError, match="at least one episode"):
         compare.holds_its_best(np.array([]))
+
+
+@pytest.mark.parametrize(
+    "suite, task, quick, path",
+    [
+        ("default", "CartPole-v1", False, "full/CartPole-v1"),
+        ("default", "CartPole-v1", True, "quick/CartPole-v1"),
+        ("mujoco", "Hopper-v5", False, "mujoco/Hopper-v5"),
+        ("atari", "ALE/Pong-v5", False, "atari/ALE-Pong-v5"),
+    ],
+)
+def test_the_markdown_links_each_plot_from_the_repository_root(
+    suite, task, quick, path
+):
+    assert compare.image(suite, task, quick) == (
+        f"![{task}](bench/results/compare/{path}.png)"
+    )
+
+
+def test_the_steps_to_target_table_of_a_task():
+    def row(to_target, final, speed):
+        return dict(to_target=to_target, final=final, steps_per_second=speed)
+
+    table = {
+        "ours-acktr": [row(30_000, 500.0, 900), row(None, 400.0, 1100)],
+        "sb3-ppo": [row(None, 100.0, 2000)],
+    }
+    # Medians over seeds, a seed that missed the target counting as
+    # beyond the budget; finals as mean ± std.
+    assert compare.markdown("default", "CartPole-v1", table, False) == (
+        "### CartPole-v1\n\n"
+        "Budget 100,000 steps per run; target 475 (Gymnasium "
+        "reward_threshold), over the last 100 training episodes.\n\n"
+        "| algorithm | steps to target, per seed | median | final return "
+        "| steps/s |\n"
+        "|---|---|---|---|---|\n"
+        "| ours-acktr | 30,000 / - | - | 450.0 ± 50.0 | 1000 |\n"
+        "| sb3-ppo | - | - | 100.0 ± 0.0 | 2000 |\n\n"
+        "![CartPole-v1](bench/results/compare/full/CartPole-v1.png)"
+    )

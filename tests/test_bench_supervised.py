@@ -1,6 +1,7 @@
-"""The supervised benchmark's problems and losses, against Keras and
-formulas."""
+"""The supervised benchmark's problems, losses and report, against Keras,
+formulas and hand-written Markdown."""
 
+import json
 import os
 import sys
 
@@ -122,3 +123,101 @@ def test_network_computes_what_keras_layers_compute(problem):
         isinstance(layer, keras_kfac.layers.KFACLayer) for layer in plain.layers
     )
     np.testing.assert_array_equal(tapped(x[:64]), plain(x[:64]))
+
+
+def _run(final, clip=None, skipped=0):
+    return dict(
+        updates=np.array([0, 10, 20]),
+        seconds=np.array([0.0, 1.5, 3.25]),
+        errors=np.array([5.0, 2.0, final]),
+        second=2 * final,
+        ms=12.345,
+        clip=clip,
+        skipped=skipped,
+    )
+
+
+def test_the_report_of_a_section(capsys):
+    grids = {"KFAC emp.": ("damping", [1e-3, 1e-2]), "Adam": ("lr", [1e-3])}
+    grid_runs = {
+        ("KFAC emp.", 1e-3): _run(0.9, clip=0.5),
+        ("KFAC emp.", 1e-2): _run(1.5, clip=0.25, skipped=1),
+        ("Adam", 1e-3): _run(3.0),
+    }
+    section = supervised.Section(
+        batch_size=128,
+        updates=20,
+        grid_runs=grid_runs,
+        chosen={"KFAC emp.": 1e-3, "Adam": 1e-3},
+        runs={
+            "KFAC emp.": [grid_runs["KFAC emp.", 1e-3], _run(0.8, skipped=2)],
+            "Adam": [grid_runs["Adam", 1e-3], _run(2.0)],
+        },
+    )
+    supervised.report(
+        problems.AUTOENCODER,
+        section,
+        grids=grids,
+        seeds=[0, 1],
+        target=1.0,
+        examples=64,
+    )
+    # 20 updates of 128 = 40 epochs of 64; errors 0.9 and 0.8: mean 0.85,
+    # sample std 0.0707; both K-FAC seeds reach 1.0 at update 20, 3.25 s.
+    assert capsys.readouterr().out == (
+        "### Batch 128, 20 updates (40 epochs)\n\n"
+        "Error target 1; mean ± sample std over seeds [0, 1]; "
+        "updates/seconds to target averaged over the seeds that reached it."
+        "\n\n"
+        "| optimizer | tuned | final reconstruction error | final NLL "
+        "| updates to target | seconds to target | ms/update |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| KFAC emp. | damping=0.001 | 0.85 ± 0.071 | 1.7 | 20 | 3.2 "
+        "| 12.35 |\n"
+        "| Adam | lr=0.001 | 2.5 ± 0.71 | 5 | not reached | not reached "
+        "| 12.35 |\n\n"
+        "Grid (seed 0, final error; chosen in bold; for K-FAC also the mean "
+        "clip coefficient η/η_max at the evaluations):\n\n"
+        "| optimizer | value | final error | η/η_max |\n"
+        "|---|---|---|---|\n"
+        "| KFAC emp. | **damping=0.001** | 0.9 | 0.500 |\n"
+        "| KFAC emp. | damping=0.01 | 1.5 | 0.250 |\n"
+        "| Adam | **lr=0.001** | 3 | — |\n\n"
+        "K-FAC steps skipped as non-finite (all seeds): {'KFAC emp.': 2}\n\n"
+    )
+
+
+def test_kfac_jax_runs_join_the_section_of_their_batch_size(tmp_path):
+    def theirs(final):
+        return dict(
+            updates=[0, 10], seconds=[0.0, 1.0], errors=[5.0, final], ms=1.0
+        )
+
+    path = tmp_path / "kfac_jax.json"
+    path.write_text(
+        json.dumps(
+            {
+                "128": {
+                    "grids": {"optax Adam": ["learning_rate", [0.001]]},
+                    "grid_runs": {"optax Adam": {"0.001": theirs(2.0)}},
+                    "chosen": {"optax Adam": 0.001},
+                    "runs": {"optax Adam": [theirs(2.0), theirs(1.0)]},
+                },
+                "versions": {"jax": "0.7.2"},
+            }
+        )
+    )
+    sections = [
+        supervised.Section(batch, 10, {}, {}, {}) for batch in (128, 1024)
+    ]
+    grids = {}
+    versions = supervised.add_kfac_jax_runs(str(path), sections, grids)
+    assert versions == {"jax": "0.7.2"}
+    assert grids == {"optax Adam": ("learning_rate", [0.001])}
+    ours, other = sections
+    assert ours.chosen == {"optax Adam": 0.001}
+    assert [r["errors"][-1] for r in ours.runs["optax Adam"]] == [2.0, 1.0]
+    run = ours.grid_runs["optax Adam", 0.001]
+    assert isinstance(run["seconds"], np.ndarray) and run["clip"] is None
+    assert (other.grid_runs, other.chosen, other.runs) == ({}, {}, {})
+    assert supervised.add_kfac_jax_runs(str(tmp_path / "no"), [], {}) is None

@@ -1,0 +1,43 @@
+"""The backward passes and the guarded apply that the agents share.
+
+`fisher_then_loss_gradients` runs K-FAC's two backward passes on one tape:
+the Fisher loss's, which records the factors, then the loss's, which gives
+the gradient. `apply_gradients` applies a step unless its gradients hold
+NaN or Inf. ACKTR's policy step and the separate value fit
+(`agents.value_fit`) use both; A2C uses the second.
+"""
+
+import tensorflow as tf
+
+import keras_kfac
+from keras_kfac import linalg
+
+
+def fisher_then_loss_gradients(
+    tape: tf.GradientTape, fisher_loss, loss, variables
+) -> list:
+    """The gradients of `loss`, taken with factor collection off, after the
+    backward pass of `fisher_loss` (skipped when `None`) recorded the K-FAC
+    factors: the factors come from the Fisher pass only."""
+    if fisher_loss is not None:
+        with keras_kfac.collecting_statistics(True):
+            tape.gradient(fisher_loss, variables)
+    with keras_kfac.collecting_statistics(False):
+        return tape.gradient(loss, variables)
+
+
+def apply_gradients(optimizer, gradients, variables) -> None:
+    """`optimizer.apply` on the variables that received a gradient; a
+    first-order step whose gradients hold NaN or Inf is skipped whole
+    (`keras_kfac.KFAC` skips such steps itself)."""
+    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
+    if isinstance(optimizer, keras_kfac.KFAC):
+        optimizer.apply(gradients, variables)
+        return
+    finite = linalg.all_finite(gradients)
+    tf.cond(
+        finite,
+        lambda: optimizer.apply(gradients, variables) or tf.constant(True),
+        lambda: tf.constant(False),
+    )
