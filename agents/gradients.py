@@ -1,29 +1,19 @@
 """The backward passes and the guarded apply that the agents share.
 
-`fisher_then_loss_gradients` runs K-FAC's two backward passes on one tape:
-the Fisher loss's, which records the factors, then the loss's, which gives
-the gradient. `apply_gradients` applies a step unless its gradients hold
-NaN or Inf. ACKTR's policy step and the separate value fit
-(`agents.value_fit`) use both; A2C uses the second.
+`fisher_then_loss_gradients` (`keras_kfac`'s) runs K-FAC's two backward
+passes on one tape: the Fisher loss's, which records the factors, then the
+loss's, which gives the gradient. `apply_gradients` applies a step unless
+its gradients hold NaN or Inf. ACKTR's policy step and the separate value
+fit (`agents.value_fit`) use both; A2C uses the second.
 """
 
 import tensorflow as tf
 
 import keras_kfac
 from keras_kfac import linalg
+from keras_kfac.fisher import fisher_then_loss_gradients
 
-
-def fisher_then_loss_gradients(
-    tape: tf.GradientTape, fisher_loss, loss, variables
-) -> list:
-    """The gradients of `loss`, taken with factor collection off, after the
-    backward pass of `fisher_loss` (skipped when `None`) recorded the K-FAC
-    factors: the factors come from the Fisher pass only."""
-    if fisher_loss is not None:
-        with keras_kfac.collecting_statistics(True):
-            tape.gradient(fisher_loss, variables)
-    with keras_kfac.collecting_statistics(False):
-        return tape.gradient(loss, variables)
+__all__ = ["apply_gradients", "fisher_then_loss_gradients"]
 
 
 def apply_gradients(optimizer, gradients, variables) -> None:

@@ -196,13 +196,10 @@ def make_step(problem, model, optimizer, x, y, true_fisher, generator):
                 )
                 fisher = loss_of(sampled, logits)
         if true_fisher:
-            # Factors from the sampled loss; the real loss's pass goes last
-            # because the optimizer compares its gradient with the kernel
-            # gradient norm the layers recorded on the latest backward pass.
-            with keras_kfac.collecting_statistics(True):
-                tape.gradient(fisher, variables)
-            with keras_kfac.collecting_statistics(False):
-                grads = tape.gradient(loss, variables)
+            # Factors from the sampled loss, the gradient from the real one.
+            grads = keras_kfac.fisher_then_loss_gradients(
+                tape, fisher, loss, variables
+            )
             del tape
         else:
             grads = tape.gradient(loss, variables)
