@@ -104,9 +104,7 @@ class KroneckerBlock:
         self.kernel_index = kernel_index
         self.bias_index = bias_index
         self.kernel_shape = tuple(layer.kfac_kernel.shape)
-        self.dim_A, self.dim_G = self.dimensions(
-            self.kernel_shape, bias_index is not None
-        )
+        self.dim_A, self.dim_G = layer.kfac_dimensions()
 
     @staticmethod
     def dimensions(kernel_shape, has_bias: bool) -> tuple[int, int]:
@@ -114,10 +112,9 @@ class KroneckerBlock:
         return math.prod(kernel_shape[:-1]) + has_bias, int(kernel_shape[-1])
 
     @classmethod
-    def factor_shapes(cls, kernel_shape, has_bias: bool) -> tuple[tuple, tuple]:
+    def factor_shapes(cls, dim_A: int, dim_G: int) -> tuple[tuple, tuple]:
         """The shapes `A` and `G` are kept in: a matrix, or the vector of
         its diagonal."""
-        dim_A, dim_G = cls.dimensions(kernel_shape, has_bias)
         return (
             (dim_A,) if cls.diagonal_A else (dim_A, dim_A),
             (dim_G,) if cls.diagonal_G else (dim_G, dim_G),
@@ -130,9 +127,7 @@ class KroneckerBlock:
         their variables by position): `A`, `G`, the update count, then the
         derived ones of `mode`. Before the first refresh, both modes
         divide by `λ` (`damping`, the initial one)."""
-        A_shape, G_shape = self.factor_shapes(
-            self.kernel_shape, self.bias_index is not None
-        )
+        A_shape, G_shape = self.factor_shapes(self.dim_A, self.dim_G)
         A = add_variable(A_shape, "A", "zeros")
         G = add_variable(G_shape, "G", "zeros")
         updates = add_variable((), "factor_updates", "zeros")
@@ -255,6 +250,49 @@ class KroneckerBlock:
         )
         rotated = linalg.to_eigenbases(derived.Q_A, derived.Q_G, V)
         return tf.reduce_sum(tf.square(rotated) * curvature)
+
+
+class PermutedKroneckerBlock(KroneckerBlock):
+    """The block of a layer whose kernel axes are not laid out as
+    (inputs..., outputs...) (an `EinsumDense`): `V` is taken from the
+    kernel gradient transposed by the layer's `kernel_permutation`, and
+    the bias gradient by its `bias_permutation` (each `None` when the
+    axes are already in order)."""
+
+    def gradient_matrix(self, kernel_grad, bias_grad):
+        kernel_grad = _transposed(kernel_grad, self.layer.kernel_permutation)
+        if bias_grad is not None:
+            bias_grad = tf.reshape(
+                _transposed(bias_grad, self.layer.bias_permutation), (-1,)
+            )
+        return super().gradient_matrix(kernel_grad, bias_grad)
+
+    def split(self, X):
+        kernel = _untransposed(
+            X[: self.dim_A - (self.bias_index is not None)],
+            self.kernel_shape,
+            self.layer.kernel_permutation,
+        )
+        if self.bias_index is None:
+            return kernel, None
+        bias_shape = tuple(self.layer.kfac_bias.shape)
+        return kernel, _untransposed(
+            X[-1], bias_shape, self.layer.bias_permutation
+        )
+
+
+def _transposed(t: tf.Tensor, permutation) -> tf.Tensor:
+    return t if permutation is None else tf.transpose(t, permutation)
+
+
+def _untransposed(X: tf.Tensor, shape: tuple, permutation) -> tf.Tensor:
+    """`X` reshaped to `shape` permuted by `permutation`, then transposed
+    back to `shape`."""
+    if permutation is None:
+        return tf.reshape(X, shape)
+    permuted = tf.reshape(X, [shape[i] for i in permutation])
+    inverse = [permutation.index(i) for i in range(len(permutation))]
+    return tf.transpose(permuted, inverse)
 
 
 class DiagonalInputBlock(KroneckerBlock):

@@ -3,11 +3,14 @@
 import keras
 
 from keras_kfac import layers
+from keras_kfac.layers.einsum_dense import EinsumRoles
 
 _REPLACEMENTS = {
     keras.layers.Dense: layers.Dense,
     keras.layers.Conv1D: layers.Conv1D,
     keras.layers.Conv2D: layers.Conv2D,
+    keras.layers.EinsumDense: layers.EinsumDense,
+    keras.layers.MultiHeadAttention: layers.MultiHeadAttention,
     keras.layers.Embedding: layers.Embedding,
     keras.layers.LayerNormalization: layers.LayerNormalization,
     keras.layers.BatchNormalization: layers.BatchNormalization,
@@ -16,16 +19,15 @@ _REPLACEMENTS = {
 
 
 def convert(model: keras.Model) -> keras.Model:
-    """A copy of `model` whose `Dense`, `Conv1D`, `Conv2D`, `Embedding` and
-    normalization (`LayerNormalization`, `BatchNormalization`,
-    `RMSNormalization`) layers tap K-FAC factors.
+    """A copy of `model` whose `Dense`, `EinsumDense`, `MultiHeadAttention`,
+    `Conv1D`, `Conv2D`, `Embedding` and normalization (`LayerNormalization`,
+    `BatchNormalization`, `RMSNormalization`) layers tap K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
-    `keras.layers.Dense`, `Conv1D`, `Conv2D`, `Embedding`,
-    `LayerNormalization`, `BatchNormalization` and `RMSNormalization`
-    (exactly those classes,
-    not subclasses; not an Embedding with LoRA or a quantized table, nor
-    a BatchNormalization with renorm) becomes its `keras_kfac.layers` counterpart, inside nested
+    layer of exactly those Keras classes (not subclasses; not one with
+    LoRA or a quantized kernel, a BatchNormalization with renorm, nor an
+    EinsumDense whose equation `keras_kfac.layers.EinsumDense` does not
+    take) becomes its `keras_kfac.layers` counterpart, inside nested
     Sequential and functional models too. Other layers are cloned
     unchanged and train first-order under `keras_kfac.KFAC`
     (`KFAC.summary()` lists which).
@@ -52,6 +54,10 @@ def convert(model: keras.Model) -> keras.Model:
             getattr(layer, "lora_enabled", False)
             or getattr(layer, "quantization_mode", None)
             or getattr(layer, "renorm", False)
+            or (
+                kind is layers.EinsumDense
+                and not EinsumRoles.supports(layer.equation)
+            )
         ):
             kind = None
         if kind is None:

@@ -13,6 +13,16 @@ and spatially uncorrelated derivatives, `F ≈ T · Ω ⊗ Γ` where `Ω` and `�
 average over positions. Here `A = Ω` and `G = T · Γ`, which for `T = 1` (a
 Dense layer on a batch of vectors) reduces to the formulas above.
 
+Weight sharing (Eschenhagen et al. 2023, "Kronecker-factored approximate
+curvature for modern neural network architectures"): a layer that applies
+its weights at `R` positions of each example (a Dense or EinsumDense on
+sequences, attention's projections) has two K-FAC approximations. Expand
+treats every (example, position) pair as a row, as for convolutions:
+`A = E_{n,r}[a aᵀ]`, `G = (1/n) Σ_{n,r} g gᵀ`. Reduce first reduces the
+positions of each example, `â = (1/R) Σ_r a`, `ĝ = Σ_r g`, then
+`A = E_n[â âᵀ]`, `G = E_n[ĝ ĝᵀ]`: exact where the loss sees the positions
+only through a sum (a pooled classifier), and `R` times cheaper.
+
 Embeddings: `a` is the one-hot row `e_t` of each token, so `A = diag(a)`
 with `a` the token frequencies over the (example, position) rows, and `g`
 ranges over the positions as for a Dense layer on sequences.
@@ -57,6 +67,30 @@ def token_frequencies(ids: tf.Tensor, vocabulary: int) -> tf.Tensor:
 def dense_inputs(x: tf.Tensor) -> tf.Tensor:
     """Rows of `a` for a Dense layer: all leading axes become rows."""
     return tf.reshape(x, (-1, tf.shape(x)[-1]))
+
+
+def shared_rows(
+    t: tf.Tensor, permutation, width: int, reduction: str | None
+) -> tf.Tensor:
+    """Rows of `a` (or of `∂L/∂s`) for a weight-shared layer.
+
+    Args:
+        t: The layer input (or the gradient at its output).
+        permutation: Orders the axes of `t` as (batch, shared positions...,
+            features...); `None` when they already are.
+        width: The product of the feature sizes.
+        reduction: `None` (expand: each (example, position) is a row),
+            `"mean"` (reduce the positions of `a`) or `"sum"` (reduce the
+            positions of `∂L/∂s`).
+    """
+    if permutation is not None:
+        t = tf.transpose(t, permutation)
+    if reduction is None:
+        return tf.reshape(t, (-1, width))
+    t = tf.reshape(t, (tf.shape(t)[0], -1, width))
+    if reduction == "mean":
+        return tf.reduce_mean(t, axis=1)
+    return tf.reduce_sum(t, axis=1)
 
 
 def conv2d_patches(

@@ -20,6 +20,7 @@ kept: `keras_kfac.statistics`.
 from keras_kfac.layers.base import KFACLayer
 from keras_kfac.layers.convolution import Conv1D, Conv2D
 from keras_kfac.layers.dense import Dense
+from keras_kfac.layers.einsum_dense import EinsumDense, MultiHeadAttention
 from keras_kfac.layers.embedding import Embedding
 from keras_kfac.layers.normalization import (
     BatchNormalization,
@@ -33,9 +34,11 @@ __all__ = [
     "Conv1D",
     "Conv2D",
     "Dense",
+    "EinsumDense",
     "Embedding",
     "KFACLayer",
     "LayerNormalization",
+    "MultiHeadAttention",
     "RMSNormalization",
     "collecting_statistics",
 ]

@@ -33,9 +33,15 @@ class KFACLayer:
         super().build(input_shape)
         self._build_statistics()
 
+    def kfac_dimensions(self) -> tuple[int, int]:
+        """`(dim A, dim G)` of the layer's block."""
+        return self.block_type.dimensions(
+            tuple(self.kfac_kernel.shape), self.kfac_bias is not None
+        )
+
     def _build_statistics(self) -> None:
         A_shape, G_shape = self.block_type.factor_shapes(
-            tuple(self.kfac_kernel.shape), self.kfac_bias is not None
+            *self.kfac_dimensions()
         )
         self.statistics = statistics.FactorStatistics(
             A_shape, G_shape, self.name
