@@ -11,15 +11,16 @@ import importlib
 
 _EXPORTS = {
     "AcktrAgent": "agents.acktr",
-    "acktr_optimizer": "agents.acktr",
-    "kfac_value_optimizer": "agents.acktr",
+    "acktr_optimizer": "agents.optimizers",
+    "kfac_value_optimizer": "agents.optimizers",
     "A2CAgent": "agents.a2c",
-    "a2c_optimizer": "agents.a2c",
+    "a2c_optimizer": "agents.optimizers",
     "TrpoAgent": "agents.trpo",
-    "trpo_value_optimizer": "agents.trpo",
+    "trpo_value_optimizer": "agents.optimizers",
     "ActorCriticNetwork": "agents.networks",
     "ActorCriticPolicy": "agents.policies",
     "GymnasiumEnvironment": "agents.envs",
+    "settings": "agents.presets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,7 @@ def _value_optimizer(config: Config):
     """The optimizer of a critic fitted apart, or `None` for "joint"."""
     import keras
 
-    from agents.acktr import kfac_value_optimizer
+    from agents.optimizers import kfac_value_optimizer
 
     if config.critic == "joint":
         return None
