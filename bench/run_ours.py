@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from runner_common import add_run_arguments, summary_line, write_summary  # noqa: E402
 
-from agents import train  # noqa: E402
+from agents import ALGORITHMS, Config, resolve, training  # noqa: E402
 from agents.presets import preset_for  # noqa: E402
 
 
@@ -42,16 +42,18 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
     resume = bool(checkpoint_prefixes(os.path.join(logdir, "checkpoints")))
     if not resume:
         shutil.rmtree(logdir, ignore_errors=True)
-    config = train.Config(
-        algo=algo,
-        env=env_id,
-        preset=preset_for(env_id),  # what agents.train's "auto" takes
-        seed=seed,
-        total_steps=total_steps,
-        logdir=logdir,
+    config = resolve(
+        Config(
+            algo=algo,
+            env=env_id,
+            preset=preset_for(env_id),  # what agents.train's "auto" takes
+            seed=seed,
+            total_steps=total_steps,
+            logdir=logdir,
+        )
     )
     cpu_start = time.process_time()
-    result = train.run(config, resume=resume, progress=False)
+    result = training.run(config, resume=resume, progress=False)
     cpu_seconds = time.process_time() - cpu_start
     shutil.copyfile(
         os.path.join(logdir, "episodes.csv"),
@@ -85,7 +87,7 @@ def main(argv=None) -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--algo", required=True, choices=train.ALGORITHMS)
+    parser.add_argument("--algo", required=True, choices=ALGORITHMS)
     add_run_arguments(parser, str)
     args = parser.parse_args(argv)
     summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
