@@ -11,23 +11,7 @@ import keras
 import tensorflow as tf
 
 from agents.on_policy import OnPolicyActorCriticAgent, apply_gradients
-
-
-def a2c_optimizer(
-    learning_rate=7e-4,
-    rho: float = 0.99,
-    epsilon: float = 1e-5,
-    max_grad_norm: float | None = 0.5,
-    **kwargs,
-) -> keras.optimizers.Optimizer:
-    """`keras.optimizers.RMSprop` with OpenAI baselines' A2C settings."""
-    return keras.optimizers.RMSprop(
-        learning_rate=learning_rate,
-        rho=rho,
-        epsilon=epsilon,
-        global_clipnorm=max_grad_norm,
-        **kwargs,
-    )
+from agents.optimizers import a2c_optimizer, agent_arguments
 
 
 class A2CAgent(OnPolicyActorCriticAgent):
@@ -38,9 +22,13 @@ class A2CAgent(OnPolicyActorCriticAgent):
         action_spec: The environment's action spec.
         actor_critic_network: A network mapping observations to
             `((distribution, value), state)`.
-        optimizer: A Keras optimizer. Defaults to `a2c_optimizer()`.
-        **kwargs: `gamma`, `gae_lambda`, `ent_coef`, `vf_coef`, ... as in
-            `agents.on_policy.OnPolicyActorCriticAgent`.
+        optimizer: A Keras optimizer. Defaults to
+            `agents.optimizers.a2c_optimizer()`.
+        **kwargs: `gamma`, `gae_lambda`, `ent_coef`, `vf_coef`,
+            `value_optimizer`, ... as in
+            `agents.on_policy.OnPolicyActorCriticAgent`; those not given
+            take the `"default"` preset's values
+            (`agents.optimizers.agent_arguments`).
     """
 
     def __init__(
@@ -63,7 +51,7 @@ class A2CAgent(OnPolicyActorCriticAgent):
             actor_critic_network,
             optimizer,
             name=name,
-            **kwargs,
+            **agent_arguments("a2c", kwargs),
         )
 
     def _update(self, tape, terms, batch, variables):

@@ -21,9 +21,9 @@ update, as OpenAI baselines' `acktr.py` does it:
 
 The critic is trained with the policy in the joint step (baselines' Atari
 setting), or fitted apart by a `value_optimizer`: first-order, or
-`kfac_value_optimizer()`, K-FAC with the critic's Gauss-Newton matrix and
-several full-batch iterations per batch, as the paper's continuous-control
-experiments do.
+`agents.optimizers.kfac_value_optimizer()`, K-FAC with the critic's
+Gauss-Newton matrix and several full-batch iterations per batch, as the
+paper's continuous-control experiments do.
 """
 
 import tensorflow as tf
@@ -37,66 +37,10 @@ from agents.on_policy import (
     apply_gradients,
     fisher_then_loss_gradients,
 )
+from agents.optimizers import acktr_optimizer, agent_arguments
+from agents.presets import defaults
 
-
-def acktr_optimizer(
-    learning_rate=0.25,
-    kl_clip: float = 0.0005,
-    momentum: float = 0.9,
-    damping: float = 0.01,
-    stats_decay: float = 0.99,
-    cold_steps: int = 10,
-    inverse_update_freq: int = 10,
-    max_grad_norm: float | None = 0.5,
-    **kwargs,
-) -> keras_kfac.KFAC:
-    """`keras_kfac.KFAC` with the ACKTR paper's / baselines' settings.
-
-    `kl_clip` is the KL radius `δ`; baselines' `kfac_clip=0.001` bounds
-    `Δᵀ F̂ Δ = 2δ`, hence `0.0005`. `max_grad_norm` clips the global norm
-    of the gradient before preconditioning. Other keyword arguments go to
-    `keras_kfac.KFAC`.
-    """
-    return keras_kfac.KFAC(
-        learning_rate=learning_rate,
-        kl_clip=kl_clip,
-        momentum=momentum,
-        damping=damping,
-        stats_decay=stats_decay,
-        cold_steps=cold_steps,
-        inverse_update_freq=inverse_update_freq,
-        global_clipnorm=max_grad_norm,
-        **kwargs,
-    )
-
-
-def kfac_value_optimizer(
-    learning_rate=0.5,
-    damping: float = 0.01,
-    kl_clip: float | None = None,
-    momentum: float = 0.0,
-    stats_decay: float = 0.95,
-    inverse_update_freq: int = 1,
-    **kwargs,
-) -> keras_kfac.KFAC:
-    """`keras_kfac.KFAC` for a critic fitted apart (`value_optimizer`).
-
-    With the value loss's Gauss-Newton `F̂` (`agents.losses`), a step of
-    `learning_rate = 1` with no damping is the Gauss-Newton step of
-    `mean_w((R - V)²)` under K-FAC's approximation; its "KL" `½ Δᵀ F̂ Δ`
-    is `mean_w((ΔV)²)`, the mean squared change of the predictions, so a
-    `kl_clip` here is in squared units of the returns. Other keyword
-    arguments go to `keras_kfac.KFAC`.
-    """
-    return keras_kfac.KFAC(
-        learning_rate=learning_rate,
-        damping=damping,
-        kl_clip=kl_clip,
-        momentum=momentum,
-        stats_decay=stats_decay,
-        inverse_update_freq=inverse_update_freq,
-        **kwargs,
-    )
+_DEFAULTS = defaults("acktr")
 
 
 class AcktrAgent(OnPolicyActorCriticAgent):
@@ -108,17 +52,23 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         actor_critic_network: A network mapping observations to
             `((distribution, value), state)` built from `keras_kfac.layers`,
             for example `agents.networks.ActorCriticNetwork`.
-        optimizer: A `keras_kfac.KFAC`. Defaults to `acktr_optimizer()`.
+        optimizer: A `keras_kfac.KFAC`. Defaults to
+            `agents.optimizers.acktr_optimizer()`.
         vf_fisher_coef: Scale of the critic's Fisher loss in the joint
-            step. Defaults to `1.0`.
+            step. Defaults to the `"default"` preset's.
         max_kl_ratio: The guard keeps no policy step whose measured mean
             KL exceeds `max_kl_ratio · δ`, `δ` the optimizer's `kl_clip`
             (see the module docstring); `None` turns the guard off.
-            Defaults to `2.0`.
+            Defaults to the `"default"` preset's.
         guard_steps: Halvings the guard tries before it keeps `θ_old`.
             Defaults to `10`.
-        **kwargs: `gamma`, `gae_lambda`, `ent_coef`, `vf_coef`, ... as in
-            `agents.on_policy.OnPolicyActorCriticAgent`.
+        **kwargs: `gamma`, `gae_lambda`, `ent_coef`, `vf_coef`,
+            `value_optimizer`, ... as in
+            `agents.on_policy.OnPolicyActorCriticAgent`; those not given
+            take the `"default"` preset's values
+            (`agents.optimizers.agent_arguments`): among them a critic
+            fitted apart by Adam, so the network must keep policy and
+            value apart unless `value_optimizer=None` (the joint step).
     """
 
     def __init__(
@@ -127,8 +77,8 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         action_spec,
         actor_critic_network,
         optimizer: keras_kfac.KFAC | None = None,
-        vf_fisher_coef: float = 1.0,
-        max_kl_ratio: float | None = 2.0,
+        vf_fisher_coef: float = _DEFAULTS["vf_fisher_coef"],
+        max_kl_ratio: float | None = _DEFAULTS["max_kl_ratio"],
         guard_steps: int = 10,
         name: str = "AcktrAgent",
         **kwargs,
@@ -168,7 +118,7 @@ class AcktrAgent(OnPolicyActorCriticAgent):
             actor_critic_network,
             optimizer,
             name=name,
-            **kwargs,
+            **agent_arguments("acktr", kwargs),
         )
 
     _loss_info_type = TrustRegionLossInfo

@@ -1,162 +1,296 @@
-"""What defines a training run (`Config`), what a finished one reports
-(`Summary`), and reading a configuration back from JSON.
+"""What defines a training run (`Config`), choosing and applying its preset
+(`resolve`), what a finished run reports (`Summary`), and reading a
+configuration back from JSON.
 
-`Config` holds every option of `python -m agents.train` under the same
-names; the fields left at `FROM_PRESET` take the preset's value for the
-algorithm (`agents.presets`), and construction checks every value.
+`Config` is the one declaration of the command line `python -m
+agents.train`: every field is an option of the same name (`num_envs`:
+`--num-envs`), parsed as the field's type says and described by its
+metadata (`option`: help, other names, choices, the algorithms that use
+it). Adding an option is adding a field here (and using its value).
+
+Constructing a `Config` only checks the values given. The fields left at
+`FROM_PRESET` are filled in by `resolve`, an explicit step that
+`agents.build.build` and `agents.training.run` take first: it picks the
+preset (`preset="auto"` makes the environment once, to read its action
+space) and gives every such field the preset's value for the algorithm.
 """
 
 import dataclasses
 import json
 import math
 import os
+import types
+import typing
 
 from agents.checks import check_positive_integer
 from agents.presets import (
     ALGORITHMS,
     AUTO,
     CRITICS,
+    FROM_PRESET,
     PRESETS,
     preset_for,
     settings,
 )
 
-
-class _FromPreset:
-    """Default of the `Config` fields a preset fills in (`None` is a value:
-    no gradient clipping, n-step returns, a fixed step size)."""
-
-    def __repr__(self) -> str:
-        return "FROM_PRESET"
-
-
-FROM_PRESET = _FromPreset()
-
 # With `lr_schedule="linear"` and a target KL, `κ` decays linearly to this
-# fraction of itself over the run (not to 0: the last updates still move).
-# ACKTR at 1M steps, AUC against a constant κ (BENCHMARKS.md):
-# InvertedDoublePendulum 6391 -> 6666 and Hopper 1700 -> 1813 (3 seeds,
-# every seed up), Walker2d 2033 -> 2111 (seed 0), HalfCheetah 2141 -> 1958
-# (2 seeds, both down).
+# fraction of itself over the run, not to 0, so that the last updates
+# still move (BENCHMARKS.md, "A target KL that decays").
 TARGET_KL_END = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How a `Config` field reads on the command line.
+
+    Attributes:
+        help: What the field sets: one text, or `{algo: text}` when it
+            means something else per algorithm.
+        aliases: Other flags it answers to, e.g. `("--steps",)`.
+        choices: The values it takes, or `None` for any of its type.
+        algos: The algorithms that use it; the others accept and ignore it.
+        positive: It must be > 0 (an integer >= 1 for an `int`, a finite
+            number for a `float`).
+    """
+
+    help: str | dict[str, str] = ""
+    aliases: tuple[str, ...] = ()
+    choices: tuple | None = None
+    algos: tuple[str, ...] = ALGORITHMS
+    positive: bool = False
+
+    def describe(self) -> str:
+        """The help text, naming the algorithms that use the option when
+        not all do: `"acktr: K-FAC's damping λ; trpo: ..."`."""
+        if isinstance(self.help, dict):
+            return "; ".join(f"{a}: {text}" for a, text in self.help.items())
+        if self.algos != ALGORITHMS:
+            return f"{', '.join(self.algos)}: {self.help}"
+        return self.help
+
+
+def option(default, help="", **kwargs) -> dataclasses.Field:
+    """A `Config` field with its default and its `Option(help, **kwargs)`;
+    a per-algorithm `help` also gives the algorithms that use it."""
+    if isinstance(help, dict):
+        kwargs["algos"] = tuple(help)
+    return dataclasses.field(
+        default=default, metadata={"option": Option(help, **kwargs)}
+    )
+
+
+def value_type(field: dataclasses.Field) -> tuple[type, bool]:
+    """`(type, optional)` of a `Config` field: `int | None` is
+    `(int, True)`."""
+    if isinstance(field.type, types.UnionType):
+        kinds = [t for t in typing.get_args(field.type) if t is not type(None)]
+        return kinds[0], True
+    return field.type, False
 
 
 @dataclasses.dataclass
 class Config:
-    """Everything that defines a training run; fields left at
-    `FROM_PRESET` take the preset's value for the algorithm (`PRESETS`)."""
+    """Everything that defines a training run; the fields left at
+    `FROM_PRESET` take the preset's value for the algorithm (`PRESETS`)
+    when `resolve` runs. A field's metadata is its command-line option
+    (`Option`)."""
 
-    algo: str = "acktr"
-    env: str = "CartPole-v1"
-    preset: str = AUTO
-    seed: int = 0
-    total_steps: int = 100_000
-    num_envs: int = FROM_PRESET
-    n_steps: int = FROM_PRESET
-    learning_rate: float = FROM_PRESET
-    critic: str = FROM_PRESET
-    value_learning_rate: float = FROM_PRESET
-    value_epochs: int = FROM_PRESET
-    value_minibatch_size: int | None = FROM_PRESET
-    lr_schedule: str = FROM_PRESET
-    target_kl: float | None = FROM_PRESET
-    warm_start: bool = FROM_PRESET
-    ent_coef: float = FROM_PRESET
-    vf_coef: float = FROM_PRESET
-    gamma: float = FROM_PRESET
-    gae_lambda: float | None = FROM_PRESET
-    normalize_advantages: bool = FROM_PRESET
-    max_grad_norm: float | None = FROM_PRESET
-    kl_clip: float = FROM_PRESET
-    damping: float = FROM_PRESET
-    inverse_update_freq: int = FROM_PRESET
-    cold_steps: int = FROM_PRESET
-    momentum: float = FROM_PRESET
-    stats_decay: float = FROM_PRESET
-    vf_fisher_coef: float = 1.0
-    max_kl: float = FROM_PRESET
-    max_kl_ratio: float | None = FROM_PRESET
-    hidden_units: tuple[int, ...] = FROM_PRESET
-    shared_torso: bool = FROM_PRESET
-    normalize_observations: bool = FROM_PRESET
-    time_feature: bool = FROM_PRESET
-    previous_observation: bool = FROM_PRESET
-    initial_log_std: float = FROM_PRESET
-    processes: bool = False
-    env_timeout: float | None = None
-    checkpoint_every: int = 50
-    logdir: str | None = None
+    algo: str = option("acktr", choices=ALGORITHMS)
+    env: str = option(
+        "CartPole-v1", "a Gymnasium id ('module:Env-v0' imports module)"
+    )
+    preset: str = option(
+        AUTO,
+        "the settings of every option not given (listed below); 'auto' "
+        "takes 'atari' for an Atari game, 'mujoco' for a Box action space "
+        "and 'default' otherwise",
+        choices=(AUTO, *PRESETS),
+    )
+    seed: int = option(0)
+    total_steps: int = option(
+        100_000,
+        "environment steps; with --resume, the run's own unless given",
+        aliases=("--steps", "--n-timesteps", "-n"),
+        positive=True,
+    )
+    num_envs: int = option(FROM_PRESET, "environment copies", positive=True)
+    n_steps: int = option(
+        FROM_PRESET, "steps per env per update", positive=True
+    )
+    learning_rate: float = option(
+        FROM_PRESET,
+        {"acktr": "η_max of the K-FAC step", "a2c": "RMSprop's rate"},
+        positive=True,
+    )
+    critic: str = option(
+        FROM_PRESET,
+        "how the value function is trained: fitted apart by Adam or by "
+        "K-FAC Gauss-Newton steps, or in the policy's update (not trpo)",
+        choices=CRITICS,
+    )
+    value_learning_rate: float = option(
+        FROM_PRESET, "the critic's rate (Adam's; K-FAC's η_max)", positive=True
+    )
+    value_epochs: int = option(
+        FROM_PRESET, "passes of the critic's fit per batch", positive=True
+    )
+    value_minibatch_size: int | None = option(
+        FROM_PRESET,
+        "rows per step of the critic's fit; 'none': the whole batch",
+        positive=True,
+    )
+    lr_schedule: str = option(
+        FROM_PRESET,
+        "'linear' decays the step size across the run: the learning rate "
+        "to 0 or, with --target-kl, the target KL to a tenth",
+        choices=("constant", "linear"),
+        algos=("acktr", "a2c"),
+    )
+    target_kl: float | None = option(
+        FROM_PRESET,
+        "adapt the learning rate toward this KL per update; 'none': a "
+        "fixed rate",
+        algos=("acktr", "a2c"),
+    )
+    warm_start: bool = option(
+        FROM_PRESET,
+        "reach --target-kl in the first updates (square-root rule)",
+        algos=("acktr", "a2c"),
+    )
+    ent_coef: float = option(FROM_PRESET, "weight of the entropy bonus")
+    vf_coef: float = option(
+        FROM_PRESET,
+        "weight of the value loss in the joint step",
+        algos=("acktr", "a2c"),
+    )
+    gamma: float = option(FROM_PRESET, "the discount γ")
+    gae_lambda: float | None = option(
+        FROM_PRESET, "GAE λ; 'none': n-step returns"
+    )
+    normalize_advantages: bool = option(
+        FROM_PRESET, "standardize the advantages over the batch"
+    )
+    max_grad_norm: float | None = option(
+        FROM_PRESET,
+        "clip the gradient's global norm to this; 'none': no clipping",
+        algos=("acktr", "a2c"),
+        positive=True,
+    )
+    kl_clip: float = option(
+        FROM_PRESET, {"acktr": "the KL radius δ (baselines' kfac_clip = 2δ)"}
+    )
+    damping: float = option(
+        FROM_PRESET,
+        {"acktr": "K-FAC's damping λ", "trpo": "λ added to the Fisher in CG"},
+    )
+    inverse_update_freq: int = option(
+        FROM_PRESET, {"acktr": "updates between K-FAC's inverses"}
+    )
+    cold_steps: int = option(
+        FROM_PRESET,
+        {"acktr": "first-order updates before K-FAC's first inverse"},
+    )
+    momentum: float = option(
+        FROM_PRESET, {"acktr": "K-FAC's μ (v ← μv + (1-μ)ηΔ)"}
+    )
+    stats_decay: float = option(
+        FROM_PRESET,
+        {
+            "acktr": "K-FAC's running-average decay of the factors A, G "
+            "(0: the current batch's only)"
+        },
+    )
+    vf_fisher_coef: float = option(
+        FROM_PRESET,
+        {"acktr": "weight of the critic's Fisher loss in the joint step"},
+    )
+    max_kl: float = option(FROM_PRESET, {"trpo": "the trust-region radius δ"})
+    max_kl_ratio: float | None = option(
+        FROM_PRESET,
+        {
+            "acktr": "backtrack a step whose measured KL exceeds this times "
+            "--kl-clip; 'none': no guard"
+        },
+    )
+    hidden_units: tuple[int, ...] = option(
+        FROM_PRESET, "comma-separated widths of the MLP torso, e.g. 64,64"
+    )
+    shared_torso: bool = option(
+        FROM_PRESET,
+        "one torso for the policy and value heads",
+        algos=("acktr", "a2c"),
+    )
+    normalize_observations: bool = option(
+        FROM_PRESET, "normalize observations by running moments"
+    )
+    time_feature: bool = option(
+        FROM_PRESET,
+        "append t/T (elapsed fraction of the time limit) to observations",
+    )
+    previous_observation: bool = option(
+        FROM_PRESET,
+        "prepend the previous observation to observations (at a reset, the "
+        "first observation again)",
+    )
+    initial_log_std: float = option(
+        FROM_PRESET,
+        "log σ of the Gaussian policy before training (Box actions; SB3's "
+        "log_std_init)",
+    )
+    processes: bool = option(False, "one subprocess per env copy")
+    env_timeout: float | None = option(
+        None,
+        "seconds an environment step may take before the run stops "
+        "(keeping its last checkpoint); 'none': no limit",
+        positive=True,
+    )
+    checkpoint_every: int = option(
+        50, "updates between checkpoints", positive=True
+    )
+    logdir: str | None = option(
+        None, "the run directory; default: runs/<algo>-<env>-seed<seed>"
+    )
 
     def __post_init__(self):
-        if self.algo not in ALGORITHMS:
-            raise ValueError(
-                f"algo must be one of {ALGORITHMS}. Received: algo={self.algo!r}"
-            )
-        if self.preset == AUTO:
-            self.preset = preset_for(self.env)
-        if self.preset not in PRESETS:
-            raise ValueError(
-                f"preset must be one of {(AUTO, *PRESETS)}. "
-                f"Received: preset={self.preset!r}"
-            )
-        for key, value in settings(self.preset, self.algo).items():
-            if getattr(self, key) is FROM_PRESET:
-                setattr(self, key, value)
-        for field in dataclasses.fields(self):  # unused by this algorithm
-            if getattr(self, field.name) is FROM_PRESET:
-                setattr(self, field.name, None)
-        self.hidden_units = tuple(int(u) for u in self.hidden_units)
-        if self.lr_schedule not in ("constant", "linear"):
-            raise ValueError(
-                "lr_schedule must be 'constant' or 'linear'. "
-                f"Received: lr_schedule={self.lr_schedule!r}"
-            )
-        for name in (
-            "total_steps",
-            "num_envs",
-            "n_steps",
-            "checkpoint_every",
-            "value_epochs",
-        ):
-            check_positive_integer(name, getattr(self, name))
-        if self.value_minibatch_size is not None:
-            check_positive_integer(
-                "value_minibatch_size", self.value_minibatch_size
-            )
-        for name in (
-            "learning_rate",
-            "value_learning_rate",
-            "max_grad_norm",
-            "env_timeout",
-        ):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < math.inf:
-                raise ValueError(
-                    f"{name} must be > 0 and finite. Received: {name}={value!r}"
-                )
-        if self.critic not in CRITICS:
-            raise ValueError(
-                f"critic must be one of {CRITICS}. "
-                f"Received: critic={self.critic!r}"
-            )
+        """Checks every value given; the fields left to the preset are
+        checked when `resolve` fills them in."""
+        for field in dataclasses.fields(self):
+            _check(field, getattr(self, field.name))
         if self.algo == "trpo" and self.critic == "joint":
             raise ValueError(
                 "trpo fits its value function apart; critic must be 'adam' "
                 "or 'kfac'. Received: critic='joint'"
             )
-        if self.warm_start and self.target_kl is None:
+        if (
+            self.warm_start is not FROM_PRESET
+            and self.warm_start
+            and self.target_kl is None
+        ):
             raise ValueError(
                 "warm_start sets the first step size from target_kl, which "
                 "is None. Received: warm_start=True"
             )
-        if self.logdir is None:
-            self.logdir = os.path.join(
-                "runs", f"{self.algo}-{self.env}-seed{self.seed}"
+
+    @property
+    def resolved(self) -> bool:
+        """Whether `resolve` has filled in the preset."""
+        return self.preset != AUTO and not any(
+            getattr(self, field.name) is FROM_PRESET
+            for field in dataclasses.fields(self)
+        )
+
+    def _check_resolved(self) -> None:
+        if not self.resolved:
+            raise ValueError(
+                "This Config still has settings to take from its preset; "
+                f"resolve(config) fills them in. Received: preset="
+                f"{self.preset!r}"
             )
 
     def describe(self) -> str:
         """One line: the algorithm, environment, preset and the value of
         every setting the preset gives the algorithm (or the user set)."""
+        self._check_resolved()
         values = ", ".join(
             f"{key}={getattr(self, key)}"
             for key in settings(self.preset, self.algo)
@@ -166,11 +300,74 @@ class Config:
     @property
     def batch_steps(self) -> int:
         """Environment steps per update, `num_envs · n_steps`."""
+        self._check_resolved()
         return self.num_envs * self.n_steps
 
     @property
     def total_updates(self) -> int:
         return math.ceil(self.total_steps / self.batch_steps)
+
+
+def _check(field: dataclasses.Field, value) -> None:
+    """Raises `ValueError` unless `value` suits `field`'s `Option`. `None`
+    suits a field a preset fills (a setting the algorithm does not use)
+    and an optional one (a setting turned off)."""
+    if value is FROM_PRESET:
+        return
+    kind, optional = value_type(field)
+    if value is None and (optional or field.default is FROM_PRESET):
+        return
+    name, spec = field.name, field.metadata["option"]
+    if spec.choices is not None and value not in spec.choices:
+        raise ValueError(
+            f"{name} must be one of {spec.choices}. Received: {name}={value!r}"
+        )
+    if spec.positive and kind is int:
+        check_positive_integer(name, value)
+    elif spec.positive and not 0 < value < math.inf:
+        raise ValueError(
+            f"{name} must be > 0 and finite. Received: {name}={value!r}"
+        )
+
+
+def resolve(config: Config) -> Config:
+    """`config` with its preset applied; raises `ValueError` for an
+    unknown environment or a value that does not suit the preset's.
+
+    `preset="auto"` becomes `preset_for(env)` (which makes the environment
+    once); every field left at `FROM_PRESET` takes the preset's value for
+    the algorithm, or `None` when the preset gives it none (a setting the
+    algorithm does not use); `hidden_units` becomes a tuple (JSON has
+    lists) and `logdir` defaults to `runs/<algo>-<env>-seed<seed>`. On a
+    resolved `Config` it changes nothing.
+    """
+    # agents.envs loads TensorFlow, which `--help` does without.
+    from agents.envs import check_env_id
+
+    preset = config.preset
+    if preset == AUTO:
+        preset = preset_for(config.env)  # checks the id
+    else:
+        check_env_id(config.env)
+    values = settings(preset, config.algo)
+    changes = {
+        field.name: values.get(field.name)
+        for field in dataclasses.fields(config)
+        if getattr(config, field.name) is FROM_PRESET
+    }
+    hidden_units = changes.pop("hidden_units", config.hidden_units)
+    logdir = config.logdir
+    if logdir is None:
+        logdir = os.path.join(
+            "runs", f"{config.algo}-{config.env}-seed{config.seed}"
+        )
+    return dataclasses.replace(
+        config,
+        **changes,
+        preset=preset,
+        hidden_units=tuple(int(u) for u in hidden_units),
+        logdir=logdir,
+    )
 
 
 @dataclasses.dataclass
@@ -230,8 +427,8 @@ def read_config_file(path: str) -> dict:
 
 
 def load_saved_config(logdir: str) -> Config:
-    """The `Config` in `logdir/config.json`; raises `ValueError` for a
-    missing, unreadable or unknown configuration."""
+    """The resolved `Config` in `logdir/config.json`; raises `ValueError`
+    for a missing, unreadable or unknown configuration."""
     path = os.path.join(logdir, "config.json")
     if not os.path.exists(path):
         raise ValueError(
@@ -239,17 +436,7 @@ def load_saved_config(logdir: str) -> Config:
             f"logdir={logdir!r} (no config.json)"
         )
     try:
-        return Config(**read_config_file(path))
+        config = Config(**read_config_file(path))
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-
-
-def differences(config: Config, saved: Config, names) -> list[str]:
-    """`name=value (saved: value)` for each of `names` but `total_steps`
-    and `logdir` where `config` and `saved` differ."""
-    return [
-        f"{name}={getattr(config, name)!r} (saved: {getattr(saved, name)!r})"
-        for name in names
-        if name not in ("total_steps", "logdir")
-        and getattr(config, name) != getattr(saved, name)
-    ]
+    return resolve(config)

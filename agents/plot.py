@@ -39,6 +39,13 @@ class Run:
     seconds: np.ndarray
     returns: np.ndarray
 
+    @classmethod
+    def from_rows(cls, directory: str, config: dict | None, rows) -> "Run":
+        """The run of `episodes.csv` rows `(steps, return, length,
+        seconds)`."""
+        rows = np.array(rows, dtype=float).reshape(-1, len(episode_log.FIELDS))
+        return cls(directory, config, rows[:, 0], rows[:, 3], rows[:, 1])
+
 
 def moving_mean(returns: np.ndarray, window: int) -> np.ndarray:
     """Mean of the last `window` returns at every episode (fewer at the
@@ -60,12 +67,11 @@ def load_run(directory: str) -> Run:
     rows, _ = episode_log.read(path)  # a partial last row is left out
     if not rows:
         raise ValueError(f"{path!r} holds no finished episode yet.")
-    rows = np.array(rows, dtype=float)
     config = None
     if os.path.isfile(os.path.join(directory, "config.json")):
         with open(os.path.join(directory, "config.json")) as f:
             config = json.load(f)
-    return Run(directory, config, rows[:, 0], rows[:, 3], rows[:, 1])
+    return Run.from_rows(directory, config, rows)
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
@@ -139,9 +145,23 @@ def draw(axes, label: str, curves, end: float, style: str = "-") -> None:
 
 
 def plot(
-    runs: list[Run], path: str, x: str = "steps", window: int = 100
+    runs: list[Run],
+    path: str,
+    x: str = "steps",
+    window: int = 100,
+    title: str | None = None,
+    episodes: bool = False,
 ) -> dict[str, list[Run]]:
-    """Writes the PNG of `runs` to `path`; returns the groups drawn."""
+    """Writes the PNG of `runs` to `path` (replacing it only once the new
+    one is complete); returns the groups drawn.
+
+    Each group of seeds (`group_runs`) is drawn as the mean of their moving
+    means of `window` returns with the band between the lowest and the
+    highest (`draw`), up to where its shortest run got; with `episodes`,
+    every episode's return is a dot too (the learning curve a training run
+    writes). Runs without an episode are left out.
+    """
+    # matplotlib loads only to draw: agents.training imports this module.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,21 +170,34 @@ def plot(
     groups = group_runs(runs)
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for label, members in groups.items():
-        curves = [
-            (
-                run.steps if x == "steps" else run.seconds,
-                moving_mean(run.returns, window),
-            )
+        xs = [
+            (run.steps if x == "steps" else run.seconds, run)
             for run in members
+            if len(run.returns)
         ]
-        # Up to where the shortest run of the group got, as seeds go.
+        if not xs:
+            continue
+        if episodes:
+            for position, run in xs:
+                axes.plot(
+                    position, run.returns, ".", alpha=0.2, label="episode"
+                )
+        curves = [
+            (position, moving_mean(run.returns, window)) for position, run in xs
+        ]
         draw(axes, label, curves, min(c[0][-1] for c in curves))
     axes.set_xlabel("environment steps" if x == "steps" else "training seconds")
     axes.set_ylabel(f"mean return of the last {window} episodes")
-    axes.legend(fontsize=8)
+    if title is not None:
+        axes.set_title(title)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    root, extension = os.path.splitext(path)
+    temporary = f"{root}.tmp{extension}"
+    figure.savefig(temporary, dpi=100)
     plt.close(figure)
+    os.replace(temporary, path)
     return groups
 
 

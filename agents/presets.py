@@ -1,22 +1,43 @@
-"""The settings a training run starts from (`PRESETS`), and the preset
-that fits an environment (`preset_for`).
+"""The settings a training run starts from (`PRESETS`), the preset that
+fits an environment (`preset_for`), and the defaults of the Python API
+(`defaults`).
 
-A preset holds, per algorithm, the value of every `agents.train.Config`
+A preset holds, per algorithm, the value of every `agents.config.Config`
 field it fills; what the user sets overrides it. `"default"` holds the
 discrete-action settings of the papers and of baselines / rl-baselines-zoo
 for classic control, `"mujoco"` the ACKTR paper's continuous-control ones
 as measured here (BENCHMARKS.md), `"atari"` the paper's Atari ones.
 `preset_for` picks one from the environment, which is what `--preset
 auto`, the command line's default, does.
+
+The `"default"` preset is the only layer of defaults: the optimizer
+factories (`agents.optimizers`) and the agents (`AcktrAgent`, `A2CAgent`,
+`TrpoAgent`) take theirs from `defaults(algo)`, so an agent built from
+Python with its defaults is the one `python -m agents.train --algo ALGO`
+trains on a discrete-action task.
 """
 
 import gymnasium
+
+from agents import atari
 
 ALGORITHMS = ("acktr", "a2c", "trpo")
 # How the value function is trained: "adam", fitted apart by Adam;
 # "kfac", fitted apart by K-FAC Gauss-Newton steps; "joint", in the
 # policy's own update (not for trpo).
 CRITICS = ("adam", "kfac", "joint")
+AUTO = "auto"
+
+
+class _FromPreset:
+    """Default of the settings a preset fills in (`None` is a value: no
+    gradient clipping, n-step returns, a fixed step size)."""
+
+    def __repr__(self) -> str:
+        return "FROM_PRESET"
+
+
+FROM_PRESET = _FromPreset()
 
 # Settings every preset starts from; a preset's per-algorithm entries
 # override them, and what the user sets overrides both.
@@ -24,6 +45,7 @@ COMMON = dict(
     gamma=0.99,
     gae_lambda=None,
     vf_coef=0.5,
+    vf_fisher_coef=1.0,
     max_grad_norm=0.5,
     hidden_units=(64, 64),
     shared_torso=False,
@@ -42,39 +64,13 @@ COMMON = dict(
     initial_log_std=0.0,
 )
 
-# "default": discrete actions (classic control). A2C has the paper's
-# settings with the batch of OpenAI baselines / rl-baselines-zoo, TRPO
-# 8 envs x 128 steps with GAE 0.98. ACKTR takes TRPO's batch (8 x 128,
-# GAE 0.98, standardized advantages) and the `mujoco` preset's K-FAC
-# (no momentum, factors averaged with decay 0.9 and inverted every update,
-# λ = 0.1) with the radius δ = 0.01 of TRPO and η_max = 1: at 100k steps
-# (3 seeds) this took the final return from 457 to 500 on CartPole-v1 and
-# from -64 to +31 on LunarLander-v3 over baselines' Atari K-FAC on
-# 8 x 20 batches (BENCHMARKS.md). ACKTR fits its critic apart (Adam 1e-3):
-# with separate policy and value networks and one joint K-FAC step, the
-# critic's share of the KL budget left the policy steps tiny (CartPole-v1,
-# 100k steps, 3 seeds: final mean return 258 ± 21 joint vs 443 ± 23 apart).
-# "mujoco": the ACKTR paper's continuous-control settings (its §5.2 and
-# baselines' `acktr_cont.py`): separate policy and value networks, 2500
-# steps per batch (here 4 envs x 625), GAE λ = 0.97, standardized
-# advantages, normalized observations, the value function fitted apart
-# (Adam 1e-3, 5 epochs of minibatches of 64; the paper uses K-FAC there),
-# and a policy step size adapted toward a target KL (A2C: 0.002 as in the
-# paper). ACKTR departs from baselines' K-FAC settings where they measured
-# badly (BENCHMARKS.md, 2 seeds x 3 tasks at 300k steps): no momentum
-# (μ = 0.9 carries earlier directions into every step and fails
-# InvertedDoublePendulum outright), factors averaged with decay 0.9 over
-# the 2500-step batches instead of 0.99 (a running average over ~100
-# updates lags the policy), inverses every update, damping λ = 0.1
-# instead of 0.01 (measured: K-FAC's model of the step's KL is 15-20x
-# below the exact Fisher's, and a lightly damped inverse steps into the
-# directions where the Kronecker factors are near singular, as with
-# InvertedDoublePendulum's one action), a target KL of 0.02 decaying
-# linearly to 0.002 over the run (the late updates of a constant target
-# undo progress on InvertedDoublePendulum and Hopper), KL radius δ = 0.05,
-# starting from η = 0.03, with σ = 1 at the start (σ = e⁻¹ measured as a
-# trade at 1M steps: HalfCheetah and InvertedDoublePendulum up, Hopper and
-# Walker2d down; BENCHMARKS.md). TRPO takes δ = 0.01.
+# "default": classic control. ACKTR takes TRPO's batch and the `mujoco`
+# preset's K-FAC at TRPO's radius, its critic fitted apart, because these
+# measured best (BENCHMARKS.md, "CartPole-v1 and LunarLander-v3, 5 seeds,
+# the `default` preset").
+# "mujoco": the ACKTR paper's continuous-control settings; ACKTR's K-FAC
+# departs from baselines' where those measured badly (BENCHMARKS.md, "The
+# paper's MuJoCo comparison at 1M steps", after its tables).
 PRESETS = {
     "default": {
         "acktr": dict(
@@ -139,17 +135,8 @@ PRESETS = {
     },
 }
 
-# "atari": the paper's Atari settings (its §5.1 and baselines' Atari
-# ACKTR and A2C): one convolutional torso (Mnih et al. 2015) shared by
-# the policy and value heads, both trained in one step (for ACKTR one
-# joint K-FAC step with the critic's Gauss-Newton Fisher), entropy bonus
-# 0.01 and learning rates decayed linearly to 0. ACKTR: 32 envs x 20
-# steps, η_max = 0.25, δ = 0.001 (baselines' `kfac_clip=0.001` taken as
-# the radius of `η = min(η_max, sqrt(2δ / Δᵀ F̂ Δ))`; baselines' code
-# clips at the equivalent of δ = 0.0005), λ = 0.01, momentum 0.9, factors averaged with decay 0.99,
-# inverses every 10 updates, 10 cold steps, the guard at 2δ; A2C: 16 envs
-# x 5 steps, RMSprop 7e-4. TRPO has no shared torso: its value network is
-# its own torso, fitted apart.
+# "atari": the paper's Atari settings (its §5.1 and baselines' Atari ACKTR
+# and A2C; BENCHMARKS.md, "Atari: ACKTR vs A2C on Pong at 1M steps").
 _ATARI = dict(
     shared_torso=True,
     critic="joint",
@@ -174,14 +161,13 @@ PRESETS["atari"] = {
     "trpo": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
 }
 
-AUTO = "auto"
-
 
 def preset_for(env_id: str) -> str:
     """`"atari"` for an Atari game, `"mujoco"` for an environment with a
     `Box` action space, `"default"` for any other (`Discrete`); raises
-    `ValueError` for an unknown id."""
-    from agents import atari
+    `ValueError` for an unknown id. Makes the environment once, to read
+    its action space."""
+    # agents.envs loads TensorFlow, which `--help` does without.
     from agents.envs import check_env_id
 
     check_env_id(env_id)
@@ -199,3 +185,9 @@ def settings(preset: str, algo: str) -> dict:
     """Every setting `preset` gives `algo`: `COMMON` updated by the
     preset's entries for it."""
     return {**COMMON, **PRESETS[preset][algo]}
+
+
+def defaults(algo: str) -> dict:
+    """The Python API's defaults for `algo`: the settings of the
+    `"default"` preset."""
+    return settings("default", algo)

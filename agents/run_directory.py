@@ -11,6 +11,9 @@ trusting the `checkpoint` state file; damaged ones (truncated, empty,
 missing a file) are moved to `checkpoints/damaged/`, never deleted, and
 reported. A checkpoint that reads fine but does not fit the agent (another
 algorithm or network than `config.json` describes) is an error, not damage.
+
+TensorFlow is imported only by the functions that read checkpoints, so
+that a process which only locks or lists a run directory starts quickly.
 """
 
 import fcntl

@@ -1,6 +1,6 @@
 """Train an agent on a Gymnasium environment from the command line: a thin
-layer over the Python API (`agents.config.Config`, `agents.build.build`,
-`agents.training.run`), whose names it re-exports.
+layer over the Python API (`agents.Config`, `agents.build.build`,
+`agents.run`), whose options are `Config`'s fields.
 
     python -m agents.train --algo acktr --env CartPole-v1
     python -m agents.train --algo a2c --env CartPole-v1 --seed 1
@@ -36,67 +36,15 @@ import argparse
 import dataclasses
 import os
 import sys
+import typing
 import warnings
 
-from agents.build import build
-from agents.config import (
-    FROM_PRESET,
-    TARGET_KL_END,
-    Config,
-    Summary,
-    differences,
-    load_saved_config,
-    read_config_file,
-)
-from agents.presets import (
-    ALGORITHMS,
-    AUTO,
-    COMMON,
-    CRITICS,
-    PRESETS,
-    preset_for,
-    settings,
-)
-from agents.training import (
-    RunWriteError,
-    TrainingAborted,
-    TrainingInterrupted,
-    export_policy,
-    run,
-)
+from agents.config import Config, read_config_file, value_type
+from agents.presets import COMMON, FROM_PRESET, PRESETS
 
-# Re-exported: `from agents.train import Config, run` works as well.
-__all__ = [
-    "ALGORITHMS",
-    "AUTO",
-    "COMMON",
-    "CRITICS",
-    "FROM_PRESET",
-    "PRESETS",
-    "TARGET_KL_END",
-    "Config",
-    "RunWriteError",
-    "Summary",
-    "TrainingAborted",
-    "TrainingInterrupted",
-    "build",
-    "export_policy",
-    "load_saved_config",
-    "main",
-    "parse_args",
-    "preset_for",
-    "read_config_file",
-    "run",
-    "settings",
-]
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
+# The exit code after an aborted environment step: the thread that runs it
+# may never return, so the process exits without waiting for it.
+ABORTED = 131
 
 
 def _presets_help() -> str:
@@ -115,8 +63,63 @@ def _presets_help() -> str:
     return "\n".join(lines)
 
 
+def _integers(text: str) -> tuple[int, ...]:
+    return tuple(int(u) for u in text.split(","))
+
+
+def _or_none(parse: typing.Callable) -> typing.Callable:
+    """`parse`, but `"none"` (any case) is `None`."""
+
+    def parse_or_none(text: str):
+        return None if text.lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = f"{parse.__name__} or 'none'"
+    return parse_or_none
+
+
+def _add_option(parser: argparse.ArgumentParser, field) -> None:
+    """`field` of `Config` as an option: `--name` and its aliases, parsed
+    as the field's type says; a `bool` a preset sets is `--x/--no-x`, any
+    other `bool` a switch; a number that may be `None` also takes `none`."""
+    spec = field.metadata["option"]
+    flags = ["--" + field.name.replace("_", "-"), *spec.aliases]
+    help_text = spec.describe()
+    default = field.default
+    if not (
+        default is FROM_PRESET
+        or default is None
+        or isinstance(default, bool)
+        or "default:" in help_text
+    ):
+        help_text = "; ".join(filter(None, [help_text, f"default: {default}"]))
+    kind, optional = value_type(field)
+    if kind is bool:
+        action = (
+            argparse.BooleanOptionalAction
+            if field.default is FROM_PRESET
+            else "store_true"
+        )
+        parser.add_argument(
+            *flags, dest=field.name, action=action, help=help_text
+        )
+        return
+    parse = {int: int, float: float, tuple[int, ...]: _integers}.get(kind, str)
+    if optional and kind in (int, float):
+        parse = _or_none(parse)
+    parser.add_argument(
+        *flags,
+        dest=field.name,
+        type=parse,
+        choices=spec.choices,
+        help=help_text,
+    )
+
+
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
-    """`(Config, namespace)`; options not given take the preset's value."""
+    """`(Config, namespace)`: the `Config` of the options given (over the
+    settings of `--config`'s file), the others left to the preset, and
+    the namespace of `--resume`, `--no-progress` and `given`, the names of
+    the fields set."""
     parser = argparse.ArgumentParser(
         prog="python -m agents.train",
         description=__doc__.split("\n\n")[0],
@@ -124,139 +127,9 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         epilog=_presets_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    for field in dataclasses.fields(Config):
+        _add_option(parser, field)
     add = parser.add_argument
-    add("--algo", choices=ALGORITHMS, help="default: acktr")
-    add("--env", help="a Gymnasium id; default: CartPole-v1")
-    add(
-        "--preset",
-        choices=(AUTO, *PRESETS),
-        help="the settings of every option not given (listed below); "
-        "default: auto, which takes 'mujoco' for a Box action space and "
-        "'default' otherwise",
-    )
-    add("--seed", type=int, help="default: 0")
-    add(
-        "--total-steps",
-        "--steps",
-        "--n-timesteps",
-        "-n",
-        dest="total_steps",
-        type=int,
-        help="environment steps; default: 100000; with --resume, the run's own",
-    )
-    add("--num-envs", type=int)
-    add("--n-steps", type=int, help="steps per env per update")
-    add(
-        "--learning-rate",
-        type=float,
-        help="acktr: η_max; a2c: RMSprop's rate (trpo has none)",
-    )
-    add(
-        "--critic",
-        choices=CRITICS,
-        help="how the value function is trained: fitted apart by Adam or by "
-        "K-FAC Gauss-Newton steps, or in the policy's update (not trpo)",
-    )
-    add(
-        "--value-learning-rate",
-        type=float,
-        help="the critic's rate (Adam's; K-FAC's η_max)",
-    )
-    add("--value-epochs", type=int, help="passes of the critic's fit per batch")
-    add(
-        "--value-minibatch-size",
-        type=_optional_int,
-        help="rows per step of the critic's fit; 'none': the whole batch",
-    )
-    add(
-        "--lr-schedule",
-        choices=("constant", "linear"),
-        help="linear: the step size decays across the run, the learning "
-        "rate to 0 or, with --target-kl, the target KL to a tenth",
-    )
-    add(
-        "--target-kl",
-        type=_optional_float,
-        help="adapt the learning rate toward this KL per update (acktr, a2c)",
-    )
-    add(
-        "--warm-start",
-        action=argparse.BooleanOptionalAction,
-        help="reach --target-kl in the first updates (square-root rule)",
-    )
-    add("--ent-coef", type=float)
-    add("--vf-coef", type=float)
-    add("--gamma", type=float)
-    add(
-        "--gae-lambda",
-        type=_optional_float,
-        help="GAE λ; 'none': n-step returns",
-    )
-    add("--normalize-advantages", action=argparse.BooleanOptionalAction)
-    add("--max-grad-norm", type=_optional_float, help="'none': no clipping")
-    add(
-        "--kl-clip",
-        type=float,
-        help="acktr: the KL radius δ (baselines' kfac_clip = 2δ)",
-    )
-    add("--damping", type=float, help="acktr: K-FAC's; trpo: CG's")
-    add("--inverse-update-freq", type=int, help="acktr: K-FAC's")
-    add(
-        "--cold-steps",
-        type=int,
-        help="acktr: first-order updates before K-FAC's first inverse",
-    )
-    add("--momentum", type=float, help="acktr: K-FAC's μ (v ← μv + (1-μ)ηΔ)")
-    add(
-        "--stats-decay",
-        type=float,
-        help="acktr: K-FAC's running-average decay of the factors A, G "
-        "(0: the current batch's only)",
-    )
-    add("--vf-fisher-coef", type=float, help="acktr")
-    add("--max-kl", type=float, help="trpo: the trust-region radius δ")
-    add(
-        "--max-kl-ratio",
-        type=_optional_float,
-        help="acktr: backtrack a step whose measured KL exceeds this times "
-        "--kl-clip; 'none': no guard",
-    )
-    add(
-        "--hidden-units",
-        type=lambda s: tuple(int(u) for u in s.split(",")),
-        help="comma-separated widths, e.g. 64,64",
-    )
-    add(
-        "--initial-log-std",
-        type=float,
-        help="log σ of the Gaussian policy before training (Box actions; "
-        "SB3's log_std_init)",
-    )
-    add("--shared-torso", action=argparse.BooleanOptionalAction)
-    add("--normalize-observations", action=argparse.BooleanOptionalAction)
-    add(
-        "--time-feature",
-        action=argparse.BooleanOptionalAction,
-        help="append t/T (elapsed fraction of the time limit) to observations",
-    )
-    add(
-        "--previous-observation",
-        action=argparse.BooleanOptionalAction,
-        help="append the previous observation to observations",
-    )
-    add(
-        "--processes",
-        action="store_true",
-        help="one subprocess per env copy",
-    )
-    add(
-        "--env-timeout",
-        type=_optional_float,
-        help="seconds an environment step may take before the run stops "
-        "(keeping its last checkpoint); default: none",
-    )
-    add("--checkpoint-every", type=int, help="updates between checkpoints")
-    add("--logdir", help="default: runs/<algo>-<env>-seed<seed>")
     add(
         "--resume",
         action="store_true",
@@ -274,48 +147,42 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     given = {k: v for k, v in vars(args).items() if k in fields}
     if "config" in args:
         given = {**read_config_file(args.config), **given}
-    config = Config(**given)
-    if args.resume:
-        config = _resumed_config(config, given)
-    return config, args
-
-
-def _resumed_config(config: Config, given: dict) -> Config:
-    """The saved configuration of `config.logdir`, with `total_steps` if
-    given; raises `ValueError` when another given option contradicts it."""
-    saved = load_saved_config(config.logdir)
-    differ = differences(config, saved, given)
-    if differ:
-        raise ValueError(
-            "--resume continues the run as its config.json describes it; "
-            "leave out the options that differ. Received: " + ", ".join(differ)
-        )
-    if "total_steps" in given:
-        saved.total_steps = config.total_steps
-    saved.logdir = config.logdir
-    return saved
+    args.given = list(given)
+    return Config(**given), args
 
 
 def main(argv=None) -> int:
     """The command line; returns the exit code: 0 done, 1 stopped by a
     failure (the last checkpoint kept), 2 bad input (nothing written),
-    130 interrupted."""
+    130 interrupted, `ABORTED` stopped inside an environment step."""
+    try:
+        config, args = parse_args(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # Only now, so that --help and bad options answer without loading
+    # TensorFlow, which loads here without its start-up notices.
     from agents.quiet import import_tensorflow
 
-    import_tensorflow()  # without its start-up notices
-    from agents.envs import EnvironmentStepError, check_env_id
+    import_tensorflow()
+    from agents.envs import EnvironmentStepError
+    from agents.training import (
+        RunWriteError,
+        TrainingAborted,
+        TrainingInterrupted,
+        run,
+    )
 
     # AutoGraph's generated code compares with literals (`x is not ()`),
     # which Python flags once per traced function: not this project's code.
     warnings.filterwarnings("ignore", '"is not" with a literal', SyntaxWarning)
     try:
-        config, args = parse_args(argv)
-        check_env_id(config.env)
         summary = run(
             config,
             resume=args.resume,
             progress=not args.no_progress,
-            on_start=lambda: print(config.describe(), flush=True),
+            on_start=lambda resolved: print(resolved.describe(), flush=True),
+            given=args.given,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -327,19 +194,10 @@ def main(argv=None) -> int:
         print(interrupted, file=sys.stderr)
         return 130
     except TrainingAborted as aborted:
-        print(
-            f"{aborted}; the last checkpoint is kept. Continue with --resume "
-            f"--logdir {config.logdir}",
-            file=sys.stderr,
-        )
+        print(aborted, file=sys.stderr)
         return ABORTED
     print(summary.line())
     return 0
-
-
-# The exit code after an aborted environment step: the thread that runs it
-# may never return, so the process exits without waiting for it.
-ABORTED = 131
 
 
 if __name__ == "__main__":

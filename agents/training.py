@@ -8,6 +8,11 @@ end the exported policies and `learning_curve.png`. Signals stop it after
 the current update with a checkpoint (`TrainingInterrupted`); a second
 signal or the environment timeout stops it inside an environment step
 (`TrainingAborted`).
+
+`run` checks the input and holds the run directory; `_train` is the loop,
+with `_Checkpoints` (saving and restoring the run), `_Log` (TensorBoard
+and the progress bar) and `_finish` (export, learning curve, `Summary`)
+beside it.
 """
 
 import dataclasses
@@ -22,36 +27,21 @@ import warnings
 from collections import deque
 
 import numpy as np
+import tensorflow as tf
+from absl import logging as absl_logging
+from tf_agents.policies import policy_saver
+from tqdm import tqdm
 
+from agents import plot
 from agents.build import build
-from agents.config import Config, Summary, differences, load_saved_config
+from agents.config import Config, Summary, load_saved_config, resolve
 from agents.episode_log import EpisodeLog
-from agents.plot import moving_mean
 from agents.quiet import held_back
+from agents.rollout import RolloutCollector
+from agents.run_directory import RunLock, checkpoint_prefixes, restore_newest
 
-
-def plot_learning_curve(episodes: EpisodeLog, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([row[0] for row in episodes.rows])
-    returns = np.array([row[1] for row in episodes.rows])
-    figure, axes = plt.subplots(figsize=(6, 4))
-    if len(returns):
-        window = min(100, len(returns))
-        smooth = moving_mean(returns, window)[window - 1 :]
-        axes.plot(steps, returns, ".", alpha=0.2, label="episode")
-        axes.plot(steps[window - 1 :], smooth, label=f"mean of last {window}")
-        axes.legend()
-    axes.set_xlabel("environment steps")
-    axes.set_ylabel("episode return")
-    axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path + ".tmp.png", dpi=100)
-    plt.close(figure)
-    os.replace(path + ".tmp.png", path)
+# Free space below which a run is not started.
+MINIMUM_FREE_BYTES = 64 * 2**20
 
 
 def export_policy(policy, train_step, directory: str) -> None:
@@ -63,9 +53,6 @@ def export_policy(policy, train_step, directory: str) -> None:
     TensorFlow's note that loading a saved distribution spec needs
     TensorFlow Probability imported (tf-agents, which loads it, does).
     """
-    from absl import logging as absl_logging
-    from tf_agents.policies import policy_saver
-
     temporary = directory + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     verbosity = absl_logging.get_verbosity()
@@ -186,23 +173,38 @@ def _check_logdir(logdir: str) -> None:
         )
 
 
-# Free space below which a run is not started.
-MINIMUM_FREE_BYTES = 64 * 2**20
+def _continued(config: Config, saved: Config, given) -> Config:
+    """The run `saved` describes, in `config.logdir`, to `config.total_steps`
+    unless `given` leaves `total_steps` out.
 
-
-def _check_resumable(config: Config) -> Config:
-    """The saved configuration; raises `ValueError` unless `config` is it,
-    up to `total_steps` and `logdir`."""
-    saved = load_saved_config(config.logdir)
-    differ = differences(
-        config, saved, [f.name for f in dataclasses.fields(Config)]
-    )
+    Raises:
+        ValueError: A field of `config` differs from the saved one: with
+            `given=None` any field but `total_steps` and `logdir`, else
+            one of those `given` names.
+    """
+    names = [f.name for f in dataclasses.fields(Config)]
+    differ = [
+        f"{name}={getattr(config, name)!r} (saved: {getattr(saved, name)!r})"
+        for name in (names if given is None else given)
+        if name not in ("total_steps", "logdir")
+        and getattr(config, name) != getattr(saved, name)
+    ]
     if differ:
+        advice = (
+            "only total_steps may change"
+            if given is None
+            else "leave out the options that differ"
+        )
         raise ValueError(
             "--resume continues the run as its config.json describes it; "
-            "only total_steps may change. Received: " + ", ".join(differ)
+            f"{advice}. Received: " + ", ".join(differ)
         )
-    return saved
+    keep = given is not None and "total_steps" not in given
+    return dataclasses.replace(
+        saved,
+        total_steps=saved.total_steps if keep else config.total_steps,
+        logdir=config.logdir,
+    )
 
 
 def _run_state(py_env) -> str:
@@ -221,8 +223,6 @@ def _run_state(py_env) -> str:
 
 
 def _restore_run_state(text: str, py_env, collector) -> None:
-    import tensorflow as tf
-
     state = json.loads(text)
     py_env.set_state(state["environment"])
     collector.time_step = tf.nest.map_structure(
@@ -234,18 +234,158 @@ def _restore_run_state(text: str, py_env, collector) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+class _Checkpoints:
+    """The run's checkpoints in `directory`: the agent, the environment
+    steps and the run state (`_run_state`); the newest three are kept.
+
+    Raises `RunWriteError` when one cannot be written, naming the last
+    good one.
+    """
+
+    def __init__(self, agent, directory: str):
+        self.directory = directory
+        self.env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
+        self._run_state = tf.Variable("", dtype=tf.string, name="run_state")
+        self._checkpoint = tf.train.Checkpoint(
+            agent=agent, env_steps=self.env_steps, run_state=self._run_state
+        )
+        self._manager = None
+
+    def start(self, py_env, collector, resume: bool) -> None:
+        """With `resume`, restores the newest checkpoint that reads (moving
+        damaged ones aside) and the run state; then starts keeping them."""
+        if resume:
+            self._restore(py_env, collector)
+        # After the restore, which rewrites the state file it reads.
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, self.directory, max_to_keep=3
+        )
+
+    def _restore(self, py_env, collector) -> None:
+        restored, damaged = restore_newest(self._checkpoint, self.directory)
+        for prefix, reason in damaged:
+            print(
+                f"Skipped damaged checkpoint {prefix} ({reason}); moved to "
+                f"{os.path.join(self.directory, 'damaged')}."
+            )
+        if restored is None:
+            print("No checkpoint to resume from; starting at step 0.")
+            return
+        if self._run_state.numpy():
+            _restore_run_state(
+                self._run_state.numpy().decode(), py_env, collector
+            )
+        print(f"Resumed {restored} at {int(self.env_steps)} steps.")
+
+    @property
+    def latest(self) -> str | None:
+        """The newest checkpoint written."""
+        return self._manager.latest_checkpoint
+
+    def save(self, py_env) -> None:
+        self._run_state.assign(_run_state(py_env))
+        try:
+            self._manager.save(checkpoint_number=int(self.env_steps))
+        except (OSError, tf.errors.OpError) as error:
+            raise RunWriteError(
+                f"Could not write the checkpoint at {int(self.env_steps)} "
+                f"steps ({str(error).splitlines()[0]}); the last good "
+                f"checkpoint ({self.latest}) is kept."
+            ) from None
+
+
+class _Log:
+    """What each update reports: TensorBoard summaries in the run directory
+    against environment steps, and the progress bar.
+
+    The bar starts after the first update, whose time is mostly tracing,
+    so that its estimate of the time left and its rate leave that out; it
+    shows one rate, environment steps per second, and the mean return of
+    the last 100 episodes.
+    """
+
+    def __init__(self, config: Config, recent_returns, progress: bool):
+        self._writer = tf.summary.create_file_writer(config.logdir)
+        self._recent = deque(recent_returns, maxlen=100)
+        self._total_steps = config.total_steps
+        self._batch_steps = config.batch_steps
+        self._progress = progress
+        self._bar = None
+
+    def update(self, steps, finished, loss_info, step_size, rate, agent):
+        """Records the update that ended at `steps`: its `finished`
+        episodes, `loss_info`, the `step_size` settings it took and the
+        `rate` in steps per second."""
+        self._recent.extend(row[1] for row in finished)
+        with self._writer.as_default(step=steps):
+            for _, r, n, _ in finished:
+                tf.summary.scalar("episode/return", r)
+                tf.summary.scalar("episode/length", n)
+            tf.summary.scalar("loss/total", loss_info.loss)
+            for name, value in loss_info.extra._asdict().items():
+                tf.summary.scalar(f"train/{name}", value)
+            for name, value in step_size.items():
+                tf.summary.scalar(f"train/{name}", value)
+            tf.summary.scalar("train/steps_per_second", rate)
+            tf.summary.scalar("train/skipped_updates", agent.skipped_updates)
+        self._advance(steps)
+
+    def _advance(self, steps: int) -> None:
+        if self._bar is None:
+            self._origin = (steps, time.perf_counter())
+            self._bar = tqdm(
+                total=self._total_steps,
+                initial=steps,
+                disable=not self._progress,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                "[{elapsed}<{remaining}{postfix}]",
+            )
+            return
+        since_first = time.perf_counter() - self._origin[1]
+        self._bar.update(self._batch_steps)
+        self._bar.set_postfix(
+            steps_per_s=f"{(steps - self._origin[0]) / since_first:.0f}",
+            recent_return=(
+                f"{np.mean(self._recent):.1f}" if self._recent else "-"
+            ),
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._writer.flush()
+
+
+def _step_sizes(agent) -> dict:
+    """The step-size settings the next update takes: the learning rate and
+    the target KL, where the agent has them."""
+    step_size = {}
+    if agent.optimizer is not None:
+        step_size["learning_rate"] = float(agent.optimizer.learning_rate)
+    if getattr(agent, "target_kl", None) is not None:
+        step_size["target_kl"] = float(agent.target_kl)
+    return step_size
+
+
 def run(
     config: Config,
     resume: bool = False,
     progress: bool = True,
     on_start=None,
+    given=None,
 ) -> Summary:
-    """Trains, checkpointing as it goes; returns the run's `Summary`.
+    """Trains `config`, checkpointing as it goes; returns the run's
+    `Summary`.
 
-    With `resume`, `config` must be the run's saved one (`config.json` in
-    `config.logdir`) up to `total_steps`; `load_saved_config` reads it.
-    `on_start`, if given, is called with no argument once the environment
-    and the agent are built, before anything is written.
+    `config` is resolved first (`agents.config.resolve`). With `resume`,
+    the run continues as `config.json` in `config.logdir` describes it,
+    to `config.total_steps`: every other field of `config` must equal the
+    saved one or, when `given` names the fields the caller set (the
+    command line's options), those must, and `total_steps` stays the
+    saved one unless given. `on_start`, if given, is called with the
+    configuration that trains once the environment and the agent are
+    built, before anything is written.
 
     Raises:
         ValueError: Bad input; nothing was written.
@@ -257,12 +397,14 @@ def run(
         RunWriteError: A file could not be written; the last good
             checkpoint is kept.
     """
-    from agents.run_directory import RunLock, checkpoint_prefixes
-
+    config = resolve(config)
+    saved = None
+    if resume:
+        saved = load_saved_config(config.logdir)
+        config = _continued(config, saved, given)
+    _check_logdir(config.logdir)
     config_path = os.path.join(config.logdir, "config.json")
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")
-    _check_logdir(config.logdir)
-    saved = _check_resumable(config) if resume else None
     if not resume and (
         os.path.exists(config_path) or checkpoint_prefixes(checkpoint_dir)
     ):
@@ -271,12 +413,12 @@ def run(
             "continue it or choose another --logdir."
         )
 
-    with held_back():  # TensorFlow's start-up notices
+    with held_back():  # TensorFlow's notice at the first int64 operation
         py_env, tf_env, agent = build(config)  # before anything is written
     aborted = False
     try:
         if on_start is not None:
-            on_start()
+            on_start(config)
         os.makedirs(config.logdir, exist_ok=True)
         with RunLock(config.logdir):
             if not resume and os.path.exists(config_path):
@@ -287,88 +429,44 @@ def run(
                 with open(config_path + ".tmp", "w") as f:  # new total_steps
                     json.dump(dataclasses.asdict(config), f, indent=2)
                 os.replace(config_path + ".tmp", config_path)
-            return _train(config, py_env, tf_env, agent, resume, progress)
-    except TrainingAborted:
+            checkpoints = _Checkpoints(agent, checkpoint_dir)
+            return _train(
+                config, checkpoints, py_env, tf_env, agent, resume, progress
+            )
+    except TrainingAborted as error:
         aborted = True
-        raise
+        raise TrainingAborted(
+            f"{error}; the last checkpoint is kept. Continue with --resume "
+            f"--logdir {config.logdir}"
+        ) from None
     finally:
         py_env.close(terminate=aborted)
 
 
-def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
+def _train(
+    config, checkpoints, py_env, tf_env, agent, resume, progress
+) -> Summary:
     """The training loop of `run`, in a locked run directory."""
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    from agents.rollout import RolloutCollector
-    from agents.run_directory import restore_newest
-
-    checkpoint_dir = os.path.join(config.logdir, "checkpoints")
-    env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
-    run_state = tf.Variable("", dtype=tf.string, name="run_state")
-    checkpoint = tf.train.Checkpoint(
-        agent=agent, env_steps=env_steps, run_state=run_state
-    )
     collector = RolloutCollector(tf_env, agent.collect_policy, config.n_steps)
     episodes = EpisodeLog(os.path.join(config.logdir, "episodes.csv"))
-    if resume:
-        restored, damaged = restore_newest(checkpoint, checkpoint_dir)
-        for prefix, reason in damaged:
-            print(
-                f"Skipped damaged checkpoint {prefix} ({reason}); moved to "
-                f"{os.path.join(checkpoint_dir, 'damaged')}."
-            )
-        if restored is None:
-            print("No checkpoint to resume from; starting at step 0.")
-        else:
-            if run_state.numpy():
-                _restore_run_state(
-                    run_state.numpy().decode(), py_env, collector
-                )
-            print(f"Resumed {restored} at {int(env_steps)} steps.")
+    checkpoints.start(py_env, collector, resume)
+    env_steps = checkpoints.env_steps
     counts = episodes.load(int(env_steps))
     if counts["malformed"]:
         print(
             f"Dropped {counts['malformed']} partial or malformed rows of "
             f"{episodes.path}."
         )
-    manager = tf.train.CheckpointManager(
-        checkpoint, checkpoint_dir, max_to_keep=3
-    )
-
-    def save():
-        run_state.assign(_run_state(py_env))
-        try:
-            manager.save(checkpoint_number=int(env_steps))
-        except (OSError, tf.errors.OpError) as error:
-            raise RunWriteError(
-                f"Could not write the checkpoint at {int(env_steps)} steps "
-                f"({str(error).splitlines()[0]}); the last good checkpoint "
-                f"({manager.latest_checkpoint}) is kept."
-            ) from None
-
     train = tf.function(agent.train)
-    writer = tf.summary.create_file_writer(config.logdir)
-    recent = deque((row[1] for row in episodes.rows[-100:]), maxlen=100)
+    log = _Log(config, (row[1] for row in episodes.rows[-100:]), progress)
     start_steps, start_time = int(env_steps), time.perf_counter()
     previous_seconds = episodes.seconds
-    # The bar starts after the first update, whose time is mostly tracing,
-    # so that its estimate of the time left and its rate leave that out;
-    # it shows one rate, environment steps per second.
-    bar, bar_origin = None, None
     with _StopRequests() as stop:
         while int(env_steps) < config.total_steps and stop.received is None:
             experience = _collect(
                 collector, py_env, stop, config.env_timeout, int(env_steps)
             )
-            # The step-size settings this update takes (logged below).
-            step_size = {}
-            if agent.optimizer is not None:
-                step_size["learning_rate"] = float(
-                    agent.optimizer.learning_rate
-                )
-            if getattr(agent, "target_kl", None) is not None:
-                step_size["target_kl"] = float(agent.target_kl)
+            step_size = _step_sizes(agent)  # logged with the update
             loss_info = train(experience)
             env_steps.assign_add(config.batch_steps)
             steps = int(env_steps)
@@ -382,51 +480,27 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
             except OSError as error:
                 raise RunWriteError(
                     f"Could not append to {episodes.path} ({error}); the last "
-                    f"good checkpoint ({manager.latest_checkpoint}) is kept."
+                    f"good checkpoint ({checkpoints.latest}) is kept."
                 ) from None
-            recent.extend(row[1] for row in finished)
             rate = (steps - start_steps) / (time.perf_counter() - start_time)
-            with writer.as_default(step=steps):
-                for _, r, n, _ in finished:
-                    tf.summary.scalar("episode/return", r)
-                    tf.summary.scalar("episode/length", n)
-                tf.summary.scalar("loss/total", loss_info.loss)
-                for name, value in loss_info.extra._asdict().items():
-                    tf.summary.scalar(f"train/{name}", value)
-                for name, value in step_size.items():
-                    tf.summary.scalar(f"train/{name}", value)
-                tf.summary.scalar("train/steps_per_second", rate)
-                tf.summary.scalar(
-                    "train/skipped_updates", agent.skipped_updates
-                )
-            if bar is None:
-                bar_origin = (steps, time.perf_counter())
-                bar = tqdm(
-                    total=config.total_steps,
-                    initial=steps,
-                    disable=not progress,
-                    dynamic_ncols=True,
-                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
-                    "[{elapsed}<{remaining}{postfix}]",
-                )
-            else:
-                since_first = time.perf_counter() - bar_origin[1]
-                bar.update(config.batch_steps)
-                bar.set_postfix(
-                    steps_per_s=f"{(steps - bar_origin[0]) / since_first:.0f}",
-                    recent_return=f"{np.mean(recent):.1f}" if recent else "-",
-                )
+            log.update(steps, finished, loss_info, step_size, rate, agent)
             if int(agent.train_step_counter) % config.checkpoint_every == 0:
-                save()
-        if bar is not None:
-            bar.close()
-        writer.flush()
-        save()
+                checkpoints.save(py_env)
+        log.close()
+        checkpoints.save(py_env)
     if stop.received is not None:
         raise TrainingInterrupted(
             f"Interrupted at {int(env_steps)} steps; checkpoint saved. "
             f"Continue with --resume --logdir {config.logdir}"
         )
+    return _finish(
+        config, agent, episodes, start_steps, start_time, int(env_steps)
+    )
+
+
+def _finish(config, agent, episodes, start_steps, start_time, env_steps):
+    """Exports the policies and draws the learning curve of a finished
+    run; returns its `Summary`."""
     policy_dir = os.path.join(config.logdir, "policy")
     export_policy(agent.policy, agent.train_step_counter, policy_dir)
     export_policy(
@@ -434,19 +508,25 @@ def _train(config, py_env, tf_env, agent, resume, progress) -> Summary:
         agent.train_step_counter,
         os.path.join(config.logdir, "collect_policy"),
     )
-    plot_learning_curve(
-        episodes,
+    plot.plot(
+        [
+            plot.Run.from_rows(
+                config.logdir, dataclasses.asdict(config), episodes.rows
+            )
+        ],
         os.path.join(config.logdir, "learning_curve.png"),
-        f"{config.algo} on {config.env}, seed {config.seed}",
+        window=max(1, min(100, len(episodes.rows))),
+        title=f"{config.algo} on {config.env}, seed {config.seed}",
+        episodes=True,
     )
     seconds = time.perf_counter() - start_time
     return Summary(
         algo=config.algo,
         env=config.env,
         seed=config.seed,
-        env_steps=int(env_steps),
+        env_steps=env_steps,
         seconds=seconds,
-        steps_per_second=(int(env_steps) - start_steps) / seconds,
+        steps_per_second=(env_steps - start_steps) / seconds,
         episodes=len(episodes.rows),
         mean_return_last_100=episodes.mean_return(),
         policy_dir=policy_dir,

@@ -30,11 +30,10 @@ import keras_kfac
 from agents import losses, trust_region
 from agents.checks import check_non_negative, check_positive_integer
 from agents.on_policy import OnPolicyActorCriticAgent, TrustRegionLossInfo
+from agents.optimizers import agent_arguments, trpo_value_optimizer
+from agents.presets import defaults
 
-
-def trpo_value_optimizer(learning_rate: float = 1e-3) -> keras.Optimizer:
-    """Adam for TRPO's value function (the rate baselines' TRPO uses)."""
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+_DEFAULTS = defaults("trpo")
 
 
 class TrpoAgent(OnPolicyActorCriticAgent):
@@ -46,21 +45,23 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         actor_critic_network: A network mapping observations to
             `((distribution, value), state)` whose policy and value have no
             parameter in common.
-        value_optimizer: The value function's first-order Keras optimizer.
-            Defaults to `trpo_value_optimizer()` (Adam, 1e-3).
+        value_optimizer: The value function's Keras optimizer. Defaults to
+            `agents.optimizers.trpo_value_optimizer()` (Adam).
         max_kl: The trust-region radius `δ` on the mean KL. Defaults to
-            `0.01`.
-        damping: `λ` added to the Fisher in CG. Defaults to `0.1`.
+            the `"default"` preset's.
+        damping: `λ` added to the Fisher in CG. Defaults to the
+            `"default"` preset's.
         cg_iterations: Conjugate-gradient iterations. Defaults to `10`.
         cg_residual_tolerance: CG stops once `‖r‖²` is at most this.
             Defaults to `1e-10`.
         line_search_steps: Step halvings tried. Defaults to `10`.
         accept_ratio: Fraction of the expected improvement a step must
             achieve. Defaults to `0.1`.
-        **kwargs: `gamma`, `gae_lambda`, `ent_coef` (defaults to `0`),
+        **kwargs: `gamma`, `gae_lambda`, `ent_coef`,
             `normalize_advantages`, `value_epochs`, `value_minibatch_size`,
-            `seed`, ... as in
-            `agents.on_policy.OnPolicyActorCriticAgent`.
+            `seed`, ... as in `agents.on_policy.OnPolicyActorCriticAgent`;
+            those not given take the `"default"` preset's values
+            (`agents.optimizers.agent_arguments`).
     """
 
     _loss_info_type = TrustRegionLossInfo
@@ -71,13 +72,12 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         action_spec,
         actor_critic_network,
         value_optimizer: keras.Optimizer | None = None,
-        max_kl: float = 0.01,
-        damping: float = 0.1,
+        max_kl: float = _DEFAULTS["max_kl"],
+        damping: float = _DEFAULTS["damping"],
         cg_iterations: int = 10,
         cg_residual_tolerance: float = 1e-10,
         line_search_steps: int = 10,
         accept_ratio: float = 0.1,
-        ent_coef: float = 0.0,
         name: str = "TrpoAgent",
         **kwargs,
     ):
@@ -106,10 +106,10 @@ class TrpoAgent(OnPolicyActorCriticAgent):
             action_spec,
             actor_critic_network,
             None,  # the policy step is the trust-region step below
-            value_optimizer=value_optimizer,
-            ent_coef=ent_coef,
             name=name,
-            **kwargs,
+            **agent_arguments(
+                "trpo", dict(kwargs, value_optimizer=value_optimizer)
+            ),
         )
 
     @property

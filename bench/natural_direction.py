@@ -117,19 +117,21 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     import agents.acktr
-    from agents import train
+    from agents import resolve, train
+    from agents.build import build
     from agents.rollout import RolloutCollector
 
     config, _ = train.parse_args(
         ["--algo", "acktr", "--preset", "mujoco", "--env", args.env]
         + ["--seed", str(args.seed), *train_options]
     )
+    config = resolve(config)
     agents.acktr.AcktrAgent, original = (
         measuring_agent_class(),
         agents.acktr.AcktrAgent,
     )
     try:
-        py_env, tf_env, agent = train.build(config)
+        py_env, tf_env, agent = build(config)
     finally:
         agents.acktr.AcktrAgent = original
     try:

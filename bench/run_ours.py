@@ -28,7 +28,7 @@ from runner_common import (  # noqa: E402
     write_summary,
 )
 
-from agents import train  # noqa: E402
+from agents import ALGORITHMS, Config, resolve, training  # noqa: E402
 from agents.presets import preset_for  # noqa: E402
 
 
@@ -45,16 +45,18 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
     resume = bool(checkpoint_prefixes(os.path.join(logdir, "checkpoints")))
     if not resume:
         shutil.rmtree(logdir, ignore_errors=True)
-    config = train.Config(
-        algo=algo,
-        env=env_id,
-        preset=preset_for(env_id),  # what agents.train's "auto" takes
-        seed=seed,
-        total_steps=total_steps,
-        logdir=logdir,
+    config = resolve(
+        Config(
+            algo=algo,
+            env=env_id,
+            preset=preset_for(env_id),  # what agents.train's "auto" takes
+            seed=seed,
+            total_steps=total_steps,
+            logdir=logdir,
+        )
     )
     cpu_start = time.process_time()
-    result = train.run(config, resume=resume, progress=False)
+    result = training.run(config, resume=resume, progress=False)
     cpu_seconds = time.process_time() - cpu_start
     shutil.copyfile(
         os.path.join(logdir, "episodes.csv"),
@@ -85,7 +87,7 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
 
 def main(argv=None) -> None:
     """Parses the command line, trains, prints a one-line result."""
-    _, args = parse_run_arguments(__doc__, str, argv, train.ALGORITHMS)
+    _, args = parse_run_arguments(__doc__, str, argv, ALGORITHMS)
     summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
     print(summary_line(summary))
 

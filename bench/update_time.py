@@ -10,7 +10,8 @@ HalfCheetah-v5 at 4 x 625 (the `mujoco` preset's 2500). Every agent has the
 same separate 64-64 tanh policy and value networks. Rows:
 
 - `a2c`: A2C (RMSprop), critic in the joint step, as `agents.A2CAgent`;
-- `acktr`: ACKTR (K-FAC, the guard on), critic in the joint step;
+- `acktr`: ACKTR (baselines' K-FAC, `BASELINES_KFAC`: inverses every 10
+  updates; the guard on), critic in the joint step;
 - `acktr, no guard`: the same without the trust-region guard;
 - `a2c, adam critic` / `acktr, adam critic`: both with the critic fitted
   apart by Adam (5 epochs of minibatches of 64), as `agents.train` runs
@@ -18,10 +19,12 @@ same separate 64-64 tanh policy and value networks. Rows:
 - `acktr, adam critic, mujoco K-FAC`: the same with the `mujoco` preset's
   K-FAC settings (inverses every update instead of every 10).
 
+Every row has n-step returns and raw advantages, as the agents' defaults
+were when BENCHMARKS.md's table was measured.
+
 Prints Markdown for BENCHMARKS.md: mean milliseconds per update (the mean:
-the refreshes of `acktr_optimizer()`'s defaults come every 10th update, and
-a median would leave them out) and the
-ratio to the A2C row of the same critic.
+the refreshes of baselines' K-FAC come every 10th update, and a median
+would leave them out) and the ratio to the A2C row of the same critic.
 """
 
 import argparse
@@ -33,16 +36,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCHES = {"CartPole-v1": (8, 20), "HalfCheetah-v5": (4, 625)}
 
+# OpenAI baselines' Atari K-FAC (its kfac_clip=0.001 bounds 2δ), which
+# `acktr_optimizer()` defaulted to when BENCHMARKS.md's table was measured.
+BASELINES_KFAC = dict(
+    learning_rate=0.25,
+    kl_clip=0.0005,
+    momentum=0.9,
+    damping=0.01,
+    stats_decay=0.99,
+    cold_steps=10,
+    inverse_update_freq=10,
+    max_grad_norm=0.5,
+)
+
 
 def mujoco_kfac() -> dict:
     """`acktr_optimizer` arguments of the `mujoco` preset's K-FAC
-    (`agents.train.PRESETS`): inverses every update, no momentum."""
-    from agents.train import PRESETS
+    (`agents.PRESETS`): inverses every update, no momentum."""
+    from agents import settings
 
-    preset = PRESETS["mujoco"]["acktr"]
-    names = ("learning_rate", "kl_clip", "damping", "inverse_update_freq")
-    names += ("cold_steps", "momentum", "stats_decay", "max_grad_norm")
-    return {name: preset[name] for name in names}
+    preset = settings("mujoco", "acktr")
+    return {name: preset[name] for name in BASELINES_KFAC}
 
 
 def build_agents(env):
@@ -56,36 +70,32 @@ def build_agents(env):
         return ActorCriticNetwork(env.observation_spec(), env.action_spec())
 
     specs = (env.time_step_spec(), env.action_spec())
+    same = dict(gae_lambda=None, normalize_advantages=False)
+
+    def a2c(critic):
+        return A2CAgent(*specs, network(), value_optimizer=critic, **same)
+
+    def acktr(critic, kfac=BASELINES_KFAC, **kwargs):
+        return AcktrAgent(
+            *specs,
+            network(),
+            acktr_optimizer(**kfac),
+            value_optimizer=critic,
+            **same,
+            **kwargs,
+        )
+
+    def adam():
+        return keras.optimizers.Adam(1e-3)
+
     return {
-        "a2c": (A2CAgent(*specs, network()), "a2c"),
-        "acktr": (AcktrAgent(*specs, network()), "a2c"),
-        "acktr, no guard": (
-            AcktrAgent(*specs, network(), max_kl_ratio=None),
-            "a2c",
-        ),
-        "a2c, adam critic": (
-            A2CAgent(
-                *specs,
-                network(),
-                value_optimizer=keras.optimizers.Adam(1e-3),
-            ),
-            "a2c, adam critic",
-        ),
-        "acktr, adam critic": (
-            AcktrAgent(
-                *specs,
-                network(),
-                value_optimizer=keras.optimizers.Adam(1e-3),
-            ),
-            "a2c, adam critic",
-        ),
+        "a2c": (a2c(None), "a2c"),
+        "acktr": (acktr(None), "a2c"),
+        "acktr, no guard": (acktr(None, max_kl_ratio=None), "a2c"),
+        "a2c, adam critic": (a2c(adam()), "a2c, adam critic"),
+        "acktr, adam critic": (acktr(adam()), "a2c, adam critic"),
         "acktr, adam critic, mujoco K-FAC": (
-            AcktrAgent(
-                *specs,
-                network(),
-                acktr_optimizer(**mujoco_kfac()),
-                value_optimizer=keras.optimizers.Adam(1e-3),
-            ),
+            acktr(adam(), mujoco_kfac()),
             "a2c, adam critic",
         ),
     }

@@ -12,7 +12,16 @@ import time
 
 import pytest
 
-from agents import train
+from agents import (
+    ALGORITHMS,
+    COMMON,
+    PRESETS,
+    Config,
+    load_saved_config,
+    resolve,
+    train,
+)
+from agents.build import build
 
 TINY = [
     "--num-envs",
@@ -81,7 +90,7 @@ def _config(logdir):
         return json.load(f)
 
 
-@pytest.mark.parametrize("algo", train.ALGORITHMS)
+@pytest.mark.parametrize("algo", ALGORITHMS)
 def test_the_mujoco_preset_trains_gaussian_policies(algo, tmp_path, capsys):
     logdir = str(tmp_path / algo)
     argv = TINY + ["--algo", algo, "--preset", "mujoco", "--env", "Pendulum-v1"]
@@ -91,7 +100,7 @@ def test_the_mujoco_preset_trains_gaussian_policies(algo, tmp_path, capsys):
         f"{algo} on Pendulum-v1 (seed 0): 240 steps" in capsys.readouterr().out
     )
     config = _config(logdir)
-    preset = {**train.COMMON, **train.PRESETS["mujoco"][algo]}
+    preset = {**COMMON, **PRESETS["mujoco"][algo]}
     # What the command line gives wins; the rest comes from the preset.
     assert (config["num_envs"], config["n_steps"]) == (2, 20)
     assert config["gae_lambda"] == 0.9
@@ -203,10 +212,10 @@ def test_initial_log_std_is_the_gaussian_policys_first_sigma(tmp_path):
     argv += ["--total-steps", "40", "--logdir", logdir]
     assert train.main(argv + ["--initial-log-std", "-1.5"]) == 0
     assert _config(logdir)["initial_log_std"] == -1.5
-    config = train.Config(
+    config = Config(
         algo="trpo", env="Pendulum-v1", initial_log_std=-1.5, num_envs=1
     )
-    py_env, tf_env, agent = train.build(config)
+    py_env, tf_env, agent = build(config)
     py_env.close()
     observation = tf.zeros((3, *tf_env.observation_spec().shape))
     (distribution, _), _ = agent.actor_critic_network(observation)
@@ -214,9 +223,9 @@ def test_initial_log_std_is_the_gaussian_policys_first_sigma(tmp_path):
     np.testing.assert_allclose(
         distribution.stddev().numpy(), np.full((3, 1), np.exp(-1.5)), rtol=1e-6
     )
-    assert train.Config(env="Pendulum-v1").initial_log_std == (
-        train.PRESETS["mujoco"]["acktr"].get(
-            "initial_log_std", train.COMMON["initial_log_std"]
+    assert resolve(Config(env="Pendulum-v1")).initial_log_std == (
+        PRESETS["mujoco"]["acktr"].get(
+            "initial_log_std", COMMON["initial_log_std"]
         )
     )
 
@@ -278,7 +287,7 @@ def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
     assert train.main(argv + ["--momentum", "0", "--stats-decay", "0.5"]) == 0
     config = _config(logdir)
     assert (config["momentum"], config["stats_decay"]) == (0.0, 0.5)
-    py_env, _, agent = train.build(train.load_saved_config(logdir))
+    py_env, _, agent = build(load_saved_config(logdir))
     py_env.close()
     assert (agent.optimizer.momentum, agent.optimizer.stats_decay) == (0.0, 0.5)
     for name, expected in (
@@ -286,19 +295,24 @@ def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
         ("mujoco", (0.0, 0.9)),
         ("atari", (0.9, 0.99)),
     ):
-        preset = train.Config(algo="acktr", preset=name)
+        preset = resolve(Config(algo="acktr", preset=name))
         assert (preset.momentum, preset.stats_decay) == expected, name
-    assert train.Config(algo="a2c").momentum is None  # not an a2c setting
+    assert resolve(Config(algo="a2c")).momentum is None  # not an a2c setting
 
 
 def test_the_preset_follows_the_action_space_unless_one_is_given():
-    assert train.Config(env="Pendulum-v1").preset == "mujoco"  # Box
-    assert train.Config(env="CartPole-v1").preset == "default"  # Discrete
-    assert train.Config(env="Pendulum-v1", preset="default").preset == "default"
-    mujoco = train.Config(algo="trpo", env="Pendulum-v1")
-    assert mujoco.n_steps == train.PRESETS["mujoco"]["trpo"]["n_steps"]
+    def preset(**kwargs):
+        return resolve(Config(**kwargs)).preset
+
+    assert preset(env="Pendulum-v1") == "mujoco"  # Box
+    assert preset(env="CartPole-v1") == "default"  # Discrete
+    assert preset(env="Pendulum-v1", preset="default") == "default"
+    mujoco = resolve(Config(algo="trpo", env="Pendulum-v1"))
+    assert mujoco.n_steps == PRESETS["mujoco"]["trpo"]["n_steps"]
     with pytest.raises(ValueError, match="env_id='Pendulum-v9'"):
-        train.Config(env="Pendulum-v9")
+        resolve(Config(env="Pendulum-v9"))
+    with pytest.raises(ValueError, match="env_id='Pendulum-v9'"):
+        resolve(Config(env="Pendulum-v9", preset="mujoco"))
 
 
 def test_total_steps_takes_the_names_users_type():
@@ -313,7 +327,7 @@ def test_the_command_line_prints_the_settings_it_resolved(tmp_path, capsys):
     assert train.main(argv + ["--damping", "0.5", "--logdir", logdir]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("acktr on Pendulum-v1, preset mujoco: ")
-    preset = train.PRESETS["mujoco"]["acktr"]
+    preset = PRESETS["mujoco"]["acktr"]
     assert f"kl_clip={preset['kl_clip']}," in first  # from the preset
     assert "damping=0.5," in first and "num_envs=2," in first  # as given
 
@@ -322,21 +336,21 @@ def test_help_lists_every_preset(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     text = capsys.readouterr().out
-    for preset, algos in train.PRESETS.items():
+    for preset, algos in PRESETS.items():
         for algo, values in algos.items():
             key, value = next(iter(values.items()))
             assert f"  {preset}, {algo}: {key}={value}," in text
 
 
 def test_a_config_file_gives_settings_the_command_line_overrides(tmp_path):
-    saved = train.Config(algo="a2c", env="Pendulum-v1", seed=1, gamma=0.95)
+    saved = resolve(Config(algo="a2c", env="Pendulum-v1", seed=1, gamma=0.95))
     path = tmp_path / "config.json"
     path.write_text(json.dumps(dataclasses.asdict(saved)))
     config, _ = train.parse_args(
         ["--config", str(path), "--seed", "3", "--logdir", "elsewhere"]
     )
     expected = dataclasses.replace(saved, seed=3, logdir="elsewhere")
-    assert config == expected  # every saved setting, but what was given
+    assert resolve(config) == expected  # every saved setting, but the given
     path.write_text(json.dumps({"algo": "a2c", "learning_rat": 0.1}))
     assert train.main(["--config", str(path)]) == 2
     path.write_text("[1, 2]")

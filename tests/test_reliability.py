@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from agents import train
+from agents import Config, load_saved_config, resolve, train
+from agents.build import build
 from agents.run_directory import RunLock
 
 TINY = ["--num-envs", "2", "--n-steps", "20", "--hidden-units", "8"]
@@ -173,8 +174,8 @@ def test_resume_restores_the_fallback_checkpoint_exactly(
     logdir = _copy(finished_run, tmp_path)
     newest, older = _prefixes(logdir)[:2]
     os.truncate(newest + ".index", 10)
-    config = train.load_saved_config(logdir)
-    py_env, _, agent = train.build(config)
+    config = load_saved_config(logdir)
+    py_env, _, agent = build(config)
     try:
         env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
         run_state = tf.Variable("", dtype=tf.string, name="run_state")
@@ -231,13 +232,15 @@ def _acktr_config(saved):
     import dataclasses
 
     return dataclasses.asdict(
-        train.Config(
-            algo="acktr",
-            num_envs=2,
-            n_steps=20,
-            hidden_units=(8,),
-            total_steps=saved["total_steps"],
-            logdir=saved["logdir"],
+        resolve(
+            Config(
+                algo="acktr",
+                num_envs=2,
+                n_steps=20,
+                hidden_units=(8,),
+                total_steps=saved["total_steps"],
+                logdir=saved["logdir"],
+            )
         )
     )
 
@@ -281,11 +284,31 @@ def test_resume_keeps_the_runs_total_steps_unless_given(
         ["--logdir", logdir, "--resume", "--total-steps", "240"], capsys
     )
     assert code == 0 and ": 240 steps" in out, err
-    assert train.load_saved_config(logdir).total_steps == 240
+    assert load_saved_config(logdir).total_steps == 240
     code, out, err = _main(
         ["--logdir", logdir, "--resume", "--algo", "acktr"], capsys
     )
     assert code == 2 and "algo='acktr' (saved: 'a2c')" in err
+
+
+def test_a_resume_from_python_must_match_every_saved_setting(
+    finished_run, tmp_path
+):
+    """`run(config, resume=True)` compares every field but `total_steps`
+    and `logdir`, where the command line compares the options given."""
+    import dataclasses
+
+    from agents import run
+
+    logdir = _copy(finished_run, tmp_path)
+    before = _tree(logdir)
+    saved = load_saved_config(logdir)
+    with pytest.raises(
+        ValueError,
+        match=r"only total_steps may change. Received: seed=5 \(saved: 0\)",
+    ):
+        run(dataclasses.replace(saved, seed=5), resume=True)
+    assert _tree(logdir) == before
 
 
 # One run per directory.
@@ -378,7 +401,7 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
 def test_a_non_finite_batch_changes_no_variable_and_is_counted(algo, field):
     from agents.rollout import RolloutCollector
 
-    config = train.Config(
+    config = Config(
         algo=algo,
         preset="mujoco",
         env="Pendulum-v1",
@@ -387,8 +410,8 @@ def test_a_non_finite_batch_changes_no_variable_and_is_counted(algo, field):
         hidden_units=(8,),
         logdir="unused",
     )
-    assert config.normalize_observations  # the normalizer is covered too
-    py_env, tf_env, agent = train.build(config)
+    assert resolve(config).normalize_observations  # the normalizer too
+    py_env, tf_env, agent = build(config)
     try:
         collector = RolloutCollector(tf_env, agent.collect_policy, 8)
         update = tf.function(agent.train)
