@@ -10,7 +10,8 @@ a clean ablation of the K-FAC step.
 import keras
 import tensorflow as tf
 
-from agents.on_policy import OnPolicyActorCriticAgent, apply_gradients
+from agents.gradients import apply_gradients
+from agents.on_policy import OnPolicyActorCriticAgent
 from agents.optimizers import a2c_optimizer, agent_arguments
 
 

@@ -31,12 +31,8 @@ import tensorflow as tf
 import keras_kfac
 from agents import losses, trust_region
 from agents.checks import check_positive_integer
-from agents.on_policy import (
-    OnPolicyActorCriticAgent,
-    TrustRegionLossInfo,
-    apply_gradients,
-    fisher_then_loss_gradients,
-)
+from agents.gradients import apply_gradients, fisher_then_loss_gradients
+from agents.on_policy import OnPolicyActorCriticAgent, TrustRegionLossInfo
 from agents.optimizers import acktr_optimizer, agent_arguments
 from agents.presets import defaults
 

@@ -35,7 +35,6 @@ from tf_agents.trajectories import time_step as ts
 
 from agents import advantages as advantages_lib
 from agents import losses, on_policy_checks, step_size, value_fit
-from agents.gradients import apply_gradients, fisher_then_loss_gradients
 from agents.policies import ActorCriticPolicy
 from keras_kfac import linalg
 
@@ -45,8 +44,6 @@ __all__ = [
     "OnPolicyActorCriticAgent",
     "TrustRegionLossInfo",
     "UpdateBatch",
-    "apply_gradients",
-    "fisher_then_loss_gradients",
 ]
 
 ActorCriticLossInfo = collections.namedtuple(
@@ -151,7 +148,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             here takes Gauss-Newton steps: before each step the backward
             pass of `losses.value_gauss_newton_loss` records its factors,
             so `F̂` approximates `2 E[∇V ∇Vᵀ]`, the Gauss-Newton matrix of
-            the value loss (`agents.acktr.kfac_value_optimizer`). `None`
+            the value loss (`agents.optimizers.kfac_value_optimizer`). `None`
             trains both with `optimizer` on the joint loss. Defaults to
             `None`.
         value_epochs: Passes over the batch of the separate value fit.

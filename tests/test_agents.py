@@ -109,9 +109,12 @@ def test_loss_info_matches_formulas_on_the_batch():
 
 
 def test_factors_come_from_the_fisher_pass_only():
-    # First update, so the running factors equal the batch ones (ε = 0).
+    # First update, so the running factors equal the batch ones (ε = 0);
+    # the joint step (no separate critic), so the value head has a block.
     optimizer = acktr_optimizer(cold_steps=0)
-    py_env, env, agent = _setup(optimizer=optimizer, seed=7)
+    py_env, env, agent = _setup(
+        optimizer=optimizer, value_optimizer=None, seed=7
+    )
     experience = _rollout(env, agent)
     net = agent.actor_critic_network
     rows = tf.reshape(experience.observation[:, :-1], (-1, 4))
@@ -246,7 +249,10 @@ def test_a_users_network_trains_with_kfac_on_all_its_layers():
     py_env = GymnasiumEnvironment("CartPole-v1", num_envs=2, seed=0)
     env = tf_py_environment.TFPyEnvironment(py_env)
     net = _UserNetwork(env.observation_spec())
-    agent = AcktrAgent(env.time_step_spec(), env.action_spec(), net)
+    # The joint step: the value head is K-FAC's too.
+    agent = AcktrAgent(
+        env.time_step_spec(), env.action_spec(), net, value_optimizer=None
+    )
     assert len(agent.optimizer.estimator.blocks) == 3
     info = agent.train(_rollout(env, agent))
     assert np.isfinite(info.loss)

@@ -10,7 +10,7 @@ import pytest
 from tf_agents.trajectories import time_step as ts
 
 from agents import atari
-from agents.config import Config
+from agents.config import Config, resolve
 from agents.env_factory import make_env
 from agents.envs import GymnasiumEnvironment
 from agents.presets import preset_for
@@ -157,7 +157,7 @@ def test_atari_ids_get_the_atari_preset():
     assert atari.is_atari("ALE/Pong-v5") and atari.is_atari(BREAKOUT)
     assert not atari.is_atari("CartPole-v1")
     assert preset_for("ALE/Pong-v5") == "atari"
-    config = Config(algo="acktr", env="ALE/Pong-v5")
+    config = resolve(Config(algo="acktr", env="ALE/Pong-v5"))
     assert config.preset == "atari"
     assert (config.num_envs, config.n_steps) == (32, 20)
     assert config.shared_torso and config.critic == "joint"

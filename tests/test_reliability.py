@@ -442,7 +442,7 @@ def test_a_non_finite_batch_changes_no_variable_and_is_counted(algo, field):
 def test_a_first_order_step_with_a_nan_gradient_is_skipped_whole():
     import keras
 
-    from agents.on_policy import apply_gradients
+    from agents.gradients import apply_gradients
 
     variable = tf.Variable([1.0, 2.0])
     optimizer = keras.optimizers.Adam(0.1)

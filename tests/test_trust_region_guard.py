@@ -35,8 +35,13 @@ def _acktr(env_id="CartPole-v1", optimizer_kwargs=None, **agent_kwargs):
         env.observation_spec(), env.action_spec(), hidden_units=(8,)
     )
     optimizer = acktr_optimizer(**{**EXACT, **(optimizer_kwargs or {})})
+    # The joint step, whose KL the guard bounds for actor and critic alike.
     agent = AcktrAgent(
-        env.time_step_spec(), env.action_spec(), net, optimizer, **agent_kwargs
+        env.time_step_spec(),
+        env.action_spec(),
+        net,
+        optimizer,
+        **{"value_optimizer": None, **agent_kwargs},
     )
     experience = RolloutCollector(env, agent.collect_policy, 16).collect()
     py_env.close()
