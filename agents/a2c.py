@@ -44,7 +44,8 @@ class A2CAgent(OnPolicyActorCriticAgent):
         optimizer = a2c_optimizer() if optimizer is None else optimizer
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise ValueError(
-                f"optimizer must be a keras.optimizers.Optimizer. Received: {optimizer!r}"
+                "optimizer must be a keras.optimizers.Optimizer. "
+                f"Received: {optimizer!r}"
             )
         super().__init__(
             time_step_spec,

@@ -82,11 +82,13 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         optimizer = acktr_optimizer() if optimizer is None else optimizer
         if not isinstance(optimizer, keras_kfac.KFAC):
             raise ValueError(
-                f"AcktrAgent needs a keras_kfac.KFAC optimizer. Received: {optimizer!r}"
+                "AcktrAgent needs a keras_kfac.KFAC optimizer. "
+                f"Received: {optimizer!r}"
             )
         if not vf_fisher_coef > 0:
             raise ValueError(
-                f"vf_fisher_coef must be > 0. Received: vf_fisher_coef={vf_fisher_coef!r}"
+                "vf_fisher_coef must be > 0. "
+                f"Received: vf_fisher_coef={vf_fisher_coef!r}"
             )
         self._vf_fisher_coef = float(vf_fisher_coef)
         if max_kl_ratio is not None:

@@ -37,7 +37,8 @@ def episode_masks(
 
 
 def _scan_backwards(fn, elements, initial):
-    """`tf.scan` from `t = T - 1` down to `0` over time-major `[T, B]` inputs."""
+    """`tf.scan` from `t = T - 1` down to `0` over time-major `[T, B]`
+    inputs."""
     return tf.scan(fn, elements, initializer=initial, reverse=True)
 
 

@@ -398,7 +398,8 @@ class Summary:
             else ""
         )
         return (
-            f"{self.algo} on {self.env} (seed {self.seed}): {self.env_steps} steps "
+            f"{self.algo} on {self.env} (seed {self.seed}): "
+            f"{self.env_steps} steps "
             f"in {self.seconds:.0f} s ({self.steps_per_second:.0f} steps/s), "
             f"{self.episodes} episodes, {mean}{skipped}; policy: "
             f"{self.policy_dir}"

@@ -1,7 +1,8 @@
 """Run episodes with an exported policy and print the mean and std return.
 
     python -m agents.evaluate runs/acktr-CartPole-v1-seed0
-    python -m agents.evaluate runs/acktr-CartPole-v1-seed0/policy --env CartPole-v1
+    python -m agents.evaluate runs/acktr-CartPole-v1-seed0/policy \
+        --env CartPole-v1
     python -m agents.evaluate runs/acktr-CartPole-v1-seed0 --stochastic \
         --video cartpole.gif
 

@@ -22,9 +22,9 @@ from the backward pass of `joint_fisher = pg_fisher + vf_fisher`:
 A critic fitted apart by K-FAC (ACKTR paper §3.1 takes the Gauss-Newton
 matrix as the critic's Fisher) needs no noise: `V` is a scalar, so the
 backward pass of `value_gauss_newton_loss = √2 · mean_w(V(s))` gives every
-example the gradient `√2 ∇V` exactly (rows of weight 1), and K-FAC's `F̂` approximates
-`2 E[∇V ∇Vᵀ]`, the Gauss-Newton matrix of `vf_loss` itself. (The joint
-pass needs the noise: there the policy's and the critic's per-example
+example the gradient `√2 ∇V` exactly (rows of weight 1), and K-FAC's `F̂`
+approximates `2 E[∇V ∇Vᵀ]`, the Gauss-Newton matrix of `vf_loss` itself.
+(The joint pass needs the noise: there the policy's and the critic's per-example
 gradients meet in shared layers, and only zero-mean noise keeps their
 cross terms out of `G`.)
 """

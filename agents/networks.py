@@ -201,11 +201,13 @@ class ActorCriticNetwork(network.Network):
             )
         if tf.nest.flatten(action_spec) != [action_spec]:
             raise ValueError(
-                f"Nested action specs are not supported. Received: {action_spec}"
+                "Nested action specs are not supported. "
+                f"Received: {action_spec}"
             )
         if any(int(u) < 1 for u in hidden_units):
             raise ValueError(
-                f"hidden_units must be positive. Received: {tuple(hidden_units)}"
+                "hidden_units must be positive. "
+                f"Received: {tuple(hidden_units)}"
             )
         self._discrete = action_spec.dtype.is_integer
         outputs = _policy_outputs(action_spec, initial_log_std)

@@ -4,7 +4,7 @@ layer over the Python API (`agents.Config`, `agents.build.build`,
 
     python -m agents.train --algo acktr --env CartPole-v1
     python -m agents.train --algo a2c --env CartPole-v1 --seed 1
-    python -m agents.train --algo acktr --env CartPole-v1 --resume   # after a kill
+    python -m agents.train --algo acktr --env CartPole-v1 --resume  # killed
     python -m agents.train --algo trpo --env CartPole-v1
     python -m agents.train --algo acktr --preset mujoco --env HalfCheetah-v5
 

@@ -94,7 +94,7 @@ def per_update_times(repeats, num_envs=8):
         env, trainers["ACKTR"][0].collect_policy, n_steps=20
     ).collect()
     times = {name: [] for name in trainers}
-    for name, (_, train) in trainers.items():
+    for _, train in trainers.values():
         for _ in range(20):  # trace, and pass ACKTR's cold steps
             train(experience)
     for _ in range(repeats):
@@ -177,7 +177,8 @@ def main():
     times = {n: per_update_times(args.repeats, n) for n in (8, 32)}
 
     print(
-        "| algorithm | budget | steps to 475, per seed | solved | median steps | run time, s |"
+        "| algorithm | budget | steps to 475, per seed | solved "
+        "| median steps | run time, s |"
     )
     print("|---|---|---|---|---|---|")
     for algo in ("acktr", "a2c"):
@@ -187,7 +188,8 @@ def main():
             f"{int(np.median(done))}" if len(done) == len(solved[algo]) else "-"
         )
         print(
-            f"| {algo} | {budgets[algo]} | {per_seed} | {len(done)}/{args.seeds} "
+            f"| {algo} | {budgets[algo]} | {per_seed} "
+            f"| {len(done)}/{args.seeds} "
             f"| {median} | {np.mean(seconds[algo]):.0f} |"
         )
     print()

@@ -103,7 +103,7 @@ def main():
         initial = build().get_weights()
         for name, (make, layers) in OPTIMIZERS.items():
             losses, ends = train(
-                lambda: build(layers),
+                lambda build=build, layers=layers: build(layers),
                 initial,
                 make(),
                 data,

@@ -1,7 +1,8 @@
 """K-FAC vs kfac-jax vs Adam vs SGD on a supervised problem: error vs
 updates and seconds.
 
-    python bench/supervised.py --problem autoencoder > bench/results/autoencoder/autoencoder.md
+    python bench/supervised.py --problem autoencoder \
+        > bench/results/autoencoder/autoencoder.md
     python bench/supervised.py --problem cnn > bench/results/cnn/cnn.md
     python bench/supervised.py --problem cnn --quick   # a smoke test
 

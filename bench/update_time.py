@@ -128,8 +128,7 @@ def time_updates(env_id: str, repeats: int) -> dict:
             train(experience).loss.numpy()
             times[name].append(time.perf_counter() - start)
     return {
-        name: (statistics.mean(t), agents[name][1])
-        for name, t in times.items()
+        name: (statistics.mean(t), agents[name][1]) for name, t in times.items()
     }
 
 

@@ -20,7 +20,8 @@ function the optimizer passes (`keras_kfac.estimator`).
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -157,7 +158,9 @@ class KroneckerBlock:
                     if diagonal
                     else add_variable((dim, dim), f"Q_{name}", "identity")
                 )
-                parts.append(add_variable((dim,), f"eigenvalues_{name}", "zeros"))
+                parts.append(
+                    add_variable((dim,), f"eigenvalues_{name}", "zeros")
+                )
             derived = Eigenbases(*parts)
         return BlockState(A, G, updates, derived)
 

@@ -25,7 +25,8 @@ def check_integer(name: str, value, minimum: int) -> None:
     """Raises unless `value` is an integer (not a bool) `>= minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(
-            f"{name} must be an integer >= {minimum}. Received: {name}={value!r}"
+            f"{name} must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
         )
 
 
@@ -314,7 +315,9 @@ class UpdateWarnings:
         )
 
         def warn():
-            tf.py_function(self._warn_skipped_updates, [skipped, total], Tout=[])
+            tf.py_function(
+                self._warn_skipped_updates, [skipped, total], Tout=[]
+            )
             return tf.constant(True)
 
         tf.cond(most_skipped, warn, lambda: tf.constant(False))
@@ -358,7 +361,9 @@ def summary_rows(blocks, variables) -> list[tuple[str, tuple, str]]:
                 ("G", block.dim_G, block.diagonal_G),
             )
         )
-        update_of[block.kernel_index] = f"K-FAC {kind} block {number} ({A}, {G})"
+        update_of[block.kernel_index] = (
+            f"K-FAC {kind} block {number} ({A}, {G})"
+        )
         if block.bias_index is not None:
             update_of[block.bias_index] = f"K-FAC {kind} block {number}"
     return [

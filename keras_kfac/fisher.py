@@ -114,7 +114,7 @@ def fisher_then_loss_gradients(
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
 class TrueFisherModel(keras.Model):
-    """Trains `model` with factors from the true Fisher instead of the empirical.
+    """Trains `model` with factors from the true Fisher, not the empirical.
 
     Each `fit` step differentiates two losses through one forward pass: a
     Fisher loss at targets sampled from the model's predictive distribution,
@@ -123,9 +123,9 @@ class TrueFisherModel(keras.Model):
     `KFAC(adaptive=True)`, the default of `compile` here, the step also
     reads exact Gauss-Newton products of the compiled loss on the batch
     (`gauss_newton_products`) and the batch loss after the update
-    (`batch_loss`), undoing an update that raised it; both replay the forward pass from the
-    variables' state before it (dropout seeds, batch-norm statistics) and
-    change no variable.
+    (`batch_loss`), undoing an update that raised it; both replay the
+    forward pass from the variables' state before it (dropout seeds,
+    batch-norm statistics) and change no variable.
 
         model = keras_kfac.TrueFisherModel(net, distribution="categorical")
         model.compile(loss=...)          # optimizer: KFAC(adaptive=True)
@@ -307,9 +307,13 @@ class TrueFisherModel(keras.Model):
         x, y, sample_weight = batch
         with collecting_statistics(False):
             if self._has_rolled_recurrence():
-                y_pred, jvps = self._reverse_mode_jvps(x, state, values, tangents)
+                y_pred, jvps = self._reverse_mode_jvps(
+                    x, state, values, tangents
+                )
             else:
-                y_pred, jvps = self._forward_mode_jvps(x, state, values, tangents)
+                y_pred, jvps = self._forward_mode_jvps(
+                    x, state, values, tangents
+                )
         y_pred = tf.stop_gradient(y_pred)
         with tf.GradientTape(persistent=True) as outer:
             outer.watch(y_pred)
@@ -377,7 +381,9 @@ class TrueFisherModel(keras.Model):
                 )
                 for tangent in tangents
             ]
-        jvps = [outer.gradient(d, u, unconnected_gradients="zero") for d in dots]
+        jvps = [
+            outer.gradient(d, u, unconnected_gradients="zero") for d in dots
+        ]
         del outer
         return y_pred, jvps
 

@@ -35,7 +35,9 @@ class KLClippedUpdates:
         quadratic = tf.add_n(
             [tf.reduce_sum(gradients[i] * directions[i]) for i in indices]
         )
-        eta = linalg.kl_clip_learning_rate(learning_rate, self.kl_clip, quadratic)
+        eta = linalg.kl_clip_learning_rate(
+            learning_rate, self.kl_clip, quadratic
+        )
         mu = tf.constant(self.momentum, tf.float32)
         return eta, mu, eta / tf.cast(learning_rate, tf.float32)
 

@@ -29,6 +29,7 @@ argument checks, `summary` and the warnings in `keras_kfac.diagnostics`.
 This module keeps the Keras surface and the update as a recipe
 (`_distributed_kfac_step`).
 """
+
 from typing import NamedTuple
 
 import keras
@@ -85,9 +86,7 @@ class StepCoefficients(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
-class KFAC(
-    KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer
-):
+class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
     """Kronecker-factored natural gradient with a KL trust region.
 
     Preconditions the variables of `keras_kfac.layers` (`Dense`, `Conv1D`,
@@ -266,7 +265,9 @@ class KFAC(
         self._estimator = estimator.KroneckerFactoredCurvature(
             blocks,
             [
-                block.create_state(add_variable, self.damping_mode, self.damping)
+                block.create_state(
+                    add_variable, self.damping_mode, self.damping
+                )
                 for block in blocks
             ],
             self.stats_decay,

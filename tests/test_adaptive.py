@@ -463,7 +463,11 @@ def test_mixed_float16_trains_the_adaptive_kfac(rng):
         model = keras_kfac.TrueFisherModel(tiny_network(), "bernoulli")
         model.compile(loss=bernoulli_nll)
         history = model.fit(
-            x, y, batch_size=8, epochs=2, verbose=0,
+            x,
+            y,
+            batch_size=8,
+            epochs=2,
+            verbose=0,
             callbacks=[keras_kfac.KFACLogs()],
         )
     finally:

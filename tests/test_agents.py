@@ -125,7 +125,8 @@ def test_factors_come_from_the_fisher_pass_only():
 
     agent.train(experience)
     factors = {
-        id(b.layer): f for b, f in zip(optimizer.estimator.blocks, optimizer.estimator.states)
+        id(b.layer): f
+        for b, f in zip(optimizer.estimator.blocks, optimizer.estimator.states)
     }
     # Policy head: g = ∇_logits log π(a|s) = onehot(a) - p, G = E[g gᵀ].
     g = np.eye(2)[actions] - p

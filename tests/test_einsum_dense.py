@@ -99,7 +99,9 @@ def test_one_example_at_one_position_gives_the_exact_fisher(rng, name):
 def test_a_matrix_equation_is_a_dense_layer(rng):
     x = rng.normal(size=(7, 5, 4)).astype("float32")
     u = rng.normal(size=(7, 5, 3)).astype("float32")
-    einsum = layers.EinsumDense("abc,cd->abd", output_shape=(None, 3), bias_axes="d")
+    einsum = layers.EinsumDense(
+        "abc,cd->abd", output_shape=(None, 3), bias_axes="d"
+    )
     dense = layers.Dense(3)
     einsum.build(x.shape)
     dense.build(x.shape)
@@ -112,7 +114,9 @@ def test_a_matrix_equation_is_a_dense_layer(rng):
 
 
 def test_a_bias_on_some_output_axes_trains_first_order(rng):
-    layer = layers.EinsumDense("abc,cde->abde", output_shape=(2, 3, 4), bias_axes="e")
+    layer = layers.EinsumDense(
+        "abc,cde->abde", output_shape=(2, 3, 4), bias_axes="e"
+    )
     layer.build((None, 2, 5))
     assert layer.kfac_bias is None
     assert layer.kfac_dimensions() == (5, 12)
@@ -152,7 +156,9 @@ def attention_model(attention):
 def test_multi_head_attention_is_keras_with_tapped_projections(rng):
     x = rng.normal(size=(3, 6, 8)).astype("float32")
     keras.utils.set_random_seed(5)
-    ours = attention_model(layers.MultiHeadAttention(2, 4, weight_sharing="reduce"))
+    ours = attention_model(
+        layers.MultiHeadAttention(2, 4, weight_sharing="reduce")
+    )
     keras.utils.set_random_seed(5)
     theirs = attention_model(keras.layers.MultiHeadAttention(2, 4))
     for w_ours, w_theirs in zip(ours.get_weights(), theirs.get_weights()):
@@ -174,7 +180,9 @@ def test_multi_head_attention_is_keras_with_tapped_projections(rng):
 def test_kfac_preconditions_every_projection_and_convert_reaches_them(rng):
     x = rng.normal(size=(16, 6, 8)).astype("float32")
     y = rng.normal(size=(16, 8)).astype("float32")
-    model = keras_kfac.convert(attention_model(keras.layers.MultiHeadAttention(2, 4)))
+    model = keras_kfac.convert(
+        attention_model(keras.layers.MultiHeadAttention(2, 4))
+    )
     model.compile(optimizer=keras_kfac.KFAC(), loss="mse")
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, batch_size=8, epochs=5, verbose=0)

@@ -1,4 +1,5 @@
-"""keras_kfac.layers.Embedding: its block diag(a) ⊗ G against dense references."""
+"""keras_kfac.layers.Embedding: its block diag(a) ⊗ G against dense
+references."""
 
 import warnings
 

@@ -87,7 +87,8 @@ def test_true_fisher_model_rejects_bad_arguments():
 
 @pytest.mark.parametrize("true_fisher", [True, False])
 def test_fit_taps_sampled_targets_only_with_true_fisher(rng, true_fisher):
-    """Uniform predictions, all labels 0: the two Fishers differ in closed form."""
+    """Uniform predictions, all labels 0: the two Fishers differ in closed
+    form."""
     x = rng.normal(size=(6000, 4)).astype("float32")
     y = np.zeros(6000, dtype="int32")
     net = keras.Sequential(
@@ -130,4 +131,6 @@ def test_fisher_then_loss_gradients_takes_factors_from_the_fisher_pass(rng):
         layer.statistics.G.numpy(), u.T @ u / n, rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(gradients[0], x.T @ w / n, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(gradients[1], w.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        gradients[1], w.mean(axis=0), rtol=1e-5, atol=1e-6
+    )

@@ -115,7 +115,9 @@ def test_the_kfac_critic_factors_come_from_its_gauss_newton_pass():
     assert not policy_layers & value_layers
     G_value = {
         id(b.layer): f.G
-        for b, f in zip(value_optimizer.estimator.blocks, value_optimizer.estimator.states)
+        for b, f in zip(
+            value_optimizer.estimator.blocks, value_optimizer.estimator.states
+        )
     }[id(net._value_head)]
     np.testing.assert_allclose(G_value.numpy(), [[2.0]], rtol=1e-6)
     assert isinstance(agent.value_optimizer, keras_kfac.KFAC)

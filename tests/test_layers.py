@@ -20,7 +20,8 @@ def recording_statistics():
 
 
 def test_batch_size_one_dense_block_equals_exact_fisher(rng):
-    """With one example, A ⊗ G is the exact (empirical) Fisher block of [W; b]."""
+    """With one example, A ⊗ G is the exact (empirical) Fisher block of
+    [W; b]."""
     layer = layers.Dense(3)
     x = tf.constant(rng.normal(size=(1, 4)).astype("float32"))
     y = tf.constant(rng.normal(size=(1, 3)).astype("float32"))

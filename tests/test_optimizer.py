@@ -233,7 +233,8 @@ def test_cold_steps_are_plain_sgd(rng):
 
 
 def test_momentum_averages_steps(rng):
-    """v ← μ v + (1 - μ) η Δ, θ ← θ - v, checked over two steps on SGD-like cold steps."""
+    """v ← μ v + (1 - μ) η Δ, θ ← θ - v, checked over two steps on SGD-like
+    cold steps."""
     model = mlp()
     x = rng.normal(size=(16, 3)).astype("float32")
     y = rng.normal(size=(16, 2)).astype("float32")

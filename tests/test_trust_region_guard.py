@@ -127,7 +127,9 @@ def _dense_quadratic(optimizer, steps_by_index):
     """½ Σ vec(V)ᵀ (A ⊗ G) vec(V) in float64 from the optimizer's factors,
     plus ½ ‖v‖² for variables outside the blocks."""
     total, seen = 0.0, set()
-    for block, state in zip(optimizer.estimator.blocks, optimizer.estimator.states):
+    for block, state in zip(
+        optimizer.estimator.blocks, optimizer.estimator.states
+    ):
         kernel = steps_by_index[block.kernel_index]
         V = kernel.reshape(-1, block.dim_G)
         seen.add(block.kernel_index)

@@ -56,7 +56,9 @@ class EinsumRoles:
         """Parses `equation` (`"inputs,kernel->output"`, `...` allowed in
         the input and output) for an input of `input_rank` axes."""
         inputs, kernel, output = _expand_ellipsis(equation, input_rank)
-        contracted = "".join(k for k in kernel if k in inputs and k not in output)
+        contracted = "".join(
+            k for k in kernel if k in inputs and k not in output
+        )
         outputs = "".join(k for k in kernel if k in output and k not in inputs)
         shared = [c for c in inputs if c not in kernel]
         if len(contracted) + len(outputs) != len(kernel) or any(
@@ -71,7 +73,8 @@ class EinsumRoles:
         if not shared or shared[0] != inputs[0]:
             raise ValueError(
                 "keras_kfac.layers.EinsumDense needs the input's first axis "
-                f"(the batch) kept in the output. Received: equation={equation!r}"
+                "(the batch) kept in the output. "
+                f"Received: equation={equation!r}"
             )
         output_shared = [shared[0]] + [
             c for c in output if c in shared and c != shared[0]
@@ -82,14 +85,15 @@ class EinsumRoles:
             contracted=contracted,
             outputs=outputs,
             input_permutation=_permutation(inputs, shared + list(contracted)),
-            output_permutation=_permutation(output, output_shared + list(outputs)),
+            output_permutation=_permutation(
+                output, output_shared + list(outputs)
+            ),
             kernel_permutation=_permutation(kernel, contracted + outputs),
             bias_permutation=_permutation(bias_order, outputs)
             if sorted(bias) == sorted(outputs)
             else None,
             bias_spans_outputs=sorted(bias) == sorted(outputs),
         )
-
 
     @classmethod
     def supports(cls, equation: str) -> bool:
