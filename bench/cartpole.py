@@ -77,18 +77,19 @@ def per_update_times(repeats, num_envs=8):
     `num_envs x 20` steps."""
     import tensorflow as tf
     from tf_agents.environments import tf_py_environment
+    from update_time import build_agents
 
-    from agents import A2CAgent, AcktrAgent
     from agents.envs import GymnasiumEnvironment
-    from agents.networks import ActorCriticNetwork
     from agents.rollout import RolloutCollector
 
     py_env = GymnasiumEnvironment("CartPole-v1", num_envs=num_envs, seed=0)
     env = tf_py_environment.TFPyEnvironment(py_env)
+    # The paper's settings (baselines' K-FAC, the joint step, n-step
+    # returns): the rows `acktr` and `a2c` of bench/update_time.py.
+    agents = build_agents(env)
     trainers = {}
-    for name, Agent in (("ACKTR", AcktrAgent), ("A2C", A2CAgent)):
-        network = ActorCriticNetwork(env.observation_spec(), env.action_spec())
-        agent = Agent(env.time_step_spec(), env.action_spec(), network)
+    for name, row in (("ACKTR", "acktr"), ("A2C", "a2c")):
+        agent = agents[row][0]
         trainers[name] = (agent, tf.function(agent.train))
     experience = RolloutCollector(
         env, trainers["ACKTR"][0].collect_policy, n_steps=20
