@@ -305,6 +305,7 @@ def test_true_fisher_model_compiles_the_adaptive_kfac_by_default():
         assert model.optimizer.adaptive
 
 
+@pytest.mark.slow
 def test_extra_passes_leave_batch_norm_statistics_to_the_real_one(rng):
     """One step: the moving mean folds in the batch mean of the forward
     pass at the old weights once, `m ← 0.9 · 0 + 0.1 · mean`, however many
@@ -339,6 +340,7 @@ def test_extra_passes_leave_batch_norm_statistics_to_the_real_one(rng):
     )
 
 
+@pytest.mark.slow
 def test_adaptive_state_saves_and_loads(rng, tmp_path):
     model, optimizer, x, y = adaptive_model(
         rng, damping=1.0, damping_adaptation_interval=1
@@ -357,6 +359,7 @@ def test_adaptive_state_saves_and_loads(rng, tmp_path):
     assert int(loaded.optimizer.update_count) == 6
 
 
+@pytest.mark.slow
 def test_adaptive_step_is_the_same_under_jit_compile(rng):
     """XLA compiles the whole adaptive step, curvature products and the
     reduction ratio included, to the same update. (Cold steps: `Δ = ∇`,
@@ -378,6 +381,7 @@ def test_adaptive_step_is_the_same_under_jit_compile(rng):
     )
 
 
+@pytest.mark.slow
 def test_review_rejects_an_update_that_raised_the_batch_loss(rng):
     model, optimizer, x, y = adaptive_model(
         rng, damping=0.5, damping_adaptation_interval=100
@@ -415,6 +419,7 @@ def test_a_rejected_update_leaves_the_weights_where_they_were(rng):
     assert int(optimizer.update_count) == 4
 
 
+@pytest.mark.slow
 def test_a_loss_scale_wrapper_leaves_the_adaptive_update_unchanged(rng):
     # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer.
     # Its loss scale, a power of two, scales gradients and factors exactly,

@@ -200,6 +200,7 @@ def test_a2c_uses_its_first_order_optimizer():
     py_env.close()
 
 
+@pytest.mark.slow
 def test_driver_and_replay_buffer_pipeline():
     py_env, env, agent = _setup(num_envs=2)
     buffer = tf_uniform_replay_buffer.TFUniformReplayBuffer(
@@ -388,6 +389,7 @@ _LOAD_WITHOUT_OUR_PACKAGES = textwrap.dedent(
 @pytest.mark.parametrize(
     "env_id, normalize", [("CartPole-v1", False), ("Pendulum-v1", True)]
 )
+@pytest.mark.slow
 def test_policy_saver_round_trip_without_our_packages(
     tmp_path, env_id, normalize
 ):
@@ -432,6 +434,7 @@ def test_policy_saver_round_trip_without_our_packages(
     py_env.close()
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_gives_the_same_next_update(tmp_path):
     def make():
         keras.utils.set_random_seed(1)

@@ -171,6 +171,7 @@ def test_bad_atari_settings_raise_with_what_was_received():
         make_env("ALE/Pong-v5", time_feature=True)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_a_policy_on_a_game(tmp_path, capsys):
     from agents import evaluate, train
 

@@ -39,6 +39,7 @@ def _episodes(logdir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_exports_and_evaluate_runs_the_export(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     code = train.main(
@@ -91,6 +92,7 @@ def _config(logdir):
 
 
 @pytest.mark.parametrize("algo", ALGORITHMS)
+@pytest.mark.slow
 def test_the_mujoco_preset_trains_gaussian_policies(algo, tmp_path, capsys):
     logdir = str(tmp_path / algo)
     argv = TINY + ["--algo", algo, "--preset", "mujoco", "--env", "Pendulum-v1"]
@@ -122,6 +124,7 @@ def test_none_on_the_command_line_turns_a_preset_setting_off(tmp_path):
     assert _config(logdir)["max_grad_norm"] is None
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     assert (
@@ -183,6 +186,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
     assert not logdir.exists()
 
 
+@pytest.mark.slow
 def test_kfac_critic_guard_and_observation_features(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     argv = TINY + ["--preset", "mujoco", "--env", "Pendulum-v1"]
@@ -203,6 +207,7 @@ def test_kfac_critic_guard_and_observation_features(tmp_path, capsys):
     assert sizes and set(sizes) == {"7"}
 
 
+@pytest.mark.slow
 def test_initial_log_std_is_the_gaussian_policys_first_sigma(tmp_path):
     import numpy as np
     import tensorflow as tf
@@ -230,6 +235,7 @@ def test_initial_log_std_is_the_gaussian_policys_first_sigma(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     assert train.main(TINY + ["--total-steps", "40", "--logdir", logdir]) == 0
@@ -239,6 +245,7 @@ def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
     assert os.listdir(os.path.join(logdir, "checkpoints")) == before
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_picks_up(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     process = subprocess.Popen(
@@ -281,6 +288,7 @@ def test_sigterm_checkpoints_and_resume_picks_up(tmp_path, capsys):
     assert f"at {steps} steps" in out and f"{total} steps in" in out
 
 
+@pytest.mark.slow
 def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
     logdir = str(tmp_path / "run")
     argv = TINY + ["--total-steps", "40", "--logdir", logdir]
@@ -321,6 +329,7 @@ def test_total_steps_takes_the_names_users_type():
         assert config.total_steps == 1234, name
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_the_settings_it_resolved(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     argv = TINY + ["--env", "Pendulum-v1", "--total-steps", "40"]

@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 # The problem both comparisons train, in the fresh interpreters: data, the
 # model and its K-FAC, and what is compared after training.
@@ -78,6 +79,7 @@ SCRIPT = (
 )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_single_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run(
@@ -155,6 +157,7 @@ def free_localhost_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_strategy_matches_single_device():
     cluster = {"worker": [f"localhost:{p}" for p in free_localhost_ports(2)]}
     workers = []

@@ -193,6 +193,7 @@ def test_fit_trains_the_table_by_its_block(rng):
 
 
 @pytest.mark.parametrize("mode", ["eigen", "factored"])
+@pytest.mark.slow
 def test_touched_rows_alone_equal_the_whole_table_under_xla(rng, mode):
     """Graph mode preconditions only the batch's tokens' rows; XLA, which
     needs static shapes, the whole table. The steps agree, and the row of

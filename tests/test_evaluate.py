@@ -107,6 +107,7 @@ class _Recording:
         return self._policy.action(time_step)
 
 
+@pytest.mark.slow
 def test_a_run_with_observation_features_is_evaluated_as_trained(
     featured_run, monkeypatch, capsys
 ):

@@ -100,6 +100,7 @@ def _zero(path):
         f.write(bytes(size))
 
 
+@pytest.mark.slow
 def test_the_intact_copy_evaluates(policy, tmp_path, capsys):
     # The checks below must not reject the export they were written for.
     argv = [str(policy), "--env", "CartPole-v1", "--episodes", "2"]

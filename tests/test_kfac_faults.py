@@ -147,6 +147,7 @@ def test_warning_fires_when_most_of_at_least_10_updates_were_skipped(
         assert "damping=0" not in messages[0]
 
 
+@pytest.mark.slow
 def test_xla_counts_skipped_steps_without_the_host_callback(rng):
     """jit_compile=True cannot compile the callback that warns: no warning,
     but training runs and `skipped_steps` still tells."""

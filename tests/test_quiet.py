@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from agents.quiet import held_back
 
 NOTICES = [
@@ -51,6 +53,7 @@ def test_an_error_inside_still_restores_the_descriptor(capfd):
     assert capfd.readouterr().err.splitlines() == ["kept", "after"]
 
 
+@pytest.mark.slow
 def test_importing_tensorflow_prints_none_of_its_notices():
     child = subprocess.run(
         [

@@ -115,6 +115,7 @@ def _prefixes(logdir):
     return checkpoint_prefixes(os.path.join(logdir, "checkpoints"))
 
 
+@pytest.mark.slow
 def test_a_garbage_checkpoint_state_file_still_resumes_the_newest(
     finished_run, tmp_path, capsys
 ):
@@ -273,6 +274,7 @@ def test_a_config_that_does_not_match_is_refused_before_anything_runs(
     assert _tree(logdir) == before
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_runs_total_steps_unless_given(
     finished_run, tmp_path, capsys
 ):
@@ -362,6 +364,7 @@ def test_a_killed_process_does_not_leave_the_logdir_locked(tmp_path):
     ],
     ids=["acktr-Pendulum", "a2c-Noisy", "trpo-Noisy-subprocesses"],
 )
+@pytest.mark.slow
 def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
     setting, tmp_path, capsys
 ):
@@ -484,6 +487,7 @@ def _wait_for(path, process, seconds=120):
 HANG = TINY + ["--env", "toy_envs:Hang-v0", "--checkpoint-every", "1"]
 
 
+@pytest.mark.slow
 def test_an_environment_step_timeout_stops_the_run_and_keeps_checkpoints(
     tmp_path,
 ):
@@ -499,6 +503,7 @@ def test_an_environment_step_timeout_stops_the_run_and_keeps_checkpoints(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_a_second_signal_stops_a_run_blocked_in_an_environment_step(
     signum, tmp_path
 ):
@@ -594,6 +599,7 @@ def test_bad_logdirs(tmp_path, capsys, monkeypatch):
     assert not logdir.exists()
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_last_good_one(
     tmp_path, capsys, monkeypatch
 ):

@@ -33,6 +33,7 @@ def _recorded(model) -> list[bool]:
     return [bool(layer.statistics.fresh.numpy()) for layer in model.layers]
 
 
+@pytest.mark.slow
 def test_a_model_trained_by_adam_records_nothing(rng):
     model, x, y = _model(rng)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
@@ -43,6 +44,7 @@ def test_a_model_trained_by_adam_records_nothing(rng):
         assert layer.statistics.kernel_grad_sq.numpy() == 0.0
 
 
+@pytest.mark.slow
 def test_kfac_records_its_own_layers_only(rng):
     trained, x, y = _model(rng)
     other, _, _ = _model(rng)

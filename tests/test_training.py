@@ -62,6 +62,7 @@ def test_fit_reduces_loss(rng):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_save_load_resume_equals_uninterrupted(rng, tmp_path):
     x, y = data(rng)
     initial = classifier().get_weights()
@@ -85,6 +86,7 @@ def test_save_load_resume_equals_uninterrupted(rng, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_jit_compile_agrees_with_graph_mode(rng):
     x, y = data(rng)
     initial = classifier().get_weights()
@@ -99,6 +101,7 @@ def test_jit_compile_agrees_with_graph_mode(rng):
 
 
 @pytest.mark.parametrize("damping_mode", ["eigen", "factored"])
+@pytest.mark.slow
 def test_xla_refresh_on_cpu_warns_once(rng, damping_mode):
     """XLA compiles the refresh with its own, far slower CPU linear
     algebra: one warning when it does, none without XLA or with an
@@ -116,6 +119,7 @@ def test_xla_refresh_on_cpu_warns_once(rng, damping_mode):
         assert sum("with XLA" in m for m in messages) == count, messages
 
 
+@pytest.mark.slow
 def test_nan_batch_is_skipped_and_changes_nothing(rng):
     x, y = data(rng, n=64)
     bad = x.copy()
@@ -144,6 +148,7 @@ def test_nan_batch_is_skipped_and_changes_nothing(rng):
     assert int(poisoned.optimizer.skipped_steps) == 1
 
 
+@pytest.mark.slow
 def test_mixed_float16_keeps_factors_float32_and_undoes_loss_scale(rng):
     x, y = data(rng, n=32)
     initial = classifier().get_weights()

@@ -219,6 +219,7 @@ def test_the_value_fit_lowers_the_value_loss():
     assert float(after) < 0.5 * float(before)
 
 
+@pytest.mark.slow
 def test_trpo_on_gaussian_actions():
     agent, experience = _trpo(
         "Pendulum-v1", network_kwargs=dict(normalize_observations=True)
