@@ -106,6 +106,14 @@ class EinsumRoles:
         return True
 
 
+def _check_weight_sharing(weight_sharing) -> None:
+    if weight_sharing not in WEIGHT_SHARING:
+        raise ValueError(
+            f"weight_sharing must be one of {WEIGHT_SHARING}. "
+            f"Received: weight_sharing={weight_sharing!r}"
+        )
+
+
 def _expand_ellipsis(equation: str, input_rank: int) -> tuple[str, str, str]:
     """`(inputs, kernel, output)` with `...` replaced by unused letters."""
     try:
@@ -157,11 +165,7 @@ class EinsumDense(KFACLayer, keras.layers.EinsumDense):
 
     def __init__(self, *args, weight_sharing: str = "expand", **kwargs):
         super().__init__(*args, **kwargs)
-        if weight_sharing not in WEIGHT_SHARING:
-            raise ValueError(
-                f"weight_sharing must be one of {WEIGHT_SHARING}. "
-                f"Received: weight_sharing={weight_sharing!r}"
-            )
+        _check_weight_sharing(weight_sharing)
         if self.lora_rank:
             raise ValueError(
                 "keras_kfac.layers.EinsumDense does not support LoRA. "
@@ -265,11 +269,7 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
 
     def __init__(self, *args, weight_sharing: str = "expand", **kwargs):
         super().__init__(*args, **kwargs)
-        if weight_sharing not in WEIGHT_SHARING:
-            raise ValueError(
-                f"weight_sharing must be one of {WEIGHT_SHARING}. "
-                f"Received: weight_sharing={weight_sharing!r}"
-            )
+        _check_weight_sharing(weight_sharing)
         self.weight_sharing = weight_sharing
 
     def build(self, query_shape, value_shape, key_shape=None):
