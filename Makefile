@@ -16,7 +16,8 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo demo-digits lint test test-slow test-all bench bench-quick bench-mujoco \
+.PHONY: demo demo-digits lint test test-slow test-all bench bench-quick \
+	bench-time-to-target bench-mujoco \
 	bench-mujoco-baselines bench-atari bench-kfac-jax
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
@@ -82,9 +83,21 @@ bench: $(BENCH_STAMP) bench-kfac-jax
 	$(BENCH_PY) bench/cartpole.py
 	$(BENCH_PY) bench/update_time.py
 	$(BENCH_PY) bench/compare.py
+	$(BENCH_PY) bench/time_to_target.py --set-targets
+	$(BENCH_PY) bench/time_to_target.py --trials 8
+
+# Time to target on the models of bench/workloads.py, keras_kfac against
+# Keras' optimizers: the targets first (one Adam run per workload, before
+# any tuning), then every optimizer, 3 seeds, 8 tuning trials (hours; runs
+# that finished are kept).
+bench-time-to-target: $(BENCH_STAMP)
+	$(BENCH_PY) bench/time_to_target.py --set-targets
+	$(BENCH_PY) bench/time_to_target.py --trials 8
 
 # The same comparisons on small budgets: minutes.
 bench-quick: $(BENCH_STAMP) $(JAX_STAMP)
+	$(BENCH_PY) bench/time_to_target.py --set-targets --quick
+	$(BENCH_PY) bench/time_to_target.py --quick --seeds 1
 	$(JAX_PY) bench/kfac_jax_supervised.py --problem autoencoder --quick
 	$(JAX_PY) bench/kfac_jax_supervised.py --problem cnn --quick
 	$(BENCH_PY) bench/supervised.py --problem autoencoder --quick

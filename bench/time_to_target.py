@@ -1,0 +1,375 @@
+"""Time to target: keras_kfac against the optimizers Keras ships, on the
+models of `bench/workloads.py`.
+
+    python bench/time_to_target.py --set-targets   # first, once: the targets
+    python bench/time_to_target.py --quick         # every optimizer, minutes
+    python bench/time_to_target.py                 # full budgets, 3 seeds
+    python bench/time_to_target.py --trials 8      # and 8 tuning trials
+
+Optimizers: `kfac-recommended` (the README's recommendation for a user who
+does not tune: `keras_kfac.TrueFisherModel` around `keras_kfac.convert` of
+the model, compiled with its default, the adaptive `KFAC`), `kfac` (the
+KL-clipped `keras_kfac.KFAC()` on the converted model), and Keras' `adam`,
+`adamw`, `muon` and `sgd` (momentum 0.9). Trial 0 of each is its defaults;
+`--trials N` adds N settings drawn from its declared search space (the same
+N for all), run on seed 0, and the best of them by time to target is rerun
+on the other seeds.
+
+The targets are fixed before anything is tuned: `--set-targets` trains
+each workload once with Keras' Adam at its defaults (seed 0, full budget)
+and takes the best validation metric it reached. A run's time to target is
+its training time (validation excluded) at the end of the first epoch
+whose validation metric reaches the target. Every finished run is a JSON
+file under `bench/results/time_to_target/`, kept and skipped on a rerun,
+so the suite resumes after any stop.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from workloads import WORKLOADS  # noqa: E402
+
+RESULTS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results", "time_to_target"
+)
+TARGETS = os.path.join(RESULTS, "targets.json")
+SEEDS = (0, 1, 2)
+REFERENCE = "adam"  # the optimizer whose default run fixes the targets
+
+# Each optimizer's search space: name -> (low, high), drawn log-uniformly.
+SEARCH_SPACES = {
+    "kfac-recommended": {"damping": (1e-3, 1.0), "min_damping": (1e-6, 1e-3)},
+    "kfac": {
+        "learning_rate": (0.01, 1.0),
+        "damping": (1e-4, 0.1),
+        "kl_clip": (1e-4, 0.1),
+    },
+    "adam": {"learning_rate": (1e-4, 1e-2)},
+    "adamw": {"learning_rate": (1e-4, 1e-2), "weight_decay": (1e-4, 0.1)},
+    "muon": {"learning_rate": (1e-3, 0.1)},
+    "sgd": {"learning_rate": (1e-3, 0.3)},
+}
+OPTIMIZERS = tuple(SEARCH_SPACES)
+
+
+def trial_settings(optimizer: str, trial: int) -> dict:
+    """Trial 0: the defaults (`{}`); trial `k`: a log-uniform draw from the
+    search space, the same for every workload."""
+    if trial == 0:
+        return {}
+    rng = np.random.default_rng([OPTIMIZERS.index(optimizer), trial])
+    return {
+        name: float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        for name, (low, high) in SEARCH_SPACES[optimizer].items()
+    }
+
+
+def compiled_model(workload, optimizer: str, settings: dict):
+    """The workload's model, compiled as a user would for `optimizer`."""
+    import keras
+
+    import keras_kfac
+
+    model = workload.build()
+    metrics = [] if workload.metric == "loss" else [workload.metric]
+    if optimizer == "kfac-recommended":
+        model = keras_kfac.TrueFisherModel(
+            keras_kfac.convert(model), workload.distribution
+        )
+        chosen = keras_kfac.KFAC(adaptive=True, **settings)
+    elif optimizer == "kfac":
+        model = keras_kfac.convert(model)
+        chosen = keras_kfac.KFAC(**settings)
+    else:
+        kinds = {
+            "adam": keras.optimizers.Adam,
+            "adamw": keras.optimizers.AdamW,
+            "muon": keras.optimizers.Muon,
+            "sgd": lambda **kw: keras.optimizers.SGD(momentum=0.9, **kw),
+        }
+        chosen = kinds[optimizer](**settings)
+    model.compile(optimizer=chosen, loss=workload.loss(), metrics=metrics)
+    return model
+
+
+class TrainingClock:
+    """Records, at the end of every epoch, the training seconds (validation
+    left out), the optimizer steps and the validation metric."""
+
+    def __init__(self, metric: str):
+        import keras
+
+        clock = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                clock.start = time.perf_counter()
+                clock.paused = 0.0
+
+            def on_test_begin(self, logs=None):
+                clock.test_start = time.perf_counter()
+
+            def on_test_end(self, logs=None):
+                clock.paused += time.perf_counter() - clock.test_start
+
+            def on_epoch_end(self, epoch, logs=None):
+                clock.seconds.append(
+                    time.perf_counter() - clock.start - clock.paused
+                )
+                clock.steps.append(int(self.model.optimizer.iterations))
+                clock.values.append(float(logs[f"val_{metric}"]))
+
+        self.callback = Callback()
+        self.seconds, self.steps, self.values = [], [], []
+
+
+def run(workload, optimizer, trial, seed, epochs) -> dict:
+    """Trains one run; returns its record."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    x, y, x_val, y_val = workload.data(seed)
+    settings = trial_settings(optimizer, trial)
+    model = compiled_model(workload, optimizer, settings)
+    clock = TrainingClock(workload.metric)
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        validation_data=(x_val, y_val),
+        callbacks=[clock.callback, keras.callbacks.TerminateOnNaN()],
+        verbose=0,
+    )
+    return dict(
+        workload=workload.name,
+        optimizer=optimizer,
+        trial=trial,
+        seed=seed,
+        settings=settings,
+        epochs=epochs,
+        seconds=clock.seconds,
+        steps=clock.steps,
+        values=clock.values,
+        finished=len(clock.values) == epochs
+        and all(map(math.isfinite, clock.values)),
+    )
+
+
+def run_path(workload, optimizer, trial, seed, quick) -> str:
+    name = f"{optimizer}-trial{trial}-seed{seed}.json"
+    return os.path.join(RESULTS, budget_name(quick), workload, name)
+
+
+def cached_run(workload, optimizer, trial, seed, quick) -> dict:
+    """The run's record, trained and written only when missing."""
+    path = run_path(workload.name, optimizer, trial, seed, quick)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    epochs = workload.quick_epochs if quick else workload.epochs
+    record = run(workload, optimizer, trial, seed, epochs)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return record
+
+
+def to_target(workload, record, target) -> tuple[float, int] | None:
+    """`(seconds, steps)` at the first epoch whose validation metric
+    reaches `target`, or `None`."""
+    for seconds, steps, value in zip(
+        record["seconds"], record["steps"], record["values"]
+    ):
+        if math.isfinite(value) and workload.better(value, target):
+            return seconds, steps
+    return None
+
+
+def best(workload, values) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan
+    return max(finite) if workload.direction == "higher" else min(finite)
+
+
+def budget_name(quick: bool) -> str:
+    return "quick" if quick else "full"
+
+
+def set_targets(names, quick) -> dict:
+    """The best validation metric of the reference run of each workload,
+    kept per budget (the quick budget has its own, lower targets)."""
+    everything = {"full": {}, "quick": {}, **load_all_targets()}
+    targets = everything[budget_name(quick)]
+    for name in names:
+        record = cached_run(WORKLOADS[name], REFERENCE, 0, 0, quick)
+        targets[name] = best(WORKLOADS[name], record["values"])
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(TARGETS + ".tmp", "w") as f:
+        json.dump(everything, f, indent=1, sort_keys=True)
+    os.replace(TARGETS + ".tmp", TARGETS)
+    return targets
+
+
+def load_all_targets() -> dict:
+    if not os.path.exists(TARGETS):
+        return {}
+    with open(TARGETS) as f:
+        return json.load(f)
+
+
+def runs_of(workload, optimizer, trials, seeds, quick, target) -> dict:
+    """`{"default": [records], "tuned": [records]}`: trial 0 on every seed,
+    and the trial fastest to target on seed 0 on every seed."""
+    default = [cached_run(workload, optimizer, 0, s, quick) for s in seeds]
+    candidates = [default[0]] + [
+        cached_run(workload, optimizer, t, seeds[0], quick)
+        for t in range(1, trials + 1)
+    ]
+
+    def time_of(record):
+        reached = to_target(workload, record, target)
+        return math.inf if reached is None else reached[0]
+
+    chosen = min(candidates, key=time_of)["trial"]
+    tuned = [cached_run(workload, optimizer, chosen, s, quick) for s in seeds]
+    return {"default": default, "tuned": tuned}
+
+
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def summary_row(workload, records, target) -> dict:
+    reached = [to_target(workload, r, target) for r in records]
+    finals = [r["values"][-1] if r["values"] else math.nan for r in records]
+    return dict(
+        trial=records[0]["trial"],
+        reached=sum(r is not None for r in reached),
+        seconds=median_or_none([r[0] for r in reached if r]),
+        steps=median_or_none([r[1] for r in reached if r]),
+        final=(float(np.mean(finals)), float(np.std(finals))),
+    )
+
+
+def markdown(name, rows, target) -> str:
+    workload = WORKLOADS[name]
+    lines = [
+        f"#### {name}",
+        "",
+        f"Target: validation {workload.metric} "
+        f"{'≥' if workload.direction == 'higher' else '≤'} {target:.4g}.",
+        "",
+        "| optimizer | setting | reached | time to target, s "
+        "| steps to target | final (mean ± std) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (optimizer, setting), row in rows.items():
+        seconds = "–" if row["seconds"] is None else f"{row['seconds']:.1f}"
+        steps = "–" if row["steps"] is None else f"{row['steps']:.0f}"
+        mean, std = row["final"]
+        lines.append(
+            f"| {optimizer} | {setting} (trial {row['trial']}) "
+            f"| {row['reached']} | {seconds} | {steps} "
+            f"| {mean:.4g} ± {std:.2g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def geometric_mean_ratio(tables, optimizer, setting) -> float | None:
+    """The geometric mean over workloads of `optimizer`'s time to target
+    over the fastest Keras optimizer's, each tuned; `None` when some
+    workload lacks a time."""
+    ratios = []
+    for rows in tables.values():
+        ours = rows[(optimizer, setting)]["seconds"]
+        keras_times = [
+            row["seconds"]
+            for (name, kind), row in rows.items()
+            if kind == "tuned"
+            and not name.startswith("kfac")
+            and row["seconds"] is not None
+        ]
+        if ours is None or not keras_times:
+            return None
+        ratios.append(ours / min(keras_times))
+    return float(np.exp(np.mean(np.log(ratios)))) if ratios else None
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--workloads", nargs="+", choices=sorted(WORKLOADS), default=None
+    )
+    parser.add_argument(
+        "--optimizers", nargs="+", choices=OPTIMIZERS, default=OPTIMIZERS
+    )
+    parser.add_argument("--seeds", type=int, default=len(SEEDS))
+    parser.add_argument("--trials", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--set-targets", action="store_true")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seeds <= len(SEEDS) or args.trials < 0:
+        parser.error(
+            f"--seeds must be 1 to {len(SEEDS)} and --trials >= 0. "
+            f"Received: --seeds {args.seeds} --trials {args.trials}"
+        )
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    names = args.workloads or sorted(WORKLOADS)
+    if args.set_targets:
+        print(json.dumps(set_targets(names, args.quick), indent=1))
+        return
+    targets = load_all_targets().get(budget_name(args.quick), {})
+    missing = [n for n in names if n not in targets]
+    if missing:
+        sys.exit(
+            f"No target for {', '.join(missing)}: run with --set-targets "
+            f"{'--quick ' if args.quick else ''}first (before any tuning)."
+        )
+    tables = {}
+    for name in names:
+        workload, target = WORKLOADS[name], targets[name]
+        rows = {}
+        for optimizer in args.optimizers:
+            runs = runs_of(
+                workload,
+                optimizer,
+                args.trials,
+                SEEDS[: args.seeds],
+                args.quick,
+                target,
+            )
+            for setting, records in runs.items():
+                rows[(optimizer, setting)] = summary_row(
+                    workload, records, target
+                )
+        tables[name] = rows
+        print(markdown(name, rows, target))
+    for setting in ("default", "tuned"):
+        ratio = geometric_mean_ratio(tables, "kfac-recommended", setting)
+        shown = "–" if ratio is None else f"{ratio:.2f}x"
+        print(
+            f"kfac-recommended ({setting}) time to target over the fastest "
+            f"tuned Keras optimizer, geometric mean: {shown}"
+        )
+
+
+if __name__ == "__main__":
+    main()
