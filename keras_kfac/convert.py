@@ -9,6 +9,7 @@ _REPLACEMENTS = {
     keras.layers.Dense: layers.Dense,
     keras.layers.Conv1D: layers.Conv1D,
     keras.layers.Conv2D: layers.Conv2D,
+    keras.layers.Conv3D: layers.Conv3D,
     keras.layers.EinsumDense: layers.EinsumDense,
     keras.layers.MultiHeadAttention: layers.MultiHeadAttention,
     keras.layers.Embedding: layers.Embedding,
@@ -20,14 +21,16 @@ _REPLACEMENTS = {
 
 def convert(model: keras.Model) -> keras.Model:
     """A copy of `model` whose `Dense`, `EinsumDense`, `MultiHeadAttention`,
-    `Conv1D`, `Conv2D`, `Embedding` and normalization (`LayerNormalization`,
-    `BatchNormalization`, `RMSNormalization`) layers tap K-FAC factors.
+    `Conv1D`, `Conv2D`, `Conv3D`, `Embedding` and normalization
+    (`LayerNormalization`, `BatchNormalization`, `RMSNormalization`) layers
+    tap K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
     layer of exactly those Keras classes (not subclasses; not one with
-    LoRA or a quantized kernel, a BatchNormalization with renorm, nor an
-    EinsumDense whose equation `keras_kfac.layers.EinsumDense` does not
-    take) becomes its `keras_kfac.layers` counterpart, inside nested
+    LoRA or a quantized kernel, a BatchNormalization with renorm, a dilated
+    Conv3D, nor an EinsumDense whose equation
+    `keras_kfac.layers.EinsumDense` does not take) becomes its
+    `keras_kfac.layers` counterpart, inside nested
     Sequential and functional models too. Other layers are cloned
     unchanged and train first-order under `keras_kfac.KFAC`
     (`KFAC.summary()` lists which).
@@ -54,6 +57,10 @@ def convert(model: keras.Model) -> keras.Model:
             getattr(layer, "lora_enabled", False)
             or getattr(layer, "quantization_mode", None)
             or getattr(layer, "renorm", False)
+            or (
+                kind is layers.Conv3D
+                and tuple(layer.dilation_rate) != (1, 1, 1)
+            )
             or (
                 kind is layers.EinsumDense
                 and not EinsumRoles.supports(layer.equation)

@@ -118,6 +118,28 @@ def conv2d_patches(
     return tf.reshape(patches, (-1, tf.shape(patches)[-1]))
 
 
+def conv3d_patches(
+    x: tf.Tensor,
+    kernel_size: tuple[int, int, int],
+    strides: tuple[int, int, int],
+    padding: str,
+    data_format: str,
+) -> tf.Tensor:
+    """Rows of `a` for a Conv3D layer: one flattened patch per output
+    position, laid out `(kd, kh, kw, c_in)` as the Keras kernel
+    `(kd, kh, kw, c_in, c_out)`. (TensorFlow extracts volume patches
+    without dilation.)"""
+    if data_format == "channels_first":
+        x = tf.transpose(x, (0, 2, 3, 4, 1))
+    patches = tf.extract_volume_patches(
+        tf.cast(x, tf.float32),
+        ksizes=(1, *kernel_size, 1),
+        strides=(1, *strides, 1),
+        padding=padding.upper(),
+    )
+    return tf.reshape(patches, (-1, tf.shape(patches)[-1]))
+
+
 def conv1d_patches(
     x: tf.Tensor,
     kernel_size: int,

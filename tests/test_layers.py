@@ -315,3 +315,62 @@ def test_convert_turns_conv1d_into_ours(rng):
     ]
     with pytest.raises(ValueError, match="groups=2"):
         layers.Conv1D(4, 3, groups=2)
+
+
+@pytest.mark.parametrize(
+    "padding,strides,use_bias",
+    [("valid", 1, True), ("same", 1, True), ("same", 2, False)],
+)
+def test_conv3d_factors_match_patch_formulas(rng, padding, strides, use_bias):
+    # The patch rows' layout is the kernel's exactly when ∇W = Σ_t a_t dsᵀ.
+    layer = layers.Conv3D(
+        3, (2, 3, 2), strides=strides, padding=padding, use_bias=use_bias
+    )
+    x = rng.normal(size=(2, 4, 5, 4, 2)).astype("float32")
+    layer.build(x.shape)
+    with tf.GradientTape(persistent=True) as tape:
+        s = layer(x, training=True)
+        loss = tf.reduce_mean(tf.square(s))
+    ds = tape.gradient(loss, s).numpy().reshape(-1, 3)
+    a = layer._input_rows(tf.constant(x)).numpy().astype(np.float64)
+    assert a.shape == (len(ds), 2 * 3 * 2 * 2)
+    dW = tape.gradient(loss, layer.kernel).numpy()
+    np.testing.assert_allclose(
+        dW.reshape(-1, 3), a.T @ ds, rtol=1e-4, atol=1e-6
+    )
+    if use_bias:
+        a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    np.testing.assert_allclose(
+        layer.statistics.A.numpy(), a.T @ a / len(a), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), 2 * ds.T @ ds, rtol=1e-4, atol=1e-9
+    )
+
+
+def test_conv3d_patches_are_the_input_at_one_position(rng):
+    # A kernel the size of the input: one patch, the input itself, flattened
+    # as (depth, rows, columns, channels).
+    layer = layers.Conv3D(2, (2, 3, 2))
+    x = rng.normal(size=(1, 2, 3, 2, 3)).astype("float32")
+    layer.build(x.shape)
+    np.testing.assert_array_equal(
+        layer._input_rows(tf.constant(x)).numpy(), x.reshape(1, -1)
+    )
+
+
+def test_dilated_conv3d_is_refused_and_left_to_keras_by_convert():
+    with pytest.raises(ValueError, match=r"dilation_rate=\(2, 1, 1\)"):
+        layers.Conv3D(2, 3, dilation_rate=(2, 1, 1))
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 6, 1)),
+            keras.layers.Conv3D(2, 2, dilation_rate=2),
+            keras.layers.Conv3D(2, 2),
+        ]
+    )
+    converted = keras_kfac.convert(model)
+    assert [type(layer) for layer in converted.layers] == [
+        keras.layers.Conv3D,
+        layers.Conv3D,
+    ]

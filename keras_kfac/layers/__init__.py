@@ -18,7 +18,7 @@ kept: `keras_kfac.statistics`.
 """
 
 from keras_kfac.layers.base import KFACLayer
-from keras_kfac.layers.convolution import Conv1D, Conv2D
+from keras_kfac.layers.convolution import Conv1D, Conv2D, Conv3D
 from keras_kfac.layers.dense import Dense
 from keras_kfac.layers.einsum_dense import EinsumDense, MultiHeadAttention
 from keras_kfac.layers.embedding import Embedding
@@ -33,6 +33,7 @@ __all__ = [
     "BatchNormalization",
     "Conv1D",
     "Conv2D",
+    "Conv3D",
     "Dense",
     "EinsumDense",
     "Embedding",

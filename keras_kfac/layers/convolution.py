@@ -1,4 +1,5 @@
-"""`Conv1D` and `Conv2D` that tap their factors (Grosse & Martens 2016)."""
+"""`Conv1D`, `Conv2D` and `Conv3D` that tap their factors (Grosse & Martens
+2016)."""
 
 import keras
 import tensorflow as tf
@@ -8,7 +9,7 @@ from keras_kfac.layers.base import KFACLayer
 
 
 class _Convolution(KFACLayer):
-    """What `Conv1D` and `Conv2D` share: no groups, channels by format."""
+    """What the convolutions share: no groups, channels by format."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -89,3 +90,32 @@ class Conv1D(_Convolution, keras.layers.Conv1D):
             data_format=self.data_format,
         )
         return self._finish(inputs, self._add_bias(s), training)
+
+
+@keras.saving.register_keras_serializable(package="keras_kfac")
+class Conv3D(_Convolution, keras.layers.Conv3D):
+    """`keras.layers.Conv3D` that records its K-FAC factors when training.
+
+    Same arguments and weights as `keras.layers.Conv3D`: `"valid"` or
+    `"same"` padding, strides and data format. Dilation and grouped
+    convolutions are not supported (TensorFlow extracts volume patches
+    without dilation).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if tuple(self.dilation_rate) != (1, 1, 1):
+            raise ValueError(
+                "keras_kfac.layers.Conv3D supports only dilation_rate=1. "
+                f"Received: dilation_rate={self.dilation_rate}"
+            )
+
+    def _input_rows(self, x):
+        return curvature.conv3d_patches(
+            x, self.kernel_size, self.strides, self.padding, self.data_format
+        )
+
+    def call(self, inputs, training=None):
+        kernel = self._kernel_for(self.kernel, training)
+        s = self._add_bias(self.convolution_op(inputs, kernel))
+        return self._finish(inputs, s, training)
