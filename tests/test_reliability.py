@@ -484,6 +484,28 @@ def _wait_for(path, process, seconds=120):
         time.sleep(0.2)
 
 
+def _wait_for_checkpoint(directory, step, process, seconds=120):
+    """Waits until a checkpoint of `step` environment steps or later
+    exists: the run keeps only its newest three, so one exact checkpoint
+    may come and go between two looks."""
+    deadline = time.time() + seconds
+
+    def newest():
+        if not os.path.isdir(directory):
+            return -1
+        steps = [
+            int(name[len("ckpt-") : -len(".index")])
+            for name in os.listdir(directory)
+            if name.startswith("ckpt-") and name.endswith(".index")
+        ]
+        return max(steps, default=-1)
+
+    while newest() < step:
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"no ckpt-{step} after {seconds} s"
+        time.sleep(0.05)
+
+
 HANG = TINY + ["--env", "toy_envs:Hang-v0", "--checkpoint-every", "1"]
 
 
@@ -535,9 +557,8 @@ def test_kill_9_at_a_random_update_then_resume_ends_as_uninterrupted(
     killed = str(tmp_path / "killed")
     update = np.random.default_rng().integers(2, 12)
     process = _start(argv, killed)
-    _wait_for(
-        os.path.join(killed, "checkpoints", f"ckpt-{40 * update}.index"),
-        process,
+    _wait_for_checkpoint(
+        os.path.join(killed, "checkpoints"), 40 * update, process
     )
     process.kill()
     process.wait()
