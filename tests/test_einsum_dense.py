@@ -10,13 +10,9 @@ import tensorflow as tf
 import keras_kfac
 from keras_kfac import blocks, layers
 
-
-@pytest.fixture(autouse=True)
-def recording_statistics():
-    """These tests read the layers' statistics themselves, with no
-    optimizer to ask for them: recording is switched on explicitly."""
-    with keras_kfac.collecting_statistics(True):
-        yield
+# These tests read the layers' statistics themselves, with no optimizer to
+# ask for them: recording is switched on explicitly (conftest.py).
+pytestmark = pytest.mark.usefixtures("recording_statistics")
 
 
 def recorded_factors(layer, x, u):

@@ -6,13 +6,9 @@ import tensorflow as tf
 import keras_kfac
 from keras_kfac import fisher, layers
 
-
-@pytest.fixture(autouse=True)
-def recording_statistics():
-    """These tests read the layers' statistics themselves, with no
-    optimizer to ask for them: recording is switched on explicitly."""
-    with keras_kfac.collecting_statistics(True):
-        yield
+# These tests read the layers' statistics themselves, with no optimizer to
+# ask for them: recording is switched on explicitly (conftest.py).
+pytestmark = pytest.mark.usefixtures("recording_statistics")
 
 
 def output_G_after_fisher_pass(logits_layer_input, layer, loss_fn):

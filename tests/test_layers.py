@@ -10,13 +10,9 @@ from reference import numpy_patches
 import keras_kfac
 from keras_kfac import layers
 
-
-@pytest.fixture(autouse=True)
-def recording_statistics():
-    """These tests read the layers' statistics themselves, with no
-    optimizer to ask for them: recording is switched on explicitly."""
-    with keras_kfac.collecting_statistics(True):
-        yield
+# These tests read the layers' statistics themselves, with no optimizer to
+# ask for them: recording is switched on explicitly (conftest.py).
+pytestmark = pytest.mark.usefixtures("recording_statistics")
 
 
 def test_batch_size_one_dense_block_equals_exact_fisher(rng):
