@@ -24,8 +24,8 @@ class AdaptiveUpdates:
 
     Reads the optimizer's `_velocities`, `_current_damping`,
     `_predicted_change`, `_update_count`, `_reduction_ratio` and
-    `_rejected_steps` variables and its `damping_adaptation_*` and
-    `min_damping` settings.
+    `_rejected_steps` variables and its `momentum` (the largest `μ`),
+    `damping_adaptation_*` and `min_damping` settings.
     """
 
     @property
@@ -119,9 +119,9 @@ class AdaptiveUpdates:
     def _adaptive_coefficients(
         self, variables, indices, gradients, directions
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """`(α, μ, M₀)`: `α`, `μ` minimizing the quadratic model in the span
-        of `Δ` and the previous update `v`, from exact curvature products,
-        and the change `M₀` it predicts."""
+        """`(α, μ, M₀)`: `α`, `μ ∈ [0, momentum]` minimizing the quadratic
+        model in the span of `Δ` and the previous update `v`, from exact
+        curvature products, and the change `M₀` it predicts."""
         if self._exact_curvature is None:
             raise ValueError(
                 "KFAC(adaptive=True) chooses its step from exact curvature "
@@ -143,5 +143,6 @@ class AdaptiveUpdates:
             [gradients[i] for i in indices],
             vectors,
             self._current_damping,
+            self.momentum,
         )
         return coefficients[0], coefficients[1], change

@@ -145,12 +145,14 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             `ρ`: an update that raised the batch loss is undone
             (`review_update`), and every `damping_adaptation_interval`
             updates `λ` follows the Levenberg-Marquardt rule on `ρ`;
-            `damping` is the initial `λ`. `learning_rate`, `momentum` and
-            `kl_clip` are not used (Keras' decoupled `weight_decay` still
-            scales with `learning_rate`). The curvature products need the
-            model's loss, so train through `keras_kfac.TrueFisherModel`,
-            on one device. Defaults to `False`: the KL-clipped step above,
-            the one ACKTR takes.
+            `damping` is the initial `λ` and `momentum` the largest `μ`
+            (`μ ∈ [0, momentum]`; unbounded, the `μ` fitted to a small
+            batch swings far outside `[0, 1)` and the steps diverge).
+            `learning_rate` and `kl_clip` are not used (Keras' decoupled
+            `weight_decay` still scales with `learning_rate`). The
+            curvature products need the model's loss, so train through
+            `keras_kfac.TrueFisherModel`, on one device. Defaults to
+            `False`: the KL-clipped step above, the one ACKTR takes.
         damping_adaptation_interval: With `adaptive`, adapt `λ` every
             this many updates. Defaults to `5`.
         damping_adaptation_decay: With `adaptive`, `λ` moves by the factor

@@ -38,6 +38,7 @@ def coefficients_in_span(
     gradient: list[tf.Tensor],
     vectors: list[list[tf.Tensor]],
     damping: tf.Tensor,
+    max_momentum: float | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """`step_coefficients` of `vectors = [Δ, v]`, each a list of tensors,
     from their exact curvature products `curvature = [wᵢᵀ F wⱼ]` and the
@@ -48,6 +49,7 @@ def coefficients_in_span(
         tf.stack([tf.stack(row) for row in products]),
         tf.stack([inner_product(gradient, w) for w in vectors]),
         damping,
+        max_momentum,
     )
 
 
@@ -56,6 +58,7 @@ def step_coefficients(
     inner: tf.Tensor,
     gradient_terms: tf.Tensor,
     damping: tf.Tensor,
+    max_momentum: float | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """`(α, μ)` minimizing `M(α Δ + μ v)`, and `M₀` there.
 
@@ -63,11 +66,20 @@ def step_coefficients(
     `w = C_λ⁻¹ b`. When `v` is zero (the first update) or parallel to `Δ`,
     `C_λ` is singular; then `μ = 0` and `α = b₀ / C_λ₀₀`.
 
+    With `max_momentum`, `μ` is held to `[0, max_momentum]`: the minimizer
+    of `M` on that strip. `M` is convex, so when the free `μ` lies outside
+    the strip the constrained one is the nearer edge, with
+    `α = (b₀ - μ C_λ₀₁) / C_λ₀₀` the best `α` for it. On a small batch
+    the free `μ` follows the batch's noise (it undoes or repeats the
+    previous update several times over, `|μ| > 1`), and the steps that
+    fit one batch then raise the loss of the others.
+
     Args:
         curvature: `C`, shape `(2, 2)`.
         inner: `D`, shape `(2, 2)`.
         gradient_terms: `b`, shape `(2,)`.
         damping: `λ`, a scalar.
+        max_momentum: The largest `μ`, or `None` for `μ` unconstrained.
 
     Returns:
         `w`, shape `(2,)`, and `M₀(w) = ½ wᵀ C w - wᵀ b`, the predicted
@@ -86,6 +98,16 @@ def step_coefficients(
     safe = tf.where(two_dimensional, determinant, 1.0)
     alpha_2d = (damped[1, 1] * b[0] - damped[0, 1] * b[1]) / safe
     mu_2d = (damped[0, 0] * b[1] - damped[1, 0] * b[0]) / safe
+    if max_momentum is not None:
+        mu_bounded = tf.clip_by_value(mu_2d, 0.0, max_momentum)
+        alpha_2d = tf.where(
+            mu_bounded == mu_2d,
+            alpha_2d,
+            tf.math.divide_no_nan(
+                b[0] - mu_bounded * damped[0, 1], damped[0, 0]
+            ),
+        )
+        mu_2d = mu_bounded
     alpha_1d = tf.math.divide_no_nan(b[0], damped[0, 0])
     w = tf.where(
         two_dimensional,

@@ -78,6 +78,54 @@ def test_step_coefficients_without_a_previous_update_fit_alpha_alone():
     )
 
 
+def _damped_model(C, D, b, damping):
+    """`M(w) = ½ wᵀ (C + λ D) w - wᵀ b` in float64."""
+    damped = np.asarray(C, np.float64) + damping * np.asarray(D, np.float64)
+    return lambda w: 0.5 * w @ damped @ w - w @ np.asarray(b, np.float64)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_bounded_momentum_minimizes_the_model_on_the_strip(seed):
+    # The oracle: M is convex, so its minimizer on 0 <= μ <= m is the free
+    # one if it lies inside, else the best point of one of the two edges,
+    # each with its α solved from ∂M/∂α = 0; all three are checked.
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(6, 2))
+    C = W.T @ W
+    V = rng.normal(size=(5, 2))
+    D = V.T @ V
+    b = rng.normal(size=2) * 3.0
+    damping, bound = 0.2, 0.9
+    model = _damped_model(C, D, b, damping)
+    damped = C + damping * D
+    free = np.linalg.solve(damped, b)
+    candidates = [free] if 0.0 <= free[1] <= bound else []
+    for mu in (0.0, bound):
+        candidates.append(
+            np.array([(b[0] - mu * damped[0, 1]) / damped[0, 0], mu])
+        )
+    expected = min(candidates, key=model)
+    w, change = quadratic_model.step_coefficients(C, D, b, damping, bound)
+    np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        change, 0.5 * expected @ C @ expected - expected @ b, rtol=1e-4
+    )
+
+
+def test_bounded_momentum_covers_both_edges():
+    # The seeds above must reach both edges and the interior, or the test
+    # checks less than it says.
+    seen = set()
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        W = rng.normal(size=(6, 2))
+        V = rng.normal(size=(5, 2))
+        b = rng.normal(size=2) * 3.0
+        mu = np.linalg.solve(W.T @ W + 0.2 * V.T @ V, b)[1]
+        seen.add("below" if mu < 0 else "above" if mu > 0.9 else "inside")
+    assert seen == {"below", "above", "inside"}
+
+
 @pytest.mark.parametrize(
     "ratio, expected",
     [
@@ -166,8 +214,10 @@ def test_gauss_newton_products_through_a_rolled_lstm(rng):
 
 def test_adaptive_step_is_the_minimizer_of_the_quadratic_model(rng):
     """After the step `v = α Δ + μ p` (here `Δ = ∇` during cold steps, so
-    everything is known densely), `wᵀ (F + λ I) v = ∇ᵀ w` for `w ∈ {Δ, p}`:
-    the stationarity conditions of `M` on the span."""
+    everything is known densely), `Δᵀ (F + λ I) v = ∇ᵀ Δ` and, for `μ`
+    held to `[0, momentum]`, the Karush-Kuhn-Tucker conditions of `M` on
+    that strip: `∂M/∂μ = pᵀ (F + λ I) v - ∇ᵀ p` is zero inside it, `≥ 0`
+    at `μ = 0` and `≤ 0` at `μ = momentum`."""
     model, optimizer, x, y = adaptive_model(
         rng, damping=0.5, cold_steps=10, damping_adaptation_interval=100
     )
@@ -187,8 +237,17 @@ def test_adaptive_step_is_the_minimizer_of_the_quadratic_model(rng):
         step, alpha * gradient + mu * previous, rtol=1e-4, atol=1e-6
     )
     damped = F + 0.5 * np.eye(len(F))
-    for w in (gradient, previous):
-        np.testing.assert_allclose(w @ damped @ step, w @ gradient, rtol=1e-3)
+    np.testing.assert_allclose(
+        gradient @ damped @ step, gradient @ gradient, rtol=1e-3
+    )
+    slope = previous @ damped @ step - previous @ gradient
+    scale = 1e-3 * abs(previous @ gradient)
+    if mu == 0.0:
+        assert slope >= -scale
+    elif mu == pytest.approx(optimizer.momentum, abs=1e-7):
+        assert slope <= scale
+    else:
+        assert abs(slope) <= scale
     expected_change = 0.5 * step @ F @ step - gradient @ step
     assert float(optimizer._predicted_change) == pytest.approx(
         expected_change, rel=1e-3
