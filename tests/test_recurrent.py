@@ -336,3 +336,20 @@ def test_recurrent_layers_serialize(rng, tmp_path):
     simple = layers.SimpleRNN(3, go_backwards=True, return_sequences=True)
     config = simple.get_config()
     assert layers.SimpleRNN.from_config(config).get_config() == config
+
+
+@pytest.mark.usefixtures("recording_statistics")
+def test_stateful_layer_starts_its_rows_from_the_carried_state(rng):
+    n, T, d, units = 2, 3, 2, 3
+    layer = layers.LSTM(units, stateful=True)
+    layer.build((n, T, d))
+    x = rng.normal(size=(n, T, d)).astype("float32")
+    y = rng.normal(size=(n, units)).astype("float32")
+    layer(x)
+    carried = [s.numpy() for s in layer.states]
+    assert np.abs(carried[0]).min() > 0
+    A, G, _, _ = layer_statistics(layer, x, y)
+    a, ds, m, _ = reference_rows("lstm", layer.get_weights(), x, y, h0=carried)
+    A_ref, G_ref = reference_factors(a, ds, m, n)
+    assert_close(A, A_ref, 16)
+    assert_close(G, G_ref, 64)
