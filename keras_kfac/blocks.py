@@ -164,6 +164,14 @@ class KroneckerBlock:
             derived = Eigenbases(*parts)
         return BlockState(A, G, updates, derived)
 
+    @property
+    def variable_indices(self) -> tuple:
+        """Positions of the layer's `kfac_variables` in the optimizer's
+        variables (`None` for an absent one), in the order
+        `gradient_matrix` takes their gradients and `split` returns their
+        steps; the kernel's first."""
+        return (self.kernel_index, self.bias_index)
+
     def gradient_matrix(
         self, kernel_grad: tf.Tensor, bias_grad: tf.Tensor | None
     ) -> tf.Tensor:

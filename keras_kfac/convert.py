@@ -16,20 +16,23 @@ _REPLACEMENTS = {
     keras.layers.LayerNormalization: layers.LayerNormalization,
     keras.layers.BatchNormalization: layers.BatchNormalization,
     keras.layers.RMSNormalization: layers.RMSNormalization,
+    keras.layers.LSTM: layers.LSTM,
+    keras.layers.SimpleRNN: layers.SimpleRNN,
 }
 
 
 def convert(model: keras.Model) -> keras.Model:
     """A copy of `model` whose `Dense`, `EinsumDense`, `MultiHeadAttention`,
-    `Conv1D`, `Conv2D`, `Conv3D`, `Embedding` and normalization
+    `Conv1D`, `Conv2D`, `Conv3D`, `Embedding`, recurrent (`LSTM`,
+    `SimpleRNN`, also inside `Bidirectional`) and normalization
     (`LayerNormalization`, `BatchNormalization`, `RMSNormalization`) layers
     tap K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
     layer of exactly those Keras classes (not subclasses; not one with
     LoRA or a quantized kernel, a BatchNormalization with renorm, a dilated
-    Conv3D, nor an EinsumDense whose equation
-    `keras_kfac.layers.EinsumDense` does not take) becomes its
+    Conv3D, a recurrent layer with recurrent dropout, nor an EinsumDense
+    whose equation `keras_kfac.layers.EinsumDense` does not take) becomes its
     `keras_kfac.layers` counterpart, inside nested
     Sequential and functional models too. Other layers are cloned
     unchanged and train first-order under `keras_kfac.KFAC`
@@ -52,9 +55,12 @@ def convert(model: keras.Model) -> keras.Model:
         )
 
     def clone(layer):
+        if type(layer) is keras.layers.Bidirectional:
+            return _bidirectional(layer, clone)
         kind = _REPLACEMENTS.get(type(layer))
         if (
-            getattr(layer, "lora_enabled", False)
+            getattr(layer, "recurrent_dropout", 0)
+            or getattr(layer, "lora_enabled", False)
             or getattr(layer, "quantization_mode", None)
             or getattr(layer, "renorm", False)
             or (
@@ -82,3 +88,16 @@ def convert(model: keras.Model) -> keras.Model:
         ) from error
     converted.set_weights(model.get_weights())
     return converted
+
+
+def _bidirectional(layer, clone):
+    """A copy of the `Bidirectional` wrapper `layer` with its forward and
+    backward layers copied by `clone`."""
+    config = layer.get_config()
+    config["layer"] = keras.saving.serialize_keras_object(
+        clone(layer.forward_layer)
+    )
+    config["backward_layer"] = keras.saving.serialize_keras_object(
+        clone(layer.backward_layer)
+    )
+    return keras.layers.Bidirectional.from_config(config)

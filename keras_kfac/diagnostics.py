@@ -217,10 +217,7 @@ def warn_first_order_kernels(blocks, var_list) -> None:
     layers, most likely, that `keras_kfac.convert` would give one); other
     first-order variables are listed by `KFAC.summary()`."""
     in_blocks = {
-        i
-        for block in blocks
-        for i in (block.kernel_index, block.bias_index)
-        if i is not None
+        i for block in blocks for i in block.variable_indices if i is not None
     }
     kernels = [
         v.path
@@ -231,8 +228,8 @@ def warn_first_order_kernels(blocks, var_list) -> None:
         warnings.warn(
             f"KFAC trains {len(kernels)} kernel(s) first-order, outside "
             f"any K-FAC block: {', '.join(kernels)}. Only "
-            "keras_kfac.layers (Dense, Conv1D, Conv2D, Embedding and "
-            "the normalization layers) get one; "
+            "keras_kfac.layers (Dense, Conv1D, Conv2D, Embedding, LSTM, "
+            "SimpleRNN and the normalization layers) get one; "
             "keras_kfac.convert(model) turns the Keras layers into "
             "them. KFAC.summary() lists every variable.",
             stacklevel=4,
@@ -364,8 +361,9 @@ def summary_rows(blocks, variables) -> list[tuple[str, tuple, str]]:
         update_of[block.kernel_index] = (
             f"K-FAC {kind} block {number} ({A}, {G})"
         )
-        if block.bias_index is not None:
-            update_of[block.bias_index] = f"K-FAC {kind} block {number}"
+        for index in block.variable_indices[1:]:
+            if index is not None:
+                update_of[index] = f"K-FAC {kind} block {number}"
     return [
         (v.path, tuple(v.shape), update_of.get(i, FIRST_ORDER))
         for i, v in enumerate(variables)

@@ -28,9 +28,9 @@ BatchFactors = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
 
 
 def find_blocks(var_list) -> list[KroneckerBlock]:
-    """One block per `keras_kfac` layer whose kernel (and bias) are in
-    `var_list`; warns about a layer with a variable outside it, and when
-    there is no block at all."""
+    """One block per `keras_kfac` layer whose `kfac_variables` (kernel,
+    bias, ...) are all in `var_list`; warns about a layer with a variable
+    outside it, and when there is no block at all."""
     index = {id(v): i for i, v in enumerate(var_list)}
     blocks, seen = [], set()
     for variable in var_list:
@@ -38,10 +38,9 @@ def find_blocks(var_list) -> list[KroneckerBlock]:
         if layer is None or id(layer) in seen:
             continue
         seen.add(id(layer))
-        kernel, bias = layer.kfac_kernel, layer.kfac_bias
-        kernel_index = index.get(id(kernel))
-        bias_index = None if bias is None else index.get(id(bias))
-        if kernel_index is None or (bias is not None and bias_index is None):
+        variables = layer.kfac_variables
+        indices = [None if v is None else index.get(id(v)) for v in variables]
+        if any(v is not None and i is None for v, i in zip(variables, indices)):
             warnings.warn(
                 f"Layer {layer.name!r} has a kernel or bias that is not "
                 "trained by this optimizer; its variables get first-order "
@@ -49,11 +48,11 @@ def find_blocks(var_list) -> list[KroneckerBlock]:
                 stacklevel=3,
             )
             continue
-        blocks.append(layer.block_type(layer, kernel_index, bias_index))
+        blocks.append(layer.block_type(layer, *indices))
     if not blocks:
         warnings.warn(
             "KFAC found no keras_kfac.layers (Dense, Conv1D, Conv2D, "
-            "Embedding or a normalization layer) among the "
+            "Embedding, LSTM, SimpleRNN or a normalization layer) among the "
             f"{len(var_list)} variables it trains, so every update is "
             "first-order (momentum SGD). Build the model from "
             "keras_kfac.layers or call keras_kfac.convert(model).",
@@ -147,27 +146,20 @@ class KroneckerFactoredCurvature:
         return tf.no_op()
 
     def precondition(self, grad_of: dict, damping) -> dict:
-        """`{index: Δ}` for every kernel and bias of a block whose kernel
-        is in `grad_of` (`{index: ∇}`), with `λ = damping` (a tensor or
-        variable); a bias without a gradient counts as zero."""
+        """`{index: Δ}` for every variable of a block whose kernel is in
+        `grad_of` (`{index: ∇}`), with `λ = damping` (a tensor or
+        variable); another of its variables without a gradient (a bias)
+        counts as zero."""
         damping = tf.convert_to_tensor(damping)
         directions = {}
         for block, state in zip(self.blocks, self.states):
             if block.kernel_index not in grad_of:
                 continue
-            bias_grad = (
-                None
-                if block.bias_index is None
-                else grad_of.get(block.bias_index)
-            )
-            if block.bias_index is not None and bias_grad is None:
-                bias_grad = tf.zeros((block.dim_G,), tf.float32)
-            V = block.gradient_matrix(grad_of[block.kernel_index], bias_grad)
+            V = block.gradient_matrix(*_block_gradients(block, grad_of))
             X = block.precondition(state, V, damping, self.damping_mode)
-            kernel_step, bias_step = block.split(X)
-            directions[block.kernel_index] = kernel_step
-            if block.bias_index is not None and block.bias_index in grad_of:
-                directions[block.bias_index] = bias_step
+            for index, step in zip(block.variable_indices, block.split(X)):
+                if index is not None and index in grad_of:
+                    directions[index] = step
         return directions
 
     def quadratic_form(self, vector_of: dict, cold: tf.Tensor) -> tf.Tensor:
@@ -177,8 +169,9 @@ class KroneckerFactoredCurvature:
         vector_of = dict(vector_of)
         terms = []
         for block, state in zip(self.blocks, self.states):
-            bias = vector_of.pop(block.bias_index, None)
-            V = block.gradient_matrix(vector_of.pop(block.kernel_index), bias)
+            V = block.gradient_matrix(*_block_gradients(block, vector_of))
+            for index in block.variable_indices:
+                vector_of.pop(index, None)
             terms.append(
                 tf.where(
                     cold,
@@ -225,3 +218,18 @@ class KroneckerFactoredCurvature:
             tf.math.divide_no_nan(recorded, received),
             tf.ones_like(received),
         )
+
+
+def _block_gradients(block: KroneckerBlock, grad_of: dict) -> list:
+    """The gradients of `block`'s variables from `{index: ∇}`, in its
+    `variable_indices` order: `None` for an absent variable, zeros for a
+    present one without a gradient."""
+    grads = []
+    for index, variable in zip(
+        block.variable_indices, block.layer.kfac_variables
+    ):
+        grad = None if index is None else grad_of.get(index)
+        if index is not None and grad is None:
+            grad = tf.zeros(tuple(variable.shape), tf.float32)
+        grads.append(grad)
+    return grads

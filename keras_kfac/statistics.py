@@ -118,13 +118,12 @@ def records_kernel_gradient(layer: "KFACLayer") -> bool:
 
 
 def kfac_layer_of(variable) -> "KFACLayer | None":
-    """The live `keras_kfac` layer whose kernel or bias is `variable`."""
+    """The live `keras_kfac` layer whose block holds `variable` (a kernel,
+    a bias, a recurrent kernel)."""
     for layer in list(_live_layers):
         if not layer.built:
             continue
-        if layer.kfac_kernel is variable or (
-            layer.kfac_bias is not None and layer.kfac_bias is variable
-        ):
+        if any(v is variable for v in layer.kfac_variables if v is not None):
             return layer
     return None
 

@@ -27,6 +27,7 @@ from keras_kfac.layers.normalization import (
     LayerNormalization,
     RMSNormalization,
 )
+from keras_kfac.layers.recurrent import LSTM, SimpleRNN
 from keras_kfac.statistics import collecting_statistics
 
 __all__ = [
@@ -38,8 +39,10 @@ __all__ = [
     "EinsumDense",
     "Embedding",
     "KFACLayer",
+    "LSTM",
     "LayerNormalization",
     "MultiHeadAttention",
     "RMSNormalization",
+    "SimpleRNN",
     "collecting_statistics",
 ]

@@ -16,7 +16,9 @@ class KFACLayer:
     """Mixin for layers with a kernel whose last axis is the output axis.
 
     `block_type` is the optimizer's `keras_kfac.blocks` block for the
-    layer, and `kfac_kernel`, `kfac_bias` the variables it preconditions.
+    layer, and `kfac_kernel`, `kfac_bias` the variables it preconditions;
+    `kfac_variables` lists them in the order the block takes their indices
+    (a recurrent layer's block takes three).
     """
 
     block_type = blocks.KroneckerBlock
@@ -28,6 +30,12 @@ class KFACLayer:
     @property
     def kfac_bias(self):
         return self.bias
+
+    @property
+    def kfac_variables(self) -> tuple:
+        """The block's variables, kernel first, `None` for an absent one;
+        `block_type(layer, *their indices)` makes the block."""
+        return (self.kfac_kernel, self.kfac_bias)
 
     def build(self, input_shape):
         super().build(input_shape)
