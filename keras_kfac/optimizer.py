@@ -89,10 +89,10 @@ class StepCoefficients(NamedTuple):
 class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
     """Kronecker-factored natural gradient with a KL trust region.
 
-    Preconditions the variables of `keras_kfac.layers` (`Dense`, `Conv1D`,
-    `Conv2D`, `Embedding`, `LayerNormalization`, `BatchNormalization`,
-    `RMSNormalization`: one block each, from `keras_kfac.curvature`); any
-    other trainable variable gets a plain
+    Preconditions the variables of `keras_kfac.layers` (`Dense`, the
+    convolutions, transposed, depthwise and separable ones too, `EinsumDense`,
+    `Embedding`, the normalization layers: one block each, two for a
+    separable convolution); any other trainable variable gets a plain
     momentum-SGD update with the same step size. The layers record the
     factor statistics of every backward pass made with `training=True`, so
     `model.fit` uses the empirical Fisher (the gradient of the training loss
