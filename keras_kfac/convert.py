@@ -10,6 +10,13 @@ _REPLACEMENTS = {
     keras.layers.Conv1D: layers.Conv1D,
     keras.layers.Conv2D: layers.Conv2D,
     keras.layers.Conv3D: layers.Conv3D,
+    keras.layers.Conv1DTranspose: layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose: layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose: layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D: layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D: layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D: layers.SeparableConv1D,
+    keras.layers.SeparableConv2D: layers.SeparableConv2D,
     keras.layers.EinsumDense: layers.EinsumDense,
     keras.layers.MultiHeadAttention: layers.MultiHeadAttention,
     keras.layers.Embedding: layers.Embedding,
@@ -23,10 +30,11 @@ _REPLACEMENTS = {
 
 def convert(model: keras.Model) -> keras.Model:
     """A copy of `model` whose `Dense`, `EinsumDense`, `MultiHeadAttention`,
-    `Conv1D`, `Conv2D`, `Conv3D`, `Embedding`, recurrent (`LSTM`,
-    `SimpleRNN`, also inside `Bidirectional`) and normalization
-    (`LayerNormalization`, `BatchNormalization`, `RMSNormalization`) layers
-    tap K-FAC factors.
+    `Conv1D`, `Conv2D`, `Conv3D` (and their `Transpose` variants),
+    `DepthwiseConv1D`, `DepthwiseConv2D`, `SeparableConv1D`,
+    `SeparableConv2D`, `Embedding`, recurrent (`LSTM`, `SimpleRNN`, also
+    inside `Bidirectional`) and normalization (`LayerNormalization`,
+    `BatchNormalization`, `RMSNormalization`) layers tap K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
     layer of exactly those Keras classes (not subclasses; not one with

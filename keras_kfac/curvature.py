@@ -27,10 +27,24 @@ Embeddings: `a` is the one-hot row `e_t` of each token, so `A = diag(a)`
 with `a` the token frequencies over the (example, position) rows, and `g`
 ranges over the positions as for a Dense layer on sequences.
 
+Convolution variants (`keras_kfac.layers.convolution_variants`): a
+transposed convolution is a convolution of its zero-upsampled input, so
+`a_u` is the patch of the upsampled input at output position `u` and
+`g_u` the output gradient there, as for Conv2D (BackPACK's KFAC for
+`ConvTranspose` does the same); the bias is the homogeneous coordinate.
+A depthwise convolution applies channel `c`'s own kernel to channel `c`'s
+patches, so it gets one block `A_c ⊗ G_c` per input channel, `a_c` the
+channel's patch and `g_c` its `M = depth_multiplier` outputs. The patches
+of either are the layer's own operation applied to a kernel of unit
+vectors (`transposed_unit_kernel`, `depthwise_unit_kernel`), which gives
+them in exactly the layer's geometry.
+
 These functions are pure; the layers in `keras_kfac.layers` call them from
 their forward and backward passes and store the results; the running
 averages and the algebra on them live in `keras_kfac.blocks`.
 """
+
+import math
 
 import tensorflow as tf
 
@@ -232,3 +246,72 @@ def scale_shift_factor(
     n_local = tf.cast(n_local, tf.float32)
     n_global = n_local * num_replicas
     return tf.reduce_sum(tf.square(g), axis=0) * (n_global * n_global / n_local)
+
+
+def channel_rows(t: tf.Tensor, channels_first: bool) -> tf.Tensor:
+    """`t` with its channels axis (1 if `channels_first`, else the last)
+    as the columns and every other axis flattened into rows."""
+    if channels_first:
+        t = tf.experimental.numpy.moveaxis(t, 1, -1)
+    return tf.reshape(t, (-1, tf.shape(t)[-1]))
+
+
+def transposed_unit_kernel(kernel_size, c_in: int) -> tf.Tensor:
+    """The unit kernel `E` of a transposed convolution, shape
+    `(*kernel_size, P, c_in)` with `P = prod(kernel_size) · c_in`:
+    `E[κ, p, c] = 1` where `p` is `(κ, c)` flattened row-major, so output
+    channel `p` of the transposed convolution of `x` with `E` is the entry
+    `(κ, c)` of the patch `a_u` for which `s_u = Σ_{κ,c} a_u[κ, c] W[κ, :, c]`.
+    """
+    P = math.prod(kernel_size) * c_in
+    eye = tf.reshape(tf.eye(P), (*kernel_size, c_in, P))
+    rank = len(kernel_size)
+    return tf.transpose(eye, (*range(rank), rank + 1, rank))
+
+
+def depthwise_unit_kernel(kernel_size, channels: int) -> tf.Tensor:
+    """The unit kernel `E` of a depthwise convolution, shape
+    `(*kernel_size, channels, K)` with `K = prod(kernel_size)`:
+    `E[κ, c, m] = 1` where `m` is `κ` flattened, for every channel, so
+    output channel `c · K + m` of the depthwise convolution of `x` with
+    `E` is entry `m` of channel `c`'s patch."""
+    K = math.prod(kernel_size)
+    eye = tf.reshape(tf.eye(K), (*kernel_size, 1, K))
+    return tf.tile(eye, (*[1] * len(kernel_size), channels, 1))
+
+
+def channelwise_input_factor(
+    a: tf.Tensor, channels: int, use_bias: bool
+) -> tf.Tensor:
+    """Per-channel `A_c = E[a_c a_cᵀ]` of a depthwise convolution from its
+    patch rows `a`, shape `(rows, channels · K)` laid out `(c, κ)`; with
+    `use_bias` each `a_c` gets the homogeneous 1. Shape
+    `(channels, K (+1), K (+1))`."""
+    a = tf.cast(a, tf.float32)
+    rows = tf.shape(a)[0]
+    a = tf.reshape(a, (rows, channels, -1))
+    if use_bias:
+        a = tf.concat([a, tf.ones_like(a[:, :, :1])], axis=2)
+    return tf.einsum("rck,rcl->ckl", a, a) / tf.cast(rows, tf.float32)
+
+
+def channelwise_output_factor(
+    ds: tf.Tensor,
+    batch_size: tf.Tensor,
+    num_replicas: int,
+    channels_axis: int,
+    channels: int,
+) -> tf.Tensor:
+    """Per-channel `G_c = (1/n) Σ_{i,t} g_c g_cᵀ` with `g = n · ∂L/∂s` and
+    `g_c` the `M` outputs of input channel `c` (output channels
+    `c · M … c · M + M - 1`, as TensorFlow lays out a depthwise
+    convolution), shape `(channels, M, M)`; otherwise as `output_factor`.
+    """
+    ds = tf.cast(ds, tf.float32)
+    if channels_axis != -1 and channels_axis != len(ds.shape) - 1:
+        ds = tf.experimental.numpy.moveaxis(ds, channels_axis, -1)
+    ds = tf.reshape(ds, (-1, channels, tf.shape(ds)[-1] // channels))
+    n_local = tf.cast(batch_size, tf.float32)
+    n_global = n_local * num_replicas
+    GG = tf.einsum("rcm,rcp->cmp", ds, ds)
+    return GG * (n_global * n_global / n_local)

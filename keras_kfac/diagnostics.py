@@ -350,9 +350,15 @@ def summary_rows(blocks, variables) -> list[tuple[str, tuple, str]]:
     first-order."""
     update_of = {}
     for number, block in enumerate(blocks, 1):
-        kind = type(block.layer).__name__
+        # A stage of a layer (a separable convolution's depthwise kernel)
+        # names itself; a stacked block (one per channel) counts its
+        # matrices.
+        kind = getattr(block.layer, "kfac_kind", type(block.layer).__name__)
+        stack = f"{block.channels} x " if hasattr(block, "channels") else ""
         A, G = (
-            f"{name} diagonal {dim}" if diagonal else f"{name} {dim}x{dim}"
+            f"{name} {stack}diagonal {dim}"
+            if diagonal
+            else f"{name} {stack}{dim}x{dim}"
             for name, dim, diagonal in (
                 ("A", block.dim_A, block.diagonal_A),
                 ("G", block.dim_G, block.diagonal_G),

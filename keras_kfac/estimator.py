@@ -51,8 +51,8 @@ def find_blocks(var_list) -> list[KroneckerBlock]:
         blocks.append(layer.block_type(layer, *indices))
     if not blocks:
         warnings.warn(
-            "KFAC found no keras_kfac.layers (Dense, Conv1D, Conv2D, "
-            "Embedding, LSTM, SimpleRNN or a normalization layer) among the "
+            "KFAC found no keras_kfac.layers (dense, attention, "
+            "convolution, embedding, recurrent or normalization) among the "
             f"{len(var_list)} variables it trains, so every update is "
             "first-order (momentum SGD). Build the model from "
             "keras_kfac.layers or call keras_kfac.convert(model).",

@@ -89,14 +89,14 @@ class StepCoefficients(NamedTuple):
 class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
     """Kronecker-factored natural gradient with a KL trust region.
 
-    Preconditions the variables of `keras_kfac.layers` (`Dense`, `Conv1D`,
-    `Conv2D`, `Embedding`, `LSTM`, `SimpleRNN`, `LayerNormalization`,
-    `BatchNormalization`, `RMSNormalization`: one block each, from
-    `keras_kfac.curvature`); any other trainable variable gets a plain
-    momentum-SGD update with the same step size. The layers record the
-    factor statistics of every backward pass made with `training=True`, so
-    `model.fit` uses the empirical Fisher (the gradient of the training loss
-    at the real labels); `keras_kfac.TrueFisherModel` uses the true Fisher.
+    Preconditions the variables of `keras_kfac.layers` (dense, attention,
+    convolution, embedding, recurrent and normalization layers: one block
+    each, two for a separable convolution); any other trainable variable
+    gets a plain momentum-SGD update with the same step size. The layers
+    record the factor statistics of every backward pass made with
+    `training=True`, so `model.fit` uses the empirical Fisher (the gradient
+    of the training loss at the real labels); `keras_kfac.TrueFisherModel`
+    uses the true Fisher.
 
     Args:
         learning_rate: `η_max`, the largest step size. A float or a
@@ -146,10 +146,9 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             (`review_update`), and every `damping_adaptation_interval`
             updates `λ` follows the Levenberg-Marquardt rule on `ρ`;
             `damping` is the initial `λ` and `momentum` the largest `μ`
-            (`μ ∈ [0, momentum]`; unbounded, the `μ` fitted to a small
-            batch swings far outside `[0, 1)` and the steps diverge).
-            `learning_rate` and `kl_clip` are not used (Keras' decoupled
-            `weight_decay` still scales with `learning_rate`). The
+            (a `μ` fitted freely to a small batch swings far outside
+            `[0, 1)`). `learning_rate` and `kl_clip` are not used (Keras'
+            decoupled `weight_decay` still scales with `learning_rate`). The
             curvature products need the model's loss, so train through
             `keras_kfac.TrueFisherModel`, on one device. Defaults to
             `False`: the KL-clipped step above, the one ACKTR takes.

@@ -1,9 +1,11 @@
 """Keras layers that tap the Kronecker factors K-FAC needs.
 
-`Dense`, `Conv1D`, `Conv2D`, `Embedding`, `LayerNormalization`,
-`BatchNormalization` and `RMSNormalization` behave exactly like their Keras
-parents and load the same weights. When called with `training=True` they
-also record, for the optimizer:
+`Dense`, `Conv1D`, `Conv2D`, `Conv3D`, their transposed, depthwise and
+separable variants (`keras_kfac.layers.convolution_variants`), `EinsumDense`,
+`MultiHeadAttention`, `Embedding`, `LSTM`, `SimpleRNN`,
+`LayerNormalization`, `BatchNormalization` and `RMSNormalization` behave
+exactly like their Keras parents and load the same weights. When called
+with `training=True` they also record, for the optimizer:
 
 - `A`, from the layer input (an embedding's: its token frequencies; a
   normalization layer's is 1 and its `G` the mean squares of the per-example
@@ -19,6 +21,15 @@ kept: `keras_kfac.statistics`.
 
 from keras_kfac.layers.base import KFACLayer
 from keras_kfac.layers.convolution import Conv1D, Conv2D, Conv3D
+from keras_kfac.layers.convolution_variants import (
+    Conv1DTranspose,
+    Conv2DTranspose,
+    Conv3DTranspose,
+    DepthwiseConv1D,
+    DepthwiseConv2D,
+    SeparableConv1D,
+    SeparableConv2D,
+)
 from keras_kfac.layers.dense import Dense
 from keras_kfac.layers.einsum_dense import EinsumDense, MultiHeadAttention
 from keras_kfac.layers.embedding import Embedding
@@ -33,8 +44,13 @@ from keras_kfac.statistics import collecting_statistics
 __all__ = [
     "BatchNormalization",
     "Conv1D",
+    "Conv1DTranspose",
     "Conv2D",
+    "Conv2DTranspose",
     "Conv3D",
+    "Conv3DTranspose",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
     "Dense",
     "EinsumDense",
     "Embedding",
@@ -43,6 +59,8 @@ __all__ = [
     "LayerNormalization",
     "MultiHeadAttention",
     "RMSNormalization",
+    "SeparableConv1D",
+    "SeparableConv2D",
     "SimpleRNN",
     "collecting_statistics",
 ]
