@@ -286,17 +286,22 @@ def markdown(name, rows, target) -> str:
     return "\n".join(lines) + "\n"
 
 
-def geometric_mean_ratio(tables, optimizer, setting) -> float | None:
+def geometric_mean_ratio(
+    tables, optimizer, setting, keras_setting
+) -> float | None:
     """The geometric mean over workloads of `optimizer`'s time to target
-    over the fastest Keras optimizer's, each tuned; `None` when some
-    workload lacks a time."""
+    (its `setting` row) over the fastest Keras optimizer's (their
+    `keras_setting` rows); `None` when some workload lacks a time or was
+    not run for `optimizer`."""
     ratios = []
     for rows in tables.values():
+        if (optimizer, setting) not in rows:
+            return None
         ours = rows[(optimizer, setting)]["seconds"]
         keras_times = [
             row["seconds"]
             for (name, kind), row in rows.items()
-            if kind == "tuned"
+            if kind == keras_setting
             and not name.startswith("kfac")
             and row["seconds"] is not None
         ]
@@ -366,9 +371,11 @@ def main(argv=None) -> None:
         shown = {k: row for k, row in rows.items() if k[1] in shown_settings}
         print(markdown(name, shown, target))
     for setting in shown_settings:
-        ratio = geometric_mean_ratio(tables, "kfac-recommended", setting)
+        keras_setting = "tuned" if args.trials else "default"
+        ratio = geometric_mean_ratio(
+            tables, "kfac-recommended", setting, keras_setting
+        )
         shown = "–" if ratio is None else f"{ratio:.2f}x"
-        keras_setting = "tuned" if args.trials else "at its defaults"
         print(
             f"kfac-recommended ({setting}) time to target over the fastest "
             f"Keras optimizer ({keras_setting}), geometric mean: {shown}"

@@ -90,12 +90,22 @@ def test_the_geometric_mean_of_time_ratios():
             ("adam", "tuned"): row(20.0),
         },
     }
-    ratio = ttt.geometric_mean_ratio(tables, "kfac-recommended", "default")
-    assert ratio == pytest.approx(math.sqrt(0.5))
+
+    def ratio(keras_setting="tuned"):
+        return ttt.geometric_mean_ratio(
+            tables, "kfac-recommended", "default", keras_setting
+        )
+
+    assert ratio() == pytest.approx(math.sqrt(0.5))
+    # Against the Keras optimizers at their defaults: 20 / 40, 5 / 5.
+    tables["a"][("adam", "default")] = row(40.0)
+    tables["b"][("sgd", "default")] = row(5.0)
+    assert ratio("default") == pytest.approx(math.sqrt(0.5))
     tables["b"][("kfac-recommended", "default")] = row(None)
-    assert (
-        ttt.geometric_mean_ratio(tables, "kfac-recommended", "default") is None
-    )
+    assert ratio() is None
+    # A run of the Keras optimizers alone has no ratio to show.
+    del tables["b"][("kfac-recommended", "default")]
+    assert ratio() is None
 
 
 @pytest.mark.parametrize("name", sorted(workloads.WORKLOADS))
