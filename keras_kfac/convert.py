@@ -24,6 +24,7 @@ _REPLACEMENTS = {
     keras.layers.BatchNormalization: layers.BatchNormalization,
     keras.layers.RMSNormalization: layers.RMSNormalization,
     keras.layers.LSTM: layers.LSTM,
+    keras.layers.GRU: layers.GRU,
     keras.layers.SimpleRNN: layers.SimpleRNN,
 }
 
@@ -32,14 +33,15 @@ def convert(model: keras.Model) -> keras.Model:
     """A copy of `model` whose `Dense`, `EinsumDense`, `MultiHeadAttention`,
     `Conv1D`, `Conv2D`, `Conv3D` (and their `Transpose` variants),
     `DepthwiseConv1D`, `DepthwiseConv2D`, `SeparableConv1D`,
-    `SeparableConv2D`, `Embedding`, recurrent (`LSTM`, `SimpleRNN`, also
-    inside `Bidirectional`) and normalization (`LayerNormalization`,
+    `SeparableConv2D`, `Embedding`, recurrent (`LSTM`, `GRU`, `SimpleRNN`,
+    also inside `Bidirectional`) and normalization (`LayerNormalization`,
     `BatchNormalization`, `RMSNormalization`) layers tap K-FAC factors.
 
     The copy has the same architecture, configuration and weights; every
     layer of exactly those Keras classes (not subclasses; not one with
     LoRA or a quantized kernel, a BatchNormalization with renorm, a dilated
-    Conv3D, a recurrent layer with recurrent dropout, nor an EinsumDense
+    Conv3D, a recurrent layer with recurrent dropout, a GRU with
+    `reset_after=False`, nor an EinsumDense
     whose equation `keras_kfac.layers.EinsumDense` does not take) becomes its
     `keras_kfac.layers` counterpart, inside nested
     Sequential and functional models too. Other layers are cloned
@@ -71,6 +73,7 @@ def convert(model: keras.Model) -> keras.Model:
             or getattr(layer, "lora_enabled", False)
             or getattr(layer, "quantization_mode", None)
             or getattr(layer, "renorm", False)
+            or (kind is layers.GRU and not layer.reset_after)
             or (
                 kind is layers.Conv3D
                 and tuple(layer.dilation_rate) != (1, 1, 1)

@@ -229,7 +229,7 @@ def warn_first_order_kernels(blocks, var_list) -> None:
             f"KFAC trains {len(kernels)} kernel(s) first-order, outside "
             f"any K-FAC block: {', '.join(kernels)}. Only "
             "keras_kfac.layers (Dense, Conv1D, Conv2D, Embedding, LSTM, "
-            "SimpleRNN and the normalization layers) get one; "
+            "GRU, SimpleRNN and the normalization layers) get one; "
             "keras_kfac.convert(model) turns the Keras layers into "
             "them. KFAC.summary() lists every variable.",
             stacklevel=4,
@@ -368,8 +368,15 @@ def summary_rows(blocks, variables) -> list[tuple[str, tuple, str]]:
             f"K-FAC {kind} block {number} ({A}, {G})"
         )
         for index in block.variable_indices[1:]:
-            if index is not None:
-                update_of[index] = f"K-FAC {kind} block {number}"
+            if index is None:
+                continue
+            # A variable shared by blocks (a GRU's bias) names them all.
+            shared = update_of.get(index)
+            update_of[index] = (
+                f"K-FAC {kind} block {number}"
+                if shared is None
+                else f"{shared} + {kind} block {number}"
+            )
     return [
         (v.path, tuple(v.shape), update_of.get(i, FIRST_ORDER))
         for i, v in enumerate(variables)

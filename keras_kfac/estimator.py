@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from keras_kfac import linalg
 from keras_kfac.blocks import BlockState, KroneckerBlock
-from keras_kfac.statistics import kfac_layer_of
+from keras_kfac.statistics import kfac_layers_of
 
 # A batch's `(A, G, fresh)`: `fresh` says whether the layer recorded them
 # since the last update.
@@ -28,19 +28,34 @@ BatchFactors = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
 
 
 def find_blocks(var_list) -> list[KroneckerBlock]:
-    """One block per `keras_kfac` layer whose `kfac_variables` (kernel,
-    bias, ...) are all in `var_list`; warns about a layer with a variable
-    outside it, and when there is no block at all."""
+    """One block per `keras_kfac` layer (or stage of one) whose
+    `kfac_variables` (kernel, bias, ...) are all in `var_list`; warns about
+    a layer with a variable outside it, and when there is no block at all.
+
+    Blocks may share a variable, each preconditioning a part of it (a
+    GRU's bias, one row per block): a block whose shared variable is also
+    another's left out is left out too, so that the variable is either
+    wholly preconditioned or wholly first-order."""
     index = {id(v): i for i, v in enumerate(var_list)}
-    blocks, seen = [], set()
-    for variable in var_list:
-        layer = kfac_layer_of(variable)
-        if layer is None or id(layer) in seen:
+    blocks, seen, left_out = [], set(), set()
+    # A variable's layers in the order of their kernels, as the layers of
+    # unshared variables are: the blocks' state is saved by position.
+    layers = [
+        layer
+        for variable in var_list
+        for layer in sorted(
+            kfac_layers_of(variable),
+            key=lambda l: index.get(id(l.kfac_kernel), len(index)),
+        )
+    ]
+    for layer in layers:
+        if id(layer) in seen:
             continue
         seen.add(id(layer))
         variables = layer.kfac_variables
         indices = [None if v is None else index.get(id(v)) for v in variables]
         if any(v is not None and i is None for v, i in zip(variables, indices)):
+            left_out.update(i for i in indices if i is not None)
             warnings.warn(
                 f"Layer {layer.name!r} has a kernel or bias that is not "
                 "trained by this optimizer; its variables get first-order "
@@ -49,6 +64,15 @@ def find_blocks(var_list) -> list[KroneckerBlock]:
             )
             continue
         blocks.append(layer.block_type(layer, *indices))
+    while shares := [b for b in blocks if left_out & set(b.variable_indices)]:
+        for block in shares:
+            blocks.remove(block)
+            left_out.update(i for i in block.variable_indices if i is not None)
+            warnings.warn(
+                f"{block.layer.name!r} shares a variable with a layer whose "
+                "variables get first-order updates; so do its own.",
+                stacklevel=3,
+            )
     if not blocks:
         warnings.warn(
             "KFAC found no keras_kfac.layers (dense, attention, "
@@ -149,7 +173,8 @@ class KroneckerFactoredCurvature:
         """`{index: Δ}` for every variable of a block whose kernel is in
         `grad_of` (`{index: ∇}`), with `λ = damping` (a tensor or
         variable); another of its variables without a gradient (a bias)
-        counts as zero."""
+        counts as zero. A variable shared by blocks gets the sum of their
+        steps (each zero outside its block's part)."""
         damping = tf.convert_to_tensor(damping)
         directions = {}
         for block, state in zip(self.blocks, self.states):
@@ -159,6 +184,8 @@ class KroneckerFactoredCurvature:
             X = block.precondition(state, V, damping, self.damping_mode)
             for index, step in zip(block.variable_indices, block.split(X)):
                 if index is not None and index in grad_of:
+                    if index in directions:
+                        step = directions[index] + step
                     directions[index] = step
         return directions
 
@@ -166,12 +193,12 @@ class KroneckerFactoredCurvature:
         """`vᵀ F̂ v` for the vector `{index: v}` over all the variables:
         each block's `KroneckerBlock.quadratic_form` (`‖v‖²` instead while
         `cold`), and `‖v‖²` for variables outside the blocks."""
-        vector_of = dict(vector_of)
+        outside = dict(vector_of)
         terms = []
         for block, state in zip(self.blocks, self.states):
             V = block.gradient_matrix(*_block_gradients(block, vector_of))
             for index in block.variable_indices:
-                vector_of.pop(index, None)
+                outside.pop(index, None)
             terms.append(
                 tf.where(
                     cold,
@@ -179,7 +206,7 @@ class KroneckerFactoredCurvature:
                     block.quadratic_form(state, V, self.damping_mode),
                 )
             )
-        terms += [tf.reduce_sum(tf.square(v)) for v in vector_of.values()]
+        terms += [tf.reduce_sum(tf.square(v)) for v in outside.values()]
         return tf.add_n(terms) if terms else tf.constant(0.0)
 
     def backward_scale_sq(

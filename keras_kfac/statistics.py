@@ -106,7 +106,7 @@ def _read_by_a_reader(layer: "KFACLayer | None") -> bool:
 
 
 def register_layer(layer: "KFACLayer") -> None:
-    """Makes a built layer findable by `kfac_layer_of`; held weakly."""
+    """Makes a built layer findable by `kfac_layers_of`; held weakly."""
     _live_layers.add(layer)
 
 
@@ -117,15 +117,16 @@ def records_kernel_gradient(layer: "KFACLayer") -> bool:
     return bool(_collecting[0]) or _read_by_a_reader(layer)
 
 
-def kfac_layer_of(variable) -> "KFACLayer | None":
-    """The live `keras_kfac` layer whose block holds `variable` (a kernel,
-    a bias, a recurrent kernel)."""
-    for layer in list(_live_layers):
-        if not layer.built:
-            continue
-        if any(v is variable for v in layer.kfac_variables if v is not None):
-            return layer
-    return None
+def kfac_layers_of(variable) -> list["KFACLayer"]:
+    """The live `keras_kfac` layers whose blocks hold `variable` (a kernel,
+    a bias, a recurrent kernel): one, or several that share it (a GRU's
+    two stages share its bias)."""
+    return [
+        layer
+        for layer in list(_live_layers)
+        if layer.built
+        and any(v is variable for v in layer.kfac_variables if v is not None)
+    ]
 
 
 class FactorStatistics:

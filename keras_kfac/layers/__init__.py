@@ -2,7 +2,7 @@
 
 `Dense`, `Conv1D`, `Conv2D`, `Conv3D`, their transposed, depthwise and
 separable variants (`keras_kfac.layers.convolution_variants`), `EinsumDense`,
-`MultiHeadAttention`, `Embedding`, `LSTM`, `SimpleRNN`,
+`MultiHeadAttention`, `Embedding`, `LSTM`, `GRU`, `SimpleRNN`,
 `LayerNormalization`, `BatchNormalization` and `RMSNormalization` behave
 exactly like their Keras parents and load the same weights. When called
 with `training=True` they also record, for the optimizer:
@@ -38,7 +38,7 @@ from keras_kfac.layers.normalization import (
     LayerNormalization,
     RMSNormalization,
 )
-from keras_kfac.layers.recurrent import LSTM, SimpleRNN
+from keras_kfac.layers.recurrent import GRU, LSTM, SimpleRNN
 from keras_kfac.statistics import collecting_statistics
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "Dense",
     "EinsumDense",
     "Embedding",
+    "GRU",
     "KFACLayer",
     "LSTM",
     "LayerNormalization",
