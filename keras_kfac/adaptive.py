@@ -25,7 +25,8 @@ class AdaptiveUpdates:
     Reads the optimizer's `_velocities`, `_current_damping`,
     `_predicted_change`, `_update_count`, `_reduction_ratio` and
     `_rejected_steps` variables and its `momentum` (the largest `μ`),
-    `damping_adaptation_*` and `min_damping` settings.
+    `kl_clip` (the trust region's radius), `damping_adaptation_*` and
+    `min_damping` settings.
     """
 
     @property
@@ -118,10 +119,12 @@ class AdaptiveUpdates:
 
     def _adaptive_coefficients(
         self, variables, indices, gradients, directions
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """`(α, μ, M₀)`: `α`, `μ ∈ [0, momentum]` minimizing the quadratic
-        model in the span of `Δ` and the previous update `v`, from exact
-        curvature products, and the change `M₀` it predicts."""
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """`(α, μ, M₀, clip)`: `α`, `μ ∈ [0, momentum]` minimizing the
+        quadratic model in the span of `Δ` and the previous update `v`,
+        from exact curvature products, then scaled by `clip` into the
+        trust region `½ δᵀ F δ ≤ kl_clip`, and the change `M₀` predicted
+        there."""
         if self._exact_curvature is None:
             raise ValueError(
                 "KFAC(adaptive=True) chooses its step from exact curvature "
@@ -138,11 +141,12 @@ class AdaptiveUpdates:
             [directions[i] for i in indices],
             [previous[i] for i in indices],
         ]
-        coefficients, change = quadratic_model.coefficients_in_span(
+        coefficients, change, clip = quadratic_model.coefficients_in_span(
             self._exact_curvature(variables, vectors),
             [gradients[i] for i in indices],
             vectors,
             self._current_damping,
             self.momentum,
+            self.kl_clip,
         )
-        return coefficients[0], coefficients[1], change
+        return coefficients[0], coefficients[1], change, clip

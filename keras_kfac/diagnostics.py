@@ -228,8 +228,8 @@ def warn_first_order_kernels(blocks, var_list) -> None:
         warnings.warn(
             f"KFAC trains {len(kernels)} kernel(s) first-order, outside "
             f"any K-FAC block: {', '.join(kernels)}. Only "
-            "keras_kfac.layers (Dense, Conv1D, Conv2D, Embedding, LSTM, "
-            "GRU, SimpleRNN and the normalization layers) get one; "
+            "keras_kfac.layers (dense, attention, convolution, embedding, "
+            "recurrent and normalization layers) get one; "
             "keras_kfac.convert(model) turns the Keras layers into "
             "them. KFAC.summary() lists every variable.",
             stacklevel=4,

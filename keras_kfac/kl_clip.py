@@ -12,6 +12,23 @@ import tensorflow as tf
 
 from keras_kfac import linalg
 
+AUTO = "auto"
+# The default `δ` of each update rule (`kl_clip="auto"`): ACKTR's bound on
+# the K-FAC estimate of the KL of a fresh step, and the adaptive rule's on
+# the exact one of the whole update (measured in BENCHMARKS.md, "Time to
+# target"). The adaptive step is the full minimizer of the batch's model,
+# not a tenth of a momentum average, hence the larger radius.
+KL_CLIP = 1e-3
+ADAPTIVE_KL_CLIP = 0.1
+
+
+def default_kl_clip(kl_clip, adaptive):
+    """`kl_clip`, with `"auto"` resolved to the default of the update
+    rule."""
+    if isinstance(kl_clip, str) and kl_clip == AUTO:
+        return ADAPTIVE_KL_CLIP if adaptive is True else KL_CLIP
+    return kl_clip
+
 
 class KLClippedUpdates:
     """The KL-clipped update's part of `KFAC`: its coefficients, the
@@ -24,7 +41,8 @@ class KLClippedUpdates:
 
     @property
     def clip_coefficient(self):
-        """`η / η_max` of the last applied update (1 when not clipped)."""
+        """`η / η_max` of the last applied update (with `adaptive`, the
+        factor the trust region scaled it by); 1 when not clipped."""
         return self._clip_coefficient
 
     def _kl_clipped_coefficients(

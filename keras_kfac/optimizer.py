@@ -38,7 +38,7 @@ from keras.src import backend
 
 from keras_kfac import diagnostics, estimator, linalg
 from keras_kfac.adaptive import AdaptiveUpdates
-from keras_kfac.kl_clip import KLClippedUpdates
+from keras_kfac.kl_clip import AUTO, KLClippedUpdates, default_kl_clip
 from keras_kfac.statistics import add_statistics_reader
 
 # The arguments `KFAC.get_config` adds to the base optimizer's, each
@@ -74,14 +74,15 @@ class StepCoefficients(NamedTuple):
         step_size: `η` (KL-clipped) or `α` (adaptive).
         momentum: `μ`.
         direction_scale: `(1 - μ) η` (KL-clipped) or `α` (adaptive).
-        clip: `η / η_max` (KL-clipped only).
+        clip: `η / η_max` (KL-clipped) or the factor the trust region
+            scaled the update by (adaptive).
         predicted_change: `M₀` of the update (adaptive only).
     """
 
     step_size: tf.Tensor
     momentum: tf.Tensor
     direction_scale: tf.Tensor
-    clip: tf.Tensor | None = None
+    clip: tf.Tensor
     predicted_change: tf.Tensor | None = None
 
 
@@ -106,13 +107,15 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             the undamped natural gradient, invariant to affine changes of
             every layer's input, but then a singular factor (a 2-way softmax
             makes `G` singular) can make updates non-finite, and those are
-            skipped.
-            Defaults to `1e-2`.
+            skipped. Defaults to `1e-2`.
         kl_clip: `δ > 0`, the trust-region radius: each step satisfies
             `½ Δθᵀ F̂ Δθ ≤ δ` (the second-order estimate of the KL divergence
             it causes). OpenAI baselines' `kfac_clip` bounds `Δθᵀ F̂ Δθ`
             instead, so baselines' `kfac_clip=0.001` is `kl_clip=0.0005`
-            here. `None` turns clipping off. Defaults to `1e-3`.
+            here. With `adaptive`, the whole update `v` satisfies
+            `½ vᵀ F v ≤ δ` under the exact `F` of the batch. `None` turns
+            clipping off. Defaults to `"auto"`: `1e-3`, or `0.1` with
+            `adaptive`.
         momentum: `μ ∈ [0, 1)`; the update is the running average of the
             clipped steps. Defaults to `0.9`.
         stats_decay: `ε ∈ [0, 1)`, decay of the running factors. Defaults
@@ -145,10 +148,11 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             `ρ`: an update that raised the batch loss is undone
             (`review_update`), and every `damping_adaptation_interval`
             updates `λ` follows the Levenberg-Marquardt rule on `ρ`;
-            `damping` is the initial `λ` and `momentum` the largest `μ`
-            (a `μ` fitted freely to a small batch swings far outside
-            `[0, 1)`). `learning_rate` and `kl_clip` are not used (Keras'
-            decoupled `weight_decay` still scales with `learning_rate`). The
+            `damping` is the initial `λ`, `momentum` the largest `μ`, and
+            `kl_clip` bounds the update's KL (fitted freely to a small
+            batch, `μ` swings far outside `[0, 1)` and the update changes
+            the predictions more than the batch justifies). `learning_rate`
+            is not used (Keras' decoupled `weight_decay` scales with it). The
             curvature products need the model's loss, so train through
             `keras_kfac.TrueFisherModel`, on one device. Defaults to
             `False`: the KL-clipped step above, the one ACKTR takes.
@@ -158,12 +162,9 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             `ω = damping_adaptation_decay ** damping_adaptation_interval`
             at each adaptation. Defaults to `0.95` (Martens & Grosse's
             `ω = (19/20)^T`).
-        min_damping: With `adaptive`, the smallest `λ`. The reduction ratio
-            is measured on the batch the step was fitted to, where the
-            model is accurate (`ρ ≈ 1`) at any batch size, so on small
-            batches `λ` falls to this floor and stays near it: there the
-            floor is the damping that holds the step to what generalizes
-            beyond the batch. Defaults to `3e-5`.
+        min_damping: With `adaptive`, the smallest `λ` (`ρ`, measured on
+            the batch the step was fitted to, keeps small batches near
+            it). Defaults to `3e-5`.
         {{base_optimizer_keyword_args}}
 
     A step whose gradients, factor statistics or resulting update are not
@@ -179,7 +180,7 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         self,
         learning_rate=0.25,
         damping: float = 1e-2,
-        kl_clip: float | None = 1e-3,
+        kl_clip: float | str | None = AUTO,
         momentum: float = 0.9,
         stats_decay: float = 0.95,
         inverse_update_freq: int | None = None,
@@ -218,6 +219,7 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         )
         if inverse_update_freq is None:
             inverse_update_freq = 5 if adaptive is True else 10
+        kl_clip = default_kl_clip(kl_clip, adaptive)
         if damping_mode is None:
             damping_mode = linalg.FACTORED if adaptive is True else linalg.EIGEN
         # Every argument is checked before any is stored.
@@ -446,11 +448,11 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         # 4. The coefficients of `v ← μ v + c Δ`: from the KL clip, or
         #    from the quadratic model with `adaptive`.
         if self.adaptive:
-            alpha, mu, change = self._adaptive_coefficients(
+            alpha, mu, change, clip = self._adaptive_coefficients(
                 variables, indices, raw, directions
             )
             coefficients = StepCoefficients(
-                alpha, mu, direction_scale=alpha, predicted_change=change
+                alpha, mu, alpha, clip=clip, predicted_change=change
             )
         else:
             eta, mu, clip = self._kl_clipped_coefficients(
@@ -556,13 +558,11 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         applied one, its coefficients."""
         self.assign_add(self._update_count, tf.cast(ok, tf.int64))
         self.assign_add(self._skipped_steps, 1 - tf.cast(ok, tf.int64))
-        kept = [
+        for state, value in (
+            (self._clip_coefficient, coefficients.clip),
             (self._step_size, coefficients.step_size),
             (self._momentum_coefficient, coefficients.momentum),
-        ]
-        if coefficients.clip is not None:
-            kept.insert(0, (self._clip_coefficient, coefficients.clip))
-        for state, value in kept:
+        ):
             self.assign(state, tf.where(ok, value, tf.convert_to_tensor(state)))
 
     def _apply_weight_decay(self, variables):

@@ -39,18 +39,67 @@ def coefficients_in_span(
     vectors: list[list[tf.Tensor]],
     damping: tf.Tensor,
     max_momentum: float | None = None,
-) -> tuple[tf.Tensor, tf.Tensor]:
+    max_kl: float | None = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """`step_coefficients` of `vectors = [Δ, v]`, each a list of tensors,
     from their exact curvature products `curvature = [wᵢᵀ F wⱼ]` and the
-    `gradient` `∇` (a list of tensors alike)."""
+    `gradient` `∇` (a list of tensors alike), then `within_kl`.
+
+    Returns:
+        `(w, M₀, clip)`: `w = (α, μ)`, the predicted change `M₀(w)` and
+        the factor `clip ≤ 1` the trust region scaled `w` by.
+    """
     products = [[inner_product(x, y) for y in vectors] for x in vectors]
-    return step_coefficients(
+    b = tf.stack([inner_product(gradient, w) for w in vectors])
+    w, _ = step_coefficients(
         curvature,
         tf.stack([tf.stack(row) for row in products]),
-        tf.stack([inner_product(gradient, w) for w in vectors]),
+        b,
         damping,
         max_momentum,
     )
+    return within_kl(w, curvature, b, max_kl)
+
+
+def within_kl(
+    w: tf.Tensor,
+    curvature: tf.Tensor,
+    gradient_terms: tf.Tensor,
+    max_kl: float | None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`w` scaled into the trust region `½ δᵀ F δ ≤ max_kl`, `δ = w₀ Δ +
+    w₁ v`, and `M₀` there.
+
+    `½ δᵀ F δ = ½ wᵀ C w` is the second-order estimate of the KL divergence
+    between the model's predictive distributions before and after the step,
+    averaged over the batch (for the losses whose Gauss-Newton matrix is
+    their Fisher). The minimizer of the batch's quadratic model fits the
+    batch: with far more parameters than examples (a batch of 32) it can
+    change the predictions by more than a nat while the loss of the batch
+    falls as predicted (`ρ ≈ 1`) and the loss of every other batch rises.
+    The bound keeps the step to what one batch can justify; scaling `w`
+    keeps the ratio of `α` to `μ`, and `M₀` stays negative.
+
+    Args:
+        w: `(α, μ)`, shape `(2,)`.
+        curvature: `C`, shape `(2, 2)`.
+        gradient_terms: `b`, shape `(2,)`.
+        max_kl: The radius `δ_KL > 0`, or `None` for no bound.
+
+    Returns:
+        `(w, M₀(w), clip)`, `clip = min(1, sqrt(δ_KL / ½ wᵀ C w))` (1
+        without a bound).
+    """
+    w = tf.cast(w, tf.float32)
+    curvature = tf.cast(curvature, tf.float32)
+    b = tf.cast(gradient_terms, tf.float32)
+    clip = tf.constant(1.0)
+    if max_kl is not None:
+        kl = 0.5 * tf.tensordot(w, tf.linalg.matvec(curvature, w), 1)
+        clip = tf.minimum(1.0, tf.sqrt(max_kl / tf.maximum(kl, 1e-30)))
+        w = clip * w
+    change = 0.5 * tf.tensordot(w, tf.linalg.matvec(curvature, w), 1)
+    return w, change - tf.tensordot(w, b, 1), clip
 
 
 def step_coefficients(

@@ -126,6 +126,28 @@ def test_bounded_momentum_covers_both_edges():
     assert seen == {"below", "above", "inside"}
 
 
+@pytest.mark.parametrize("max_kl", [1e-3, 0.5, None])
+def test_the_trust_region_scales_the_step_to_its_radius(max_kl):
+    # M(w) of the scaled w, and ½ wᵀ C w = δ when the bound binds (the
+    # free step's KL is about 0.26), untouched when it does not.
+    C = np.array([[2.0, 0.3], [0.3, 1.0]])
+    b = np.array([0.7, -0.2])
+    w = np.array([0.5, 0.1])
+    scaled, change, clip = map(
+        np.asarray, quadratic_model.within_kl(w, C, b, max_kl)
+    )
+    kl = 0.5 * w @ C @ w
+    factor = 1.0 if max_kl is None else min(1.0, np.sqrt(max_kl / kl))
+    np.testing.assert_allclose(clip, factor, rtol=1e-6)
+    np.testing.assert_allclose(scaled, factor * w, rtol=1e-6)
+    if factor < 1.0:
+        np.testing.assert_allclose(0.5 * scaled @ C @ scaled, max_kl, rtol=1e-5)
+    expected = factor * w
+    np.testing.assert_allclose(
+        change, 0.5 * expected @ C @ expected - expected @ b, rtol=1e-5
+    )
+
+
 @pytest.mark.parametrize(
     "ratio, expected",
     [
@@ -252,6 +274,33 @@ def test_adaptive_step_is_the_minimizer_of_the_quadratic_model(rng):
     assert float(optimizer._predicted_change) == pytest.approx(
         expected_change, rel=1e-3
     )
+
+
+def test_adaptive_update_stays_in_the_trust_region_of_the_exact_fisher(
+    rng,
+):
+    """With a radius the free step exceeds, the update `v` is the free
+    minimizer scaled to `½ vᵀ F v = kl_clip` under the dense Gauss-Newton
+    matrix of the batch, and `clip_coefficient` is the scale."""
+    results = {}
+    for kl_clip in (None, 1e-4):
+        model, optimizer, x, y = adaptive_model(
+            np.random.default_rng(5),
+            damping=0.5,
+            cold_steps=10,
+            kl_clip=kl_clip,
+        )
+        F = dense_gauss_newton(model, x, bernoulli_output_hessian(len(x)))
+        before = flat([v.numpy() for v in model.trainable_variables])
+        model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+        step = before - flat([v.numpy() for v in model.trainable_variables])
+        results[kl_clip] = step, float(optimizer.clip_coefficient), F
+    free, free_clip, F = results[None]
+    clipped, clip, _ = results[1e-4]
+    assert free_clip == 1.0
+    assert 0.5 * free @ F @ free > 1e-4  # the bound binds
+    np.testing.assert_allclose(0.5 * clipped @ F @ clipped, 1e-4, rtol=1e-3)
+    np.testing.assert_allclose(clipped, clip * free, rtol=1e-4, atol=1e-7)
 
 
 def test_reduction_ratio_is_one_on_a_quadratic_loss(rng):
