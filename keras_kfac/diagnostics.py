@@ -111,7 +111,7 @@ def check_step_arguments(
     check_float(
         "kl_clip",
         kl_clip,
-        "a finite number > 0, or None",
+        'a finite number > 0, "auto", or None',
         lambda v: v > 0,
         optional=True,
     )

@@ -589,3 +589,13 @@ def test_mixed_float16_trains_the_adaptive_kfac(rng):
     kfac = model.optimizer.inner_optimizer
     assert int(kfac.update_count) + int(kfac.rejected_steps) >= 1
     assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_kl_clip_auto_is_each_rules_default_and_a_wrong_string_is_named():
+    assert keras_kfac.KFAC().kl_clip == 1e-3
+    adaptive = keras_kfac.KFAC(adaptive=True)
+    assert adaptive.kl_clip == 0.1
+    assert keras_kfac.KFAC.from_config(adaptive.get_config()).kl_clip == 0.1
+    assert keras_kfac.KFAC(adaptive=True, kl_clip=None).kl_clip is None
+    with pytest.raises(ValueError, match="kl_clip='off'"):
+        keras_kfac.KFAC(kl_clip="off")
