@@ -262,6 +262,25 @@ def summary_row(workload, records, target) -> dict:
     )
 
 
+def kfac_coverage(workload) -> str:
+    """Which of the workload's trainable variables `keras_kfac` puts in a
+    K-FAC block (from `KFAC.summary_rows` of the converted model), and
+    the ones it trains first-order, by name."""
+    import keras_kfac
+
+    model = keras_kfac.convert(workload.build())
+    optimizer = keras_kfac.KFAC()
+    optimizer.build(model.trainable_variables)
+    rows = optimizer.summary_rows()
+    first_order = [path for path, _, update in rows if "K-FAC" not in update]
+    blocks = len(optimizer.estimator.blocks)
+    return (
+        f"K-FAC: {len(rows) - len(first_order)} of {len(rows)} trainable "
+        f"variables in {blocks} blocks; first-order: "
+        f"{', '.join(first_order) or 'none'}."
+    )
+
+
 def markdown(name, rows, target) -> str:
     workload = WORKLOADS[name]
     lines = [
@@ -370,6 +389,7 @@ def main(argv=None) -> None:
         tables[name] = rows
         shown = {k: row for k, row in rows.items() if k[1] in shown_settings}
         print(markdown(name, shown, target))
+        print(kfac_coverage(workload) + "\n")
     for setting in shown_settings:
         keras_setting = "tuned" if args.trials else "default"
         ratio = geometric_mean_ratio(

@@ -143,3 +143,26 @@ def test_the_source_lines_are_labelled_by_package():
 def test_the_language_targets_are_the_inputs_shifted_by_one():
     x, y, _, _ = workloads.source_language_data(0, examples=50)
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+
+
+def test_kfac_coverage_names_what_trains_first_order():
+    import keras
+
+    def build():
+        return keras.Sequential(
+            [
+                keras.Input((3,)),
+                keras.layers.Dense(4, name="hidden"),
+                keras.layers.PReLU(name="slope"),
+                keras.layers.Dense(2, name="out"),
+            ],
+            name="toy",
+        )
+
+    workload = workloads.Workload(
+        "toy", build, None, None, "loss", workloads.LOWER, 1, 1, "gaussian"
+    )
+    assert ttt.kfac_coverage(workload) == (
+        "K-FAC: 4 of 5 trainable variables in 2 blocks; "
+        "first-order: toy/slope/alpha."
+    )
