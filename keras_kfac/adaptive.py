@@ -48,22 +48,20 @@ class AdaptiveUpdates:
         return self._rejected_steps
 
     @contextlib.contextmanager
-    def supplying_curvature(self, products, loss=None):
+    def supplying_curvature(self, products):
         """Inside the block, adaptive updates take their exact curvature
         from `products(variables, vectors)`: `vectors` is a list of tangents,
         each a list of tensors shaped like `variables` (those being updated,
         in order), and it returns the matrix `[wᵢᵀ F wⱼ]` of the batch as a
-        float32 tensor. `loss`, the batch loss `h` before the update,
-        widens the trust region to `kl_clip · max(1, h)`. A model's train
-        step wraps `apply_gradients` in it (`keras_kfac.TrueFisherModel`
-        does); it is read while the step is traced.
+        float32 tensor. A model's train step wraps `apply_gradients` in it
+        (`keras_kfac.TrueFisherModel` does); it is read while the step is
+        traced.
         """
-        previous = self._exact_curvature, self._batch_loss
-        self._exact_curvature, self._batch_loss = products, loss
+        previous, self._exact_curvature = self._exact_curvature, products
         try:
             yield
         finally:
-            self._exact_curvature, self._batch_loss = previous
+            self._exact_curvature = previous
 
     def review_update(self, loss_before, loss_after) -> tf.Tensor:
         """Judges the adaptive update just applied from the batch loss
@@ -120,17 +118,6 @@ class AdaptiveUpdates:
             ),
         )
 
-    def _trust_radius(self) -> tf.Tensor | float | None:
-        """`kl_clip · max(1, h)`, `h` the batch loss supplied with the
-        curvature (`kl_clip` without one): 0.1 nats by default, or a tenth
-        of the loss where it exceeds 1 nat, as a loss summed over many
-        outputs does (a sigmoid autoencoder's 64 pixels: there 0.1 nats
-        held a run of three at the initial plateau)."""
-        if self.kl_clip is None or self._batch_loss is None:
-            return self.kl_clip
-        loss = tf.cast(self._batch_loss, tf.float32)
-        return self.kl_clip * tf.maximum(1.0, loss)
-
     def _adaptive_coefficients(
         self, variables, indices, gradients, directions
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -161,6 +148,6 @@ class AdaptiveUpdates:
             vectors,
             self._current_damping,
             self.momentum,
-            self._trust_radius(),
+            self.kl_clip,
         )
         return coefficients[0], coefficients[1], change, clip

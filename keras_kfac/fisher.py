@@ -267,7 +267,7 @@ class TrueFisherModel(keras.Model):
             # A loss-scale wrapper skips the update of a step whose scaled
             # gradients overflowed: then no change may be predicted for it.
             kfac.assign(kfac.predicted_change, 0.0)
-        with kfac.supplying_curvature(exact_curvature, loss_before):
+        with kfac.supplying_curvature(exact_curvature):
             optimizer.apply_gradients(zip(gradients, weights))
         after = [tf.convert_to_tensor(w) for w in weights]
         rejected = kfac.review_update(

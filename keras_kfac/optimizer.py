@@ -113,9 +113,9 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             it causes). OpenAI baselines' `kfac_clip` bounds `Δθᵀ F̂ Δθ`
             instead, so baselines' `kfac_clip=0.001` is `kl_clip=0.0005`
             here. With `adaptive`, the whole update `v` satisfies
-            `½ vᵀ F v ≤ δ max(1, h)` under the exact `F` of the batch, `h`
-            its loss. `None` turns clipping off. Defaults to `"auto"`:
-            `1e-3`, or `0.1` with `adaptive`.
+            `½ vᵀ F v ≤ δ` under the exact `F` of the batch. `None` turns
+            clipping off. Defaults to `"auto"`: `1e-3`, or `0.1` with
+            `adaptive`.
         momentum: `μ ∈ [0, 1)`; the update is the running average of the
             clipped steps. Defaults to `0.9`.
         stats_decay: `ε ∈ [0, 1)`, decay of the running factors. Defaults
@@ -239,7 +239,7 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         self.damping_adaptation_decay = float(damping_adaptation_decay)
         self.min_damping = float(min_damping)
         # Set by `supplying_curvature` around `apply` in adaptive mode.
-        self._exact_curvature = self._batch_loss = None
+        self._exact_curvature = None
         self._backward_scale_sq = None
         self._estimator = None  # the blocks and their state, once built
         add_statistics_reader(self)
