@@ -24,7 +24,7 @@ class AdaptiveUpdates:
 
     Reads the optimizer's `_velocities`, `_current_damping`,
     `_predicted_change`, `_update_count`, `_reduction_ratio` and
-    `_rejected_steps` variables, the curvature products and batch loss
+    `_rejected_steps` variables, the curvature products
     `supplying_curvature` sets, and its `momentum` (the largest `μ`),
     `kl_clip` (the trust region's radius), `damping_adaptation_*` and
     `min_damping` settings.
@@ -124,8 +124,8 @@ class AdaptiveUpdates:
         """`(α, μ, M₀, clip)`: `α`, `μ ∈ [0, momentum]` minimizing the
         quadratic model in the span of `Δ` and the previous update `v`,
         from exact curvature products, then scaled by `clip` into the
-        trust region `½ δᵀ F δ ≤ _trust_radius()`, and the change `M₀`
-        predicted there."""
+        trust region `½ δᵀ F δ ≤ kl_clip`, and the change `M₀` predicted
+        there."""
         if self._exact_curvature is None:
             raise ValueError(
                 "KFAC(adaptive=True) chooses its step from exact curvature "
