@@ -112,6 +112,15 @@ def fisher_then_loss_gradients(
         return tape.gradient(loss, variables)
 
 
+def _one_output_message(name: str, count: int) -> str:
+    return (
+        "TrueFisherModel samples its targets from one predictive "
+        f"distribution, so it takes a model with one output; {name!r} "
+        f"has {count}. Train it with KFAC() and a plain model.fit (the "
+        "empirical Fisher), or wrap a model of each output."
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_kfac")
 class TrueFisherModel(keras.Model):
     """Trains `model` with factors from the true Fisher, not the empirical.
@@ -163,6 +172,9 @@ class TrueFisherModel(keras.Model):
             raise ValueError(
                 f"variance must be > 0. Received: variance={variance}"
             )
+        outputs = getattr(model, "outputs", None) or []
+        if len(outputs) > 1:
+            raise ValueError(_one_output_message(model.name, len(outputs)))
         self.model = model
         self.distribution = distribution
         self.variance = variance
@@ -189,6 +201,9 @@ class TrueFisherModel(keras.Model):
 
     def fisher_loss(self, y_pred: tf.Tensor) -> tf.Tensor:
         """The sampled loss whose backward pass feeds the factors."""
+        outputs = tf.nest.flatten(y_pred)
+        if len(outputs) != 1:
+            raise ValueError(_one_output_message(self.model.name, len(outputs)))
         if self.distribution == CATEGORICAL:
             return categorical_fisher_loss(y_pred)
         if self.distribution == BERNOULLI:

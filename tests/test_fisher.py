@@ -130,3 +130,29 @@ def test_fisher_then_loss_gradients_takes_factors_from_the_fisher_pass(rng):
     np.testing.assert_allclose(
         gradients[1], w.mean(axis=0), rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_model_of_two_outputs_is_refused_by_name():
+    inputs = keras.Input((4,))
+    hidden = layers.Dense(8)(inputs)
+    model = keras.Model(
+        inputs, [layers.Dense(2)(hidden), layers.Dense(3)(hidden)], name="two"
+    )
+    with pytest.raises(ValueError, match="one output; 'two' has 2"):
+        keras_kfac.TrueFisherModel(model, "gaussian")
+
+
+def test_a_subclassed_model_of_two_outputs_is_refused_when_traced():
+    class TwoHeads(keras.Model):
+        def __init__(self):
+            super().__init__(name="heads")
+            self.a, self.b = layers.Dense(2), layers.Dense(3)
+
+        def call(self, x):
+            return self.a(x), self.b(x)
+
+    model = keras_kfac.TrueFisherModel(TwoHeads(), "gaussian")
+    model.compile(loss=["mse", "mse"])
+    x = np.zeros((8, 4), "float32")
+    with pytest.raises(ValueError, match="one output; 'heads' has 2"):
+        model.fit(x, [np.zeros((8, 2)), np.zeros((8, 3))], verbose=0)
