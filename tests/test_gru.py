@@ -4,8 +4,6 @@ itself), each block against the exact Fisher where it must equal it, the
 step of the blocks that share the bias against a dense solve, and
 training, conversion and serialization."""
 
-import warnings
-
 import keras
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from test_recurrent import (
     EPS,
     assert_close,
     reference_factors,
-    sequence_data,
     sequence_model,
     sigmoid,
 )
@@ -225,23 +222,6 @@ def test_a_block_sharing_the_bias_with_a_left_out_one_is_left_out():
     assert "'g' shares a variable" in messages
 
 
-def test_kfac_trains_a_true_fisher_model_with_a_rolled_gru(rng):
-    model = keras_kfac.TrueFisherModel(
-        keras_kfac.convert(sequence_model(keras.layers.GRU))
-    )
-    model.compile(
-        optimizer=keras_kfac.KFAC(learning_rate=0.1, damping=0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    x, y = sequence_data(rng)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        losses = model.fit(x, y, epochs=8, batch_size=32, verbose=0)
-    losses = losses.history["loss"]
-    assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0]
-    assert model.optimizer.iterations.numpy() == 8
-
-
 def test_convert_reaches_nested_and_bidirectional_grus(rng):
     inner = keras.Sequential(
         [keras.Input((6, 3)), keras.layers.GRU(4, return_sequences=True)]
@@ -286,18 +266,3 @@ def test_unsupported_grus_are_refused_and_left_to_keras(options, received):
     assert type(ours.layers[1]) is keras.layers.GRU
     with pytest.raises(ValueError, match="implementation=1"):
         layers.GRU(3, implementation=1, dropout=0.2)
-
-
-def test_gru_serializes(rng, tmp_path):
-    model = keras_kfac.convert(sequence_model(keras.layers.GRU))
-    x = rng.normal(size=(2, 6, 3)).astype("float32")
-    clone = keras.Model.from_config(model.get_config())
-    assert type(clone.layers[1]) is layers.GRU
-    path = str(tmp_path / "gru.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert type(loaded.layers[1]) is layers.GRU
-    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
-    gru = layers.GRU(3, go_backwards=True, return_sequences=True)
-    config = gru.get_config()
-    assert layers.GRU.from_config(config).get_config() == config

@@ -271,16 +271,19 @@ def test_kfac_trains_converted_recurrent_models(rng, recurrent):
     assert all(u.startswith("K-FAC") for _, u in cell_rows)
 
 
-def test_true_fisher_model_trains_a_rolled_lstm(rng):
+@pytest.mark.parametrize("recurrent", [keras.layers.LSTM, keras.layers.GRU])
+def test_true_fisher_model_trains_a_rolled_layer(rng, recurrent):
     model = keras_kfac.TrueFisherModel(
-        keras_kfac.convert(sequence_model(keras.layers.LSTM))
+        keras_kfac.convert(sequence_model(recurrent))
     )
     model.compile(
         optimizer=keras_kfac.KFAC(learning_rate=0.1, damping=0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     x, y = sequence_data(rng)
-    losses = model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no first-order kernel
+        losses = model.fit(x, y, epochs=8, batch_size=32, verbose=0)
     losses = losses.history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0]
     assert model.optimizer.iterations.numpy() == 8
@@ -321,19 +324,26 @@ def test_recurrent_dropout_is_refused_and_left_to_keras_by_convert():
     assert type(ours.layers[1]) is keras.layers.LSTM
 
 
-def test_recurrent_layers_serialize(rng, tmp_path):
-    model = keras_kfac.convert(sequence_model(keras.layers.LSTM))
+@pytest.mark.parametrize(
+    "plain, ours, configured",
+    [
+        (keras.layers.LSTM, layers.LSTM, layers.SimpleRNN),
+        (keras.layers.GRU, layers.GRU, layers.GRU),
+    ],
+)
+def test_recurrent_layers_serialize(rng, tmp_path, plain, ours, configured):
+    model = keras_kfac.convert(sequence_model(plain))
     x = rng.normal(size=(2, 6, 3)).astype("float32")
     clone = keras.Model.from_config(model.get_config())
-    assert type(clone.layers[1]) is layers.LSTM
-    path = str(tmp_path / "lstm.keras")
+    assert type(clone.layers[1]) is ours
+    path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert type(loaded.layers[1]) is layers.LSTM
+    assert type(loaded.layers[1]) is ours
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
-    simple = layers.SimpleRNN(3, go_backwards=True, return_sequences=True)
-    config = simple.get_config()
-    assert layers.SimpleRNN.from_config(config).get_config() == config
+    layer = configured(3, go_backwards=True, return_sequences=True)
+    config = layer.get_config()
+    assert configured.from_config(config).get_config() == config
 
 
 @pytest.mark.usefixtures("recording_statistics")
