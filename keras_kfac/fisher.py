@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
 from keras_kfac.optimizer import KFAC
-from keras_kfac.statistics import collecting_statistics
+from keras_kfac.statistics import collecting_statistics, untapped_forward
 
 CATEGORICAL = "categorical"
 BERNOULLI = "bernoulli"
@@ -25,11 +25,19 @@ def categorical_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
     """`mean_i -log p(ŷ_i | x_i)` with `ŷ_i ~ softmax(logits_i)`.
 
     Its gradient at the logits is `p - onehot(ŷ)`, whose covariance over `ŷ`
-    is the Fisher of the categorical likelihood, `diag(p) - p pᵀ`.
+    is the Fisher of the categorical likelihood, `diag(p) - p pᵀ`. A row of
+    non-finite logits (from non-finite data) samples the last class, so
+    the loss is non-finite and the optimizer skips the step.
     """
     logits = tf.cast(logits, tf.float32)
-    flat = tf.reshape(logits, (-1, tf.shape(logits)[-1]))
-    sampled = tf.stop_gradient(tf.random.categorical(flat, 1, seed=seed)[:, 0])
+    classes = tf.shape(logits)[-1]
+    flat = tf.reshape(logits, (-1, classes))
+    # `categorical` returns `classes`, out of range, for such a row.
+    sampled = tf.minimum(
+        tf.random.categorical(flat, 1, seed=seed)[:, 0],
+        tf.cast(classes - 1, tf.int64),
+    )
+    sampled = tf.stop_gradient(sampled)
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(sampled, flat)
     )
@@ -94,20 +102,30 @@ def kfac_optimizer_of(optimizer) -> KFAC | None:
 
 
 def fisher_then_loss_gradients(
-    tape: tf.GradientTape, fisher_loss, loss, variables
+    tape: tf.GradientTape, fisher_loss, loss, variables, due=None
 ) -> list:
     """The gradients of `loss` in `variables`, taken with factor collection
     off, after the backward pass of `fisher_loss` (skipped when `None`)
     recorded the K-FAC factors: the factors come from the Fisher pass only.
 
-    The loss pass goes last because the optimizer compares the gradient it
-    receives with the kernel gradient norm the layers recorded on the
-    latest backward pass (to undo a loss scale). `tape` must be persistent
-    when there is a Fisher loss.
+    `due`, a boolean tensor (a `KFAC`'s `statistics_due()`), runs the
+    Fisher pass only on the steps that record statistics; `None` runs it
+    on every step. The loss pass goes last because the optimizer compares
+    the gradient it receives with the kernel gradient norm the layers
+    recorded on the latest backward pass (to undo a loss scale). `tape`
+    must be persistent when there is a Fisher loss.
     """
     if fisher_loss is not None:
-        with collecting_statistics(True):
-            tape.gradient(fisher_loss, variables)
+
+        def fisher_pass():
+            with collecting_statistics(True):
+                tape.gradient(fisher_loss, variables)
+            return tf.constant(True)
+
+        if due is None:
+            fisher_pass()
+        else:
+            tf.cond(due, fisher_pass, lambda: tf.constant(False))
     with collecting_statistics(False):
         return tape.gradient(loss, variables)
 
@@ -247,7 +265,8 @@ class TrueFisherModel(keras.Model):
             loss = self.optimizer.scale_loss(loss)
             fisher = self.optimizer.scale_loss(fisher)
         weights = self.trainable_weights
-        gradients = fisher_then_loss_gradients(tape, fisher, loss, weights)
+        due = None if kfac is None else kfac.statistics_due()
+        gradients = fisher_then_loss_gradients(tape, fisher, loss, weights, due)
         del tape
         if not adaptive:
             self.optimizer.apply_gradients(zip(gradients, weights))
@@ -300,7 +319,7 @@ class TrueFisherModel(keras.Model):
         """The training loss of `batch` at weights `values`, regularization
         included, from the model state `state`, changing no variable."""
         x, y, sample_weight = batch
-        with collecting_statistics(False):
+        with untapped_forward():
             y_pred, _, losses = self.stateless_call(
                 values, state, x, training=True, return_losses=True
             )
@@ -320,7 +339,7 @@ class TrueFisherModel(keras.Model):
         `state` and nothing is assigned.
         """
         x, y, sample_weight = batch
-        with collecting_statistics(False):
+        with untapped_forward():
             if self._has_rolled_recurrence():
                 y_pred, jvps = self._reverse_mode_jvps(
                     x, state, values, tangents

@@ -46,6 +46,8 @@ class StatisticsReader(Protocol):
 
 # None: a layer records statistics when a reader wants them (see above).
 _collecting: list[bool | None] = [None]
+# False inside `untapped_forward`: layers insert no taps.
+_tapping: list[bool] = [True]
 _live_layers: "weakref.WeakSet[KFACLayer]" = weakref.WeakSet()
 _readers: "weakref.WeakSet[StatisticsReader]" = weakref.WeakSet()
 
@@ -71,6 +73,25 @@ def collecting_statistics(enabled: bool = True):
         yield
     finally:
         _collecting[0] = previous
+
+
+@contextlib.contextmanager
+def untapped_forward():
+    """Layers called inside insert no taps in their forward pass: for
+    passes no factor or gradient norm is read from (the adaptive step's
+    curvature products and reduction ratio), which then cost what the
+    plain Keras layers cost."""
+    previous = _tapping[0]
+    _tapping[0] = False
+    try:
+        yield
+    finally:
+        _tapping[0] = previous
+
+
+def inserts_taps() -> bool:
+    """Whether a layer's forward pass traced now inserts its taps."""
+    return _tapping[0]
 
 
 def is_collecting_statistics(layer: "KFACLayer | None" = None) -> bool:

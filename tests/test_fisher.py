@@ -132,6 +132,36 @@ def test_fisher_then_loss_gradients_takes_factors_from_the_fisher_pass(rng):
     )
 
 
+@pytest.mark.parametrize("due", [False, True])
+def test_the_fisher_pass_runs_only_when_statistics_are_due(rng, due):
+    # Inside a tf.function, as in `fit`: a step whose statistics are not
+    # due records no factors and still returns the loss gradient.
+    n = 5
+    layer = layers.Dense(2)
+    x = tf.constant(rng.normal(size=(n, 3)).astype("float32"))
+    w = tf.constant(rng.normal(size=(n, 2)).astype("float32"))
+    layer.build(x.shape)
+
+    @tf.function
+    def step(due):
+        with tf.GradientTape(persistent=True) as tape:
+            s = layer(x, training=True)
+            fisher_loss = tf.reduce_sum(s)
+            loss = tf.reduce_mean(tf.reduce_sum(s * w, axis=1))
+        return keras_kfac.fisher_then_loss_gradients(
+            tape, fisher_loss, loss, [layer.kernel, layer.bias], due
+        )
+
+    gradients = step(tf.constant(due))
+    assert layer.statistics.fresh.numpy() == float(due)
+    # sum(s) gives ∂L/∂s = 1, g = n · 1, G = n² · ones (as recorded).
+    expected_G = n**2 * np.ones((2, 2)) if due else np.zeros((2, 2))
+    np.testing.assert_allclose(layer.statistics.G.numpy(), expected_G)
+    np.testing.assert_allclose(
+        gradients[0], x.numpy().T @ w.numpy() / n, rtol=1e-5, atol=1e-6
+    )
+
+
 def test_a_model_of_two_outputs_is_refused_by_name():
     inputs = keras.Input((4,))
     hidden = layers.Dense(8)(inputs)
@@ -156,3 +186,40 @@ def test_a_subclassed_model_of_two_outputs_is_refused_when_traced():
     x = np.zeros((8, 4), "float32")
     with pytest.raises(ValueError, match="one output; 'heads' has 2"):
         model.fit(x, [np.zeros((8, 2)), np.zeros((8, 3))], verbose=0)
+
+
+@pytest.mark.parametrize(
+    "distribution,adaptive",
+    [
+        ("categorical", True),
+        ("categorical", False),
+        ("bernoulli", True),
+        ("gaussian", True),
+    ],
+)
+def test_a_batch_of_non_finite_data_is_skipped_and_counted(
+    rng, distribution, adaptive
+):
+    # NaN inputs make NaN logits, of which `tf.random.categorical` samples
+    # an out-of-range class: the step must be skipped, not crash.
+    x = rng.normal(size=(8, 4)).astype("float32")
+    x[2] = np.nan
+    if distribution == "categorical":
+        y = rng.integers(0, 3, size=8)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        y = rng.uniform(size=(8, 3)).astype("float32")
+        loss = {
+            "bernoulli": keras.losses.BinaryCrossentropy(from_logits=True),
+            "gaussian": "mse",
+        }[distribution]
+    net = keras.Sequential(
+        [keras.Input((4,)), layers.Dense(5, activation="tanh"), layers.Dense(3)]
+    )
+    model = keras_kfac.TrueFisherModel(net, distribution)
+    model.compile(optimizer=keras_kfac.KFAC(adaptive=adaptive), loss=loss)
+    before = [w.copy() for w in model.get_weights()]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert int(model.optimizer.skipped_steps) == 1
+    for w, w0 in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, w0)

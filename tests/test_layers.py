@@ -66,6 +66,34 @@ def test_collection_switch_and_inference_leave_statistics_alone(rng):
     assert layer.statistics.fresh.numpy() == 0.0
 
 
+def test_an_untapped_forward_pass_records_nothing_and_differentiates_alike(
+    rng,
+):
+    # The adaptive step's extra passes: the same outputs and gradients as
+    # a tapped pass, and no factor or kernel-gradient norm written.
+    layer = layers.Dense(2)
+    x = tf.constant(rng.normal(size=(5, 3)).astype("float32"))
+    layer.build((None, 3))
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            out = layer(x, training=True)
+            loss = tf.reduce_sum(tf.square(out))
+        with keras_kfac.collecting_statistics(True):
+            return out, tape.gradient(loss, layer.trainable_weights)
+
+    tapped_out, tapped = gradients()
+    layer.statistics.fresh.assign(0.0)
+    layer.statistics.kernel_grad_sq.assign(-1.0)
+    with keras_kfac.statistics.untapped_forward():
+        untapped_out, untapped = gradients()
+    assert layer.statistics.fresh.numpy() == 0.0
+    assert layer.statistics.kernel_grad_sq.numpy() == -1.0
+    np.testing.assert_array_equal(untapped_out, tapped_out)
+    for a, b in zip(untapped, tapped):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize(
     "padding,strides,dilation,use_bias",
     [

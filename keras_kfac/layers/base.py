@@ -80,6 +80,8 @@ class KFACLayer:
         """Identity on the kernel that records `‖∇W‖²` of every backward
         pass an optimizer may read (the loss pass too, whose gradient it
         receives)."""
+        if not statistics.inserts_taps():
+            return kernel
         recorded = self.statistics
 
         @tf.custom_gradient
@@ -99,6 +101,8 @@ class KFACLayer:
 
     def _tap(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
         """Identity on `s` whose gradient records the batch `A` and `G`."""
+        if not statistics.inserts_taps():
+            return s
         recorded = self.statistics
 
         @tf.custom_gradient
