@@ -1,11 +1,15 @@
 """What one `model.fit` step costs with KFAC against Adam on plain Keras layers.
 
-    python bench/step_cost.py                 # about 15 minutes
+    python bench/step_cost.py                 # about 45 minutes
     python bench/step_cost.py --steps 60      # a quick look
+    python bench/step_cost.py --models transformer --batch-sizes 32 128
 
-For each model (MLP 64-256-256-10, MLP 64-1024-1024-10, the digits CNN) and
-batch size (64, 256, 1024), times the training batches of `model.fit` on
-digits (repeated to fill the batches) with a callback around each batch,
+For each model (MLP 64-256-256-10, MLP 64-1024-1024-10, the digits CNN;
+`--models transformer`: the time-to-target suite's transformer classifier
+on its byte sequences, converted by `keras_kfac.convert` for the
+`keras_kfac` rows) and batch size (64, 256, 1024), times the training
+batches of `model.fit` on its data (repeated to fill the batches) with a
+callback around each batch,
 after one untimed epoch (tracing, the first refreshes), and reports the
 mean: the refreshes and the steps that record statistics are a fraction of
 the steps, so a median would leave them out. The rows, alternating in one
@@ -24,7 +28,10 @@ process, each from the same weights:
 - `KFAC adaptive, TrueFisherModel`: the default of supervised training,
   `KFAC(adaptive=True)` through `keras_kfac.TrueFisherModel` (its step
   also differentiates a sampled Fisher loss, takes two forward-mode
-  curvature products and one more forward pass for the reduction ratio).
+  curvature products and one more forward pass for the reduction ratio);
+- `KFAC adaptive, TrueFisherModel, statistics every 10`: the same with
+  `statistics_update_freq=10` (the Fisher pass and the factors on one
+  step in ten).
 
 `--jit` compiles every train step with XLA (`jit_compile=True`).
 Prints Markdown for BENCHMARKS.md.
@@ -41,6 +48,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from optimizer import cnn  # noqa: E402  (bench/optimizer.py's digits CNN)
 from sklearn.datasets import load_digits  # noqa: E402
+from workloads import WORKLOADS  # noqa: E402
 
 import keras_kfac  # noqa: E402
 
@@ -77,11 +85,42 @@ def mlp(width):
     return build
 
 
+def digits_batches(shape):
+    def batches(batch_size, steps):
+        """Digits, repeated and cut to `steps` batches of `batch_size`."""
+        x, y = load_digits(return_X_y=True)
+        reps = -(-(batch_size * steps) // len(x))
+        x = np.tile((x / 16.0).astype("float32"), (reps, 1))
+        y = np.tile(y.astype("int32"), reps)
+        n = batch_size * steps
+        return x[:n].reshape((-1,) + shape), y[:n]
+
+    return batches
+
+
+def suite_transformer(layers):
+    """The time-to-target suite's transformer classifier, of Keras' layers
+    or converted to `keras_kfac`'s."""
+    model = WORKLOADS["transformer"].build()
+    return model if layers is keras.layers else keras_kfac.convert(model)
+
+
+def transformer_batches(batch_size, steps):
+    """The suite's byte sequences, repeated and cut to `steps` batches."""
+    x, y, _, _ = WORKLOADS["transformer"].data(0)
+    reps = -(-(batch_size * steps) // len(x))
+    n = batch_size * steps
+    return np.tile(x, (reps, 1))[:n], np.tile(y, reps)[:n]
+
+
+# label -> (build(layers), batches(batch_size, steps))
 MODELS = {
-    "MLP 64-256-256-10": (mlp(256), (64,)),
-    "MLP 64-1024-1024-10": (mlp(1024), (64,)),
-    "CNN 2xconv32-128-10": (cnn, (8, 8, 1)),
+    "MLP 64-256-256-10": (mlp(256), digits_batches((64,))),
+    "MLP 64-1024-1024-10": (mlp(1024), digits_batches((64,))),
+    "CNN 2xconv32-128-10": (cnn, digits_batches((8, 8, 1))),
+    "transformer": (suite_transformer, transformer_batches),
 }
+DIGITS_MODELS = [label for label in MODELS if label != "transformer"]
 
 # name -> (optimizer, the layers of the model it trains, the model's wrapper)
 OPTIMIZERS = {
@@ -109,6 +148,11 @@ OPTIMIZERS = {
         keras_kfac.layers,
         lambda model: keras_kfac.TrueFisherModel(model, "categorical"),
     ),
+    "KFAC adaptive, TrueFisherModel, statistics every 10": (
+        lambda: keras_kfac.KFAC(adaptive=True, statistics_update_freq=10),
+        keras_kfac.layers,
+        lambda model: keras_kfac.TrueFisherModel(model, "categorical"),
+    ),
 }
 
 
@@ -125,15 +169,6 @@ def step_times(model, optimizer, x, y, batch_size, steps, jit):
     return timer.times
 
 
-def digits_batches(shape, batch_size, steps):
-    """Digits, repeated and cut to `steps` batches of `batch_size`."""
-    x, y = load_digits(return_X_y=True)
-    reps = -(-(batch_size * steps) // len(x))
-    x = np.tile((x / 16.0).astype("float32"), (reps, 1))[: batch_size * steps]
-    y = np.tile(y.astype("int32"), reps)[: batch_size * steps]
-    return x.reshape((-1,) + shape), y
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -141,7 +176,9 @@ def main():
     parser.add_argument(
         "--batch-sizes", type=int, nargs="+", default=[64, 256, 1024]
     )
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", choices=list(MODELS), default=DIGITS_MODELS
+    )
     parser.add_argument("--jit", action="store_true")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
@@ -160,11 +197,11 @@ def main():
     )
     print("|---|---|" + "---|" * len(sizes))
     for label in args.models:
-        build, shape = MODELS[label]
+        build, batches = MODELS[label]
         initial = build(keras.layers).get_weights()
         means = {name: [] for name in OPTIMIZERS}
         for batch_size in sizes:
-            x, y = digits_batches(shape, batch_size, args.steps)
+            x, y = batches(batch_size, args.steps)
             times = {name: [] for name in OPTIMIZERS}
             for _ in range(args.repeats):
                 for name, (make, layers, wrap) in OPTIMIZERS.items():

@@ -146,9 +146,11 @@ class TrueFisherModel(keras.Model):
     Each `fit` step differentiates two losses through one forward pass: a
     Fisher loss at targets sampled from the model's predictive distribution,
     with factor collection on, and the compiled loss at the real targets,
-    with collection off, whose gradient the optimizer applies. With
-    `KFAC(adaptive=True)`, the default of `compile` here, the step also
-    reads exact Gauss-Newton products of the compiled loss on the batch
+    with collection off, whose gradient the optimizer applies (the Fisher
+    pass only on the steps that record statistics, one in
+    `statistics_update_freq` of the `KFAC`). With `KFAC(adaptive=True)`,
+    the default of `compile` here, the step also reads exact
+    Gauss-Newton products of the compiled loss on the batch
     (`gauss_newton_products`) and the batch loss after the update
     (`batch_loss`), undoing an update that raised it; both replay the
     forward pass from the variables' state before it (dropout seeds,

@@ -126,8 +126,8 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             backward passes of every this many steps (those where
             `iterations` is a multiple of it), and the running factors fold
             in only those batches, so `stats_decay` then applies once per
-            this many steps. Recording is a large part of a step's cost at
-            small batches. Defaults to `1`.
+            this many steps (`TrueFisherModel` skips its Fisher pass on the
+            others). Recording is much of a step's cost. Defaults to `1`.
         cold_steps: Number of first updates that skip preconditioning.
             Defaults to `0`.
         damping_mode: `"eigen"` solves `(A ⊗ G + λ I) x = ∇` exactly in the
