@@ -13,7 +13,11 @@ import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
 from keras_kfac.optimizer import KFAC
-from keras_kfac.statistics import collecting_statistics, untapped_forward
+from keras_kfac.statistics import (
+    collecting_statistics,
+    factors_only,
+    untapped_forward,
+)
 
 CATEGORICAL = "categorical"
 BERNOULLI = "bernoulli"
@@ -118,7 +122,8 @@ def fisher_then_loss_gradients(
     if fisher_loss is not None:
 
         def fisher_pass():
-            with collecting_statistics(True):
+            # Only the factors are kept: the weight gradients are unused.
+            with collecting_statistics(True), factors_only():
                 tape.gradient(fisher_loss, variables)
             return tf.constant(True)
 

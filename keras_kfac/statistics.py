@@ -48,6 +48,8 @@ class StatisticsReader(Protocol):
 _collecting: list[bool | None] = [None]
 # False inside `untapped_forward`: layers insert no taps.
 _tapping: list[bool] = [True]
+# False inside `factors_only`: backward passes record no `‖∇W‖²`.
+_norming: list[bool] = [True]
 _live_layers: "weakref.WeakSet[KFACLayer]" = weakref.WeakSet()
 _readers: "weakref.WeakSet[StatisticsReader]" = weakref.WeakSet()
 
@@ -87,6 +89,20 @@ def untapped_forward():
         yield
     finally:
         _tapping[0] = previous
+
+
+@contextlib.contextmanager
+def factors_only():
+    """Backward passes traced inside record `A` and `G` (when collected)
+    but no kernel-gradient norm: for a pass whose gradient no optimizer
+    receives (the Fisher pass), whose weight gradients TensorFlow then
+    prunes as unused."""
+    previous = _norming[0]
+    _norming[0] = False
+    try:
+        yield
+    finally:
+        _norming[0] = previous
 
 
 def inserts_taps() -> bool:
@@ -134,7 +150,10 @@ def register_layer(layer: "KFACLayer") -> None:
 def records_kernel_gradient(layer: "KFACLayer") -> bool:
     """Whether a backward pass traced now records `layer`'s `‖∇W‖²`: when
     statistics are collected, and on every pass a reader may receive the
-    gradient of (the loss pass too, whose scale it measures)."""
+    gradient of (the loss pass too, whose scale it measures), unless
+    inside `factors_only`."""
+    if not _norming[0]:
+        return False
     return bool(_collecting[0]) or _read_by_a_reader(layer)
 
 

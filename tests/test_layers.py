@@ -94,6 +94,31 @@ def test_an_untapped_forward_pass_records_nothing_and_differentiates_alike(
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_factors_only_pass_records_the_factors_and_no_gradient_norm(rng):
+    # The Fisher pass of `fisher_then_loss_gradients`: its gradient is
+    # never applied, so its ‖∇W‖² must not be written.
+    layer = layers.Dense(2)
+    x = tf.constant(rng.normal(size=(5, 3)).astype("float32"))
+    layer.build((None, 3))
+    layer.statistics.kernel_grad_sq.assign(-1.0)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=True))
+    with (
+        keras_kfac.collecting_statistics(True),
+        keras_kfac.statistics.factors_only(),
+    ):
+        tape.gradient(loss, layer.trainable_weights)
+    assert layer.statistics.kernel_grad_sq.numpy() == -1.0
+    # sum(out): ∂L/∂s = 1, g = n · 1, G = n² · ones; A = [x 1]ᵀ[x 1] / n.
+    np.testing.assert_allclose(
+        layer.statistics.G.numpy(), 25.0 * np.ones((2, 2))
+    )
+    rows = np.concatenate([x.numpy(), np.ones((5, 1), "float32")], axis=1)
+    np.testing.assert_allclose(
+        layer.statistics.A.numpy(), rows.T @ rows / 5, rtol=1e-5, atol=1e-6
+    )
+
+
 @pytest.mark.parametrize(
     "padding,strides,dilation,use_bias",
     [
