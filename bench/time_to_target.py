@@ -45,8 +45,10 @@ SEEDS = (0, 1, 2)
 REFERENCE = "adam"  # the optimizer whose default run fixes the targets
 
 # Each optimizer's search space: name -> (low, high), drawn log-uniformly.
+# The adaptive K-FAC chooses its step and adapts `λ`; its trust radius and
+# starting `λ` are what a user would turn.
 SEARCH_SPACES = {
-    "kfac-recommended": {"damping": (1e-3, 1.0), "min_damping": (1e-6, 1e-3)},
+    "kfac-recommended": {"kl_clip": (1e-2, 1.0), "damping": (1e-3, 1.0)},
     "kfac": {
         "learning_rate": (0.01, 1.0),
         "damping": (1e-4, 0.1),
