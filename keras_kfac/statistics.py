@@ -9,7 +9,9 @@ taken while TensorFlow traces the backward pass; `collecting_statistics(
 True)` or `(False)` overrides it inside a block, which works inside a
 `tf.function` too: ACKTR differentiates its Fisher loss under
 `collecting_statistics(True)` and its training loss under
-`collecting_statistics(False)`.
+`collecting_statistics(False)`. `TrueFisherModel` takes its Fisher pass
+`factors_only()` and its adaptive step's extra forward passes
+`untapped_forward()`.
 
 The statistics live in variables the layer does not track: they are scratch
 space between the backward pass and the optimizer step, are not saved with
@@ -61,48 +63,41 @@ def add_statistics_reader(reader: StatisticsReader) -> None:
 
 
 @contextlib.contextmanager
+def _setting(flag: list, value):
+    """`flag[0] = value` inside the block, restored after it."""
+    previous = flag[0]
+    flag[0] = value
+    try:
+        yield
+    finally:
+        flag[0] = previous
+
+
 def collecting_statistics(enabled: bool = True):
     """Turns factor collection on or off for backward passes traced inside,
-    whatever optimizer reads them.
+    whatever optimizer reads them (a context manager).
 
     Args:
         enabled: Whether backward passes traced in this block record `A` and
             `G`. Defaults to `True`.
     """
-    previous = _collecting[0]
-    _collecting[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _collecting[0] = previous
+    return _setting(_collecting, bool(enabled))
 
 
-@contextlib.contextmanager
 def untapped_forward():
-    """Layers called inside insert no taps in their forward pass: for
-    passes no factor or gradient norm is read from (the adaptive step's
-    curvature products and reduction ratio), which then cost what the
-    plain Keras layers cost."""
-    previous = _tapping[0]
-    _tapping[0] = False
-    try:
-        yield
-    finally:
-        _tapping[0] = previous
+    """Layers called inside insert no taps in their forward pass (a
+    context manager): for passes no factor or gradient norm is read from
+    (the adaptive step's curvature products and reduction ratio), which
+    then cost what the plain Keras layers cost."""
+    return _setting(_tapping, False)
 
 
-@contextlib.contextmanager
 def factors_only():
     """Backward passes traced inside record `A` and `G` (when collected)
-    but no kernel-gradient norm: for a pass whose gradient no optimizer
-    receives (the Fisher pass), whose weight gradients TensorFlow then
-    prunes as unused."""
-    previous = _norming[0]
-    _norming[0] = False
-    try:
-        yield
-    finally:
-        _norming[0] = previous
+    but no kernel-gradient norm (a context manager): for a pass whose
+    gradient no optimizer receives (the Fisher pass), whose weight
+    gradients TensorFlow then prunes as unused."""
+    return _setting(_norming, False)
 
 
 def inserts_taps() -> bool:
