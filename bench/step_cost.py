@@ -9,8 +9,8 @@ For each model (MLP 64-256-256-10, MLP 64-1024-1024-10, the digits CNN;
 on its byte sequences, converted by `keras_kfac.convert` for the
 `keras_kfac` rows) and batch size (64, 256, 1024), times the training
 batches of `model.fit` on its data (repeated to fill the batches) with a
-callback around each batch,
-after one untimed epoch (tracing, the first refreshes), and reports the
+callback around each batch, after one untimed epoch (tracing, the first
+refreshes), and reports the
 mean: the refreshes and the steps that record statistics are a fraction of
 the steps, so a median would leave them out. The rows, alternating in one
 process, each from the same weights:
@@ -85,15 +85,20 @@ def mlp(width):
     return build
 
 
+def repeated(x, y, batch_size, steps):
+    """`x`, `y` repeated and cut to `steps` batches of `batch_size`."""
+    n = batch_size * steps
+    reps = -(-n // len(x))
+    tile = (reps,) + (1,) * (x.ndim - 1)
+    return np.tile(x, tile)[:n], np.tile(y, reps)[:n]
+
+
 def digits_batches(shape):
     def batches(batch_size, steps):
-        """Digits, repeated and cut to `steps` batches of `batch_size`."""
+        """Digits of `shape`, in `steps` batches of `batch_size`."""
         x, y = load_digits(return_X_y=True)
-        reps = -(-(batch_size * steps) // len(x))
-        x = np.tile((x / 16.0).astype("float32"), (reps, 1))
-        y = np.tile(y.astype("int32"), reps)
-        n = batch_size * steps
-        return x[:n].reshape((-1,) + shape), y[:n]
+        x = (x / 16.0).astype("float32").reshape((-1,) + shape)
+        return repeated(x, y.astype("int32"), batch_size, steps)
 
     return batches
 
@@ -106,11 +111,9 @@ def suite_transformer(layers):
 
 
 def transformer_batches(batch_size, steps):
-    """The suite's byte sequences, repeated and cut to `steps` batches."""
+    """The suite's byte sequences, in `steps` batches of `batch_size`."""
     x, y, _, _ = WORKLOADS["transformer"].data(0)
-    reps = -(-(batch_size * steps) // len(x))
-    n = batch_size * steps
-    return np.tile(x, (reps, 1))[:n], np.tile(y, reps)[:n]
+    return repeated(x, y, batch_size, steps)
 
 
 # label -> (build(layers), batches(batch_size, steps))
