@@ -223,3 +223,40 @@ def test_a_batch_of_non_finite_data_is_skipped_and_counted(
     assert int(model.optimizer.skipped_steps) == 1
     for w, w0 in zip(model.get_weights(), before):
         np.testing.assert_array_equal(w, w0)
+
+
+@pytest.mark.parametrize("source", ["arrays", "dataset with sample weights"])
+def test_fit_traces_the_train_step_once(rng, source):
+    # Every variable (the optimizer's, the accuracy metric's) exists before
+    # the step is traced, so `tf.function` has no reason to trace it again.
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+    net = keras.Sequential(
+        [keras.Input((4,)), layers.Dense(5, activation="tanh"), layers.Dense(3)]
+    )
+    model = keras_kfac.TrueFisherModel(net, "categorical")
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    traced = []
+    train_step = model.train_step
+
+    def counted_train_step(data):
+        traced.append(data)
+        return train_step(data)
+
+    model.train_step = counted_train_step
+    if source == "arrays":
+        data = dict(x=x, y=y, batch_size=16)
+    else:
+        weights = rng.uniform(size=64).astype("float32")
+        data = dict(
+            x=tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(16)
+        )
+    history = model.fit(
+        **data, epochs=2, validation_data=(x[:16], y[:16]), verbose=0
+    )
+    assert len(traced) == 1
+    assert model.optimizer.iterations.numpy() == 8
+    assert np.isfinite(history.history["val_accuracy"]).all()
