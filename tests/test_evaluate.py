@@ -3,7 +3,10 @@ recorded episode, and the environment rebuilt as a run trained on it."""
 
 import math
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -190,3 +193,37 @@ def test_a_run_naming_a_module_needs_an_explicit_env(tmp_path):
         "time_feature": False,
         "previous_observation": False,
     }
+
+
+def _readme_block(after: str) -> str:
+    """The first Python block of the README that follows `after`."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    start = text.index(after)
+    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+
+
+def test_the_readme_loads_a_policy_in_plain_tensorflow(run_dir):
+    code = _readme_block("**A policy in plain TensorFlow.**")
+    code = code.replace(
+        "runs/acktr-CartPole-v1-seed0/policy", os.path.join(run_dir, "policy")
+    )
+    # What the process imported besides TensorFlow and its probability
+    # library: none of tf-agents, Gymnasium, Keras-K-FAC or the agents.
+    code += (
+        "\nimport sys\n"
+        "print(sorted(m for m in ('tf_agents', 'gymnasium', 'keras_kfac', "
+        "'agents') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    actions, imported = result.stdout.strip().splitlines()[-2:]
+    assert actions in ("[0]", "[1]")
+    assert imported == "[]"
