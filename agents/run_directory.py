@@ -9,8 +9,14 @@ a killed run never leaves the directory locked.
 restores, found by listing the `ckpt-<steps>.index` files rather than by
 trusting the `checkpoint` state file; damaged ones (truncated, empty,
 missing a file) are moved to `checkpoints/damaged/`, never deleted, and
-reported. A checkpoint that reads fine but does not fit the agent (another
+reported, under a name of their own when an earlier damaged file had the
+same one. A checkpoint that reads fine but does not fit the agent (another
 algorithm or network than `config.json` describes) is an error, not damage.
+
+`check_resume` refuses a resume that would lose what the directory holds:
+one whose checkpoints were removed while `episodes.csv` still logs the
+episodes they covered (resuming from step 0 would drop those rows), or
+one asked to stop below the steps already done.
 
 TensorFlow is imported only by the functions that read checkpoints, so
 that a process which only locks or lists a run directory starts quickly.
@@ -20,6 +26,8 @@ import fcntl
 import os
 import re
 import shutil
+
+from agents import episode_log
 
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)\.index$")
 
@@ -71,16 +79,65 @@ def checkpoint_prefixes(directory: str) -> list[str]:
     return [os.path.join(directory, name) for _, name in sorted(found)[::-1]]
 
 
+def check_resume(
+    checkpoint_dir: str,
+    episodes_path: str,
+    total_steps: int,
+    first_checkpoint_steps: int,
+) -> None:
+    """Raises `ValueError`, before anything is written, when resuming from
+    `checkpoint_dir` would lose or contradict the run.
+
+    That is when `checkpoint_dir` is not a directory; when it holds no
+    checkpoint although `episodes_path` logs episodes past
+    `first_checkpoint_steps` (the steps of the first checkpoint a run
+    writes, so the checkpoints existed and were removed: a resume from
+    step 0 would drop those rows); or when `total_steps` is below the
+    steps of the newest checkpoint.
+    """
+    if os.path.lexists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise ValueError(
+            f"{checkpoint_dir!r} is not a directory, so it holds no "
+            "checkpoint to resume from; move it away (a new run starts "
+            "at step 0 there) or restore the run's checkpoints."
+        )
+    prefixes = checkpoint_prefixes(checkpoint_dir)
+    if prefixes:
+        done = int(prefixes[0].rsplit("-", 1)[1])
+        if total_steps < done:
+            raise ValueError(
+                f"total_steps {total_steps} is below the {done} steps the "
+                f"run has done (its newest checkpoint, {prefixes[0]!r}); "
+                f"give at least {done}."
+            )
+        return
+    rows = episode_log.read(episodes_path)[0]
+    logged = max((row[0] for row in rows), default=0)
+    if logged > first_checkpoint_steps:
+        raise ValueError(
+            f"{checkpoint_dir!r} holds no checkpoint, yet {episodes_path!r} "
+            f"logs {len(rows)} episodes up to {logged} steps, past the first "
+            f"checkpoint ({first_checkpoint_steps} steps): the checkpoints "
+            "were removed, and resuming from step 0 would drop those "
+            "episodes. Restore the checkpoints or train in another logdir; "
+            "nothing was changed."
+        )
+
+
 def _set_aside(prefix: str) -> None:
-    """Moves the files of a damaged checkpoint into `damaged/`."""
+    """Moves the files of a damaged checkpoint into `damaged/`, each under
+    a name no earlier damaged file holds (`ckpt-200.index`, then
+    `ckpt-200.index.1`, ...)."""
     directory, name = os.path.split(prefix)
     damaged = os.path.join(directory, "damaged")
     os.makedirs(damaged, exist_ok=True)
     for file in os.listdir(directory):
         if file.startswith(name + "."):
-            shutil.move(
-                os.path.join(directory, file), os.path.join(damaged, file)
-            )
+            target, copy = os.path.join(damaged, file), 0
+            while os.path.lexists(target):
+                copy += 1
+                target = os.path.join(damaged, f"{file}.{copy}")
+            shutil.move(os.path.join(directory, file), target)
 
 
 def restore_newest(checkpoint, directory: str) -> tuple[str | None, list]:

@@ -38,7 +38,12 @@ from agents.config import Config, Summary, load_saved_config, resolve
 from agents.episode_log import EpisodeLog
 from agents.quiet import held_back
 from agents.rollout import RolloutCollector
-from agents.run_directory import RunLock, checkpoint_prefixes, restore_newest
+from agents.run_directory import (
+    RunLock,
+    check_resume,
+    checkpoint_prefixes,
+    restore_newest,
+)
 
 # Free space below which a run is not started.
 MINIMUM_FREE_BYTES = 64 * 2**20
@@ -424,6 +429,13 @@ def run(
             if not resume and os.path.exists(config_path):
                 raise ValueError(  # another process, just now
                     f"logdir {config.logdir!r} already holds a run."
+                )
+            if resume:
+                check_resume(
+                    checkpoint_dir,
+                    os.path.join(config.logdir, "episodes.csv"),
+                    config.total_steps,
+                    config.checkpoint_every * config.batch_steps,
                 )
             if saved is None or saved.total_steps != config.total_steps:
                 with open(config_path + ".tmp", "w") as f:  # new total_steps

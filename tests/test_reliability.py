@@ -228,6 +228,83 @@ def test_no_readable_checkpoint_is_an_error_that_writes_nothing(
     assert _tree(logdir).keys() == before.keys()
 
 
+@pytest.mark.parametrize("damage", ["deleted", "replaced by a file"])
+def test_a_resume_without_the_checkpoints_keeps_the_episode_log(
+    damage, finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    checkpoints = os.path.join(logdir, "checkpoints")
+    shutil.rmtree(checkpoints)
+    if damage == "replaced by a file":
+        with open(checkpoints, "w") as f:
+            f.write("not a directory")
+    before = _tree(logdir)
+    code, out, err = _main(TINY + ["--logdir", logdir, "--resume"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    if damage == "deleted":
+        assert "holds no checkpoint" in err and "up to 200 steps" in err
+    else:
+        assert "is not a directory" in err
+    assert "Resumed" not in out
+    assert _tree(logdir) == before  # episodes.csv and config.json intact
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(
+    finished_run, tmp_path, capsys
+):
+    # The episodes before the first checkpoint (40 steps: every update,
+    # 2 envs x 20 steps) are the ones a resume from step 0 trains again.
+    logdir = _copy(finished_run, tmp_path)
+    shutil.rmtree(os.path.join(logdir, "checkpoints"))
+    path = os.path.join(logdir, "episodes.csv")
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [lines[0]] + [x for x in lines[1:] if int(x.split(",")[0]) <= 40]
+    with open(path, "w") as f:
+        f.writelines(kept)
+    argv = TINY + ["--logdir", logdir, "--resume"]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert "No checkpoint to resume from; starting at step 0." in out
+    assert _rows(logdir) == _rows(finished_run)
+
+
+def test_a_resume_below_the_steps_done_is_refused(
+    finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    before = _tree(logdir)
+    argv = TINY + ["--logdir", logdir, "--resume", "--total-steps", "120"]
+    code, out, err = _main(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "total_steps 120 is below the 200 steps the run has done" in err
+    assert _tree(logdir) == before
+    assert load_saved_config(logdir).total_steps == 200
+
+
+def test_damaged_checkpoints_of_one_name_are_all_kept(tmp_path):
+    from agents.run_directory import _set_aside
+
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    for content in (b"first", b"second", b"third"):
+        for suffix in (".index", ".data-00000-of-00001"):
+            path = directory / f"ckpt-200{suffix}"
+            path.write_bytes(content + suffix.encode())
+        _set_aside(str(directory / "ckpt-200"))
+    damaged = directory / "damaged"
+    names = sorted(os.listdir(damaged))
+    assert len(names) == 6
+    contents = {(damaged / n).read_bytes() for n in names}
+    assert contents == {
+        c + s
+        for c in (b"first", b"second", b"third")
+        for s in (b".index", b".data-00000-of-00001")
+    }
+    assert os.listdir(directory) == ["damaged"]
+
+
 def _acktr_config(saved):
     """The config.json of an acktr run like `saved`'s a2c run."""
     import dataclasses
