@@ -143,19 +143,46 @@ def _check_video_path(path: str) -> None:
 def _record(env_id: str, seed: int, actions: list, total: float, path: str):
     """Renders the episode reset with `seed` that took `actions` and earned
     `total` into the GIF `path`, in a child process (`agents.replay`); raises
-    `ValueError` if it cannot render or its replay earns another return."""
+    `ValueError` if it cannot render or its replay earns another return.
+
+    The child writes a temporary file beside `path`, which replaces `path`
+    only once the replay is checked: a GIF already there survives a failed,
+    killed or interrupted recording."""
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryDirectory() as directory:
-        actions_file = os.path.join(directory, "actions.npy")
-        np.save(actions_file, np.array(actions))
-        child = subprocess.run(
-            [sys.executable, "-m", "agents.replay", env_id, str(seed)]
-            + [actions_file, path],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    directory, name = os.path.split(os.path.abspath(path))
+    handle, partial = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    os.close(handle)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            actions_file = os.path.join(scratch, "actions.npy")
+            np.save(actions_file, np.array(actions))
+            child = subprocess.run(
+                [sys.executable, "-m", "agents.replay", env_id, str(seed)]
+                + [actions_file, partial],
+                capture_output=True,
+                text=True,
+                env={
+                    **os.environ,
+                    "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+                },
+            )
+        _check_replay(child, env_id, total)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _check_replay(child, env_id: str, total: float) -> None:
+    """Raises `ValueError` unless the replay process rendered the episode
+    and earned its return `total`."""
+    if child.returncode < 0:
+        raise ValueError(
+            f"The replay that renders the video was stopped by signal "
+            f"{-child.returncode}; no video was written. Received: "
+            f"env={env_id!r}"
         )
     if child.returncode != 0:
         lines = child.stderr.strip().splitlines() or [

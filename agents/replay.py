@@ -84,6 +84,7 @@ def record_gif(env_id: str, seed: int, actions: np.ndarray, path: str) -> float:
     images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames[::every]]
     images[0].save(
         path,
+        format="GIF",
         save_all=True,
         append_images=images[1:],
         duration=1000.0 * every / fps,

@@ -69,6 +69,29 @@ def test_the_video_holds_every_other_frame_of_the_first_episode(
     assert sum(delays) == 40 * math.ceil((length + 1) / 2)
 
 
+def test_a_killed_recording_leaves_the_earlier_video_as_it_was(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    gif = tmp_path / "episode.gif"
+    gif.write_bytes(b"GIF89a an earlier recording")
+    real_run = subprocess.run
+
+    def replay_killed_midway(command, **kwargs):
+        if command[1:3] != ["-m", "agents.replay"]:
+            return real_run(command, **kwargs)
+        with open(command[-1], "wb") as partial:
+            partial.write(b"GIF89a half")  # what a killed writer leaves
+        return subprocess.CompletedProcess(command, -9, "", "")
+
+    monkeypatch.setattr(subprocess, "run", replay_killed_midway)
+    argv = [run_dir, "--env", "CartPole-v1", "--episodes", "1"]
+    assert evaluate.main(argv + ["--video", str(gif)]) == 2
+    err = capsys.readouterr().err
+    assert "stopped by signal 9" in err and "MuJoCo" not in err
+    assert gif.read_bytes() == b"GIF89a an earlier recording"
+    assert os.listdir(tmp_path) == ["episode.gif"]  # no partial file left
+
+
 def test_bad_video_or_sampling_requests_are_named(run_dir, tmp_path, capsys):
     argv = [run_dir, "--env", "CartPole-v1", "--episodes", "1"]
     assert evaluate.main(argv + ["--video", str(tmp_path / "a.mp4")]) == 2
