@@ -1,9 +1,10 @@
 """The directory of one training run: one process at a time, checkpoints
 that survive damage.
 
-`RunLock` holds an exclusive `flock` on `<logdir>/.lock` for as long as a
-run trains there; the operating system drops it when the process ends, so
-a killed run never leaves the directory locked.
+`RunLock` holds an exclusive `flock` on the run directory for as long as
+a run trains there; the operating system drops it when the process ends,
+so a killed run never leaves the directory locked, and deleting the
+directory's `.lock` file (which names the owner) does not free it.
 
 `restore_newest` restores the newest checkpoint under `checkpoints/` that
 restores, found by listing the `ckpt-<steps>.index` files rather than by
@@ -33,38 +34,61 @@ _CHECKPOINT = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 class RunLock:
-    """An exclusive lock on a run directory, created if missing.
+    """An exclusive lock on a run directory.
 
-    Raises `ValueError` on entry when another process holds it, naming
-    that process.
+    The lock is an `flock` on the directory itself, which a process cannot
+    remove from under its owner; `<logdir>/.lock` only names the owner's
+    pid for the message a second process gets. It is opened without
+    following a symlink, so a link planted there writes nothing elsewhere.
+
+    Raises `ValueError` on entry when another process holds the lock,
+    naming that process, or when `.lock` is a symlink or not a file.
     """
 
     def __init__(self, logdir: str):
+        self.logdir = logdir
         self.path = os.path.join(logdir, ".lock")
-        self._file = None
+        self._directory = None
 
     def __enter__(self):
-        self._file = open(self.path, "a+")
+        self._directory = os.open(self.logdir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "unknown"
-            self._file.close()
+            os.close(self._directory)
             raise ValueError(
-                f"Another training process (pid {holder}) is using logdir "
-                f"{os.path.dirname(self.path)!r}; one run per directory. "
-                "Wait for it, stop it, or choose another --logdir."
+                f"Another training process (pid {self._holder()}) is using "
+                f"logdir {self.logdir!r}; one run per directory. Wait for "
+                "it, stop it, or choose another --logdir."
             ) from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(str(os.getpid()))
-        self._file.flush()
+        try:
+            handle = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644
+            )
+            with os.fdopen(handle, "w") as file:
+                file.truncate()
+                file.write(str(os.getpid()))
+        except OSError as error:
+            self.__exit__()
+            raise ValueError(
+                f"Cannot write the lock file {self.path!r} "
+                f"({error.strerror}); a run directory's .lock must be a "
+                "plain file (not a symlink or a directory). Remove it."
+            ) from None
         return self
 
+    def _holder(self) -> str:
+        """The pid the lock file names, as far as it can be read."""
+        try:
+            handle = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(handle) as file:
+                return file.read(32).strip() or "unknown"
+        except (OSError, UnicodeDecodeError):
+            return "unknown"
+
     def __exit__(self, *exc_info):
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
+        fcntl.flock(self._directory, fcntl.LOCK_UN)
+        os.close(self._directory)
 
 
 def checkpoint_prefixes(directory: str) -> list[str]:

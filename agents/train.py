@@ -25,7 +25,8 @@ Writes into `--logdir` (default `runs/<algo>-<env>-seed<seed>`):
   the random states and the episodes under way); `--resume` continues from
   the newest one that reads, so that a killed and resumed run ends with the
   weights and episodes of an uninterrupted one;
-- `.lock`: held while a process trains there (one run per directory);
+- `.lock`: the pid of the process training there (one run per
+  directory: it holds a lock on the directory itself);
 - at the end, `policy/` and `collect_policy/` (`PolicySaver` SavedModels
   of the greedy policy and of the sampling one that collected the
   training episodes, which `python -m agents.evaluate` runs) and

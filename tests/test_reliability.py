@@ -429,6 +429,35 @@ def test_a_killed_process_does_not_leave_the_logdir_locked(tmp_path):
         pass
 
 
+def test_deleting_the_lock_file_does_not_free_the_logdir(tmp_path):
+    logdir = str(tmp_path)
+    with RunLock(logdir):
+        os.remove(os.path.join(logdir, ".lock"))
+        with pytest.raises(ValueError, match="is using logdir"):
+            with RunLock(logdir):
+                pass
+    with RunLock(logdir):  # free again once its owner let go
+        pass
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory"])
+def test_a_planted_lock_file_writes_nothing_elsewhere(planted, tmp_path):
+    logdir, outside = tmp_path / "run", tmp_path / "outside.txt"
+    logdir.mkdir()
+    outside.write_text("keep me")
+    if planted == "symlink":
+        os.symlink(outside, logdir / ".lock")
+    else:
+        (logdir / ".lock").mkdir()
+    with pytest.raises(ValueError, match="must be a plain file"):
+        with RunLock(str(logdir)):
+            pass
+    assert outside.read_text() == "keep me"
+    with pytest.raises(ValueError, match="must be a plain file"):
+        with RunLock(str(logdir)):  # and the failed attempt left no lock
+            pass
+
+
 # Exact resume.
 
 
