@@ -427,17 +427,31 @@ def read_config_file(path: str) -> dict:
     return values
 
 
-def load_saved_config(logdir: str) -> Config:
+def load_saved_config(logdir: str, env: str | None = None) -> Config:
     """The resolved `Config` in `logdir/config.json`; raises `ValueError`
-    for a missing, unreadable or unknown configuration."""
+    for a missing, unreadable or unknown configuration.
+
+    A run directory is data: an environment id that imports a module
+    (`"module:Env-v0"`, whose import runs that module's code) is resolved
+    only when `env`, the id the caller names itself, is the same one;
+    otherwise `ValueError` asks for it.
+    """
     path = os.path.join(logdir, "config.json")
     if not os.path.exists(path):
         raise ValueError(
             f"--resume needs a previous run in logdir. Received: "
             f"logdir={logdir!r} (no config.json)"
         )
+    values = read_config_file(path)
+    saved_env = values.get("env")
+    if isinstance(saved_env, str) and ":" in saved_env and saved_env != env:
+        raise ValueError(
+            f"{path} names an environment that importing a module "
+            f"registers ({saved_env!r}), and importing runs its code: pass "
+            f"--env {saved_env} to resume it if you trust that module."
+        )
     try:
-        config = Config(**read_config_file(path))
+        config = Config(**values)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     return resolve(config)

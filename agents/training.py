@@ -405,7 +405,10 @@ def run(
     config = resolve(config)
     saved = None
     if resume:
-        saved = load_saved_config(config.logdir)
+        named = given is None or "env" in given  # else the default env
+        saved = load_saved_config(
+            config.logdir, env=config.env if named else None
+        )
         config = _continued(config, saved, given)
     _check_logdir(config.logdir)
     config_path = os.path.join(config.logdir, "config.json")

@@ -429,6 +429,34 @@ def test_a_killed_process_does_not_leave_the_logdir_locked(tmp_path):
         pass
 
 
+def test_a_resume_imports_no_module_that_only_the_run_directory_names(
+    finished_run, tmp_path, capsys, monkeypatch
+):
+    # A config.json naming `payload:CartPole-v1` beside a payload.py: the
+    # import would run that file.
+    logdir = _copy(finished_run, tmp_path)
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "payload_of_the_run.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = os.path.join(logdir, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["env"] = "payload_of_the_run:CartPole-v1"
+    with open(path, "w") as f:
+        json.dump(config, f)
+    code, out, err = _main(TINY + ["--logdir", logdir, "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "pass --env payload_of_the_run:CartPole-v1" in err
+    assert not marker.exists() and "payload_of_the_run" not in sys.modules
+    # Named by whoever resumes, the module is theirs to run.
+    argv = ["--env", "payload_of_the_run:CartPole-v1", "--resume"]
+    code, out, err = _main(TINY + argv + ["--logdir", logdir], capsys)
+    assert code == 0, err
+    assert marker.exists()
+
+
 def test_deleting_the_lock_file_does_not_free_the_logdir(tmp_path):
     logdir = str(tmp_path)
     with RunLock(logdir):
