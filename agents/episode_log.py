@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from agents import files
+
 FIELDS = ("env_steps", "return", "length", "wall_seconds")
 
 
@@ -92,12 +94,12 @@ class EpisodeLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", newline="") as f:
-            writer = csv.writer(f)
+        def write(file):
+            writer = csv.writer(file)
             writer.writerow(FIELDS)
             writer.writerows(self.rows)
-        os.replace(temporary, self.path)
+
+        files.replace_file(self.path, write)
 
     def append(self, rows) -> None:
         """Adds `rows` of `(env_steps, return, length, wall_seconds)` to the
@@ -109,7 +111,7 @@ class EpisodeLog:
         ]
         if not os.path.exists(self.path):
             self._rewrite()
-        with open(self.path, "a", newline="") as f:
+        with files.open_for_append(self.path) as f:
             csv.writer(f).writerows(rows)
             f.flush()
         self.rows.extend(rows)

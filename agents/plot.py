@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from agents import episode_log
+from agents import episode_log, files
 
 # Fields that tell seeds of one configuration apart, not configurations.
 _PER_RUN = ("seed", "logdir", "total_steps")
@@ -193,11 +193,13 @@ def plot(
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=8)
     figure.tight_layout()
-    root, extension = os.path.splitext(path)
-    temporary = f"{root}.tmp{extension}"
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
+    extension = os.path.splitext(path)[1]
+    try:
+        files.replace_with_saved(
+            path, lambda name: figure.savefig(name, dpi=100), extension
+        )
+    finally:
+        plt.close(figure)
     return groups
 
 

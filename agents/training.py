@@ -32,7 +32,7 @@ from absl import logging as absl_logging
 from tf_agents.policies import policy_saver
 from tqdm import tqdm
 
-from agents import plot
+from agents import files, plot
 from agents.build import build
 from agents.config import Config, Summary, load_saved_config, resolve
 from agents.episode_log import EpisodeLog
@@ -58,8 +58,6 @@ def export_policy(policy, train_step, directory: str) -> None:
     TensorFlow's note that loading a saved distribution spec needs
     TensorFlow Probability imported (tf-agents, which loads it, does).
     """
-    temporary = directory + ".tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
@@ -67,13 +65,12 @@ def export_policy(policy, train_step, directory: str) -> None:
             warnings.filterwarnings(
                 "ignore", "Encoding a StructuredValue", UserWarning
             )
-            policy_saver.PolicySaver(
+            saver = policy_saver.PolicySaver(
                 policy, batch_size=None, train_step=train_step
-            ).save(temporary)
+            )
+            files.replace_directory(directory, saver.save)
     finally:
         absl_logging.set_verbosity(verbosity)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(temporary, directory)
 
 
 class TrainingInterrupted(Exception):
@@ -429,21 +426,7 @@ def run(
             on_start(config)
         os.makedirs(config.logdir, exist_ok=True)
         with RunLock(config.logdir):
-            if not resume and os.path.exists(config_path):
-                raise ValueError(  # another process, just now
-                    f"logdir {config.logdir!r} already holds a run."
-                )
-            if resume:
-                check_resume(
-                    checkpoint_dir,
-                    os.path.join(config.logdir, "episodes.csv"),
-                    config.total_steps,
-                    config.checkpoint_every * config.batch_steps,
-                )
-            if saved is None or saved.total_steps != config.total_steps:
-                with open(config_path + ".tmp", "w") as f:  # new total_steps
-                    json.dump(dataclasses.asdict(config), f, indent=2)
-                os.replace(config_path + ".tmp", config_path)
+            _claim_locked_directory(config, saved, resume)
             checkpoints = _Checkpoints(agent, checkpoint_dir)
             return _train(
                 config, checkpoints, py_env, tf_env, agent, resume, progress
@@ -456,6 +439,30 @@ def run(
         ) from None
     finally:
         py_env.close(terminate=aborted)
+
+
+def _claim_locked_directory(config, saved, resume: bool) -> None:
+    """Checks the locked run directory and writes its `config.json` (a new
+    run's, or a resumed one's new `total_steps`); raises `ValueError`,
+    writing nothing, when another process just started a run there or a
+    resume would lose what it holds (`check_resume`)."""
+    config_path = os.path.join(config.logdir, "config.json")
+    if not resume and os.path.exists(config_path):
+        raise ValueError(  # another process, just now
+            f"logdir {config.logdir!r} already holds a run."
+        )
+    if resume:
+        check_resume(
+            os.path.join(config.logdir, "checkpoints"),
+            os.path.join(config.logdir, "episodes.csv"),
+            config.total_steps,
+            config.checkpoint_every * config.batch_steps,
+        )
+    if saved is None or saved.total_steps != config.total_steps:
+        files.replace_file(
+            config_path,
+            lambda f: json.dump(dataclasses.asdict(config), f, indent=2),
+        )
 
 
 def _train(
@@ -517,12 +524,18 @@ def _finish(config, agent, episodes, start_steps, start_time, env_steps):
     """Exports the policies and draws the learning curve of a finished
     run; returns its `Summary`."""
     policy_dir = os.path.join(config.logdir, "policy")
-    export_policy(agent.policy, agent.train_step_counter, policy_dir)
-    export_policy(
-        agent.collect_policy,
-        agent.train_step_counter,
-        os.path.join(config.logdir, "collect_policy"),
-    )
+    for policy, directory in (
+        (agent.policy, policy_dir),
+        (agent.collect_policy, os.path.join(config.logdir, "collect_policy")),
+    ):
+        try:
+            export_policy(policy, agent.train_step_counter, directory)
+        except (OSError, tf.errors.OpError) as error:
+            raise RunWriteError(
+                f"Could not export {directory} "
+                f"({str(error).splitlines()[0]}); the final checkpoint is "
+                f"kept: --resume --logdir {config.logdir} exports again."
+            ) from None
     plot.plot(
         [
             plot.Run.from_rows(

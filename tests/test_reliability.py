@@ -457,6 +457,44 @@ def test_a_resume_imports_no_module_that_only_the_run_directory_names(
     assert marker.exists()
 
 
+def test_symlinks_planted_in_a_run_directory_write_nothing_elsewhere(
+    finished_run, tmp_path, capsys
+):
+    logdir = _copy(finished_run, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    planted = {}
+    # Links at the names a run writes, and at the temporary names it used
+    # to write through; each points at a file or directory outside.
+    for name in ["episodes.csv.tmp", "config.json.tmp", "policy.tmp"]:
+        planted[name] = outside / name
+    planted["learning_curve.tmp.png"] = outside / "curve.png"
+    for name in ["episodes.csv", "config.json", "learning_curve.png"]:
+        target = outside / f"real-{name}"
+        shutil.copy(os.path.join(logdir, name), target)
+        os.remove(os.path.join(logdir, name))
+        planted[name] = target
+    planted["policy"] = outside / "real-policy"
+    shutil.move(os.path.join(logdir, "policy"), planted["policy"])
+    for name, target in planted.items():
+        if not target.exists():
+            if name.endswith(".tmp") and "policy" in name:
+                target.mkdir()
+            else:
+                target.write_text("outside the run")
+        os.symlink(target, os.path.join(logdir, name))
+    before = _tree(str(outside))
+    argv = TINY + ["--logdir", logdir, "--resume", "--total-steps", "240"]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert _tree(str(outside)) == before
+    for name in ["episodes.csv", "config.json", "learning_curve.png"]:
+        assert os.path.isfile(os.path.join(logdir, name))
+        assert not os.path.islink(os.path.join(logdir, name))
+    assert not os.path.islink(os.path.join(logdir, "policy"))
+    assert int(_rows(logdir)[-1][0]) == 240
+
+
 def test_deleting_the_lock_file_does_not_free_the_logdir(tmp_path):
     logdir = str(tmp_path)
     with RunLock(logdir):
@@ -755,6 +793,34 @@ def test_bad_logdirs(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_scratch(
+    tmp_path, capsys, monkeypatch
+):
+    from tf_agents.policies import policy_saver
+
+    logdir = str(tmp_path / "run")
+
+    def save(self, directory, *args, **kwargs):
+        os.makedirs(os.path.join(directory, "variables"))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(policy_saver.PolicySaver, "save", save)
+    argv = TINY + ["--total-steps", "80", "--logdir", logdir]
+    code, out, err = _main(argv, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "No space left on device" in err and "exports again" in err
+    assert sorted(os.listdir(logdir)) == [
+        ".lock",
+        "checkpoints",
+        "config.json",
+        "episodes.csv",
+    ] + [n for n in os.listdir(logdir) if n.startswith("events.")]
+    monkeypatch.undo()
+    code, out, err = _main(["--logdir", logdir, "--resume"], capsys)
+    assert code == 0, err
+    assert os.path.isdir(os.path.join(logdir, "policy"))
+
+
 def test_a_failed_checkpoint_write_keeps_the_last_good_one(
     tmp_path, capsys, monkeypatch
 ):
