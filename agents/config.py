@@ -384,6 +384,12 @@ class Summary:
     mean_return_last_100: float
     policy_dir: str
     skipped_updates: int = 0
+    updates: int = 0
+
+    @property
+    def learned_nothing(self) -> bool:
+        """Whether every update of the run was skipped."""
+        return self.updates > 0 and self.skipped_updates >= self.updates
 
     def line(self) -> str:
         mean = (

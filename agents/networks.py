@@ -118,17 +118,25 @@ def _torso(kind: str, hidden_units: Sequence[int], activation: str, name: str):
     ]
 
 
+# The largest |log σ| a Gaussian policy may start from.
+MAX_ABS_LOG_STD = 40
+
+
 def _policy_outputs(
     action_spec: tensor_spec.BoundedTensorSpec, initial_log_std: float
 ) -> int:
     """Outputs of the policy head: one logit per action of a scalar
     integer spec starting at 0, or one mean per dimension of a float
     vector; raises `ValueError` for other specs, and for an
-    `initial_log_std` that is not finite or is set for discrete actions."""
+    `initial_log_std` outside `[-40, 40]` or set for discrete actions."""
     discrete = action_spec.dtype.is_integer
-    if not np.isfinite(initial_log_std):
+    # σ² = e^{2 log σ} leaves float32's normal range beyond about ±43, and
+    # every update of such a policy is non-finite.
+    if not abs(initial_log_std) <= MAX_ABS_LOG_STD:
         raise ValueError(
-            "initial_log_std must be finite. "
+            f"initial_log_std must be within [-{MAX_ABS_LOG_STD}, "
+            f"{MAX_ABS_LOG_STD}] (σ² = e^(2 log σ) overflows or underflows "
+            "float32 beyond, and every update would be skipped). "
             f"Received: initial_log_std={initial_log_std!r}"
         )
     if discrete and initial_log_std != 0.0:

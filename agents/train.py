@@ -198,6 +198,14 @@ def main(argv=None) -> int:
         print(aborted, file=sys.stderr)
         return ABORTED
     print(summary.line())
+    if summary.learned_nothing:
+        print(
+            f"error: every one of the {summary.updates} updates was skipped "
+            "(NaN/Inf in the batch): the policy learned nothing. Check the "
+            "rewards' and observations' scale and the settings.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -559,4 +559,5 @@ def _finish(config, agent, episodes, start_steps, start_time, env_steps):
         mean_return_last_100=episodes.mean_return(),
         policy_dir=policy_dir,
         skipped_updates=int(agent.skipped_updates),
+        updates=env_steps // config.batch_steps,
     )

@@ -17,6 +17,7 @@ from agents import (
     COMMON,
     PRESETS,
     Config,
+    Summary,
     load_saved_config,
     resolve,
     train,
@@ -179,11 +180,44 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
         (["--value-minibatch-size", "0"], "value_minibatch_size=0"),
         (["--max-kl-ratio", "0"], "max_kl_ratio=0.0"),
         (["--initial-log-std", "nan"], "initial_log_std=nan"),
+        (
+            ["--env", "Pendulum-v1", "--initial-log-std", "1e6"],
+            "within [-40, 40]",
+        ),
         (["--initial-log-std", "-1"], "initial_log_std=-1.0 for the action"),
     ):
         assert train.main(argv + ["--logdir", str(logdir)]) == 2
         assert received in capsys.readouterr().err
     assert not logdir.exists()
+
+
+def test_a_run_whose_every_update_was_skipped_is_not_a_success(
+    tmp_path, capsys, monkeypatch
+):
+    from agents import training
+
+    summary = Summary(
+        algo="a2c",
+        env="CartPole-v1",
+        seed=0,
+        env_steps=80,
+        seconds=1.0,
+        steps_per_second=80.0,
+        episodes=3,
+        mean_return_last_100=20.0,
+        policy_dir=str(tmp_path / "policy"),
+        skipped_updates=2,
+        updates=2,
+    )
+    assert summary.learned_nothing
+    monkeypatch.setattr(training, "run", lambda *args, **kwargs: summary)
+    assert train.main(["--logdir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "every one of the 2 updates was skipped" in err
+    partly = dataclasses.replace(summary, skipped_updates=1)
+    assert not partly.learned_nothing
+    monkeypatch.setattr(training, "run", lambda *args, **kwargs: partly)
+    assert train.main(["--logdir", str(tmp_path / "run")]) == 0
 
 
 @pytest.mark.slow
