@@ -37,7 +37,14 @@ class EnvironmentStepError(RuntimeError):
 
 
 class NonFiniteDataError(EnvironmentStepError):
-    """An environment returned a NaN or infinite observation or reward."""
+    """An environment returned a NaN or infinite observation or reward, or
+    a reward beyond `REWARD_LIMIT`."""
+
+
+# The largest |reward| trained on. A return sums up to 1 / (1 - γ) rewards
+# (10⁴ at γ = 0.9999) and the value loss squares it: beyond about 1.8e19
+# that square overflows float32 and the critic turns NaN.
+REWARD_LIMIT = 1e15
 
 
 def _array_spec(spec: spaces.Spec, name: str) -> array_spec.ArraySpec:
@@ -201,7 +208,8 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
             self._call_started = None
 
     def _check_finite(self, what: str, observation, reward=None) -> None:
-        """Raises `NonFiniteDataError` for a NaN or infinite entry."""
+        """Raises `NonFiniteDataError` for a NaN or infinite entry, or a
+        reward beyond `REWARD_LIMIT`."""
         problems = []
         observation = np.asarray(observation)
         if np.issubdtype(observation.dtype, np.floating):
@@ -215,6 +223,13 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         if reward is not None:
             for i in np.flatnonzero(~np.isfinite(reward)):
                 problems.append(f"reward of copy {i}: {reward[i]}")
+            huge = np.isfinite(reward) & (np.abs(reward) > REWARD_LIMIT)
+            for i in np.flatnonzero(huge):
+                problems.append(
+                    f"reward of copy {i}: {reward[i]:.3g}, beyond ±"
+                    f"{REWARD_LIMIT:.0e} (its returns would overflow float32 "
+                    "in the value loss; scale the rewards down)"
+                )
         if problems:
             self.error = NonFiniteDataError(
                 f"Environment {self.env_id!r} returned non-finite data from "

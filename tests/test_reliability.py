@@ -90,6 +90,26 @@ def test_non_finite_environment_data_stops_with_one_clear_error(
             assert np.all(np.isfinite(value)), name
 
 
+def test_a_reward_too_large_for_float32_returns_stops_before_the_critic(
+    tmp_path, capsys
+):
+    # -1e30 is finite, but its returns squared in the value loss are not:
+    # before this check the critic and its Adam state were NaN in every
+    # checkpoint and the run reported success.
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--env", "toy_envs:HugeReward-v0", "--total-steps", "400"]
+    code, out, err = _main(
+        argv + ["--logdir", logdir, "--checkpoint-every", "1"], capsys
+    )
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "reward of copy" in err and "-1e+30, beyond ±1e+15" in err
+    assert "scale the rewards down" in err and "mean return" not in out
+    assert _newest(logdir).endswith("ckpt-80")
+    for name, value in _checkpoint_tensors(_newest(logdir)).items():
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.all(np.isfinite(value)), name
+
+
 # Damaged run directories.
 
 

@@ -51,13 +51,15 @@ class Slider(Countdown):
 
 
 class NanAt(Countdown):
-    """Returns NaN in `what` ("reward" or "observation") at its `at`-th
-    step over all episodes, and raises if it ever receives an action
-    outside its space."""
+    """Returns `value` (NaN by default) in `what` ("reward" or
+    "observation") at its `at`-th step over all episodes, and raises if it
+    ever receives an action outside its space."""
 
-    def __init__(self, what: str, at: int, length: int = 10):
+    def __init__(
+        self, what: str, at: int, length: int = 10, value=float("nan")
+    ):
         super().__init__(length=length)
-        self.what, self.at = what, at
+        self.what, self.at, self.value = what, at, value
         self.steps = 0
 
     def step(self, action):
@@ -67,9 +69,9 @@ class NanAt(Countdown):
         self.steps += 1
         if self.steps == self.at:
             if self.what == "reward":
-                reward = float("nan")
+                reward = self.value
             else:
-                observation = np.array([np.nan], np.float32)
+                observation = np.array([self.value], np.float32)
         return observation, reward, terminated, truncated, info
 
 
@@ -114,6 +116,11 @@ class Noisy(Countdown):
 gymnasium.register("Countdown-v0", entry_point=Countdown)
 gymnasium.register(
     "NanReward-v0", entry_point=NanAt, kwargs={"what": "reward", "at": 50}
+)
+gymnasium.register(
+    "HugeReward-v0",
+    entry_point=NanAt,
+    kwargs={"what": "reward", "at": 50, "value": -1e30},
 )
 gymnasium.register(
     "NanObservation-v0",
