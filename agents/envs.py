@@ -196,7 +196,9 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._call_started = time.monotonic()
         try:
             return fn(**kwargs)
-        except Exception as error:
+        # `sys.exit` or a `KeyboardInterrupt` raised by the environment's own
+        # code is its failure too (the run's signals have their handlers).
+        except (Exception, SystemExit, KeyboardInterrupt) as error:
             self._vector.close(terminate=True)
             self.error = EnvironmentStepError(
                 f"Environment {self.env_id!r} ({self._num_envs} copies) raised "

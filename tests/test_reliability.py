@@ -110,6 +110,21 @@ def test_a_reward_too_large_for_float32_returns_stops_before_the_critic(
             assert np.all(np.isfinite(value)), name
 
 
+@pytest.mark.parametrize(
+    "env, raised",
+    [("ExitsInStep", "SystemExit"), ("InterruptsInStep", "KeyboardInterrupt")],
+)
+def test_an_environment_that_exits_or_interrupts_itself_is_one_line(
+    env, raised, tmp_path, capsys
+):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--env", f"toy_envs:{env}-v0", "--total-steps", "400"]
+    code, out, err = _main(argv + ["--logdir", logdir], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "raised in step after" in err and f"{raised}: 3" in err
+    assert "mean return" not in out
+
+
 # Damaged run directories.
 
 

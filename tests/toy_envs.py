@@ -90,6 +90,22 @@ class Hang(Countdown):
         return super().step(action)
 
 
+class RaisesAt(Countdown):
+    """Raises `error` (a `BaseException` class) at its `at`-th step, as an
+    environment that calls `sys.exit` or raises `KeyboardInterrupt`."""
+
+    def __init__(self, error, at: int):
+        super().__init__()
+        self.error, self.at = error, at
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.at:
+            raise self.error(3)
+        return super().step(action)
+
+
 class WrongShape(Countdown):
     """Declares 1-vectors and returns 2-vectors."""
 
@@ -128,6 +144,16 @@ gymnasium.register(
     kwargs={"what": "observation", "at": 50},
 )
 gymnasium.register("Hang-v0", entry_point=Hang, kwargs={"at": 50})
+gymnasium.register(
+    "ExitsInStep-v0",
+    entry_point=RaisesAt,
+    kwargs={"error": SystemExit, "at": 5},
+)
+gymnasium.register(
+    "InterruptsInStep-v0",
+    entry_point=RaisesAt,
+    kwargs={"error": KeyboardInterrupt, "at": 5},
+)
 gymnasium.register("WrongShape-v0", entry_point=WrongShape)
 gymnasium.register("Noisy-v0", entry_point=Noisy)
 gymnasium.register(
