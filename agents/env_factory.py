@@ -27,11 +27,18 @@ def registered_id(env_id: str, name: str = "env_id") -> str:
     received = env_id
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
+        if not module or module.startswith("."):
+            raise ValueError(
+                "The module of an environment id is an absolute module name "
+                f"('package.module:Env-v0'). Received: {name}={received!r}"
+            )
         try:
             importlib.import_module(module)
-        except ImportError as error:
+        # Importing runs the module: whatever it raises means the same.
+        except Exception as error:
             raise ValueError(
-                f"Cannot import the module of the environment id ({error}). "
+                "Cannot import the module of the environment id "
+                f"({type(error).__name__}: {error}). "
                 f"Received: {name}={received!r}"
             ) from None
     atari.register(env_id)

@@ -191,6 +191,7 @@ def test_a_box_action_policy_on_a_discrete_environment(
     [
         (["--env", "CartPole-v7"], "env='CartPole-v7'"),
         (["--env", "no_such_module:Env-v0"], "env='no_such_module:Env-v0'"),
+        (["--env", ".rel:Foo-v0"], "env='.rel:Foo-v0'"),
         (["--env", "CartPole-v1", "--episodes", "0"], "episodes=0"),
         (["--env", "CartPole-v1", "--episodes", "-3"], "episodes=-3"),
         (["--env", "CartPole-v1", "--seed", "-1"], "seed=-1"),
