@@ -18,6 +18,7 @@ space) and gives every such field the preset's value for the algorithm.
 import dataclasses
 import json
 import math
+import numbers
 import os
 import types
 import typing
@@ -255,7 +256,11 @@ class Config:
         """Checks every value given; the fields left to the preset are
         checked when `resolve` fills them in."""
         for field in dataclasses.fields(self):
-            _check(field, getattr(self, field.name))
+            value = getattr(self, field.name)
+            if isinstance(value, numbers.Number) and hasattr(value, "item"):
+                value = value.item()  # a NumPy scalar, as JSON writes it
+                setattr(self, field.name, value)
+            _check(field, value)
         if self.algo == "trpo" and self.critic == "joint":
             raise ValueError(
                 "trpo fits its value function apart; critic must be 'adam' "
@@ -308,6 +313,28 @@ class Config:
         return math.ceil(self.total_steps / self.batch_steps)
 
 
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
+
+
+def _is_a(value, kind) -> bool:
+    """Whether `value` is of a `Config` field's type `kind` (an `int` for
+    a `float` too, a list for a tuple, as JSON gives; never a `bool` for a
+    number)."""
+    if kind is bool or kind is str:
+        return isinstance(value, kind)
+    if kind is int or kind is float:
+        number = int if kind is int else (int, float)
+        return isinstance(value, number) and not isinstance(value, bool)
+    return isinstance(value, (list, tuple)) and all(
+        _is_a(unit, int) for unit in value
+    )
+
+
 def _check(field: dataclasses.Field, value) -> None:
     """Raises `ValueError` unless `value` suits `field`'s `Option`. `None`
     suits a field a preset fills (a setting the algorithm does not use)
@@ -318,6 +345,11 @@ def _check(field: dataclasses.Field, value) -> None:
     if value is None and (optional or field.default is FROM_PRESET):
         return
     name, spec = field.name, field.metadata["option"]
+    if not _is_a(value, kind):
+        raise ValueError(
+            f"{name} must be {_TYPE_NAMES.get(kind, 'a tuple of integers')}. "
+            f"Received: {name}={value!r}"
+        )
     if spec.choices is not None and value not in spec.choices:
         raise ValueError(
             f"{name} must be one of {spec.choices}. Received: {name}={value!r}"

@@ -116,6 +116,41 @@ def test_a_config_checks_what_it_is_given_and_makes_no_environment(
         Config(preset="pong")
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"env": 5}, "env must be a string. Received: env=5"),
+        ({"gamma": "0.99"}, "gamma must be a number. Received: gamma='0.99'"),
+        ({"hidden_units": "64"}, "hidden_units must be a tuple of integers"),
+        ({"hidden_units": [64, 6.5]}, "a tuple of integers"),
+        ({"num_envs": 4.0}, "num_envs must be an integer"),
+        ({"normalize_advantages": 1}, "must be true or false"),
+        ({"seed": True}, "seed must be an integer"),
+    ],
+)
+def test_values_of_the_wrong_type_are_named(values, message, tmp_path, capsys):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        Config(**values)
+    # A --config file goes through the same check: one line, exit 2.
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    logdir = tmp_path / "run"
+    assert train.main(["--config", str(path), "--logdir", str(logdir)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not logdir.exists()
+
+
+def test_numpy_numbers_are_taken_as_the_python_ones_json_writes():
+    config = Config(
+        gamma=np.float32(0.5), num_envs=np.int64(3), learning_rate=1
+    )
+    assert config.num_envs == 3 and type(config.num_envs) is int
+    assert config.gamma == 0.5 and type(config.gamma) is float
+    assert config.learning_rate == 1
+    json.dumps([config.gamma, config.num_envs])  # as config.json holds them
+
+
 def test_resolve_applies_the_preset_once():
     config = Config(algo="trpo", env="Pendulum-v1", num_envs=3, seed=2)
     resolved = resolve(config)
