@@ -154,6 +154,8 @@ def _collect(collector, py_env, stop: _StopRequests, timeout, steps: int):
 
 def _check_logdir(logdir: str) -> None:
     """Raises `ValueError` unless a run can be written under `logdir`."""
+    if not logdir.strip():
+        raise ValueError(f"logdir must name a directory. Received: {logdir!r}")
     if os.path.exists(logdir) and not os.path.isdir(logdir):
         raise ValueError(f"logdir is a file, not a directory: {logdir!r}")
     parent = os.path.abspath(logdir)
@@ -161,6 +163,13 @@ def _check_logdir(logdir: str) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"logdir {logdir!r} lies under a file: {parent!r}")
+    longest = max(len(part) for part in os.fsencode(logdir).split(b"/"))
+    most = os.pathconf(parent, "PC_NAME_MAX")
+    if longest > most:
+        raise ValueError(
+            f"logdir has a name of {longest} bytes, over the {most} its file "
+            f"system takes. Received: {logdir!r}"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(
             f"logdir {logdir!r} cannot be written: {parent!r} is read-only "

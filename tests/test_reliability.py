@@ -816,6 +816,13 @@ def test_bad_logdirs(tmp_path, capsys, monkeypatch):
         code, _, err = _main(TINY + ["--logdir", str(logdir)], capsys)
         assert code == 2 and received in err, err
     assert file.read_text() == "not a directory"
+    for logdir, received in (
+        ("", "logdir must name a directory"),
+        (str(tmp_path / ("x" * 300)), "a name of 300 bytes, over the 255"),
+    ):
+        code, _, err = _main(TINY + ["--logdir", logdir], capsys)
+        assert code == 2 and received in err, err
+        assert len(err.strip().splitlines()) == 1
     # Permissions and free space as the operating system reports them
     # (the suite may run as root, which writes anywhere).
     logdir = tmp_path / "run"
