@@ -197,6 +197,13 @@ def main(argv=None) -> int:
     except TrainingAborted as aborted:
         print(aborted, file=sys.stderr)
         return ABORTED
+    except KeyboardInterrupt:  # before training started (its handler's)
+        print(
+            "Interrupted while the environment or the agent was being "
+            "built; no checkpoint was written by this process.",
+            file=sys.stderr,
+        )
+        return 130
     print(summary.line())
     if summary.learned_nothing:
         print(

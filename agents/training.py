@@ -460,10 +460,16 @@ def _claim_locked_directory(config, saved, resume: bool) -> None:
         raise ValueError(  # another process, just now
             f"logdir {config.logdir!r} already holds a run."
         )
+    episodes_path = os.path.join(config.logdir, "episodes.csv")
+    if os.path.isdir(episodes_path):
+        raise ValueError(
+            f"{episodes_path!r} is a directory; a run keeps its episode log "
+            "there. Move it away."
+        )
     if resume:
         check_resume(
             os.path.join(config.logdir, "checkpoints"),
-            os.path.join(config.logdir, "episodes.csv"),
+            episodes_path,
             config.total_steps,
             config.checkpoint_every * config.batch_steps,
         )

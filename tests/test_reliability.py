@@ -713,6 +713,27 @@ def _wait_for_checkpoint(directory, step, process, seconds=120):
         time.sleep(0.05)
 
 
+def test_ctrl_c_while_the_environment_hangs_in_start_up_is_one_line(tmp_path):
+    marker = str(tmp_path / "hanging")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agents.train", *TINY]
+        + ["--env", "toy_envs:HangsAtStart-v0", "--preset", "default"]
+        + ["--logdir", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(HERE),
+        env=dict(os.environ, PYTHONPATH=HERE, HANGS_AT_START_MARKER=marker),
+    )
+    _wait_for(marker, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "Interrupted while the environment" in err
+    assert not os.path.exists(tmp_path / "run")
+
+
 HANG = TINY + ["--env", "toy_envs:Hang-v0", "--checkpoint-every", "1"]
 
 
@@ -816,6 +837,12 @@ def test_bad_logdirs(tmp_path, capsys, monkeypatch):
         code, _, err = _main(TINY + ["--logdir", str(logdir)], capsys)
         assert code == 2 and received in err, err
     assert file.read_text() == "not a directory"
+    occupied = tmp_path / "occupied"
+    (occupied / "episodes.csv").mkdir(parents=True)
+    code, _, err = _main(TINY + ["--logdir", str(occupied)], capsys)
+    assert code == 2 and "episodes.csv' is a directory" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(occupied)) == [".lock", "episodes.csv"]
     for logdir, received in (
         ("", "logdir must name a directory"),
         (str(tmp_path / ("x" * 300)), "a name of 300 bytes, over the 255"),

@@ -4,6 +4,7 @@ Use them as `"toy_envs:Countdown-v0"`: `gymnasium.make` imports this module
 first, also in subprocesses.
 """
 
+import os
 import time
 
 import gymnasium
@@ -90,6 +91,17 @@ class Hang(Countdown):
         return super().step(action)
 
 
+class HangsAtStart(Countdown):
+    """An environment whose construction never returns; it first creates
+    the file `$HANGS_AT_START_MARKER` to say it is hanging."""
+
+    def __init__(self):
+        super().__init__()
+        open(os.environ["HANGS_AT_START_MARKER"], "w").close()
+        while True:
+            time.sleep(1.0)
+
+
 class RaisesAt(Countdown):
     """Raises `error` (a `BaseException` class) at its `at`-th step, as an
     environment that calls `sys.exit` or raises `KeyboardInterrupt`."""
@@ -144,6 +156,7 @@ gymnasium.register(
     kwargs={"what": "observation", "at": 50},
 )
 gymnasium.register("Hang-v0", entry_point=Hang, kwargs={"at": 50})
+gymnasium.register("HangsAtStart-v0", entry_point=HangsAtStart)
 gymnasium.register(
     "ExitsInStep-v0",
     entry_point=RaisesAt,
