@@ -196,3 +196,52 @@ def test_batch_normalization_statistics_take_a_nan_batch(rng):
     # Inference reads the moving statistics, and the Dense layer mixes
     # feature 0 into every output: all are NaN, although no weight changed.
     assert np.all(np.isnan(model.predict(np.zeros((2, 3)), verbose=0)))
+
+
+def test_backup_and_restore_resumes_an_interrupted_fit_exactly(rng, tmp_path):
+    # The README's recipe for a `fit` that may be killed: everything K-FAC
+    # keeps (factors, eigenbases, velocities, counters) is optimizer state,
+    # so a resumed fit ends where an uninterrupted one does.
+    x = rng.normal(size=(96, 6)).astype("float32")
+    y = rng.integers(0, 3, size=96)
+
+    def fitted(epochs, callbacks=()):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras_kfac.layers.Dense(8, activation="tanh"),
+                keras_kfac.layers.Dense(3),
+            ]
+        )
+        net.compile(
+            optimizer=keras_kfac.KFAC(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        net.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=epochs,
+            shuffle=False,
+            callbacks=list(callbacks),
+            verbose=0,
+        )
+        return net
+
+    class StopAtEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt  # as a kill between epochs
+
+    backup = str(tmp_path / "backup")
+    restore = keras.callbacks.BackupAndRestore(backup, double_checkpoint=True)
+    with pytest.raises(KeyboardInterrupt):
+        fitted(4, [restore, StopAtEpoch()])
+    restore = keras.callbacks.BackupAndRestore(backup, double_checkpoint=True)
+    resumed = fitted(4, [restore])
+    whole = fitted(4)
+    for a, b in zip(resumed.get_weights(), whole.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(resumed.optimizer.variables, whole.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
