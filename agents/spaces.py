@@ -125,9 +125,10 @@ def env_actions(space: gymnasium.Space, actions: np.ndarray) -> np.ndarray:
     takes them.
 
     A `Discrete(n, start)` space gets `int64` actions shifted by `start`. A
-    `Box` space gets the actions clipped to its bounds: a Gaussian policy's
+    `Box` space gets the actions clipped to its bounds (a Gaussian policy's
     samples are unbounded, and the trajectory keeps the sampled action, so
-    that its log-probability stays exact.
+    that its log-probability stays exact), in its dtype: an integer `Box`
+    gets them rounded to the nearest integer first.
 
     Args:
         space: A `Discrete` or one-dimensional `Box` action space.
@@ -136,7 +137,9 @@ def env_actions(space: gymnasium.Space, actions: np.ndarray) -> np.ndarray:
     actions = np.asarray(actions)
     if isinstance(space, gymnasium.spaces.Discrete):
         return actions.astype(np.int64) + int(space.start)
-    return np.clip(actions, space.low, space.high)
+    if np.issubdtype(space.dtype, np.integer):
+        actions = np.rint(actions)
+    return np.clip(actions, space.low, space.high).astype(space.dtype)
 
 
 def game_score(reward, info: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -95,6 +95,13 @@ def test_box_actions_are_clipped_to_the_bounds_per_entry():
     np.testing.assert_array_equal(spaces.env_actions(space, actions), expected)
 
 
+def test_integer_box_actions_are_rounded_into_the_space():
+    space = gymnasium.spaces.Box(-2, 3, shape=(3,), dtype=np.int64)
+    actions = spaces.env_actions(space, np.array([[1.37, -0.6, 7.2]]))
+    np.testing.assert_array_equal(actions, [[1, -1, 3]])
+    assert actions.dtype == np.int64 and space.contains(actions[0])
+
+
 def test_the_score_of_one_environment_step():
     # An Atari step: 30 points, clipped to a reward of 1, a life lost.
     score, lost = spaces.game_score(1.0, {"score": 30.0, "life_lost": True})
