@@ -241,7 +241,12 @@ def _specs(observation, action) -> tuple[tuple, tuple]:
         if int(low) != 0:
             action += (int(low),)
     else:
-        low, high = (tuple(b.astype(np.float32).tolist()) for b in (low, high))
+        # An export stores an infinite bound as float32's largest value.
+        largest = float(np.finfo(np.float32).max)
+        low, high = (
+            tuple(np.clip(b.astype(np.float32), -largest, largest).tolist())
+            for b in (low, high)
+        )
         action = ("Box", shape, low, high)
     return observation, action
 

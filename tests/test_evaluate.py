@@ -218,6 +218,19 @@ def test_a_run_naming_a_module_needs_an_explicit_env(tmp_path):
     }
 
 
+def test_an_unbounded_box_policy_evaluates_as_it_trained(tmp_path, capsys):
+    # The export stores the infinite bounds as float32's largest value.
+    logdir = str(tmp_path / "free")
+    argv = ["--algo", "a2c", "--env", "toy_envs:FreeSlider-v0"]
+    argv += ["--total-steps", "40", "--num-envs", "2", "--n-steps", "20"]
+    argv += ["--hidden-units", "8", "--no-progress", "--logdir", logdir]
+    assert train.main(argv) == 0
+    capsys.readouterr()
+    argv = [logdir, "--env", "toy_envs:FreeSlider-v0", "--episodes", "1"]
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    assert "mean return" in capsys.readouterr().out
+
+
 def _readme_block(after: str) -> str:
     """The first Python block of the README that follows `after`."""
     path = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")

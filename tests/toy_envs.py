@@ -35,6 +35,16 @@ class Countdown(gymnasium.Env):
         return np.array([left], np.float32), float(self.t), left == 0, False, {}
 
 
+class FreeSlider(Countdown):
+    """An unbounded Box action space; reward = the action received."""
+
+    action_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+
+    def step(self, action):
+        observation, _, terminated, truncated, info = super().step(action)
+        return observation, float(action[0]), terminated, truncated, info
+
+
 class TwoKnobs(Countdown):
     """An action space the agents do not support."""
 
@@ -142,6 +152,7 @@ class Noisy(Countdown):
 
 
 gymnasium.register("Countdown-v0", entry_point=Countdown)
+gymnasium.register("FreeSlider-v0", entry_point=FreeSlider)
 gymnasium.register(
     "NanReward-v0", entry_point=NanAt, kwargs={"what": "reward", "at": 50}
 )
