@@ -218,13 +218,14 @@ def _continued(config: Config, saved: Config, given) -> Config:
     )
 
 
-def _run_state(py_env) -> str:
+def _run_state(py_env, algo: str) -> str:
     """What a checkpoint needs besides TensorFlow variables to continue
     exactly: the environments' episodes and time step, and the NumPy and
-    Python random states, as JSON."""
+    Python random states, as JSON; and the algorithm that wrote it."""
     numpy_state = np.random.get_state()
     return json.dumps(
         {
+            "algo": algo,
             "environment": py_env.get_state(),
             "numpy": [numpy_state[0], numpy_state[1].tolist()]
             + list(numpy_state[2:]),
@@ -233,8 +234,18 @@ def _run_state(py_env) -> str:
     )
 
 
-def _restore_run_state(text: str, py_env, collector) -> None:
+def _restore_run_state(text: str, py_env, collector, algo: str) -> None:
+    """Restores what `_run_state` saved; raises `ValueError` when another
+    algorithm than `algo` wrote it (its variables, restored by name into
+    this agent's, would mean other things: an edited `config.json`)."""
     state = json.loads(text)
+    written_by = state.get("algo", algo)  # older checkpoints do not say
+    if written_by != algo:
+        raise ValueError(
+            f"The checkpoint was written by a {written_by} run, but "
+            f"config.json says algo={algo!r}; resume with the algorithm "
+            "that trained it."
+        )
     py_env.set_state(state["environment"])
     collector.time_step = tf.nest.map_structure(
         tf.convert_to_tensor, py_env.current_time_step()
@@ -253,8 +264,8 @@ class _Checkpoints:
     good one.
     """
 
-    def __init__(self, agent, directory: str):
-        self.directory = directory
+    def __init__(self, agent, directory: str, algo: str):
+        self.directory, self.algo = directory, algo
         self.env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
         self._run_state = tf.Variable("", dtype=tf.string, name="run_state")
         self._checkpoint = tf.train.Checkpoint(
@@ -284,7 +295,7 @@ class _Checkpoints:
             return
         if self._run_state.numpy():
             _restore_run_state(
-                self._run_state.numpy().decode(), py_env, collector
+                self._run_state.numpy().decode(), py_env, collector, self.algo
             )
         print(f"Resumed {restored} at {int(self.env_steps)} steps.")
 
@@ -294,7 +305,7 @@ class _Checkpoints:
         return self._manager.latest_checkpoint
 
     def save(self, py_env) -> None:
-        self._run_state.assign(_run_state(py_env))
+        self._run_state.assign(_run_state(py_env, self.algo))
         try:
             self._manager.save(checkpoint_number=int(self.env_steps))
         except (OSError, tf.errors.OpError) as error:
@@ -436,7 +447,7 @@ def run(
         os.makedirs(config.logdir, exist_ok=True)
         with RunLock(config.logdir):
             _claim_locked_directory(config, saved, resume)
-            checkpoints = _Checkpoints(agent, checkpoint_dir)
+            checkpoints = _Checkpoints(agent, checkpoint_dir, config.algo)
             return _train(
                 config, checkpoints, py_env, tf_env, agent, resume, progress
             )

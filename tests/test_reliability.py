@@ -386,6 +386,33 @@ def test_a_config_that_does_not_match_is_refused_before_anything_runs(
     assert _tree(logdir) == before
 
 
+def test_an_acktr_run_edited_to_a2c_is_refused_before_it_writes(
+    tmp_path, capsys
+):
+    # The a2c agent's variables all exist in an acktr checkpoint, so the
+    # restore alone succeeds, with K-FAC's state in RMSprop's slots.
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--algo", "acktr", "--total-steps", "80"]
+    assert _main(argv + ["--logdir", logdir], capsys)[0] == 0
+    path = os.path.join(logdir, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["algo"] = "a2c"
+    with open(path, "w") as f:
+        json.dump(config, f)
+    newest = _newest(logdir)
+    saved = _checkpoint_tensors(newest)
+    argv = ["--logdir", logdir, "--resume", "--total-steps", "160"]
+    code, out, err = _main(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "written by a acktr run, but config.json says algo='a2c'" in err
+    # No checkpoint was written after the refusal, and the newest is as it
+    # was (the state file listing them is rewritten by every restore).
+    assert _prefixes(logdir)[0] == newest == _newest(logdir)
+    for name, value in _checkpoint_tensors(newest).items():
+        np.testing.assert_array_equal(value, saved[name], name)
+
+
 @pytest.mark.slow
 def test_resume_keeps_the_runs_total_steps_unless_given(
     finished_run, tmp_path, capsys
