@@ -19,6 +19,7 @@ autoreset and tf-agents' convention for auto-resetting environments.
 
 import functools
 import time
+import warnings
 
 import gymnasium
 import numpy as np
@@ -166,6 +167,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         self._completed: list[tuple[float, int]] = []
         self._call_started = None
         self.error: EnvironmentStepError | None = None
+        self._closed = False
 
     @property
     def batched(self) -> bool:
@@ -199,12 +201,16 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         # `sys.exit` or a `KeyboardInterrupt` raised by the environment's own
         # code is its failure too (the run's signals have their handlers).
         except (Exception, SystemExit, KeyboardInterrupt) as error:
-            self._vector.close(terminate=True)
+            cause = f"{type(error).__name__}: {error}"
+            if isinstance(
+                self._vector, gymnasium.vector.AsyncVectorEnv
+            ) and isinstance(error, (EOFError, ConnectionError)):
+                cause += " (a copy's subprocess ended: killed or crashed)"
             self.error = EnvironmentStepError(
                 f"Environment {self.env_id!r} ({self._num_envs} copies) raised "
-                f"in {what} after {self._steps} steps: "
-                f"{type(error).__name__}: {error}"
+                f"in {what} after {self._steps} steps: {cause}"
             )
+            self._close_broken()
             raise self.error from error
         finally:
             self._call_started = None
@@ -356,13 +362,33 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
 
     def close(self, terminate: bool = False) -> None:
         """Closes the copies; `terminate` kills subprocesses at once (for a
-        step that does not return)."""
+        step that does not return); nothing if they were closed after a
+        copy failed."""
+        if self._closed:
+            return
         if terminate and isinstance(
             self._vector, gymnasium.vector.AsyncVectorEnv
         ):
             self._vector.close(terminate=True)
         elif not terminate:
             self._vector.close()
+
+    def _close_broken(self) -> None:
+        """Closes the copies after one failed. A subprocess that died (killed,
+        or crashed) breaks the pipes the closing reads, and what that raises
+        says nothing the error does not: the copies are terminated anyway."""
+        self._closed = True
+        try:
+            with warnings.catch_warnings():  # "while waiting for `step`"
+                warnings.simplefilter("ignore")
+                self._vector.close(terminate=True)
+        except (Exception, SystemExit, KeyboardInterrupt):
+            if isinstance(self._vector, gymnasium.vector.AsyncVectorEnv):
+                for process in self._vector.processes:
+                    if process.is_alive():
+                        process.terminate()
+            # Else Gymnasium closes it again, as loudly, when it is deleted.
+            self._vector.closed = True
 
     def render(self, mode: str = "rgb_array"):
         raise NotImplementedError("Rendering is not supported.")

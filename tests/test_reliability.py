@@ -761,6 +761,17 @@ def test_ctrl_c_while_the_environment_hangs_in_start_up_is_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_a_killed_environment_process_is_one_line(tmp_path):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--env", "toy_envs:KillsItsProcess-v0", "--processes"]
+    process = _start(argv + ["--total-steps", "400"], logdir)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err
+    lines = [x for x in err.strip().splitlines() if "0000 00:00" not in x]
+    assert len(lines) == 1 and lines[0].startswith("error: Environment"), err
+    assert "raised in step" in lines[0] and "subprocess ended" in lines[0]
+
+
 HANG = TINY + ["--env", "toy_envs:Hang-v0", "--checkpoint-every", "1"]
 
 

@@ -5,6 +5,7 @@ first, also in subprocesses.
 """
 
 import os
+import signal
 import time
 
 import gymnasium
@@ -112,6 +113,21 @@ class HangsAtStart(Countdown):
             time.sleep(1.0)
 
 
+class KillsItsProcess(Countdown):
+    """Kills the process it runs in (with SIGKILL) at its `at`-th step: a
+    worker of `--processes` that dies. Never run it in the test process."""
+
+    def __init__(self, at: int):
+        super().__init__(length=10)
+        self.at, self.steps = at, 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
+
+
 class RaisesAt(Countdown):
     """Raises `error` (a `BaseException` class) at its `at`-th step, as an
     environment that calls `sys.exit` or raises `KeyboardInterrupt`."""
@@ -168,6 +184,9 @@ gymnasium.register(
 )
 gymnasium.register("Hang-v0", entry_point=Hang, kwargs={"at": 50})
 gymnasium.register("HangsAtStart-v0", entry_point=HangsAtStart)
+gymnasium.register(
+    "KillsItsProcess-v0", entry_point=KillsItsProcess, kwargs={"at": 30}
+)
 gymnasium.register(
     "ExitsInStep-v0",
     entry_point=RaisesAt,
