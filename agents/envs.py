@@ -59,11 +59,21 @@ def _array_spec(spec: spaces.Spec, name: str) -> array_spec.ArraySpec:
 
 def _check_observations(env_id: str, env: gymnasium.Env) -> None:
     """Raises `ValueError` unless a reset and a step of `env` return
-    observations of its observation space's shape."""
+    observations of its observation space's shape, `EnvironmentStepError`
+    if either raises."""
     space = env.observation_space
-    observation, _ = env.reset(seed=0)
-    observations = [("reset", observation)]
-    observations.append(("step", env.step(env.action_space.sample())[0]))
+    observations = []
+    for what, call in (
+        ("reset", lambda: env.reset(seed=0)),
+        ("step", lambda: env.step(env.action_space.sample())),
+    ):
+        try:
+            observations.append((what, call()[0]))
+        except (Exception, SystemExit, KeyboardInterrupt) as error:
+            raise EnvironmentStepError(
+                f"Environment {env_id!r} raised in its first {what} (a "
+                f"probe of its observations): {type(error).__name__}: {error}"
+            ) from None
     for what, observation in observations:
         shape = np.shape(observation)
         if shape != space.shape:

@@ -110,6 +110,16 @@ def test_a_reward_too_large_for_float32_returns_stops_before_the_critic(
             assert np.all(np.isfinite(value)), name
 
 
+def test_an_environment_that_raises_at_its_first_step_is_one_line(
+    tmp_path, capsys
+):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--env", "toy_envs:FaultyAtFirstStep-v0"]
+    code, out, err = _main(argv + ["--logdir", logdir], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "raised in its first step" in err and "blew up" in err
+
+
 @pytest.mark.parametrize(
     "env, raised",
     [("ExitsInStep", "SystemExit"), ("InterruptsInStep", "KeyboardInterrupt")],

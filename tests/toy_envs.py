@@ -202,5 +202,10 @@ gymnasium.register("Noisy-v0", entry_point=Noisy)
 gymnasium.register(
     "Faulty-v0", entry_point=Countdown, kwargs={"length": 10, "fail_at": 4}
 )
+gymnasium.register(
+    "FaultyAtFirstStep-v0",
+    entry_point=Countdown,
+    kwargs={"length": 10, "fail_at": 0},
+)
 gymnasium.register("TwoKnobs-v0", entry_point=TwoKnobs)
 gymnasium.register("Slider-v0", entry_point=Slider)
