@@ -626,8 +626,10 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(
         argv + ["--total-steps", "120", "--logdir", parts], capsys
     )
     assert code == 0, err
+    # A module's environment is imported only when the resume names it.
+    env = setting[setting.index("--env") : setting.index("--env") + 2]
     code, out, err = _main(
-        ["--logdir", parts, "--resume", "--total-steps", "240"], capsys
+        env + ["--logdir", parts, "--resume", "--total-steps", "240"], capsys
     )
     assert code == 0 and "at 120 steps" in out, err
     expected = _checkpoint_tensors(_newest(whole))
@@ -838,7 +840,8 @@ def test_kill_9_at_a_random_update_then_resume_ends_as_uninterrupted(
     )
     process.kill()
     process.wait()
-    code, out, err = _main(["--logdir", killed, "--resume"], capsys)
+    resume = ["--env", "toy_envs:Noisy-v0", "--logdir", killed, "--resume"]
+    code, out, err = _main(resume, capsys)
     assert code == 0 and "Resumed" in out, err
     expected = _checkpoint_tensors(_newest(whole))
     resumed = _checkpoint_tensors(_newest(killed))
