@@ -4,9 +4,9 @@ A run directory may come from someone else, so a symlink in it must not
 make a run write elsewhere. `replace_file` writes a complete new file
 under a fresh temporary name (created exclusively, so never through a
 link) and renames it over the target, which replaces a symlink there
-rather than following it; `open_for_append` refuses a symlink;
-`replace_directory` does for a directory what `replace_file` does for a
-file.
+rather than following it; `replace_with_saved` does the same for a writer
+that takes a file name, `replace_directory` for a directory;
+`open_for_append` refuses a symlink.
 """
 
 import os
