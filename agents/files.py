@@ -1,12 +1,12 @@
 """Writing the files of a run without following what someone planted there.
 
 A run directory may come from someone else, so a symlink in it must not
-make a run write elsewhere. `replace_file` writes a complete new file
-under a fresh temporary name (created exclusively, so never through a
-link) and renames it over the target, which replaces a symlink there
-rather than following it; `replace_with_saved` does the same for a writer
-that takes a file name, `replace_directory` for a directory;
-`open_for_append` refuses a symlink.
+make a run write elsewhere. `replace_with_saved` writes a complete new
+file under a fresh temporary name (created exclusively, so never through
+a link) and renames it over the target, which replaces a symlink there
+rather than following it; `replace_file` does the same for a writer of an
+open file, `replace_directory` for a directory; `open_for_append` refuses
+a symlink.
 """
 
 import os
@@ -14,34 +14,15 @@ import shutil
 import tempfile
 
 
-def _temporary_beside(path: str, suffix: str = "") -> tuple[int, str]:
-    """`(descriptor, name)` of a new empty file beside `path`."""
-    directory, name = os.path.split(os.path.abspath(path))
-    return tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
-
-
-def replace_file(path: str, write, binary: bool = False, suffix: str = ""):
-    """Writes the file at `path` through `write(file)`: into a new
-    temporary file beside it (named with `suffix`), moved over `path` once
-    `write` returns. An error leaves `path` as it was and no temporary file
-    behind."""
-    handle, temporary = _temporary_beside(path, suffix)
-    try:
-        mode = "wb" if binary else "w"
-        newline = None if binary else ""
-        with os.fdopen(handle, mode, newline=newline) as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def replace_with_saved(path: str, save, suffix: str = "") -> None:
-    """Like `replace_file` for a writer that takes a file name
-    (`save(name)`, such as Matplotlib's `savefig`)."""
-    handle, temporary = _temporary_beside(path, suffix)
+    """Writes the file at `path` through `save(name)` (a writer that takes
+    a file name, such as Matplotlib's `savefig`): into a new temporary file
+    beside it (named with `suffix`), moved over `path` once `save` returns.
+    An error leaves `path` as it was and no temporary file behind."""
+    directory, name = os.path.split(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{name}.", suffix=suffix, dir=directory
+    )
     os.close(handle)
     try:
         save(temporary)
@@ -50,6 +31,18 @@ def replace_with_saved(path: str, save, suffix: str = "") -> None:
         if os.path.lexists(temporary):
             os.remove(temporary)
         raise
+
+
+def replace_file(path: str, write) -> None:
+    """`replace_with_saved` for a writer of an open text file,
+    `write(file)`."""
+
+    def save(name):
+        handle = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        with os.fdopen(handle, "w", newline="") as file:
+            write(file)
+
+    replace_with_saved(path, save)
 
 
 def open_for_append(path: str):
