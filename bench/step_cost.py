@@ -27,8 +27,9 @@ process, each from the same weights:
   `statistics_update_freq=10`;
 - `KFAC adaptive, TrueFisherModel`: the default of supervised training,
   `KFAC(adaptive=True)` through `keras_kfac.TrueFisherModel` (its step
-  also differentiates a sampled Fisher loss, takes two forward-mode
-  curvature products and one more forward pass for the reduction ratio);
+  also differentiates a sampled Fisher loss, takes two curvature
+  products by forward differences, one forward pass each, and one more
+  forward pass for the reduction ratio);
 - `KFAC adaptive, TrueFisherModel, statistics every 10`: the same with
   `statistics_update_freq=10` (the Fisher pass and the factors on one
   step in ten).

@@ -8,7 +8,10 @@ from the model's own predictive distribution (Martens & Grosse 2015, §5).
 sampled loss and its gradient from the real one.
 """
 
+import math
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
@@ -23,6 +26,7 @@ CATEGORICAL = "categorical"
 BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
 DISTRIBUTIONS = (CATEGORICAL, BERNOULLI, GAUSSIAN)
+_FISHER_SEED_KEY = "fisher_seed"
 
 
 def categorical_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
@@ -38,7 +42,7 @@ def categorical_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
     flat = tf.reshape(logits, (-1, classes))
     # `categorical` returns `classes`, out of range, for such a row.
     sampled = tf.minimum(
-        tf.random.categorical(flat, 1, seed=seed)[:, 0],
+        keras.random.categorical(flat, 1, "int64", seed)[:, 0],
         tf.cast(classes - 1, tf.int64),
     )
     sampled = tf.stop_gradient(sampled)
@@ -58,7 +62,7 @@ def bernoulli_fisher_loss(logits: tf.Tensor, seed=None) -> tf.Tensor:
     probabilities = tf.sigmoid(logits)
     sampled = tf.stop_gradient(
         tf.cast(
-            tf.random.uniform(tf.shape(logits), seed=seed) < probabilities,
+            keras.random.uniform(tf.shape(logits), seed=seed) < probabilities,
             tf.float32,
         )
     )
@@ -81,19 +85,57 @@ def gaussian_fisher_loss(
         mean: Model outputs `f`, shape `(batch, d)`.
         variance: `σ²`. Defaults to `d / 2`, for which the Fisher equals the
             Hessian of Keras' `mean_squared_error` (the mean over `d`).
-        seed: Optional seed of the noise.
+        seed: The noise's seed, as Keras' random functions take it: a
+            `keras.random.SeedGenerator`, an int, or `None` (the global
+            generator).
     """
     mean = tf.cast(mean, tf.float32)
     d = tf.cast(tf.shape(mean)[-1], tf.float32)
     variance = (
         d / 2.0 if variance is None else tf.constant(variance, tf.float32)
     )
-    noise = tf.random.normal(tf.shape(mean), seed=seed) * tf.sqrt(variance)
+    noise = keras.random.normal(tf.shape(mean), seed=seed) * tf.sqrt(variance)
     sampled = tf.stop_gradient(mean + noise)
     per_example = tf.reduce_sum(
         tf.reshape(tf.square(mean - sampled), (tf.shape(mean)[0], -1)), axis=1
     )
     return tf.reduce_mean(per_example) / (2.0 * variance)
+
+
+def forward_difference_jvps(
+    predictions, values, outputs, tangents, relative_step
+) -> list:
+    """`[J w]` for each tangent `w`, as `(f(θ + h w) - f(θ)) / h`: one
+    forward pass each, from `outputs = f(θ)` (`predictions(values)`).
+
+    `h = s (1 + ‖θ‖) / ‖w‖`, the step of Jacobian-free Newton-Krylov
+    methods (Knoll & Keyes 2004, eq. 11): with `s = √ε` it balances the
+    difference's truncation error, `h/2 |wᵀ∇²f w|`, against its rounding
+    error, about `ε |f| / h`, so `J w` is good to about `√ε` relative
+    (`float32`: 3e-4). Forward mode costs two to three forward passes per
+    tangent and cannot differentiate the loop of a rolled RNN; this costs
+    one and runs any model. A zero or non-finite tangent gives `J w = 0`.
+    """
+    # float32 arithmetic, float64 for a float64 model.
+    dtype = tf.float64 if outputs.dtype == tf.float64 else tf.float32
+    theta_norm = tf.cast(tf.linalg.global_norm(values), dtype)
+    base = tf.cast(outputs, dtype)
+    jvps = []
+    for tangent in tangents:
+        norm = tf.cast(tf.linalg.global_norm(tangent), dtype)
+        h = relative_step * (1.0 + theta_norm) / norm
+        usable = tf.logical_and(tf.math.is_finite(h), h > 0.0)
+        h = tf.where(usable, h, tf.zeros_like(h))
+        shifted = predictions(
+            [
+                v + tf.cast(h, v.dtype) * tf.cast(t, v.dtype)
+                for v, t in zip(values, tangent)
+            ]
+        )
+        difference = tf.cast(shifted, dtype) - base
+        quotient = difference / tf.where(usable, h, tf.ones_like(h))
+        jvps.append(tf.where(usable, quotient, tf.zeros_like(quotient)))
+    return jvps
 
 
 def kfac_optimizer_of(optimizer) -> KFAC | None:
@@ -203,6 +245,9 @@ class TrueFisherModel(keras.Model):
         self.model = model
         self.distribution = distribution
         self.variance = variance
+        # Model state, so a checkpoint (`BackupAndRestore`) resumes the
+        # sampled targets where they stopped.
+        self.fisher_seed = keras.random.SeedGenerator(name="fisher_targets")
 
     def compile(self, optimizer="kfac", **kwargs):
         """`keras.Model.compile`, whose default optimizer here, also by the
@@ -224,6 +269,21 @@ class TrueFisherModel(keras.Model):
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
+    def save_own_variables(self, store):
+        """Keras' saving, and the sampler's state (which Keras does not
+        save for a `SeedGenerator`), so `BackupAndRestore` resumes the
+        sampled targets bit for bit."""
+        super().save_own_variables(store)
+        store[_FISHER_SEED_KEY] = self.fisher_seed.state
+
+    def load_own_variables(self, store):
+        """Keras' loading, and the sampler's state where the file has it
+        (files saved before keras_kfac saved it keep a fresh sampler)."""
+        keys = [key for key in store.keys() if key != _FISHER_SEED_KEY]
+        super().load_own_variables({key: store[key] for key in keys})
+        if _FISHER_SEED_KEY in store.keys():
+            self.fisher_seed.state.assign(store[_FISHER_SEED_KEY])
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Creates every variable of training (the optimizer's, the compiled
         metrics') before `fit` traces the train step.
@@ -231,7 +291,7 @@ class TrueFisherModel(keras.Model):
         Keras' TensorFlow trainer leaves that to the first trace when no
         distribution strategy is set, and `tf.function` then traces a step
         that created variables a second time. This step holds a Fisher pass
-        and the adaptive update's forward-mode products, so the trace it
+        and the adaptive update's curvature products, so the trace it
         saves is seconds (half the first epoch's overhead on the suite's
         CNN). The build is Keras' own (`_symbolic_build`, which it runs under
         a strategy), from the shapes the data declares."""
@@ -251,11 +311,12 @@ class TrueFisherModel(keras.Model):
         outputs = tf.nest.flatten(y_pred)
         if len(outputs) != 1:
             raise ValueError(_one_output_message(self.model.name, len(outputs)))
+        seed = self.fisher_seed
         if self.distribution == CATEGORICAL:
-            return categorical_fisher_loss(y_pred)
+            return categorical_fisher_loss(y_pred, seed)
         if self.distribution == BERNOULLI:
-            return bernoulli_fisher_loss(y_pred)
-        return gaussian_fisher_loss(y_pred, self.variance)
+            return bernoulli_fisher_loss(y_pred, seed)
+        return gaussian_fisher_loss(y_pred, self.variance, seed)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -301,14 +362,22 @@ class TrueFisherModel(keras.Model):
             self.optimizer.apply_gradients(zip(gradients, weights))
         else:
             self._adaptive_update(
-                (x, y, sample_weight), state, gradients, weights, loss_before
+                (x, y, sample_weight),
+                state,
+                gradients,
+                weights,
+                loss_before,
+                tf.stop_gradient(y_pred),
             )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _adaptive_update(self, batch, state, gradients, weights, loss_before):
+    def _adaptive_update(
+        self, batch, state, gradients, weights, loss_before, outputs
+    ):
         """Applies `KFAC(adaptive=True)`'s update: it reads exact curvature
         products of this batch during the update and the batch loss after
-        it, and undoes an update the optimizer rejects."""
+        it, and undoes an update the optimizer rejects. `outputs` are the
+        step's own predictions, `f(θ)` of the products' differences."""
         optimizer = self.optimizer
         kfac = kfac_optimizer_of(optimizer)
         if not optimizer.built:
@@ -324,7 +393,9 @@ class TrueFisherModel(keras.Model):
                     k = position[id(variable)]
                     full[k] = tf.cast(tensor, values[k].dtype)
                 tangents.append(full)
-            return self.gauss_newton_products(batch, state, values, tangents)
+            return self.gauss_newton_products(
+                batch, state, values, tangents, outputs
+            )
 
         if kfac is not optimizer:
             # A loss-scale wrapper skips the update of a step whose scaled
@@ -355,38 +426,47 @@ class TrueFisherModel(keras.Model):
         loss = self._compile_loss(y, y_pred, sample_weight)
         return loss + tf.add_n(losses) if losses else loss
 
-    def gauss_newton_products(self, batch, state, values, tangents):
+    def gauss_newton_products(
+        self, batch, state, values, tangents, outputs=None
+    ):
         """`[wᵢᵀ F wⱼ]` for the tangents `w` at weights `values`: `F = Jᵀ H J`
         the Gauss-Newton matrix of the compiled loss on `batch` (`J` the
         Jacobian of the outputs, `H` the Hessian of the loss in them; the
         Fisher for a likelihood of the outputs' natural parameters).
 
-        `J w` comes from one forward-mode pass per tangent (from two
-        backward passes for a model with a rolled recurrent layer, whose
-        loop forward mode cannot differentiate), `H J w` from a double
-        backward pass through the loss alone. The variables' state is
-        `state` and nothing is assigned.
+        `J w` is a forward difference (`forward_difference_jvps`), one
+        forward pass per tangent from `outputs`, the predictions `f(θ)` at
+        `values` (computed here when `None`); `H J w` is a double backward
+        pass through the loss alone. The variables' state is `state` and
+        nothing is assigned.
         """
         x, y, sample_weight = batch
-        with untapped_forward():
-            if self._has_rolled_recurrence():
-                y_pred, jvps = self._reverse_mode_jvps(
-                    x, state, values, tangents
-                )
-            else:
-                y_pred, jvps = self._forward_mode_jvps(
-                    x, state, values, tangents
-                )
-        y_pred = tf.stop_gradient(y_pred)
+
+        def predictions(at):
+            with untapped_forward():
+                return self.stateless_call(at, state, x, training=True)[0]
+
+        if outputs is None:
+            outputs = predictions(values)
+        outputs = tf.stop_gradient(outputs)
+        jvps = forward_difference_jvps(
+            predictions,
+            values,
+            outputs,
+            tangents,
+            relative_step=math.sqrt(self._least_precise_epsilon()),
+        )
         with tf.GradientTape(persistent=True) as outer:
-            outer.watch(y_pred)
+            outer.watch(outputs)
             with tf.GradientTape() as inner:
-                inner.watch(y_pred)
-                loss = self._compile_loss(y, y_pred, sample_weight)
-            slope = inner.gradient(loss, y_pred)
-            directional = [tf.reduce_sum(slope * u) for u in jvps]
+                inner.watch(outputs)
+                loss = self._compile_loss(y, outputs, sample_weight)
+            slope = inner.gradient(loss, outputs)
+            directional = [
+                tf.reduce_sum(tf.cast(slope, u.dtype) * u) for u in jvps
+            ]
         hessian_products = [
-            outer.gradient(d, y_pred, unconnected_gradients="zero")
+            outer.gradient(d, outputs, unconnected_gradients="zero")
             for d in directional
         ]
         del outer
@@ -394,7 +474,9 @@ class TrueFisherModel(keras.Model):
             [
                 tf.stack(
                     [
-                        tf.reduce_sum(tf.cast(u * Hu, tf.float32))
+                        tf.cast(
+                            tf.reduce_sum(u * tf.cast(Hu, u.dtype)), "float32"
+                        )
                         for Hu in hessian_products
                     ]
                 )
@@ -402,53 +484,15 @@ class TrueFisherModel(keras.Model):
             ]
         )
 
-    def _has_rolled_recurrence(self) -> bool:
-        """Whether the model holds a Keras RNN layer run as a loop
-        (`unroll=False`, Keras' default)."""
-        return any(
-            isinstance(layer, keras.layers.RNN) and not layer.unroll
-            for layer in self.model._flatten_layers(include_self=False)
+    def _least_precise_epsilon(self) -> float:
+        """The machine epsilon of the model's least precise compute dtype
+        (`float16`'s under `mixed_float16`)."""
+        return max(
+            float(np.finfo(layer.compute_dtype).eps)
+            for layer in [self.model, *self.model._flatten_layers()]
+            if layer.compute_dtype
+            and keras.backend.is_float_dtype(layer.compute_dtype)
         )
-
-    def _forward_mode_jvps(self, x, state, values, tangents):
-        """`(y, [J w])`: the outputs and one forward-mode pass per tangent."""
-        jvps = []
-        for tangent in tangents:
-            with tf.autodiff.ForwardAccumulator(values, tangent) as acc:
-                y_pred, _ = self.stateless_call(values, state, x, training=True)
-            jvp = acc.jvp(y_pred)
-            jvps.append(tf.zeros_like(y_pred) if jvp is None else jvp)
-        return y_pred, jvps
-
-    def _reverse_mode_jvps(self, x, state, values, tangents):
-        """`(y, [J w])` from reverse mode alone: `Jᵀ u` is linear in `u`,
-        so `J w = ∂(wᵀ Jᵀ u)/∂u`, one backward pass through the backward
-        pass per tangent. TensorFlow's forward mode has no rule for the
-        tensor lists a `tf.while_loop` keeps (a rolled RNN), its reverse
-        mode differentiates them twice."""
-        with tf.GradientTape(persistent=True) as outer:
-            with tf.GradientTape() as inner:
-                inner.watch(values)
-                y_pred, _ = self.stateless_call(values, state, x, training=True)
-            u = tf.zeros_like(y_pred)
-            outer.watch(u)
-            transposed = inner.gradient(
-                y_pred, values, output_gradients=u, unconnected_gradients="zero"
-            )
-            dots = [
-                tf.add_n(
-                    [
-                        tf.reduce_sum(g * tf.cast(t, g.dtype))
-                        for g, t in zip(transposed, tangent)
-                    ]
-                )
-                for tangent in tangents
-            ]
-        jvps = [
-            outer.gradient(d, u, unconnected_gradients="zero") for d in dots
-        ]
-        del outer
-        return y_pred, jvps
 
     def get_config(self):
         config = super().get_config()

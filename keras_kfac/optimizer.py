@@ -143,8 +143,8 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         adaptive: The full K-FAC of Martens & Grosse (2015) for supervised
             training. Each update is `v = α Δ + μ v_prev` with `α` and `μ`
             minimizing the quadratic model `½ vᵀ (F + λ I) v - ∇ᵀ v` under
-            the exact Gauss-Newton matrix `F` of the batch (two forward-mode
-            passes). One more forward pass measures the reduction ratio
+            the Gauss-Newton matrix `F` of the batch (two forward
+            differences). One more forward pass measures the reduction ratio
             `ρ`: an update that raised the batch loss is undone
             (`review_update`), and every `damping_adaptation_interval`
             updates `λ` follows the Levenberg-Marquardt rule on `ρ`;

@@ -69,6 +69,15 @@ def test_true_fisher_model_fits_saves_and_loads(rng, tmp_path):
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
     )
+    # The sampler of the Fisher targets is saved: its state `[seed, n]`
+    # counts the 4 batches x 6 epochs that drew targets from it.
+    saved = model.fisher_seed.state.numpy()
+    assert saved[1] == 24
+    np.testing.assert_array_equal(loaded.fisher_seed.state.numpy(), saved)
+    # A file written before the sampler was saved has no entry for it:
+    # it loads, and the sampler stays as it was.
+    loaded.load_own_variables({})
+    np.testing.assert_array_equal(loaded.fisher_seed.state.numpy(), saved)
 
 
 def test_true_fisher_model_rejects_bad_arguments():

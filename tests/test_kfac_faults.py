@@ -198,10 +198,16 @@ def test_batch_normalization_statistics_take_a_nan_batch(rng):
     assert np.all(np.isnan(model.predict(np.zeros((2, 3)), verbose=0)))
 
 
-def test_backup_and_restore_resumes_an_interrupted_fit_exactly(rng, tmp_path):
+@pytest.mark.parametrize(
+    "true_fisher", [False, True], ids=["KFAC", "TrueFisherModel"]
+)
+def test_backup_and_restore_resumes_an_interrupted_fit_exactly(
+    rng, tmp_path, true_fisher
+):
     # The README's recipe for a `fit` that may be killed: everything K-FAC
     # keeps (factors, eigenbases, velocities, counters) is optimizer state,
-    # so a resumed fit ends where an uninterrupted one does.
+    # and the sampler of `TrueFisherModel`'s targets is model state, so a
+    # resumed fit ends where an uninterrupted one does.
     x = rng.normal(size=(96, 6)).astype("float32")
     y = rng.integers(0, 3, size=96)
 
@@ -214,8 +220,10 @@ def test_backup_and_restore_resumes_an_interrupted_fit_exactly(rng, tmp_path):
                 keras_kfac.layers.Dense(3),
             ]
         )
+        if true_fisher:  # with its default, the adaptive KFAC
+            net = keras_kfac.TrueFisherModel(net, "categorical")
         net.compile(
-            optimizer=keras_kfac.KFAC(),
+            optimizer="kfac",
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
         net.fit(
