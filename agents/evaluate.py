@@ -35,7 +35,6 @@ environment whose observation or action spec differs from the policy's, a
 count out of range) is answered with one line on stderr and exit code 2.
 """
 
-import argparse
 import glob
 import os
 import sys
@@ -44,6 +43,7 @@ import gymnasium
 import numpy as np
 
 from agents import spaces
+from agents.arguments import ArgumentParser
 from agents.config import read_config_file
 from agents.env_factory import check_env_id, make_env
 from agents.quiet import import_tensorflow
@@ -438,7 +438,7 @@ def evaluate(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m agents.evaluate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(

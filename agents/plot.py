@@ -13,7 +13,6 @@ group by name, less a trailing `-seed<N>`. The x axis is environment steps
 or training seconds (`--x seconds`, from the log's wall seconds).
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -24,6 +23,7 @@ import warnings
 import numpy as np
 
 from agents import episode_log, files
+from agents.arguments import ArgumentParser
 
 # Fields that tell seeds of one configuration apart, not configurations.
 _PER_RUN = ("seed", "logdir", "total_steps")
@@ -153,7 +153,31 @@ def plot(
     episodes: bool = False,
 ) -> dict[str, list[Run]]:
     """Writes the PNG of `runs` to `path` (replacing it only once the new
-    one is complete); returns the groups drawn.
+    one is complete); returns the groups drawn (`figure_of`)."""
+    figure, groups = figure_of(runs, x, window, title, episodes)
+    import matplotlib.pyplot as plt
+
+    extension = os.path.splitext(path)[1]
+    try:
+        files.replace_with_saved(
+            path,
+            lambda name: figure.savefig(name, dpi=100, bbox_inches="tight"),
+            extension,
+        )
+    finally:
+        plt.close(figure)
+    return groups
+
+
+def figure_of(
+    runs: list[Run],
+    x: str = "steps",
+    window: int = 100,
+    title: str | None = None,
+    episodes: bool = False,
+):
+    """`(figure, groups)`: the matplotlib figure of `runs`, and the groups
+    drawn, the legend beside the axes.
 
     Each group of seeds (`group_runs`) is drawn as the mean of their moving
     means of `window` returns with the band between the lowest and the
@@ -191,21 +215,16 @@ def plot(
     if title is not None:
         axes.set_title(title)
     if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=8)
+        # Beside the axes, not over the curves: runs of many settings have
+        # labels as long as the plot is wide.
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
-    extension = os.path.splitext(path)[1]
-    try:
-        files.replace_with_saved(
-            path, lambda name: figure.savefig(name, dpi=100), extension
-        )
-    finally:
-        plt.close(figure)
-    return groups
+    return figure, groups
 
 
 def main(argv=None) -> int:
     """The command line; returns 0, or 2 on bad input (nothing written)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m agents.plot", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("runs", nargs="+", help="run directories")

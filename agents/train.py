@@ -40,6 +40,7 @@ import sys
 import typing
 import warnings
 
+from agents.arguments import ArgumentParser
 from agents.config import Config, read_config_file, value_type
 from agents.presets import COMMON, FROM_PRESET, PRESETS
 
@@ -121,7 +122,7 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     settings of `--config`'s file), the others left to the preset, and
     the namespace of `--resume`, `--no-progress` and `given`, the names of
     the fields set."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m agents.train",
         description=__doc__.split("\n\n")[0],
         argument_default=argparse.SUPPRESS,

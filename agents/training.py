@@ -329,8 +329,12 @@ class _Log:
     def __init__(self, config: Config, recent_returns, progress: bool):
         self._writer = tf.summary.create_file_writer(config.logdir)
         self._recent = deque(recent_returns, maxlen=100)
-        self._total_steps = config.total_steps
         self._batch_steps = config.batch_steps
+        # The last batch ends past `total_steps` unless it divides them:
+        # the bar's total is where the run will stop.
+        self._total_steps = config.batch_steps * -(
+            -config.total_steps // config.batch_steps
+        )
         self._progress = progress
         self._bar = None
 

@@ -18,7 +18,9 @@ from agents import (
     PRESETS,
     Config,
     Summary,
+    evaluate,
     load_saved_config,
+    plot,
     resolve,
     train,
 )
@@ -416,6 +418,34 @@ def test_the_progress_bar_shows_one_rate_and_starts_after_tracing(
     assert min(counts) == 40 and max(counts) == 200
     assert "steps_per_s=" in bar
     assert "it/s" not in bar and "step/s" not in bar
+    # 190 steps take the same 5 updates: the bar counts to where the run
+    # stops, never past its total.
+    logdir = str(tmp_path / "run190")
+    assert train.main(argv + ["--total-steps", "190", "--logdir", logdir]) == 0
+    bar = capsys.readouterr().err
+    assert re.findall(r"\b(\d+)/(\d+|\?)", bar)[-1] == ("200", "200")
+    assert "/?" not in bar and "/190" not in bar
+
+
+@pytest.mark.parametrize(
+    "command, argv, expected",
+    [
+        (train, ["--algo", "foo"], "invalid choice: 'foo'"),
+        (train, ["--env-id", "x"], "--env-id x; did you mean --env?"),
+        (train, ["--total_steps=5"], "did you mean --total-steps?"),
+        (evaluate, [], "required: policy_dir"),
+        (plot, ["run", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_a_bad_option_is_one_line_pointing_to_help(
+    command, argv, expected, capsys
+):
+    with pytest.raises(SystemExit) as exit_:
+        command.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+    assert err.endswith(f"(see python -m {command.__name__} --help)\n")
 
 
 def test_the_export_holds_back_only_its_known_harmless_messages(

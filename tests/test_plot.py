@@ -60,6 +60,22 @@ def test_seeds_of_one_configuration_form_one_group(tmp_path):
     }
 
 
+def test_the_legend_stands_beside_the_curves_not_over_them(tmp_path):
+    rows = [(10, 1.0, 5, 0.5), (20, 2.0, 5, 1.0)]
+    base = dict(algo="acktr", env="Pendulum-v1", total_steps=20)
+    runs = [
+        _run(tmp_path / f"r{k}", rows, {**base, "damping": 10.0**-k})
+        for k in range(6)
+    ]
+    figure, groups = plot.figure_of([plot.load_run(r) for r in runs])
+    axes = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    legend = axes.get_legend().get_window_extent(renderer)
+    assert len(groups) == 6
+    assert legend.x0 > axes.get_window_extent(renderer).x1
+    assert legend.x1 <= figure.bbox.x1  # and inside the image
+
+
 def test_load_run_reads_without_rewriting_and_skips_a_partial_row(tmp_path):
     directory = _run(tmp_path / "run", [(10, 1.0, 5, 0.5), (20, 3.0, 5, 1.5)])
     path = os.path.join(directory, "episodes.csv")
