@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 
-from agents import episode_log
+from agents import episode_log, files
 
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)\.index$")
 
@@ -101,6 +101,16 @@ def checkpoint_prefixes(directory: str) -> list[str]:
         if (match := _CHECKPOINT.match(name))
     ]
     return [os.path.join(directory, name) for _, name in sorted(found)[::-1]]
+
+
+def checkpointed_steps(directory: str) -> int:
+    """The environment steps of the newest checkpoint in `directory`, 0
+    without one."""
+    prefixes = checkpoint_prefixes(directory)
+    if not prefixes:
+        return 0
+    name = os.path.basename(prefixes[0]) + ".index"
+    return int(_CHECKPOINT.match(name).group(1))
 
 
 def check_resume(
@@ -211,10 +221,18 @@ def restore_newest(checkpoint, directory: str) -> tuple[str | None, list]:
 
 def _write_state(directory: str, latest: str) -> None:
     """Rewrites the `checkpoint` state file to list the valid checkpoints,
-    `latest` last, so that `tf.train.CheckpointManager` continues from it."""
+    `latest` last, so that `tf.train.CheckpointManager` continues from it.
+    The paths are relative: a run directory that moved still resumes."""
     import tensorflow as tf
+    from google.protobuf import text_format
 
-    valid = [p for p in checkpoint_prefixes(directory)[::-1]]
-    tf.compat.v1.train.update_checkpoint_state(
-        directory, latest, all_model_checkpoint_paths=valid
+    valid = [os.path.basename(p) for p in checkpoint_prefixes(directory)]
+    state = tf.compat.v1.train.generate_checkpoint_state_proto(
+        directory,
+        os.path.basename(latest),
+        all_model_checkpoint_paths=valid[::-1],
+    )
+    files.replace_file(
+        os.path.join(directory, "checkpoint"),
+        lambda f: f.write(text_format.MessageToString(state)),
     )

@@ -3,13 +3,13 @@ recorded episode, and the environment rebuilt as a run trained on it."""
 
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import readme
 from PIL import Image, ImageSequence
 from tf_agents.trajectories import time_step as ts
 
@@ -231,17 +231,8 @@ def test_an_unbounded_box_policy_evaluates_as_it_trained(tmp_path, capsys):
     assert "mean return" in capsys.readouterr().out
 
 
-def _readme_block(after: str) -> str:
-    """The first Python block of the README that follows `after`."""
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-    with open(path, encoding="utf-8") as file:
-        text = file.read()
-    start = text.index(after)
-    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
-
-
 def test_the_readme_loads_a_policy_in_plain_tensorflow(run_dir):
-    code = _readme_block("**A policy in plain TensorFlow.**")
+    code = readme.block("**A policy in plain TensorFlow.**")
     code = code.replace(
         "runs/acktr-CartPole-v1-seed0/policy", os.path.join(run_dir, "policy")
     )
