@@ -19,7 +19,10 @@ The targets are fixed before anything is tuned: `--set-targets` trains
 each workload once with Keras' Adam at its defaults (seed 0, full budget)
 and takes the best validation metric it reached. A run's time to target is
 its training time (validation excluded) at the end of the first epoch
-whose validation metric reaches the target. Every finished run is a JSON
+whose validation metric reaches the target. Each workload's curves (the
+tuned settings with `--trials`, else the defaults; mean over the seeds,
+against steps and seconds) go to `bench/results/time_to_target/BUDGET/
+WORKLOAD-SETTING.png`. Every finished run is a JSON
 file under `bench/results/time_to_target/`, kept and skipped on a rerun,
 so the suite resumes after any stop.
 """
@@ -35,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from target_curves import plot_curves  # noqa: E402
 from workloads import WORKLOADS  # noqa: E402
 
 RESULTS = os.path.join(
@@ -374,7 +378,7 @@ def main(argv=None) -> None:
     tables = {}
     for name in names:
         workload, target = WORKLOADS[name], targets[name]
-        rows = {}
+        rows, plotted = {}, {}
         for optimizer in args.optimizers:
             runs = runs_of(
                 workload,
@@ -388,7 +392,18 @@ def main(argv=None) -> None:
                 rows[(optimizer, setting)] = summary_row(
                     workload, records, target
                 )
+            plotted[optimizer] = runs[shown_settings[-1]]
         tables[name] = rows
+        plot_curves(
+            workload,
+            plotted,
+            target,
+            os.path.join(
+                RESULTS,
+                budget_name(args.quick),
+                f"{name}-{shown_settings[-1]}.png",
+            ),
+        )
         shown = {k: row for k, row in rows.items() if k[1] in shown_settings}
         print(markdown(name, shown, target))
         print(kfac_coverage(workload) + "\n")

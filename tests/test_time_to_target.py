@@ -166,3 +166,40 @@ def test_kfac_coverage_names_what_trains_first_order():
         "K-FAC: 4 of 5 trainable variables in 2 blocks; "
         "first-order: toy/slope/alpha."
     )
+
+
+def test_the_curves_are_the_mean_over_seeds_against_steps_and_seconds(
+    tmp_path,
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import target_curves  # noqa: E402
+
+    runs = {
+        "adam": [
+            record([0.4, 0.2], seconds=[1.0, 2.0]),
+            record([0.2, 0.1], seconds=[3.0, 4.0]),
+        ],
+        "kfac-recommended": [record([0.05, 0.01])],
+    }
+    path = str(tmp_path / "lstm.png")
+    captured = []
+    close = plt.close
+    try:
+        plt.close = captured.append  # keep the figure to read it back
+        target_curves.plot_curves(LSTM, runs, 0.0117, path)
+    finally:
+        plt.close = close
+    assert os.path.getsize(path) > 0
+    (figure,) = captured
+    by_steps, by_seconds = figure.axes
+    adam_steps, adam_seconds = by_steps.lines[0], by_seconds.lines[0]
+    np.testing.assert_allclose(adam_steps.get_xdata(), [100, 200])
+    np.testing.assert_allclose(adam_steps.get_ydata(), [0.3, 0.15])
+    np.testing.assert_allclose(adam_seconds.get_xdata(), [2.0, 3.0])
+    assert by_steps.get_yscale() == "log"  # a loss: lower is better
+    texts = [t.get_text() for t in by_seconds.get_legend().get_texts()]
+    assert texts == ["adam (2 seeds)", "kfac-recommended (1 seeds)"]
+    close(figure)
