@@ -109,7 +109,7 @@ def forward_difference_jvps(
     forward pass each, from `outputs = f(θ)` (`predictions(values)`).
 
     `h = s (1 + ‖θ‖) / ‖w‖`, the step of Jacobian-free Newton-Krylov
-    methods (Knoll & Keyes 2004, eq. 11): with `s = √ε` it balances the
+    methods (Knoll & Keyes 2004): with `s = √ε` it balances the
     difference's truncation error, `h/2 |wᵀ∇²f w|`, against its rounding
     error, about `ε |f| / h`, so `J w` is good to about `√ε` relative
     (`float32`: 3e-4). Forward mode costs two to three forward passes per
