@@ -161,6 +161,18 @@ def mean_return_at(logdir: str, steps: int) -> float:
     return float(np.mean(returns)) if returns else float("nan")
 
 
+def trial_config(args, settings: dict, logdir: str | None = None) -> Config:
+    """The run of a trial of the search `args` with `settings`."""
+    return Config(
+        algo=args.algo,
+        env=args.env,
+        seed=args.seed,
+        total_steps=args.total_steps,
+        logdir=logdir,
+        **settings,
+    )
+
+
 class Objective:
     """Trains one trial's run in legs, reporting after each one; a retried
     trial continues the run of the trial it retries."""
@@ -184,23 +196,13 @@ class Objective:
             warnings.simplefilter(
                 "ignore", optuna.exceptions.ExperimentalWarning
             )
-            retried = (
-                optuna.storages.RetryFailedTrialCallback.retried_trial_number(
-                    frozen
-                )
-            )
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback
+            retried = retry.retried_trial_number(frozen)
         logdir = os.path.join(
             args.study, f"trial-{trial.number if retried is None else retried}"
         )
         trial.set_user_attr("logdir", logdir)
-        config = Config(
-            algo=args.algo,
-            env=args.env,
-            seed=args.seed,
-            total_steps=args.total_steps,
-            logdir=logdir,
-            **sample(trial, self._space),
-        )
+        config = trial_config(args, sample(trial, self._space), logdir)
         checkpoints = os.path.join(logdir, "checkpoints")
         ends = stage_ends(
             args.total_steps, args.stages, resolve(config).batch_steps
@@ -231,15 +233,7 @@ class Objective:
 def best_config(study, args) -> dict:
     """The configuration of the study's best trial, as `agents.train
     --config` reads it: every `Config` field but `logdir`."""
-    config = resolve(
-        Config(
-            algo=args.algo,
-            env=args.env,
-            seed=args.seed,
-            total_steps=args.total_steps,
-            **study.best_trial.params,
-        )
-    )
+    config = resolve(trial_config(args, study.best_trial.params))
     values = dataclasses.asdict(config)
     del values["logdir"]
     return values

@@ -367,7 +367,7 @@ class TrueFisherModel(keras.Model):
                 gradients,
                 weights,
                 loss_before,
-                tf.stop_gradient(y_pred),
+                y_pred,
             )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
