@@ -1,4 +1,4 @@
-"""ACKTR, with A2C and TRPO beside it, as tf-agents agents on Gymnasium.
+"""ACKTR, with A2C, NPG and TRPO beside it, as tf-agents agents on Gymnasium.
 
     from agents import AcktrAgent, GymnasiumEnvironment
     from agents.networks import ActorCriticNetwork
@@ -18,6 +18,7 @@ _EXPORTS = {
     "AcktrAgent": "agents.acktr",
     "A2CAgent": "agents.a2c",
     "TrpoAgent": "agents.trpo",
+    "NpgAgent": "agents.npg",
     "acktr_optimizer": "agents.optimizers",
     "kfac_value_optimizer": "agents.optimizers",
     "a2c_optimizer": "agents.optimizers",

@@ -6,7 +6,7 @@ from tf_agents.environments import tf_py_environment
 
 # The agent modules, not their classes: bench/natural_direction.py swaps
 # `agents.acktr.AcktrAgent` for a measuring subclass before calling build.
-from agents import a2c, acktr, trpo
+from agents import a2c, acktr, npg, trpo
 from agents.config import TARGET_KL_END, Config, resolve
 from agents.envs import GymnasiumEnvironment
 from agents.networks import ActorCriticNetwork
@@ -120,6 +120,7 @@ def _agent(config: Config, tf_env, network: ActorCriticNetwork):
             warm_start=config.warm_start,
             **common,
         )
-    return trpo.TrpoAgent(
+    natural = trpo.TrpoAgent if config.algo == "trpo" else npg.NpgAgent
+    return natural(
         *specs, max_kl=config.max_kl, damping=config.damping, **common
     )

@@ -126,7 +126,8 @@ class Config:
     critic: str = option(
         FROM_PRESET,
         "how the value function is trained: fitted apart by Adam or by "
-        "K-FAC Gauss-Newton steps, or in the policy's update (not trpo)",
+        "K-FAC Gauss-Newton steps, or in the policy's update (not trpo, "
+        "npg)",
         choices=CRITICS,
     )
     value_learning_rate: float = option(
@@ -182,7 +183,11 @@ class Config:
     )
     damping: float = option(
         FROM_PRESET,
-        {"acktr": "K-FAC's damping λ", "trpo": "λ added to the Fisher in CG"},
+        {
+            "acktr": "K-FAC's damping λ",
+            "trpo": "λ added to the Fisher in CG",
+            "npg": "λ added to the Fisher in CG",
+        },
     )
     inverse_update_freq: int = option(
         FROM_PRESET, {"acktr": "updates between K-FAC's inverses"}
@@ -205,7 +210,13 @@ class Config:
         FROM_PRESET,
         {"acktr": "weight of the critic's Fisher loss in the joint step"},
     )
-    max_kl: float = option(FROM_PRESET, {"trpo": "the trust-region radius δ"})
+    max_kl: float = option(
+        FROM_PRESET,
+        {
+            "trpo": "the trust-region radius δ",
+            "npg": "the quadratic KL δ of every step",
+        },
+    )
     max_kl_ratio: float | None = option(
         FROM_PRESET,
         {
@@ -261,10 +272,10 @@ class Config:
                 value = value.item()  # a NumPy scalar, as JSON writes it
                 setattr(self, field.name, value)
             _check(field, value)
-        if self.algo == "trpo" and self.critic == "joint":
+        if self.algo in ("trpo", "npg") and self.critic == "joint":
             raise ValueError(
-                "trpo fits its value function apart; critic must be 'adam' "
-                "or 'kfac'. Received: critic='joint'"
+                f"{self.algo} fits its value function apart; critic must be "
+                "'adam' or 'kfac'. Received: critic='joint'"
             )
         if (
             self.warm_start is not FROM_PRESET

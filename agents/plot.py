@@ -11,6 +11,12 @@ of the last `--window` episodes, with the band between the lowest and the
 highest seed. Directories without `config.json` (the benchmark's results)
 group by name, less a trailing `-seed<N>`. The x axis is environment steps
 or training seconds (`--x seconds`, from the log's wall seconds).
+
+    python -m agents.plot runs/* --aggregate report/
+
+writes instead the runs' aggregate (`agents.aggregate`: interquartile
+means with 95 % bootstrap intervals per task and across tasks, performance
+profiles) into `report/`: `aggregate.md`, `intervals.png`, `profile.png`.
 """
 
 import dataclasses
@@ -231,13 +237,55 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="curves.png", help="the PNG file")
     parser.add_argument("--x", choices=("steps", "seconds"), default="steps")
     parser.add_argument(
-        "--window", type=int, default=100, help="episodes in the moving mean"
+        "--window",
+        type=int,
+        default=100,
+        help="episodes in the moving mean (and in a run's score)",
+    )
+    parser.add_argument(
+        "--aggregate",
+        metavar="DIR",
+        help="write the runs' aggregate into DIR instead of curves: the "
+        "interquartile mean of their scores (the mean return of the last "
+        "--window episodes) with 95%% bootstrap intervals, per task and "
+        "across tasks, and performance profiles (agents.aggregate)",
+    )
+    parser.add_argument(
+        "--reference-scores",
+        metavar="FILE",
+        help="with --aggregate: JSON {task: [random, reference]}, the "
+        "scores that normalize a task to 0 and 1 across tasks (default: "
+        "agents.aggregate.REFERENCES)",
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        help="with --aggregate: bootstrap resamples per interval "
+        "(default: agents.aggregate.REPS)",
     )
     args = parser.parse_args(argv)
     try:
         if args.window < 1:
             raise ValueError(f"--window must be >= 1. Received: {args.window}")
         runs = [load_run(directory) for directory in args.runs]
+        if args.aggregate is not None:
+            from agents import (  # rliable: when asked
+                aggregate,
+                aggregate_report,
+            )
+
+            print(
+                aggregate_report.write_report(
+                    runs,
+                    args.aggregate,
+                    args.window,
+                    aggregate.REPS if args.reps is None else args.reps,
+                    args.reference_scores,
+                ),
+                end="",
+            )
+            print(f"wrote {args.aggregate}")
+            return 0
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,19 +12,19 @@ auto`, the command line's default, does.
 
 The `"default"` preset is the only layer of defaults: the optimizer
 factories (`agents.optimizers`) and the agents (`AcktrAgent`, `A2CAgent`,
-`TrpoAgent`) take theirs from `defaults(algo)`, so an agent built from
-Python with its defaults is the one `python -m agents.train --algo ALGO`
-trains on a discrete-action task.
+`TrpoAgent`, `NpgAgent`) take theirs from `defaults(algo)`, so an agent
+built from Python with its defaults is the one `python -m agents.train
+--algo ALGO` trains on a discrete-action task.
 """
 
 import gymnasium
 
 from agents import atari
 
-ALGORITHMS = ("acktr", "a2c", "trpo")
+ALGORITHMS = ("acktr", "a2c", "trpo", "npg")
 # How the value function is trained: "adam", fitted apart by Adam;
 # "kfac", fitted apart by K-FAC Gauss-Newton steps; "joint", in the
-# policy's own update (not for trpo).
+# policy's own update (not for trpo and npg).
 CRITICS = ("adam", "kfac", "joint")
 AUTO = "auto"
 
@@ -67,7 +67,8 @@ COMMON = dict(
 # "default": classic control. ACKTR takes TRPO's batch and the `mujoco`
 # preset's K-FAC at TRPO's radius, its critic fitted apart, because these
 # measured best (BENCHMARKS.md, "CartPole-v1 and LunarLander-v3, 5 seeds,
-# the `default` preset").
+# the `default` preset"). NPG takes TRPO's settings: the same step without
+# its line search.
 # "mujoco": the ACKTR paper's continuous-control settings; ACKTR's K-FAC
 # departs from baselines' where those measured badly (BENCHMARKS.md, "The
 # paper's MuJoCo comparison at 1M steps", after its tables).
@@ -131,9 +132,12 @@ PRESETS = {
             ),
             "a2c": dict(learning_rate=3e-4, target_kl=0.002),
             "trpo": dict(max_kl=0.01, damping=0.1),
+            "npg": dict(max_kl=0.01, damping=0.1),
         }.items()
     },
 }
+
+PRESETS["default"]["npg"] = dict(PRESETS["default"]["trpo"])
 
 # "atari": the paper's Atari settings (its §5.1 and baselines' Atari ACKTR
 # and A2C; BENCHMARKS.md, "Atari: ACKTR vs A2C on Pong at 1M steps").
@@ -159,6 +163,7 @@ PRESETS["atari"] = {
     ),
     "a2c": dict(PRESETS["default"]["a2c"], **_ATARI, num_envs=16),
     "trpo": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
+    "npg": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
 }
 
 

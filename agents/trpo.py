@@ -18,25 +18,25 @@ compares with. One update:
 5. the value function, fitted separately by `value_optimizer`
    (`agents.on_policy`).
 
+Steps 1-3 and 5 are the natural policy gradient's (`agents.npg`, the base
+class); TRPO replaces its step 4, `θ ← θ_old + Δ` taken whole, with the
+line search.
+
 The policy and the value function must not share parameters
 (`ActorCriticNetwork(..., shared_torso=False)`).
 """
 
-import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-import keras_kfac
-from agents import losses, trust_region
+from agents import trust_region
 from agents.checks import check_non_negative, check_positive_integer
-from agents.on_policy import OnPolicyActorCriticAgent, TrustRegionLossInfo
-from agents.optimizers import agent_arguments, trpo_value_optimizer
+from agents.npg import NpgAgent
 from agents.presets import defaults
 
 _DEFAULTS = defaults("trpo")
 
 
-class TrpoAgent(OnPolicyActorCriticAgent):
+class TrpoAgent(NpgAgent):
     """TRPO as a tf-agents agent (see the module docstring).
 
     Args:
@@ -64,14 +64,14 @@ class TrpoAgent(OnPolicyActorCriticAgent):
             (`agents.optimizers.agent_arguments`).
     """
 
-    _loss_info_type = TrustRegionLossInfo
+    _algo = "trpo"
 
     def __init__(
         self,
         time_step_spec,
         action_spec,
         actor_critic_network,
-        value_optimizer: keras.Optimizer | None = None,
+        value_optimizer=None,
         max_kl: float = _DEFAULTS["max_kl"],
         damping: float = _DEFAULTS["damping"],
         cg_iterations: int = 10,
@@ -81,115 +81,24 @@ class TrpoAgent(OnPolicyActorCriticAgent):
         name: str = "TrpoAgent",
         **kwargs,
     ):
-        if value_optimizer is None:
-            value_optimizer = trpo_value_optimizer()
-        if "target_kl" in kwargs:
-            raise ValueError(
-                "TrpoAgent sizes every step to the KL radius max_kl; it "
-                f"takes no target_kl. Received: target_kl={kwargs['target_kl']}"
-            )
-        if not max_kl > 0:
-            raise ValueError(f"max_kl must be > 0. Received: max_kl={max_kl!r}")
-        check_non_negative("damping", damping)
-        check_positive_integer("cg_iterations", cg_iterations)
-        check_non_negative("cg_residual_tolerance", cg_residual_tolerance)
         check_positive_integer("line_search_steps", line_search_steps)
         check_non_negative("accept_ratio", accept_ratio)
-        self._max_kl = float(max_kl)
-        self._damping = float(damping)
-        self._cg_iterations = int(cg_iterations)
-        self._cg_residual_tolerance = float(cg_residual_tolerance)
         self._line_search_steps = int(line_search_steps)
         self._accept_ratio = float(accept_ratio)
         super().__init__(
             time_step_spec,
             action_spec,
             actor_critic_network,
-            None,  # the policy step is the trust-region step below
+            value_optimizer,
+            max_kl=max_kl,
+            damping=damping,
+            cg_iterations=cg_iterations,
+            cg_residual_tolerance=cg_residual_tolerance,
             name=name,
-            **agent_arguments(
-                "trpo", dict(kwargs, value_optimizer=value_optimizer)
-            ),
+            **kwargs,
         )
 
-    @property
-    def max_kl(self) -> float:
-        return self._max_kl
-
-    def _surrogate(self, batch, log_prob_old):
-        """`L(θ)` and `mean_w KL(π_old || π_θ)` at the current variables."""
-        (distribution, _), _ = self._network(batch.observation, training=False)
-        ratio = tf.exp(distribution.log_prob(batch.actions) - log_prob_old)
-        surrogate = losses.weighted_mean(
-            ratio * batch.advantages, batch.weights
-        ) + self._ent_coef * losses.entropy(
-            distribution.entropy(), batch.weights
-        )
-        kl = losses.weighted_mean(
-            tfp.distributions.kl_divergence(batch.distribution, distribution),
-            batch.weights,
-        )
-        return surrogate, kl
-
-    def _update(self, tape, terms, batch, variables):
-        with keras_kfac.collecting_statistics(False):
-            return self._policy_step(tape, terms, batch)
-
-    def _policy_step(self, tape, terms, batch):
-        """Steps 1-4 of the module docstring; returns the update's
-        statistics: the accepted `2⁻ᵏ` (0 when the line search rejects
-        every step) and the quadratic model of the KL of the kept step."""
-        parameters = self._policy_variables
-
-        # The tape stopped recording, so each term is differentiated alone:
-        # g = -∇pg_loss + ent_coef · ∇H.
-        def flat_gradient(term):
-            gradients = tape.gradient(term, parameters)
-            return trust_region.flatten(
-                trust_region.zeros_for_none(gradients, parameters)
-            )
-
-        g = -flat_gradient(terms.policy)
-        if self._ent_coef:
-            g += self._ent_coef * flat_gradient(terms.entropy)
-        log_prob_old = tf.stop_gradient(
-            batch.distribution.log_prob(batch.actions)
-        )
-
-        def evaluate():
-            return self._surrogate(batch, log_prob_old)
-
-        fisher_product = trust_region.fisher_vector_product(
-            lambda: evaluate()[1], parameters, self._damping
-        )
-        direction = trust_region.conjugate_gradient(
-            fisher_product,
-            g,
-            self._cg_iterations,
-            self._cg_residual_tolerance,
-        )
-        f_direction = fisher_product(direction)
-        full_step = trust_region.trust_region_step(
-            direction, f_direction, self._max_kl
-        )
-        expected = tf.tensordot(g, full_step, 1)
-        # ½ ΔᵀFΔ of the full step Δ = c·x (damping included): c² = ΔᵀΔ / xᵀx.
-        full_step_kl = (
-            0.5
-            * tf.tensordot(direction, f_direction, 1)
-            * tf.math.divide_no_nan(
-                tf.tensordot(full_step, full_step, 1),
-                tf.tensordot(direction, direction, 1),
-            )
-        )
-        fraction = self._line_search(parameters, full_step, expected, evaluate)
-        return dict(
-            clip_coefficient=fraction,
-            predicted_kl=tf.square(fraction) * full_step_kl,
-            step_fraction=fraction,
-        )
-
-    def _line_search(self, parameters, full_step, expected, evaluate):
+    def _take_step(self, parameters, full_step, expected, evaluate):
         """Step 4: tries `θ_old + 2⁻ᵏ Δ`, keeps the first acceptable one or
         restores `θ_old`; returns the accepted `2⁻ᵏ` or 0. `evaluate()`
         gives `(L(θ), KL)` at the current parameters."""

@@ -67,6 +67,7 @@ SEARCH_SPACES = {
         "value_learning_rate": {"log": [1e-4, 1e-2]},
     },
 }
+SEARCH_SPACES["npg"] = dict(SEARCH_SPACES["trpo"])
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120  # a trial silent this long is taken as dead
 # Settings a search may not draw: they name the run, not the algorithm.

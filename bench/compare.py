@@ -49,7 +49,12 @@ The `mujoco` suite reports instead, over seeds:
 
 Both draw the learning curves (moving mean of `window` episodes vs
 environment steps; mean line and min-max band over seeds) into
-`<results directory>/<task>.png`. Prints Markdown for BENCHMARKS.md.
+`<results directory>/<task>.png`, and end with the runs' aggregate
+(`agents.aggregate`, rliable): per algorithm the interquartile mean of the
+final returns with 95 % stratified-bootstrap intervals, per task and
+across the suite's tasks (normalized per task between a random policy and
+a reference), and performance profiles in `intervals.png` and
+`profile.png`. Prints Markdown for BENCHMARKS.md.
 """
 
 import argparse
@@ -476,6 +481,31 @@ def total_time(tables: dict) -> str:
     )
 
 
+def aggregate_report(suite, tables, quick) -> str:
+    """The runs' final returns aggregated over seeds and tasks
+    (`agents.aggregate`), its figures written beside the tasks' plots."""
+    from agents import aggregate, aggregate_report
+
+    scores = {}
+    for task, table in tables.items():
+        for algo, rows in table.items():
+            scores.setdefault(algo, {})[task] = [r["final"] for r in rows]
+    try:
+        report = aggregate.aggregate(scores)
+    except ValueError as error:
+        return f"No aggregate over runs: {error}"
+    paths = aggregate_report.write_figures(
+        report, suite_directory(suite, quick)
+    )
+    return aggregate_report.markdown(
+        report,
+        "its final return, the mean return of its last training episodes "
+        "(the task's window above)",
+        [os.path.relpath(p, ROOT) for p in paths],
+        heading="####",  # beside the tasks' tables
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -542,6 +572,9 @@ def main(argv=None) -> None:
         print()
     if tables and suite["metric"] != "steps to target":
         print(total_time(tables))
+    if tables:
+        print()
+        print(aggregate_report(args.suite, tables, args.quick))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from agents import (
     AcktrAgent,
     Config,
     GymnasiumEnvironment,
+    NpgAgent,
     TrpoAgent,
     defaults,
     load_saved_config,
@@ -73,7 +74,7 @@ def test_the_help_names_the_algorithms_that_use_an_option(capsys):
     assert "--max-kl MAX_KL trpo: the trust-region radius δ" in text
     assert "--seed SEED default: 0" in text
     damping = Config.__dataclass_fields__["damping"].metadata["option"]
-    assert damping.algos == ("acktr", "trpo")
+    assert damping.algos == ("acktr", "trpo", "npg")
 
 
 def test_options_parse_as_their_fields_types():
@@ -110,8 +111,9 @@ def test_a_config_checks_what_it_is_given_and_makes_no_environment(
         config.describe()
     with pytest.raises(ValueError, match="num_envs=0"):
         Config(num_envs=0)
-    with pytest.raises(ValueError, match="critic='joint'"):
-        Config(algo="trpo", critic="joint")
+    for algo in ("trpo", "npg"):
+        with pytest.raises(ValueError, match=f"{algo} .*critic='joint'"):
+            Config(algo=algo, critic="joint")
     with pytest.raises(ValueError, match=r"preset=.pong."):
         Config(preset="pong")
 
@@ -214,7 +216,12 @@ def test_a_config_json_of_the_previous_version_loads(tmp_path):
     assert dataclasses.asdict(config) == {**saved, "hidden_units": (8,)}
 
 
-AGENTS = {"acktr": AcktrAgent, "a2c": A2CAgent, "trpo": TrpoAgent}
+AGENTS = {
+    "acktr": AcktrAgent,
+    "a2c": A2CAgent,
+    "trpo": TrpoAgent,
+    "npg": NpgAgent,
+}
 
 
 def _settings(agent) -> dict:
