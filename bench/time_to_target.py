@@ -5,6 +5,7 @@ models of `bench/workloads.py`.
     python bench/time_to_target.py --quick         # every optimizer, minutes
     python bench/time_to_target.py                 # full budgets, 3 seeds
     python bench/time_to_target.py --trials 8      # and 8 tuning trials
+    python bench/time_to_target.py --held-out      # models nothing was tuned on
 
 Optimizers: `kfac-recommended` (the README's recommendation for a user who
 does not tune: `keras_kfac.TrueFisherModel` around `keras_kfac.convert` of
@@ -39,13 +40,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from target_curves import plot_curves  # noqa: E402
-from workloads import WORKLOADS  # noqa: E402
+from workloads import HELD_OUT, WORKLOADS  # noqa: E402
 
 RESULTS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results", "time_to_target"
 )
 TARGETS = os.path.join(RESULTS, "targets.json")
 SEEDS = (0, 1, 2)
+ALL_WORKLOADS = {**WORKLOADS, **HELD_OUT}
 REFERENCE = "adam"  # the optimizer whose default run fixes the targets
 
 # Each optimizer's search space: name -> (low, high), drawn log-uniformly.
@@ -217,8 +219,8 @@ def set_targets(names, quick) -> dict:
     everything = {"full": {}, "quick": {}, **load_all_targets()}
     targets = everything[budget_name(quick)]
     for name in names:
-        record = cached_run(WORKLOADS[name], REFERENCE, 0, 0, quick)
-        targets[name] = best(WORKLOADS[name], record["values"])
+        record = cached_run(ALL_WORKLOADS[name], REFERENCE, 0, 0, quick)
+        targets[name] = best(ALL_WORKLOADS[name], record["values"])
     os.makedirs(RESULTS, exist_ok=True)
     with open(TARGETS + ".tmp", "w") as f:
         json.dump(everything, f, indent=1, sort_keys=True)
@@ -288,7 +290,7 @@ def kfac_coverage(workload) -> str:
 
 
 def markdown(name, rows, target) -> str:
-    workload = WORKLOADS[name]
+    workload = ALL_WORKLOADS[name]
     lines = [
         f"#### {name}",
         "",
@@ -342,7 +344,12 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--workloads", nargs="+", choices=sorted(WORKLOADS), default=None
+        "--workloads", nargs="+", choices=sorted(ALL_WORKLOADS), default=None
+    )
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="the workloads no setting was chosen on (`HELD_OUT`)",
     )
     parser.add_argument(
         "--optimizers", nargs="+", choices=OPTIMIZERS, default=OPTIMIZERS
@@ -362,7 +369,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    names = args.workloads or sorted(WORKLOADS)
+    names = args.workloads or sorted(HELD_OUT if args.held_out else WORKLOADS)
     if args.set_targets:
         print(json.dumps(set_targets(names, args.quick), indent=1))
         return
@@ -377,7 +384,7 @@ def main(argv=None) -> None:
     shown_settings = ("default", "tuned") if args.trials else ("default",)
     tables = {}
     for name in names:
-        workload, target = WORKLOADS[name], targets[name]
+        workload, target = ALL_WORKLOADS[name], targets[name]
         rows, plotted = {}, {}
         for optimizer in args.optimizers:
             runs = runs_of(
