@@ -114,7 +114,7 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             instead, so baselines' `kfac_clip=0.001` is `kl_clip=0.0005`
             here. With `adaptive`, the whole update `v` satisfies
             `½ vᵀ F v ≤ δ` under the exact `F` of the batch. `None` turns
-            clipping off. Defaults to `"auto"`: `1e-3`, or `0.1` with
+            clipping off. Defaults to `"auto"`: `1e-3`, or `0.06` with
             `adaptive`.
         momentum: `μ ∈ [0, 1)`; the update is the running average of the
             clipped steps. Defaults to `0.9`.

@@ -1,6 +1,7 @@
 """`python -m agents.tune`: the search space, the legs of a trial, the
 study that resumes, and bad input in one line."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from agents import episode_log, train, tune
+from agents.config import Config, resolve
 
 TINY = ["--total-steps", "600", "--stages", "2"]
 
@@ -194,3 +196,41 @@ def test_a_killed_trial_is_retried_from_its_runs_checkpoint(tmp_path):
     assert "Resumed" in resumed.stdout and "at 2000 steps" in resumed.stdout
     assert "1 trials finished" in resumed.stdout
     assert not os.path.exists(os.path.join(study, "trial-1"))
+
+
+def _tune_gain():
+    bench = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench")
+    sys.path.insert(0, bench)
+    try:
+        import tune_gain
+    finally:
+        sys.path.remove(bench)
+    return tune_gain
+
+
+def test_the_tuning_gain_table_is_the_seeds_scores_and_their_spread(
+    tmp_path,
+):
+    tune_gain = _tune_gain()
+    args = tune_gain.parse_args(["--env", "CartPole-v1", "--trials", "3"])
+    # A best.json as agents.tune writes it, one searched setting moved.
+    config = resolve(Config(algo="acktr", env="CartPole-v1", kl_clip=0.02))
+    values = dataclasses.asdict(config)
+    del values["logdir"]
+    (tmp_path / "best.json").write_text(json.dumps(values))
+    text = tune_gain.markdown(
+        args, str(tmp_path), {"preset": [1.0, 3.0, 5.0], "tuned": [4.0, 4.0]}
+    )
+    assert "tuned: {'kl_clip': 0.02}" in text
+    assert "| preset | 1.0 / 3.0 / 5.0 | 3.0 ± 2.0 |" in text
+    assert "| tuned | 4.0 / 4.0 | 4.0 ± 0.0 |" in text
+
+
+def test_the_tuning_gain_is_measured_on_seeds_the_search_did_not_see(
+    capsys,
+):
+    tune_gain = _tune_gain()
+    for seeds in (["0", "1"], ["1"]):
+        with pytest.raises(SystemExit):
+            tune_gain.parse_args(["--eval-seeds", *seeds])
+        assert "Received: [" in capsys.readouterr().err
