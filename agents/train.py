@@ -117,6 +117,23 @@ def _add_option(parser: argparse.ArgumentParser, field) -> None:
     )
 
 
+def _check_used_by(algo: str, given: dict) -> None:
+    """Raises `ValueError` for an option given on the command line that
+    `algo` does not take (`Option.algos`), naming the option and the
+    algorithms that take it. A `--config` file may hold such settings
+    (a run's `config.json` holds every field): those are kept and
+    ignored."""
+    for name, value in given.items():
+        option = Config.__dataclass_fields__[name].metadata["option"]
+        if algo not in option.algos:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} is not a setting of {algo} (only of "
+                f"{', '.join(option.algos)}). Received: {flag} {value} "
+                f"with algo {algo}"
+            )
+
+
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     """`(Config, namespace)`: the `Config` of the options given (over the
     settings of `--config`'s file), the others left to the preset, and
@@ -146,9 +163,11 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     )
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(Config)}
-    given = {k: v for k, v in vars(args).items() if k in fields}
+    on_command_line = {k: v for k, v in vars(args).items() if k in fields}
+    given = dict(on_command_line)
     if "config" in args:
         given = {**read_config_file(args.config), **given}
+    _check_used_by(given.get("algo", Config.algo), on_command_line)
     args.given = list(given)
     return Config(**given), args
 

@@ -167,15 +167,31 @@ def test_resolve_applies_the_preset_once():
         resolve(Config(warm_start=True))  # the default preset has no κ
 
 
-def test_a_setting_the_algorithm_does_not_use_is_kept_and_ignored():
-    # As before Config declared its options: --max-kl with acktr is
-    # accepted, saved, and changes nothing.
-    config, _ = train.parse_args(["--algo", "acktr", "--max-kl", "0.3"])
-    assert resolve(config).max_kl == 0.3
-    assert (
-        "trpo"
-        not in Config.__dataclass_fields__["kl_clip"].metadata["option"].algos
+def test_a_setting_the_algorithm_does_not_take_is_refused(tmp_path, capsys):
+    # On the command line: one line naming the option and who takes it.
+    with pytest.raises(ValueError) as error:
+        train.parse_args(["--algo", "acktr", "--max-kl", "0.3"])
+    assert str(error.value) == (
+        "--max-kl is not a setting of acktr (only of trpo, npg). Received: "
+        "--max-kl 0.3 with algo acktr"
     )
+    logdir = tmp_path / "run"
+    assert (
+        train.main(
+            ["--algo", "trpo", "--kl-clip", "0.1", "--logdir", str(logdir)]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not logdir.exists()
+    # The algorithm may come from --config; a file may hold any field (a
+    # run's config.json holds them all): kept there, and ignored.
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"algo": "trpo", "kl_clip": 0.5}))
+    config, _ = train.parse_args(["--config", str(path), "--max-kl", "0.02"])
+    assert (config.algo, config.kl_clip, config.max_kl) == ("trpo", 0.5, 0.02)
+    with pytest.raises(ValueError, match="--kl-clip is not a setting of trpo"):
+        train.parse_args(["--config", str(path), "--kl-clip", "0.1"])
 
 
 def test_a_config_json_of_the_previous_version_loads(tmp_path):
