@@ -39,7 +39,6 @@ scores, `reps` and `seed` only, not on the other algorithms of the report
 nor on the caller's random state.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -237,16 +236,27 @@ def _references_for(tasks: list, references: dict) -> dict:
     return found
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """NumPy's global generator seeded with `seed` (rliable's bootstrap
-    draws from it), its former state restored on exit."""
+def _bootstrap(estimate, matrix, argument, reps, seed, confidence):
+    """`(point, low, high)` of one of rliable's stratified-bootstrap
+    estimates (`library.get_interval_estimates` or
+    `library.create_performance_profile`) of one `(runs x tasks)` matrix.
+
+    rliable 1.2 draws its resamples from NumPy's global generator whatever
+    `random_state` it is given, so that generator is seeded with `seed`
+    here and its former state restored after."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        yield
+        points, intervals = estimate(
+            {"runs": matrix},
+            argument,
+            reps=reps,
+            confidence_interval_size=confidence,
+        )
     finally:
         np.random.set_state(state)
+    low, high = intervals["runs"]
+    return np.asarray(points["runs"]), low, high
 
 
 def interval_estimates(
@@ -263,17 +273,17 @@ def interval_estimates(
     def all_metrics(scores):
         return np.array([function(scores) for function in functions.values()])
 
-    with _seeded(seed):
-        points, intervals = library.get_interval_estimates(
-            {"runs": matrix},
-            all_metrics,
-            reps=reps,
-            confidence_interval_size=confidence,
-        )
-    low, high = intervals["runs"]
+    points, low, high = _bootstrap(
+        library.get_interval_estimates,
+        matrix,
+        all_metrics,
+        reps,
+        seed,
+        confidence,
+    )
     return {
         name: Estimate(float(p), float(lo), float(hi))
-        for name, p, lo, hi in zip(functions, points["runs"], low, high)
+        for name, p, lo, hi in zip(functions, points, low, high)
     }
 
 
@@ -286,15 +296,9 @@ def performance_profile(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`(fraction, low, high)`: at each of `taus`, the fraction of the
     entries of `matrix` above it, and its stratified-bootstrap interval."""
-    with _seeded(seed):
-        profiles, intervals = library.create_performance_profile(
-            {"runs": matrix},
-            taus,
-            reps=reps,
-            confidence_interval_size=confidence,
-        )
-    low, high = intervals["runs"]
-    return np.asarray(profiles["runs"]), low, high
+    return _bootstrap(
+        library.create_performance_profile, matrix, taus, reps, seed, confidence
+    )
 
 
 def _check(scores: dict, reps: int, confidence: float) -> None:

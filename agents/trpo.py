@@ -40,28 +40,14 @@ class TrpoAgent(NpgAgent):
     """TRPO as a tf-agents agent (see the module docstring).
 
     Args:
-        time_step_spec: The environment's `TimeStep` spec.
-        action_spec: The environment's action spec.
-        actor_critic_network: A network mapping observations to
-            `((distribution, value), state)` whose policy and value have no
-            parameter in common.
-        value_optimizer: The value function's Keras optimizer. Defaults to
-            `agents.optimizers.trpo_value_optimizer()` (Adam).
-        max_kl: The trust-region radius `δ` on the mean KL. Defaults to
-            the `"default"` preset's.
-        damping: `λ` added to the Fisher in CG. Defaults to the
-            `"default"` preset's.
-        cg_iterations: Conjugate-gradient iterations. Defaults to `10`.
-        cg_residual_tolerance: CG stops once `‖r‖²` is at most this.
-            Defaults to `1e-10`.
+        time_step_spec, action_spec, actor_critic_network, value_optimizer,
+            max_kl, damping, cg_iterations, cg_residual_tolerance,
+            **kwargs: As in `agents.npg.NpgAgent`, `max_kl` here the
+            radius `δ` the line search holds the measured mean KL to;
+            those not given take the `"default"` preset's `trpo` values.
         line_search_steps: Step halvings tried. Defaults to `10`.
         accept_ratio: Fraction of the expected improvement a step must
             achieve. Defaults to `0.1`.
-        **kwargs: `gamma`, `gae_lambda`, `ent_coef`,
-            `normalize_advantages`, `value_epochs`, `value_minibatch_size`,
-            `seed`, ... as in `agents.on_policy.OnPolicyActorCriticAgent`;
-            those not given take the `"default"` preset's values
-            (`agents.optimizers.agent_arguments`).
     """
 
     _algo = "trpo"

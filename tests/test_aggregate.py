@@ -4,13 +4,13 @@ the normalization and its reference scores; `agents.plot --aggregate` and
 `bench/compare.py`'s aggregate report on fabricated run directories."""
 
 import functools
-import json
 import os
 import sys
 
 import gymnasium
 import numpy as np
 import pytest
+from run_dirs import run_directory
 
 from agents import aggregate, plot
 from agents.aggregate import REFERENCES, Reference
@@ -19,21 +19,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 
 import compare  # noqa: E402
 
-HEADER = "env_steps,return,length,wall_seconds\n"
 PNG = b"\x89PNG\r\n\x1a\n"
 IDENTITY = Reference(0.0, 1.0, "identity")  # normalized == raw
 
 
 def _run(directory, returns, config=None):
     """A run directory of `agents.train` with one episode per return."""
-    os.makedirs(directory)
     rows = [(10 * (k + 1), r, 5, 0.1 * (k + 1)) for k, r in enumerate(returns)]
-    with open(os.path.join(directory, "episodes.csv"), "w") as f:
-        f.write(HEADER + "".join(",".join(map(str, r)) + "\n" for r in rows))
-    if config is not None:
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(config, f)
-    return str(directory)
+    return run_directory(directory, rows, config)
 
 
 def _iqm(scores, reps=20):

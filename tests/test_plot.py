@@ -1,25 +1,13 @@
 """`agents.plot`: the curves it aggregates and the runs it groups, against
 hand-computed values."""
 
-import json
 import os
 
 import numpy as np
 import pytest
+from run_dirs import run_directory as _run
 
 from agents import plot
-
-HEADER = "env_steps,return,length,wall_seconds\n"
-
-
-def _run(directory, rows, config=None):
-    os.makedirs(directory)
-    with open(os.path.join(directory, "episodes.csv"), "w") as f:
-        f.write(HEADER + "".join(",".join(map(str, r)) + "\n" for r in rows))
-    if config is not None:
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(config, f)
-    return str(directory)
 
 
 def test_moving_mean_averages_the_last_window_returns():
