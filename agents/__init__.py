@@ -1,4 +1,4 @@
-"""ACKTR, with A2C, NPG and TRPO beside it, as tf-agents agents on Gymnasium.
+"""ACKTR, with A2C, NPG, TRPO and PPO beside it: tf-agents agents, Gymnasium.
 
     from agents import AcktrAgent, GymnasiumEnvironment
     from agents.networks import ActorCriticNetwork
@@ -19,10 +19,12 @@ _EXPORTS = {
     "A2CAgent": "agents.a2c",
     "TrpoAgent": "agents.trpo",
     "NpgAgent": "agents.npg",
+    "PpoAgent": "agents.ppo",
     "acktr_optimizer": "agents.optimizers",
     "kfac_value_optimizer": "agents.optimizers",
     "a2c_optimizer": "agents.optimizers",
     "trpo_value_optimizer": "agents.optimizers",
+    "ppo_optimizer": "agents.optimizers",
     "ActorCriticNetwork": "agents.networks",
     "ActorCriticPolicy": "agents.policies",
     "GymnasiumEnvironment": "agents.envs",

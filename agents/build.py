@@ -6,11 +6,16 @@ from tf_agents.environments import tf_py_environment
 
 # The agent modules, not their classes: bench/natural_direction.py swaps
 # `agents.acktr.AcktrAgent` for a measuring subclass before calling build.
-from agents import a2c, acktr, npg, trpo
+from agents import a2c, acktr, npg, ppo, trpo
 from agents.config import TARGET_KL_END, Config, resolve
 from agents.envs import GymnasiumEnvironment
 from agents.networks import ActorCriticNetwork
-from agents.optimizers import a2c_optimizer, acktr_optimizer, value_optimizer
+from agents.optimizers import (
+    a2c_optimizer,
+    acktr_optimizer,
+    ppo_optimizer,
+    value_optimizer,
+)
 
 
 def build(config: Config):
@@ -78,6 +83,7 @@ def _agent(config: Config, tf_env, network: ActorCriticNetwork):
         gae_lambda=config.gae_lambda,
         ent_coef=config.ent_coef,
         normalize_advantages=config.normalize_advantages,
+        scale_rewards=config.scale_rewards,
         value_optimizer=value_optimizer(
             config.critic, config.value_learning_rate
         ),
@@ -115,6 +121,23 @@ def _agent(config: Config, tf_env, network: ActorCriticNetwork):
         return a2c.A2CAgent(
             *specs,
             optimizer,
+            vf_coef=config.vf_coef,
+            target_kl=target_kl,
+            warm_start=config.warm_start,
+            **common,
+        )
+    if config.algo == "ppo":
+        optimizer = ppo_optimizer(
+            learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
+        )
+        return ppo.PpoAgent(
+            *specs,
+            optimizer,
+            objective=config.objective,
+            clip_range=config.clip_range,
+            kl_penalty_target=config.kl_penalty_target,
+            n_epochs=config.n_epochs,
+            minibatch_size=config.minibatch_size,
             vf_coef=config.vf_coef,
             target_kl=target_kl,
             warm_start=config.warm_start,

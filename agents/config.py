@@ -120,7 +120,11 @@ class Config:
     )
     learning_rate: float = option(
         FROM_PRESET,
-        {"acktr": "η_max of the K-FAC step", "a2c": "RMSprop's rate"},
+        {
+            "acktr": "η_max of the K-FAC step",
+            "a2c": "RMSprop's rate",
+            "ppo": "Adam's rate",
+        },
         positive=True,
     )
     critic: str = option(
@@ -146,24 +150,24 @@ class Config:
         "'linear' decays the step size across the run: the learning rate "
         "to 0 or, with --target-kl, the target KL to a tenth",
         choices=("constant", "linear"),
-        algos=("acktr", "a2c"),
+        algos=("acktr", "a2c", "ppo"),
     )
     target_kl: float | None = option(
         FROM_PRESET,
         "adapt the learning rate toward this KL per update; 'none': a "
         "fixed rate",
-        algos=("acktr", "a2c"),
+        algos=("acktr", "a2c", "ppo"),
     )
     warm_start: bool = option(
         FROM_PRESET,
         "reach --target-kl in the first updates (square-root rule)",
-        algos=("acktr", "a2c"),
+        algos=("acktr", "a2c", "ppo"),
     )
     ent_coef: float = option(FROM_PRESET, "weight of the entropy bonus")
     vf_coef: float = option(
         FROM_PRESET,
         "weight of the value loss in the joint step",
-        algos=("acktr", "a2c"),
+        algos=("acktr", "a2c", "ppo"),
     )
     gamma: float = option(FROM_PRESET, "the discount γ")
     gae_lambda: float | None = option(
@@ -172,10 +176,15 @@ class Config:
     normalize_advantages: bool = option(
         FROM_PRESET, "standardize the advantages over the batch"
     )
+    scale_rewards: bool = option(
+        FROM_PRESET,
+        "train on rewards divided by the running std of the discounted "
+        "return, clipped to ±10 (PPO implementations' reward scaling)",
+    )
     max_grad_norm: float | None = option(
         FROM_PRESET,
         "clip the gradient's global norm to this; 'none': no clipping",
-        algos=("acktr", "a2c"),
+        algos=("acktr", "a2c", "ppo"),
         positive=True,
     )
     kl_clip: float = option(
@@ -217,6 +226,31 @@ class Config:
             "npg": "the quadratic KL δ of every step",
         },
     )
+    objective: str = option(
+        FROM_PRESET,
+        "PPO's surrogate: clipped, or with the adaptive KL penalty",
+        choices=("clip", "kl_penalty"),
+        algos=("ppo",),
+    )
+    clip_range: float = option(
+        FROM_PRESET,
+        "ε of the clipped surrogate",
+        algos=("ppo",),
+        positive=True,
+    )
+    kl_penalty_target: float = option(
+        FROM_PRESET,
+        "d_targ of the KL penalty (β halves below d_targ/1.5, doubles "
+        "above 1.5·d_targ)",
+        algos=("ppo",),
+        positive=True,
+    )
+    n_epochs: int = option(
+        FROM_PRESET, "passes over each batch", algos=("ppo",), positive=True
+    )
+    minibatch_size: int = option(
+        FROM_PRESET, "rows per optimizer step", algos=("ppo",), positive=True
+    )
     max_kl_ratio: float | None = option(
         FROM_PRESET,
         {
@@ -230,7 +264,7 @@ class Config:
     shared_torso: bool = option(
         FROM_PRESET,
         "one torso for the policy and value heads",
-        algos=("acktr", "a2c"),
+        algos=("acktr", "a2c", "ppo"),
     )
     normalize_observations: bool = option(
         FROM_PRESET, "normalize observations by running moments"

@@ -8,6 +8,11 @@ Training loss (Mnih et al. 2016; Wu et al. 2017, §3.2):
 `pg_loss = -mean_w(Â log π(a|s))`, `H = mean_w(entropy of π(·|s))`,
 `vf_loss = mean_w((R - V(s))²)`.
 
+PPO's policy losses (Schulman et al. 2017, §3-4), with the probability
+ratio `r = π(a|s) / π_old(a|s)`:
+`clip_loss = -mean_w(min(r Â, clip(r, 1 - ε, 1 + ε) Â))` and
+`penalty_loss = -mean_w(r Â) + β · mean_w(KL(π_old(·|s) || π(·|s)))`.
+
 Fisher losses (ACKTR; OpenAI baselines `acktr.py`): K-FAC reads its factors
 from the backward pass of `joint_fisher = pg_fisher + vf_fisher`:
 
@@ -48,6 +53,45 @@ def policy_gradient_loss(
 ) -> tf.Tensor:
     """`-mean_w(Â log π(a|s))`; the advantages carry no gradient."""
     return -weighted_mean(tf.stop_gradient(advantages) * log_prob, weights)
+
+
+def standardized(advantages: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """`w (Â - mean_w Â) / (std_w Â + 1e-8)`: the advantages standardized
+    over the rows of weight `w` (zero on the others)."""
+    mean = weighted_mean(advantages, weights)
+    variance = weighted_mean(tf.square(advantages - mean), weights)
+    return weights * (advantages - mean) / (tf.sqrt(variance) + 1e-8)
+
+
+def clipped_surrogate_loss(
+    ratio: tf.Tensor,
+    advantages: tf.Tensor,
+    clip_range: float,
+    weights: tf.Tensor,
+) -> tf.Tensor:
+    """`clip_loss = -mean_w(min(r Â, clip(r, 1 - ε, 1 + ε) Â))`, `ε =
+    clip_range`: no gradient on a row whose ratio has left `[1 - ε, 1 + ε]`
+    in the direction its advantage favours."""
+    advantages = tf.stop_gradient(advantages)
+    clipped = tf.clip_by_value(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return -weighted_mean(
+        tf.minimum(ratio * advantages, clipped * advantages), weights
+    )
+
+
+def penalized_surrogate_loss(
+    ratio: tf.Tensor,
+    advantages: tf.Tensor,
+    kl: tf.Tensor,
+    kl_coef: tf.Tensor,
+    weights: tf.Tensor,
+) -> tf.Tensor:
+    """`penalty_loss = -mean_w(r Â) + β · mean_w(KL)`, `β = kl_coef`, `KL`
+    per row `KL(π_old(·|s) || π(·|s))`."""
+    advantages = tf.stop_gradient(advantages)
+    return -weighted_mean(ratio * advantages, weights) + tf.stop_gradient(
+        kl_coef
+    ) * weighted_mean(kl, weights)
 
 
 def value_loss(

@@ -8,7 +8,8 @@ shaped `[B, T + 1]` (tf-agents' layout: the last time step only supplies
    network on the `B·T` earlier observations with `training=True`;
 2. advantages `Â` and returns `R` (`agents.advantages`: GAE when
    `gae_lambda` is set, n-step returns otherwise), masking episode
-   boundaries;
+   boundaries, from the rewards scaled by `agents.reward_scaling` with
+   `scale_rewards`;
 3. the loss terms (`agents.losses`) and, for agents that want them, the
    Fisher losses;
 4. `_update(tape, terms, batch, variables)`: where the agents differ;
@@ -36,6 +37,7 @@ from tf_agents.trajectories import time_step as ts
 from agents import advantages as advantages_lib
 from agents import losses, on_policy_checks, step_size, value_fit
 from agents.policies import ActorCriticPolicy
+from agents.reward_scaling import RewardScaler
 from keras_kfac import linalg
 
 __all__ = [
@@ -131,6 +133,9 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         vf_coef: Weight of the value loss. Defaults to `0.5`.
         normalize_advantages: Standardize `Â` over the batch. Defaults to
             `False`.
+        scale_rewards: Train on the rewards divided by the running standard
+            deviation of the discounted return (`agents.reward_scaling`),
+            as the PPO implementations do. Defaults to `False`.
         target_kl: Adapt the learning rate toward this realized KL per
             update (`agents.step_size`): a float, or a callable of the
             update count (`train_step_counter`) returning it, such as a
@@ -163,6 +168,10 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
     """
 
     _loss_info_type = ActorCriticLossInfo
+    # Whether `normalize_advantages` standardizes over the whole batch
+    # here; an agent that standardizes elsewhere (PPO: per minibatch)
+    # sets it to False.
+    _standardizes_batch_advantages = True
 
     def __init__(
         self,
@@ -175,6 +184,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         ent_coef: float = 0.01,
         vf_coef: float = 0.5,
         normalize_advantages: bool = False,
+        scale_rewards: bool = False,
         target_kl: float | None = None,
         warm_start: bool = False,
         value_optimizer=None,
@@ -210,6 +220,8 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         self._ent_coef = float(ent_coef)
         self._vf_coef = float(vf_coef)
         self._normalize_advantages = bool(normalize_advantages)
+        # Its running return and moments are saved with the agent.
+        self._reward_scaler = RewardScaler(gamma) if scale_rewards else None
         self._seed = int(seed)
         self._value_optimizer = value_optimizer
         self._build_optimizers(
@@ -322,12 +334,8 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                 *args, self._gamma, self._gae_lambda
             )
             returns = valid * (advantages + values[:, :-1])
-        if self._normalize_advantages:
-            mean = losses.weighted_mean(advantages, valid)
-            variance = losses.weighted_mean(tf.square(advantages - mean), valid)
-            advantages = (
-                valid * (advantages - mean) / (tf.sqrt(variance) + 1e-8)
-            )
+        if self._normalize_advantages and self._standardizes_batch_advantages:
+            advantages = losses.standardized(advantages, valid)
         return returns, advantages
 
     def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
@@ -440,6 +448,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         valid, continues = advantages_lib.episode_masks(
             transitions.step_type, transitions.next_step_type
         )
+        if self._reward_scaler is not None:
+            transitions = transitions._replace(
+                reward=self._reward_scaler.scale(
+                    transitions.reward, valid, continues
+                )
+            )
         loss_weights, fisher_weights = _row_weights(valid, weights)
         (_, bootstrap_value), _ = self._network(
             experience.observation[:, -1], training=False

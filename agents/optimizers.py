@@ -14,6 +14,7 @@ from agents.presets import defaults
 _ACKTR = defaults("acktr")
 _A2C = defaults("a2c")
 _TRPO = defaults("trpo")
+_PPO = defaults("ppo")
 
 # The `OnPolicyActorCriticAgent` arguments a preset sets.
 AGENT_SETTINGS = (
@@ -22,6 +23,7 @@ AGENT_SETTINGS = (
     "ent_coef",
     "vf_coef",
     "normalize_advantages",
+    "scale_rewards",
     "target_kl",
     "warm_start",
     "value_epochs",
@@ -104,6 +106,23 @@ def a2c_optimizer(
     return keras.optimizers.RMSprop(
         learning_rate=learning_rate,
         rho=rho,
+        epsilon=epsilon,
+        global_clipnorm=max_grad_norm,
+        **kwargs,
+    )
+
+
+def ppo_optimizer(
+    learning_rate=_PPO["learning_rate"],
+    epsilon: float = 1e-5,
+    max_grad_norm: float | None = _PPO["max_grad_norm"],
+    **kwargs,
+) -> keras.optimizers.Optimizer:
+    """`keras.optimizers.Adam` for PPO's minibatch steps: the `"default"`
+    preset's rate and gradient clipping, and the `ε` of the PPO
+    implementations (OpenAI baselines, Stable-Baselines3)."""
+    return keras.optimizers.Adam(
+        learning_rate=learning_rate,
         epsilon=epsilon,
         global_clipnorm=max_grad_norm,
         **kwargs,

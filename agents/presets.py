@@ -12,16 +12,16 @@ auto`, the command line's default, does.
 
 The `"default"` preset is the only layer of defaults: the optimizer
 factories (`agents.optimizers`) and the agents (`AcktrAgent`, `A2CAgent`,
-`TrpoAgent`, `NpgAgent`) take theirs from `defaults(algo)`, so an agent
-built from Python with its defaults is the one `python -m agents.train
---algo ALGO` trains on a discrete-action task.
+`TrpoAgent`, `NpgAgent`, `PpoAgent`) take theirs from `defaults(algo)`,
+so an agent built from Python with its defaults is the one `python -m
+agents.train --algo ALGO` trains on a discrete-action task.
 """
 
 import gymnasium
 
 from agents import atari
 
-ALGORITHMS = ("acktr", "a2c", "trpo", "npg")
+ALGORITHMS = ("acktr", "a2c", "trpo", "npg", "ppo")
 # How the value function is trained: "adam", fitted apart by Adam;
 # "kfac", fitted apart by K-FAC Gauss-Newton steps; "joint", in the
 # policy's own update (not for trpo and npg).
@@ -51,6 +51,7 @@ COMMON = dict(
     shared_torso=False,
     normalize_observations=False,
     normalize_advantages=False,
+    scale_rewards=False,
     target_kl=None,
     lr_schedule="constant",
     critic="adam",
@@ -64,11 +65,27 @@ COMMON = dict(
     initial_log_std=0.0,
 )
 
+# PPO's settings in every preset unless the preset says otherwise: the
+# PPO paper's (Schulman et al. 2017, Table 3), Stable-Baselines3's
+# defaults; the value function in the joint loss, as both train it.
+_PPO = dict(
+    learning_rate=3e-4,
+    critic="joint",
+    objective="clip",
+    clip_range=0.2,
+    kl_penalty_target=0.01,
+    n_epochs=10,
+    minibatch_size=64,
+)
+
 # "default": classic control. ACKTR takes TRPO's batch and the `mujoco`
 # preset's K-FAC at TRPO's radius, its critic fitted apart, because these
 # measured best (BENCHMARKS.md, "CartPole-v1 and LunarLander-v3, 5 seeds,
 # the `default` preset"). NPG takes TRPO's settings: the same step without
 # its line search.
+# PPO's is Stable-Baselines3's defaults (which rl-baselines3-zoo's
+# entries start from; the PPO paper's MuJoCo settings but for 8 copies of
+# the environment): 2048 steps per update, 10 passes of 64-row minibatches.
 # "mujoco": the ACKTR paper's continuous-control settings; ACKTR's K-FAC
 # departs from baselines' where those measured badly (BENCHMARKS.md, "The
 # paper's MuJoCo comparison at 1M steps", after its tables).
@@ -105,17 +122,27 @@ PRESETS = {
             max_kl=0.01,
             damping=0.1,
         ),
-    },
-    "mujoco": {
-        algo: dict(
-            num_envs=4,
-            n_steps=625,
-            gae_lambda=0.97,
-            normalize_observations=True,
+        "ppo": dict(
+            _PPO,
+            num_envs=8,
+            n_steps=256,
+            gae_lambda=0.95,
             normalize_advantages=True,
             ent_coef=0.0,
+        ),
+    },
+    "mujoco": {
+        algo: {
+            **dict(
+                num_envs=4,
+                n_steps=625,
+                gae_lambda=0.97,
+                normalize_observations=True,
+                normalize_advantages=True,
+                ent_coef=0.0,
+            ),
             **settings,
-        )
+        }
         for algo, settings in {
             "acktr": dict(
                 learning_rate=0.03,
@@ -133,6 +160,11 @@ PRESETS = {
             "a2c": dict(learning_rate=3e-4, target_kl=0.002),
             "trpo": dict(max_kl=0.01, damping=0.1),
             "npg": dict(max_kl=0.01, damping=0.1),
+            # The PPO paper's MuJoCo settings (its Table 3): 2048 steps per
+            # update, λ 0.95.
+            # The PPO paper's MuJoCo settings (its Table 3), with the
+            # rewards scaled as rl-baselines3-zoo's MuJoCo entries do.
+            "ppo": dict(_PPO, n_steps=512, gae_lambda=0.95, scale_rewards=True),
         }.items()
     },
 }
@@ -164,6 +196,17 @@ PRESETS["atari"] = {
     "a2c": dict(PRESETS["default"]["a2c"], **_ATARI, num_envs=16),
     "trpo": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
     "npg": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
+    # rl-baselines3-zoo's Atari PPO (its clip range fixed, not decayed).
+    "ppo": dict(
+        _PPO,
+        **_ATARI,
+        num_envs=8,
+        n_steps=128,
+        learning_rate=2.5e-4,
+        clip_range=0.1,
+        n_epochs=4,
+        minibatch_size=256,
+    ),
 }
 
 

@@ -68,6 +68,15 @@ SEARCH_SPACES = {
     },
 }
 SEARCH_SPACES["npg"] = dict(SEARCH_SPACES["trpo"])
+SEARCH_SPACES["ppo"] = {
+    "learning_rate": {"log": [1e-5, 3e-3]},
+    "n_steps": [64, 128, 256, 512],
+    "minibatch_size": [32, 64, 128, 256],
+    "n_epochs": [4, 10, 20],
+    "clip_range": [0.1, 0.2, 0.3],
+    "gae_lambda": [0.9, 0.95, 0.98, 1.0],
+    "ent_coef": [0.0, 0.001, 0.01],
+}
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120  # a trial silent this long is taken as dead
 # Settings a search may not draw: they name the run, not the algorithm.

@@ -21,6 +21,7 @@ import keras_kfac
 from agents import losses
 from agents.checks import check_positive_integer
 from agents.gradients import apply_gradients, fisher_then_loss_gradients
+from agents.minibatches import shuffled_rows
 from agents.on_policy_checks import probe_observations
 
 
@@ -99,15 +100,7 @@ def fit_value(
     rows = tf.shape(batch.returns)[0]
     size = rows if minibatch_size is None else tf.minimum(minibatch_size, rows)
     for epoch in tf.range(epochs):
-        pass_seed = tf.stack(
-            [
-                tf.constant(seed, tf.int64),
-                tf.cast(step, tf.int64) * epochs + tf.cast(epoch, tf.int64),
-            ]
-        )
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(rows), pass_seed
-        )
+        order = shuffled_rows(rows, seed, step, epochs, epoch)
         for i in tf.range(rows // size):
             index = order[i * size : (i + 1) * size]
             weights = tf.gather(batch.weights, index)

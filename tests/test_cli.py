@@ -173,7 +173,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
     assert train.main(["--resume", "--logdir", str(logdir)]) == 2
     assert not logdir.exists()
     with pytest.raises(SystemExit):
-        train.main(["--algo", "ppo"])
+        train.main(["--algo", "sac"])
     with pytest.raises(SystemExit):
         train.main(["--preset", "pong"])
     for argv, received in (

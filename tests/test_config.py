@@ -21,6 +21,7 @@ from agents import (
     Config,
     GymnasiumEnvironment,
     NpgAgent,
+    PpoAgent,
     TrpoAgent,
     defaults,
     load_saved_config,
@@ -229,7 +230,18 @@ def test_a_config_json_of_the_previous_version_loads(tmp_path):
             logdir=str(tmp_path),
         )
     )
-    assert dataclasses.asdict(config) == {**saved, "hidden_units": (8,)}
+    # The settings added since: PPO's are none of trpo's (None); reward
+    # scaling is off in every preset trpo has.
+    added = dict.fromkeys(
+        ("objective", "clip_range", "kl_penalty_target", "n_epochs"), None
+    )
+    assert dataclasses.asdict(config) == {
+        **saved,
+        **added,
+        "minibatch_size": None,
+        "scale_rewards": False,
+        "hidden_units": (8,),
+    }
 
 
 AGENTS = {
@@ -237,6 +249,7 @@ AGENTS = {
     "a2c": A2CAgent,
     "trpo": TrpoAgent,
     "npg": NpgAgent,
+    "ppo": PpoAgent,
 }
 
 
