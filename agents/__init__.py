@@ -1,4 +1,4 @@
-"""ACKTR, with A2C, NPG, TRPO and PPO beside it: tf-agents agents, Gymnasium.
+"""ACKTR and its lineage (REINFORCE, A2C, NPG, TRPO, PPO): tf-agents agents.
 
     from agents import AcktrAgent, GymnasiumEnvironment
     from agents.networks import ActorCriticNetwork
@@ -20,11 +20,13 @@ _EXPORTS = {
     "TrpoAgent": "agents.trpo",
     "NpgAgent": "agents.npg",
     "PpoAgent": "agents.ppo",
+    "ReinforceAgent": "agents.reinforce",
     "acktr_optimizer": "agents.optimizers",
     "kfac_value_optimizer": "agents.optimizers",
     "a2c_optimizer": "agents.optimizers",
     "trpo_value_optimizer": "agents.optimizers",
     "ppo_optimizer": "agents.optimizers",
+    "reinforce_optimizer": "agents.optimizers",
     "ActorCriticNetwork": "agents.networks",
     "ActorCriticPolicy": "agents.policies",
     "GymnasiumEnvironment": "agents.envs",

@@ -116,3 +116,37 @@ def nstep_returns(
         values[:, -1],
     )
     return tf.transpose(returns)
+
+
+def reward_to_go(
+    rewards: tf.Tensor, valid: tf.Tensor, continues: tf.Tensor, gamma: float
+) -> tf.Tensor:
+    """Monte-Carlo returns `R_t = Σ_{k ≥ 0} γᵏ r_{t+k}` to the end of the
+    episode, `[B, T]`, with nothing bootstrapped:
+    `R_t = r_t + γ continues_t R_{t+1}`; zero on invalid transitions. Exact
+    only where the episode ends within the batch (`ends_in_batch`).
+    Arguments as in `generalized_advantages`."""
+    rewards, valid_t, continues_t = _time_major(rewards, valid, continues)
+
+    def step(next_return, inputs):
+        reward, valid, continues = inputs
+        return valid * (reward + gamma * continues * next_return)
+
+    returns = _scan_backwards(
+        step, (rewards, valid_t, continues_t), tf.zeros_like(rewards[0])
+    )
+    return tf.transpose(returns)
+
+
+def ends_in_batch(continues: tf.Tensor) -> tf.Tensor:
+    """1 on the transitions whose episode ends within the batch (at the
+    transition itself or a later one), 0 on those of an episode the
+    batch cuts off, `[B, T]`: `e_t = (1 - continues_t) + continues_t e_{t+1}`,
+    `e_T = 0`."""
+    (continues_t,) = _time_major(continues)
+
+    def step(next_ends, continues):
+        return (1.0 - continues) + continues * next_ends
+
+    ends = _scan_backwards(step, continues_t, tf.zeros_like(continues_t[0]))
+    return tf.transpose(ends)

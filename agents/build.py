@@ -6,7 +6,7 @@ from tf_agents.environments import tf_py_environment
 
 # The agent modules, not their classes: bench/natural_direction.py swaps
 # `agents.acktr.AcktrAgent` for a measuring subclass before calling build.
-from agents import a2c, acktr, npg, ppo, trpo
+from agents import a2c, acktr, npg, ppo, reinforce, trpo
 from agents.config import TARGET_KL_END, Config, resolve
 from agents.envs import GymnasiumEnvironment
 from agents.networks import ActorCriticNetwork
@@ -14,6 +14,7 @@ from agents.optimizers import (
     a2c_optimizer,
     acktr_optimizer,
     ppo_optimizer,
+    reinforce_optimizer,
     value_optimizer,
 )
 
@@ -93,57 +94,96 @@ def _agent(config: Config, tf_env, network: ActorCriticNetwork):
         train_step_counter=tf.Variable(0, dtype=tf.int64, name="train_step"),
     )
     specs = (tf_env.time_step_spec(), tf_env.action_spec(), network)
-    if config.algo == "acktr":
-        optimizer = acktr_optimizer(
-            learning_rate=learning_rate,
-            kl_clip=config.kl_clip,
-            damping=config.damping,
-            inverse_update_freq=config.inverse_update_freq,
-            cold_steps=config.cold_steps,
-            momentum=config.momentum,
-            stats_decay=config.stats_decay,
-            max_grad_norm=config.max_grad_norm,
-        )
-        return acktr.AcktrAgent(
-            *specs,
-            optimizer,
-            vf_fisher_coef=config.vf_fisher_coef,
-            vf_coef=config.vf_coef,
-            target_kl=target_kl,
-            warm_start=config.warm_start,
-            max_kl_ratio=config.max_kl_ratio,
-            **common,
-        )
-    if config.algo == "a2c":
-        optimizer = a2c_optimizer(
-            learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
-        )
-        return a2c.A2CAgent(
-            *specs,
-            optimizer,
-            vf_coef=config.vf_coef,
-            target_kl=target_kl,
-            warm_start=config.warm_start,
-            **common,
-        )
-    if config.algo == "ppo":
-        optimizer = ppo_optimizer(
-            learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
-        )
-        return ppo.PpoAgent(
-            *specs,
-            optimizer,
-            objective=config.objective,
-            clip_range=config.clip_range,
-            kl_penalty_target=config.kl_penalty_target,
-            n_epochs=config.n_epochs,
-            minibatch_size=config.minibatch_size,
-            vf_coef=config.vf_coef,
-            target_kl=target_kl,
-            warm_start=config.warm_start,
-            **common,
-        )
+    return _AGENTS[config.algo](config, specs, common, learning_rate, target_kl)
+
+
+# Each builder takes `(config, specs, common, learning_rate, target_kl)`:
+# the agent's specs and network, the arguments every agent takes, and the
+# step sizes of `_step_sizes`.
+
+
+def _acktr(config, specs, common, learning_rate, target_kl):
+    optimizer = acktr_optimizer(
+        learning_rate=learning_rate,
+        kl_clip=config.kl_clip,
+        damping=config.damping,
+        inverse_update_freq=config.inverse_update_freq,
+        cold_steps=config.cold_steps,
+        momentum=config.momentum,
+        stats_decay=config.stats_decay,
+        max_grad_norm=config.max_grad_norm,
+    )
+    return acktr.AcktrAgent(
+        *specs,
+        optimizer,
+        vf_fisher_coef=config.vf_fisher_coef,
+        vf_coef=config.vf_coef,
+        target_kl=target_kl,
+        warm_start=config.warm_start,
+        max_kl_ratio=config.max_kl_ratio,
+        **common,
+    )
+
+
+def _a2c(config, specs, common, learning_rate, target_kl):
+    optimizer = a2c_optimizer(
+        learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
+    )
+    return a2c.A2CAgent(
+        *specs,
+        optimizer,
+        vf_coef=config.vf_coef,
+        target_kl=target_kl,
+        warm_start=config.warm_start,
+        **common,
+    )
+
+
+def _reinforce(config, specs, common, learning_rate, target_kl):
+    del target_kl  # not a setting of reinforce
+    optimizer = reinforce_optimizer(
+        learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
+    )
+    if not config.baseline:
+        common = dict(common, value_optimizer=None)
+    return reinforce.ReinforceAgent(
+        *specs, optimizer, baseline=config.baseline, **common
+    )
+
+
+def _ppo(config, specs, common, learning_rate, target_kl):
+    optimizer = ppo_optimizer(
+        learning_rate=learning_rate, max_grad_norm=config.max_grad_norm
+    )
+    return ppo.PpoAgent(
+        *specs,
+        optimizer,
+        objective=config.objective,
+        clip_range=config.clip_range,
+        kl_penalty_target=config.kl_penalty_target,
+        n_epochs=config.n_epochs,
+        minibatch_size=config.minibatch_size,
+        vf_coef=config.vf_coef,
+        target_kl=target_kl,
+        warm_start=config.warm_start,
+        **common,
+    )
+
+
+def _natural(config, specs, common, learning_rate, target_kl):
+    """TRPO or NPG: no learning rate, no target KL."""
+    del learning_rate, target_kl
     natural = trpo.TrpoAgent if config.algo == "trpo" else npg.NpgAgent
     return natural(
         *specs, max_kl=config.max_kl, damping=config.damping, **common
     )
+
+
+_AGENTS = {
+    "acktr": _acktr,
+    "a2c": _a2c,
+    "reinforce": _reinforce,
+    "ppo": _ppo,
+    "trpo": _natural,
+    "npg": _natural,
+}

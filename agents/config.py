@@ -124,6 +124,7 @@ class Config:
             "acktr": "η_max of the K-FAC step",
             "a2c": "RMSprop's rate",
             "ppo": "Adam's rate",
+            "reinforce": "Adam's rate",
         },
         positive=True,
     )
@@ -131,7 +132,7 @@ class Config:
         FROM_PRESET,
         "how the value function is trained: fitted apart by Adam or by "
         "K-FAC Gauss-Newton steps, or in the policy's update (not trpo, "
-        "npg)",
+        "npg, reinforce)",
         choices=CRITICS,
     )
     value_learning_rate: float = option(
@@ -171,7 +172,9 @@ class Config:
     )
     gamma: float = option(FROM_PRESET, "the discount γ")
     gae_lambda: float | None = option(
-        FROM_PRESET, "GAE λ; 'none': n-step returns"
+        FROM_PRESET,
+        "GAE λ; 'none': n-step returns",
+        algos=tuple(a for a in ALGORITHMS if a != "reinforce"),
     )
     normalize_advantages: bool = option(
         FROM_PRESET, "standardize the advantages over the batch"
@@ -184,7 +187,7 @@ class Config:
     max_grad_norm: float | None = option(
         FROM_PRESET,
         "clip the gradient's global norm to this; 'none': no clipping",
-        algos=("acktr", "a2c", "ppo"),
+        algos=("acktr", "a2c", "ppo", "reinforce"),
         positive=True,
     )
     kl_clip: float = option(
@@ -225,6 +228,11 @@ class Config:
             "trpo": "the trust-region radius δ",
             "npg": "the quadratic KL δ of every step",
         },
+    )
+    baseline: bool = option(
+        FROM_PRESET,
+        "subtract the learned V(s) from the Monte-Carlo return",
+        algos=("reinforce",),
     )
     objective: str = option(
         FROM_PRESET,
@@ -306,7 +314,7 @@ class Config:
                 value = value.item()  # a NumPy scalar, as JSON writes it
                 setattr(self, field.name, value)
             _check(field, value)
-        if self.algo in ("trpo", "npg") and self.critic == "joint":
+        if self.algo in ("trpo", "npg", "reinforce") and self.critic == "joint":
             raise ValueError(
                 f"{self.algo} fits its value function apart; critic must be "
                 "'adam' or 'kfac'. Received: critic='joint'"

@@ -338,6 +338,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             advantages = losses.standardized(advantages, valid)
         return returns, advantages
 
+    def _trained_rows(self, valid, continues) -> tf.Tensor:
+        """`[B, T]`, 1 on the transitions the update trains on: those
+        inside an episode (`valid`)."""
+        del continues
+        return valid
+
     def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
         """The loss whose backward pass feeds K-FAC; `None` if unused."""
         return None
@@ -454,6 +460,7 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                     transitions.reward, valid, continues
                 )
             )
+        valid = self._trained_rows(valid, continues)
         loss_weights, fisher_weights = _row_weights(valid, weights)
         (_, bootstrap_value), _ = self._network(
             experience.observation[:, -1], training=False

@@ -15,6 +15,7 @@ _ACKTR = defaults("acktr")
 _A2C = defaults("a2c")
 _TRPO = defaults("trpo")
 _PPO = defaults("ppo")
+_REINFORCE = defaults("reinforce")
 
 # The `OnPolicyActorCriticAgent` arguments a preset sets.
 AGENT_SETTINGS = (
@@ -126,6 +127,18 @@ def ppo_optimizer(
         epsilon=epsilon,
         global_clipnorm=max_grad_norm,
         **kwargs,
+    )
+
+
+def reinforce_optimizer(
+    learning_rate=_REINFORCE["learning_rate"],
+    max_grad_norm: float | None = _REINFORCE["max_grad_norm"],
+    **kwargs,
+) -> keras.optimizers.Optimizer:
+    """`keras.optimizers.Adam` for REINFORCE's policy step, at the
+    `"default"` preset's rate and gradient clipping."""
+    return keras.optimizers.Adam(
+        learning_rate=learning_rate, global_clipnorm=max_grad_norm, **kwargs
     )
 
 

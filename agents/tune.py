@@ -68,6 +68,12 @@ SEARCH_SPACES = {
     },
 }
 SEARCH_SPACES["npg"] = dict(SEARCH_SPACES["trpo"])
+SEARCH_SPACES["reinforce"] = {
+    "learning_rate": {"log": [1e-4, 1e-2]},
+    "n_steps": [128, 256, 512, 1024],
+    "ent_coef": [0.0, 0.001, 0.01],
+    "value_learning_rate": {"log": [1e-4, 1e-2]},
+}
 SEARCH_SPACES["ppo"] = {
     "learning_rate": {"log": [1e-5, 3e-3]},
     "n_steps": [64, 128, 256, 512],

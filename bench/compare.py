@@ -145,6 +145,7 @@ ALGOS = {
     "ours-trpo": ("run_ours.py", ["--algo", "trpo"]),
     "ours-npg": ("run_ours.py", ["--algo", "npg"]),
     "ours-ppo": ("run_ours.py", ["--algo", "ppo"]),
+    "ours-reinforce": ("run_ours.py", ["--algo", "reinforce"]),
     "sb3-a2c": ("run_sb3.py", ["--algo", "a2c"]),
     "sb3-ppo": ("run_sb3.py", ["--algo", "ppo"]),
     "sb3-trpo": ("run_sb3.py", ["--algo", "trpo"]),

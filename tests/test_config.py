@@ -22,6 +22,7 @@ from agents import (
     GymnasiumEnvironment,
     NpgAgent,
     PpoAgent,
+    ReinforceAgent,
     TrpoAgent,
     defaults,
     load_saved_config,
@@ -239,6 +240,7 @@ def test_a_config_json_of_the_previous_version_loads(tmp_path):
         **saved,
         **added,
         "minibatch_size": None,
+        "baseline": None,
         "scale_rewards": False,
         "hidden_units": (8,),
     }
@@ -250,6 +252,7 @@ AGENTS = {
     "trpo": TrpoAgent,
     "npg": NpgAgent,
     "ppo": PpoAgent,
+    "reinforce": ReinforceAgent,
 }
 
 
