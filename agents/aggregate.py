@@ -82,6 +82,14 @@ REFERENCES = {
     "Hopper-v5": Reference(18.43, 3800.0, _SOLVED),
     "Walker2d-v5": Reference(1.76, 3500.0, _ZOO + "PPO's after 1M steps"),
     "ALE/Pong-v5": Reference(-20.7, 14.6, "Atari's random and human scores"),
+    "MountainCarContinuous-v0": Reference(-33.25, 90.0, _SOLVED),
+    "LunarLanderContinuous-v3": Reference(-199.18, 200.0, _SOLVED),
+    "BipedalWalker-v3": Reference(-102.44, 300.0, _SOLVED),
+    "box_tasks:PointMass-v0": Reference(
+        -115.88,
+        -13.79,
+        "stated: bench/box_tasks.py's proportional-derivative controller",
+    ),
 }
 
 # Metric name -> function of a (runs x tasks) matrix, across tasks.

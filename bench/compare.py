@@ -1,11 +1,12 @@
-"""ACKTR vs A2C vs TRPO (ours) vs SB3 A2C/PPO/TRPO and tf-agents PPO, per task.
+"""Our agents vs SB3 A2C/PPO/TRPO and tf-agents PPO, per task.
 
     python bench/compare.py            # every task, 3 seeds, full budgets
     python bench/compare.py --quick    # 1 seed, small budgets: minutes
     python bench/compare.py --tasks CartPole-v1 --algos ours-acktr sb3-ppo
     python bench/compare.py --suite mujoco --jobs 1   # the paper's MuJoCo
+    python bench/compare.py --suite box --jobs 1      # presets for Box
 
-Three suites of tasks. `default`: five small tasks on budgets two cores
+Four suites of tasks. `default`: five small tasks on budgets two cores
 allow for six algorithms, results in `bench/results/compare/full/`
 (`quick/`). `mujoco`: the ACKTR paper's continuous-control comparison at
 its budget, 1M environment steps on InvertedPendulum-v5,
@@ -16,6 +17,12 @@ sb3-contrib TRPO with rl-baselines3-zoo's settings; results in
 Atari setting on Pong for the budget two cores allow (1M environment steps,
 4M frames, where the paper ran 10M steps), our ACKTR against our A2C, one
 seed each unless `--seeds`; results in `bench/results/compare/atari/`.
+`box`: Box action spaces beyond MuJoCo (Pendulum-v1,
+MountainCarContinuous-v0, LunarLanderContinuous-v3, BipedalWalker-v3 and
+`bench/box_tasks.py`'s PointMass-v0), our ACKTR with the `default` preset
+against it with the `mujoco` preset, the choice `--preset auto` makes for
+them; results in `bench/results/compare/box/`. Every suite takes any of
+the algorithms (`--algos`): `ours-reinforce`, `ours-ppo`, `ours-npg` too.
 
 Each run is a subprocess of one runner (`bench/run_ours.py`,
 `bench/run_sb3.py`, `bench/run_tfagents_ppo.py`), `--jobs` at a time, each
@@ -134,6 +141,18 @@ MUJOCO_TASKS = {
     )
 }
 
+# Box action spaces beyond MuJoCo, where `--preset auto` must pick between
+# the `default` and `mujoco` presets: Gymnasium's classic-control and Box2D
+# tasks and a custom one (`bench/box_tasks.py`), at budgets where ACKTR
+# learns them. No target: the presets compare by their curves (AUC).
+BOX_TASKS = {
+    "Pendulum-v1": dict(budget=200_000, quick=10_000, window=20),
+    "MountainCarContinuous-v0": dict(budget=300_000, quick=10_000, window=10),
+    "LunarLanderContinuous-v3": dict(budget=500_000, quick=10_000, window=20),
+    "BipedalWalker-v3": dict(budget=1_000_000, quick=10_000, window=10),
+    "box_tasks:PointMass-v0": dict(budget=100_000, quick=10_000, window=20),
+}
+
 # The paper's Atari setting, on the budget two cores allow. A game of Pong
 # lasts 800-4000 agent steps, so 1M steps give 250 or more games.
 ATARI_TASKS = {"ALE/Pong-v5": dict(budget=1_000_000, quick=20_000, window=10)}
@@ -146,6 +165,14 @@ ALGOS = {
     "ours-npg": ("run_ours.py", ["--algo", "npg"]),
     "ours-ppo": ("run_ours.py", ["--algo", "ppo"]),
     "ours-reinforce": ("run_ours.py", ["--algo", "reinforce"]),
+    "ours-acktr-default": (
+        "run_ours.py",
+        ["--algo", "acktr", "--preset", "default"],
+    ),
+    "ours-acktr-mujoco": (
+        "run_ours.py",
+        ["--algo", "acktr", "--preset", "mujoco"],
+    ),
     "sb3-a2c": ("run_sb3.py", ["--algo", "a2c"]),
     "sb3-ppo": ("run_sb3.py", ["--algo", "ppo"]),
     "sb3-trpo": ("run_sb3.py", ["--algo", "trpo"]),
@@ -173,6 +200,12 @@ SUITES = {
         tasks=MUJOCO_TASKS,
         algos=("ours-acktr", "ours-a2c", "ours-trpo", "sb3-ppo", "sb3-trpo"),
         directories=("mujoco", "mujoco-quick"),
+        metric="area under the curve",
+    ),
+    "box": dict(
+        tasks=BOX_TASKS,
+        algos=("ours-acktr-default", "ours-acktr-mujoco"),
+        directories=("box", "box-quick"),
         metric="area under the curve",
     ),
     "atari": dict(

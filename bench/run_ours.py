@@ -5,7 +5,8 @@
 
 The run is `python -m agents.train` with the preset for the task:
 `default` for discrete actions (CartPole-v1, LunarLander-v3) and `mujoco`
-(the ACKTR paper's continuous-control settings) for Box actions. Writes the
+(the ACKTR paper's continuous-control settings) for Box actions, what
+`--preset auto` (the default) picks; `--preset NAME` takes another. Writes the
 files `bench/runner_common.py` describes (`episodes.csv`, `summary.json`),
 plus the training run itself under `--out/run`. TensorFlow runs on one
 thread, as the third-party runners do, so two runs can share two cores.
@@ -28,11 +29,18 @@ from runner_common import (  # noqa: E402
     write_summary,
 )
 
-from agents import ALGORITHMS, Config, resolve, training  # noqa: E402
+from agents import ALGORITHMS, AUTO, PRESETS, Config, resolve, training  # noqa: E402
 from agents.presets import preset_for  # noqa: E402
 
 
-def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
+def run(
+    algo: str,
+    env_id: str,
+    seed: int,
+    total_steps: int,
+    out: str,
+    preset: str = AUTO,
+):
     """Trains one run and writes its files; returns the summary."""
     import tensorflow as tf
 
@@ -49,7 +57,8 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
         Config(
             algo=algo,
             env=env_id,
-            preset=preset_for(env_id),  # what agents.train's "auto" takes
+            # "auto": what agents.train's default takes.
+            preset=preset_for(env_id) if preset == AUTO else preset,
             seed=seed,
             total_steps=total_steps,
             logdir=logdir,
@@ -87,8 +96,21 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str):
 
 def main(argv=None) -> None:
     """Parses the command line, trains, prints a one-line result."""
-    _, args = parse_run_arguments(__doc__, str, argv, ALGORITHMS)
-    summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
+
+    def preset_argument(parser):
+        parser.add_argument("--preset", choices=(AUTO, *PRESETS), default=AUTO)
+
+    _, args = parse_run_arguments(
+        __doc__, str, argv, ALGORITHMS, preset_argument
+    )
+    summary = run(
+        args.algo,
+        args.env,
+        args.seed,
+        args.total_steps,
+        args.out,
+        args.preset,
+    )
     print(summary_line(summary))
 
 

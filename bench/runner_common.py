@@ -63,11 +63,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, env_type) -> None:
 
 
 def parse_run_arguments(
-    doc: str, env_type, argv=None, algorithms=None
+    doc: str, env_type, argv=None, algorithms=None, more_arguments=None
 ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     """A runner's command line: `--algo` (when `algorithms` lists the
-    choices), then `add_run_arguments`; the description is the first
-    paragraph of the runner's docstring `doc`.
+    choices), then `add_run_arguments`, then what `more_arguments(parser)`
+    adds; the description is the first paragraph of the runner's
+    docstring `doc`.
 
     Returns:
         `(parser, args)`: the parser, for errors the runner finds in the
@@ -80,6 +81,8 @@ def parse_run_arguments(
     if algorithms is not None:
         parser.add_argument("--algo", required=True, choices=algorithms)
     add_run_arguments(parser, env_type)
+    if more_arguments is not None:
+        more_arguments(parser)
     return parser, parser.parse_args(argv)
 
 

@@ -125,6 +125,27 @@ def test_the_runners_command_line():
         doc, str, "--env X --seed 3 --total-steps 1 --out o".split()
     )
     assert not hasattr(args, "algo") and args.seed == 3
+    _, args = runner_common.parse_run_arguments(
+        doc,
+        str,
+        "--env X --total-steps 1 --out o --preset mujoco".split(),
+        more_arguments=lambda p: p.add_argument("--preset"),
+    )
+    assert args.preset == "mujoco"
+
+
+@pytest.mark.slow
+def test_our_runner_takes_the_preset_it_is_given(tmp_path):
+    import run_ours
+
+    for preset in ("default", "mujoco"):
+        out = str(tmp_path / preset)
+        run_ours.main(
+            f"--algo acktr --env Pendulum-v1 --total-steps 40 --out {out} "
+            f"--preset {preset}".split()
+        )
+        with open(f"{out}/run/config.json") as f:
+            assert json.load(f)["preset"] == preset
 
 
 @pytest.mark.parametrize(
