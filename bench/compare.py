@@ -175,6 +175,11 @@ ALGOS = {
     ),
     "sb3-a2c": ("run_sb3.py", ["--algo", "a2c"]),
     "sb3-ppo": ("run_sb3.py", ["--algo", "ppo"]),
+    # SB3's PPO on our PPO's settings (`run_sb3.py --settings ours`).
+    "sb3-ppo-our-settings": (
+        "run_sb3.py",
+        ["--algo", "ppo", "--settings", "ours"],
+    ),
     "sb3-trpo": ("run_sb3.py", ["--algo", "trpo"]),
     "tfagents-ppo": ("run_tfagents_ppo.py", []),
 }

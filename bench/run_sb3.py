@@ -22,6 +22,13 @@ is the library's defaults. Interpreted as the zoo does:
 - a `policy_kwargs` string (`"dict(..., activation_fn=nn.ReLU, ...)"`)
   is written out as the dict it evaluates to, the activation by name.
 
+`--settings ours` trains SB3 PPO instead with this project's own PPO
+settings for the task (`agents.presets`, the preset `--preset auto` picks):
+the same copies, steps, minibatches, passes, rates, coefficients and
+clipping, `VecNormalize` for what the preset normalizes (observations,
+rewards), the policy SB3's `MlpPolicy` (64-64 tanh, as the presets'
+networks): a comparison of two implementations on one set of settings.
+
 Training runs on the CPU with one torch thread (intra- and inter-op), so
 that two runs can share the machine's two cores without oversubscribing
 them. Each environment copy sits in a `Monitor` under the vector env (and
@@ -303,7 +310,6 @@ ZOO = {
     },
 }
 
-ENVS = sorted({env for entries in ZOO.values() for env in entries})
 SCHEDULED = ("learning_rate", "clip_range")
 
 
@@ -357,15 +363,62 @@ class EpisodeCallback(BaseCallback):
         return True
 
 
-def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
-    """Trains one run and writes its files; returns the summary."""
-    entry = ZOO[algo][env_id]
+def our_ppo_entry(env_id: str) -> dict:
+    """A `ZOO`-style entry of this project's PPO settings for `env_id`,
+    in SB3's names, and what `VecNormalize` normalizes."""
+    from agents.presets import preset_for, settings
+
+    preset = preset_for(env_id)
+    ours = settings(preset, "ppo")
+    if ours["lr_schedule"] != "constant" or ours["critic"] != "joint":
+        raise ValueError(
+            "--settings ours covers PPO with a constant rate and the joint "
+            f"critic. Received: the {preset!r} preset's {ours}"
+        )
+    return {
+        "source": f"agents.presets {preset!r} ppo",
+        "n_timesteps": None,
+        "hyperparameters": {
+            "n_envs": ours["num_envs"],
+            "n_steps": ours["n_steps"],
+            "batch_size": ours["minibatch_size"],
+            "n_epochs": ours["n_epochs"],
+            "learning_rate": ours["learning_rate"],
+            "gamma": ours["gamma"],
+            "gae_lambda": ours["gae_lambda"],
+            "clip_range": ours["clip_range"],
+            "ent_coef": ours["ent_coef"],
+            "vf_coef": ours["vf_coef"],
+            "max_grad_norm": ours["max_grad_norm"],
+            "normalize_advantage": ours["normalize_advantages"],
+        },
+        "normalize": {
+            "norm_obs": ours["normalize_observations"],
+            "norm_reward": ours["scale_rewards"],
+        },
+    }
+
+
+def run(
+    algo: str,
+    env_id: str,
+    seed: int,
+    total_steps: int,
+    out: str,
+    entry: dict | None = None,
+) -> dict:
+    """Trains one run and writes its files; returns the summary. `entry`
+    defaults to the zoo's, `ZOO[algo][env_id]`."""
+    entry = ZOO[algo][env_id] if entry is None else entry
     n_envs, normalize, kwargs = model_arguments(entry["hyperparameters"])
     env = make_vec_env(
         env_id, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv
     )
     if normalize:  # as the zoo: VecNormalize discounts with the algo's gamma
         env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
+    wanted = entry.get("normalize")
+    if wanted and any(wanted.values()):
+        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99), **wanted)
     model = ALGORITHMS[algo](
         "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs
     )
@@ -392,10 +445,13 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
         episodes=len(log.rows),
         hyperparameters={
             "n_envs": n_envs,
-            "normalize": normalize,
+            # The zoo's flag, or what `--settings ours` normalizes.
+            "normalize": entry.get("normalize", normalize),
             **entry["hyperparameters"],
         },
-        source=f"rl-baselines3-zoo {entry['source']}",
+        source=entry["source"]
+        if entry.get("normalize") is not None
+        else f"rl-baselines3-zoo {entry['source']}",
         zoo_n_timesteps=entry["n_timesteps"],
         versions={
             "stable_baselines3": stable_baselines3.__version__,
@@ -407,8 +463,25 @@ def run(algo: str, env_id: str, seed: int, total_steps: int, out: str) -> dict:
 
 def main(argv=None) -> None:
     """Parses the command line, trains, prints a one-line result."""
-    parser, args = parse_run_arguments(__doc__, ENVS, argv, sorted(ALGORITHMS))
-    if args.env not in ZOO[args.algo]:
+
+    def settings_argument(parser):
+        parser.add_argument(
+            "--settings", choices=("zoo", "ours"), default="zoo"
+        )
+
+    parser, args = parse_run_arguments(
+        __doc__, str, argv, sorted(ALGORITHMS), settings_argument
+    )
+    entry = None
+    if args.settings == "ours":
+        if args.algo != "ppo":
+            parser.error(
+                "--settings ours is for ppo, the one algorithm both "
+                f"libraries have with the same settings. Received: --algo "
+                f"{args.algo}"
+            )
+        entry = our_ppo_entry(args.env)
+    elif args.env not in ZOO[args.algo]:
         parser.error(
             f"no zoo settings for {args.algo} on {args.env} (it has "
             f"{', '.join(sorted(ZOO[args.algo]))}). Received: --algo "
@@ -416,7 +489,9 @@ def main(argv=None) -> None:
         )
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    summary = run(args.algo, args.env, args.seed, args.total_steps, args.out)
+    summary = run(
+        args.algo, args.env, args.seed, args.total_steps, args.out, entry
+    )
     print(summary_line(summary))
 
 
