@@ -68,13 +68,15 @@ class RewardScaler(tf.Module):
             tf.zeros([copies]),
         )
 
-        def step(previous, inputs):
+        def step(state, inputs):
+            """`(R carried to t + 1, R_t)` from `R` carried to `t`."""
+            previous, _ = state
             r, is_valid, goes_on = inputs
             current = is_valid * (self.gamma * previous + r)
             return current * goes_on, current
 
         carried, returns = tf.scan(
-            lambda state, inputs: step(state[0], inputs),
+            step,
             (
                 tf.transpose(rewards),
                 tf.transpose(valid),
