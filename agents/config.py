@@ -177,7 +177,8 @@ class Config:
         algos=tuple(a for a in ALGORITHMS if a != "reinforce"),
     )
     normalize_advantages: bool = option(
-        FROM_PRESET, "standardize the advantages over the batch"
+        FROM_PRESET,
+        "standardize the advantages over the batch (ppo: over each minibatch)",
     )
     scale_rewards: bool = option(
         FROM_PRESET,
