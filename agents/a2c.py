@@ -10,6 +10,7 @@ a clean ablation of the K-FAC step.
 import keras
 import tensorflow as tf
 
+from agents.checks import check_keras_optimizer
 from agents.gradients import apply_gradients
 from agents.on_policy import OnPolicyActorCriticAgent
 from agents.optimizers import a2c_optimizer, agent_arguments
@@ -42,11 +43,7 @@ class A2CAgent(OnPolicyActorCriticAgent):
         **kwargs,
     ):
         optimizer = a2c_optimizer() if optimizer is None else optimizer
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "optimizer must be a keras.optimizers.Optimizer. "
-                f"Received: {optimizer!r}"
-            )
+        check_keras_optimizer("optimizer", optimizer)
         super().__init__(
             time_step_spec,
             action_spec,

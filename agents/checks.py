@@ -18,3 +18,13 @@ def check_unit_interval(name: str, value) -> None:
 def check_non_negative(name: str, value) -> None:
     if not value >= 0.0:
         raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
+
+
+def check_keras_optimizer(name: str, value) -> None:
+    # Keras loads on use: agents.config imports this module for `--help`.
+    import keras
+
+    if not isinstance(value, keras.optimizers.Optimizer):
+        raise ValueError(
+            f"{name} must be a keras.optimizers.Optimizer. Received: {value!r}"
+        )

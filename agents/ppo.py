@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from agents import losses
-from agents.checks import check_positive_integer
+from agents.checks import check_keras_optimizer, check_positive_integer
 from agents.gradients import apply_gradients
 from agents.minibatches import shuffled_rows
 from agents.on_policy import ActorCriticLossInfo, OnPolicyActorCriticAgent
@@ -127,11 +127,7 @@ class PpoAgent(OnPolicyActorCriticAgent):
         **kwargs,
     ):
         optimizer = ppo_optimizer() if optimizer is None else optimizer
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "optimizer must be a keras.optimizers.Optimizer. "
-                f"Received: {optimizer!r}"
-            )
+        check_keras_optimizer("optimizer", optimizer)
         if objective not in OBJECTIVES:
             raise ValueError(
                 f"objective must be one of {OBJECTIVES}. "

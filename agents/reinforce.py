@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from agents import advantages as advantages_lib
 from agents import losses
+from agents.checks import check_keras_optimizer
 from agents.gradients import apply_gradients
 from agents.on_policy import OnPolicyActorCriticAgent
 from agents.optimizers import agent_arguments, reinforce_optimizer
@@ -65,11 +66,7 @@ class ReinforceAgent(OnPolicyActorCriticAgent):
         **kwargs,
     ):
         optimizer = reinforce_optimizer() if optimizer is None else optimizer
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "optimizer must be a keras.optimizers.Optimizer. "
-                f"Received: {optimizer!r}"
-            )
+        check_keras_optimizer("optimizer", optimizer)
         for setting in ("gae_lambda", "vf_coef"):
             if kwargs.get(setting) is not None:
                 raise ValueError(

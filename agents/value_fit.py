@@ -19,7 +19,7 @@ from tf_agents.trajectories import time_step as ts
 
 import keras_kfac
 from agents import losses
-from agents.checks import check_positive_integer
+from agents.checks import check_keras_optimizer, check_positive_integer
 from agents.gradients import apply_gradients, fisher_then_loss_gradients
 from agents.minibatches import shuffled_rows
 from agents.on_policy_checks import probe_observations
@@ -29,11 +29,7 @@ def check_arguments(
     value_optimizer, epochs: int, minibatch_size: int | None
 ) -> None:
     """Raises `ValueError` unless the arguments describe a value fit."""
-    if not isinstance(value_optimizer, keras.optimizers.Optimizer):
-        raise ValueError(
-            "value_optimizer must be a keras.optimizers.Optimizer. "
-            f"Received: {value_optimizer!r}"
-        )
+    check_keras_optimizer("value_optimizer", value_optimizer)
     check_positive_integer("value_epochs", epochs)
     if minibatch_size is not None:
         check_positive_integer("value_minibatch_size", minibatch_size)
