@@ -4,6 +4,10 @@ import keras
 
 from keras_kfac import layers
 from keras_kfac.layers.einsum_dense import EinsumRoles
+from keras_kfac.layers.weight_sharing import (
+    WeightShared,
+    check_weight_sharing,
+)
 
 _REPLACEMENTS = {
     keras.layers.Dense: layers.Dense,
@@ -29,7 +33,7 @@ _REPLACEMENTS = {
 }
 
 
-def convert(model: keras.Model) -> keras.Model:
+def convert(model: keras.Model, weight_sharing: str = "expand") -> keras.Model:
     """A copy of `model` whose `Dense`, `EinsumDense`, `MultiHeadAttention`,
     `Conv1D`, `Conv2D`, `Conv3D` (and their `Transpose` variants),
     `DepthwiseConv1D`, `DepthwiseConv2D`, `SeparableConv1D`,
@@ -50,6 +54,12 @@ def convert(model: keras.Model) -> keras.Model:
 
     Args:
         model: A built Sequential or functional Keras model.
+        weight_sharing: How every layer that applies its weights at many
+            positions of an example (`Dense` on sequences, `EinsumDense`,
+            attention, the convolutions) enters the factors: `"expand"`
+            (every (example, position) a row) or `"reduce"` (each example's
+            positions reduced first: the factors cost a position's share,
+            `keras_kfac.layers.weight_sharing`). Defaults to `"expand"`.
 
     Returns:
         A new, uncompiled model.
@@ -58,6 +68,7 @@ def convert(model: keras.Model) -> keras.Model:
         raise TypeError(
             f"convert expects a keras.Model. Received: {type(model).__name__}"
         )
+    check_weight_sharing(weight_sharing)
     if not model.built:
         raise ValueError(
             f"convert needs a built model; {model.name!r} has no weights yet. "
@@ -86,7 +97,10 @@ def convert(model: keras.Model) -> keras.Model:
             kind = None
         if kind is None:
             return layer.__class__.from_config(layer.get_config())
-        return kind.from_config(layer.get_config())
+        config = layer.get_config()
+        if issubclass(kind, (WeightShared, layers.MultiHeadAttention)):
+            config["weight_sharing"] = weight_sharing
+        return kind.from_config(config)
 
     try:
         converted = keras.models.clone_model(

@@ -22,6 +22,7 @@ treats every (example, position) pair as a row, as for convolutions:
 positions of each example, `â = (1/R) Σ_r a`, `ĝ = Σ_r g`, then
 `A = E_n[â âᵀ]`, `G = E_n[ĝ ĝᵀ]`: exact where the loss sees the positions
 only through a sum (a pooled classifier), and `R` times cheaper.
+A convolution takes either too, its patches being its positions.
 
 Embeddings: `a` is the one-hot row `e_t` of each token, so `A = diag(a)`
 with `a` the token frequencies over the (example, position) rows, and `g`
@@ -83,28 +84,32 @@ def dense_inputs(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, (-1, tf.shape(x)[-1]))
 
 
-def shared_rows(
-    t: tf.Tensor, permutation, width: int, reduction: str | None
-) -> tf.Tensor:
-    """Rows of `a` (or of `∂L/∂s`) for a weight-shared layer.
+def shared_rows(t: tf.Tensor, permutation, width: int) -> tf.Tensor:
+    """Rows of `a` (or of `∂L/∂s`) for a weight-shared layer: one per
+    (example, position), example-major.
 
     Args:
         t: The layer input (or the gradient at its output).
         permutation: Orders the axes of `t` as (batch, shared positions...,
             features...); `None` when they already are.
         width: The product of the feature sizes.
-        reduction: `None` (expand: each (example, position) is a row),
-            `"mean"` (reduce the positions of `a`) or `"sum"` (reduce the
-            positions of `∂L/∂s`).
     """
     if permutation is not None:
         t = tf.transpose(t, permutation)
-    if reduction is None:
-        return tf.reshape(t, (-1, width))
-    t = tf.reshape(t, (tf.shape(t)[0], -1, width))
+    return tf.reshape(t, (-1, width))
+
+
+def reduce_positions(
+    rows: tf.Tensor, batch_size: tf.Tensor, reduction: str
+) -> tf.Tensor:
+    """K-FAC-reduce's rows: each example's positions of `rows` (shape
+    `(batch_size · R, width)`, example-major) reduced to one row,
+    `reduction="mean"` for `â = (1/R) Σ_r a`, `"sum"` for `ĝ = Σ_r g`."""
+    rows = tf.cast(rows, tf.float32)
+    rows = tf.reshape(rows, (batch_size, -1, tf.shape(rows)[-1]))
     if reduction == "mean":
-        return tf.reduce_mean(t, axis=1)
-    return tf.reduce_sum(t, axis=1)
+        return tf.reduce_mean(rows, axis=1)
+    return tf.reduce_sum(rows, axis=1)
 
 
 def conv2d_patches(
@@ -296,21 +301,16 @@ def channelwise_input_factor(
 
 
 def channelwise_output_factor(
-    ds: tf.Tensor,
-    batch_size: tf.Tensor,
-    num_replicas: int,
-    channels_axis: int,
-    channels: int,
+    ds: tf.Tensor, batch_size: tf.Tensor, num_replicas: int, channels: int
 ) -> tf.Tensor:
     """Per-channel `G_c = (1/n) Σ_{i,t} g_c g_cᵀ` with `g = n · ∂L/∂s` and
     `g_c` the `M` outputs of input channel `c` (output channels
     `c · M … c · M + M - 1`, as TensorFlow lays out a depthwise
-    convolution), shape `(channels, M, M)`; otherwise as `output_factor`.
+    convolution), shape `(channels, M, M)`, from the rows of `∂L/∂s`
+    (`(rows, channels · M)`); otherwise as `output_factor`.
     """
     ds = tf.cast(ds, tf.float32)
-    if channels_axis != -1 and channels_axis != len(ds.shape) - 1:
-        ds = tf.experimental.numpy.moveaxis(ds, channels_axis, -1)
-    ds = tf.reshape(ds, (-1, channels, tf.shape(ds)[-1] // channels))
+    ds = tf.reshape(ds, (tf.shape(ds)[0], channels, -1))
     n_local = tf.cast(batch_size, tf.float32)
     n_global = n_local * num_replicas
     GG = tf.einsum("rcm,rcp->cmp", ds, ds)

@@ -25,6 +25,14 @@ from keras_kfac import layers
 from keras_kfac.channel_blocks import ChannelwiseKroneckerBlock
 
 
+def keras_twin(layer):
+    """The Keras layer of `layer`'s class and configuration (less the
+    `weight_sharing` only ours takes)."""
+    config = layer.get_config()
+    config.pop("weight_sharing")
+    return getattr(keras.layers, type(layer).__name__).from_config(config)
+
+
 def jacobian_patches(plain, x):
     """Rows `a_u` of a transposed convolution, from autodiff: `s` is linear
     in the kernel `W` of shape `(*k, out, in)`, and `a_u[κ, c]` is
@@ -70,7 +78,7 @@ TRANSPOSED = {
 def test_transposed_factors_match_jacobian_patches(rng, name):
     cls, kwargs, shape = TRANSPOSED[name]
     ours = cls(3, 3 if cls is not layers.Conv3DTranspose else 2, **kwargs)
-    plain = getattr(keras.layers, cls.__name__).from_config(ours.get_config())
+    plain = keras_twin(ours)
     x = rng.normal(size=shape).astype("float32")
     error = plain_error(plain, x)
     if error is not None:
@@ -151,7 +159,7 @@ def test_depthwise_factors_are_per_channel_patch_formulas(rng, name):
     layer = cls(k, **kwargs)
     x = rng.normal(size=shape).astype("float32")
     layer.build(shape)
-    plain = getattr(keras.layers, cls.__name__).from_config(layer.get_config())
+    plain = keras_twin(layer)
     plain.build(shape)
     plain.set_weights(layer.get_weights())
     np.testing.assert_allclose(layer(x), plain(x), rtol=1e-6, atol=1e-6)

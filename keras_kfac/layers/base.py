@@ -58,16 +58,13 @@ class KFACLayer:
 
     def _input_factor(self, x: tf.Tensor) -> tf.Tensor:
         """The batch `A` from the layer input `x`."""
-        return curvature.input_factor(self._input_rows(x), self.use_bias)
+        raise NotImplementedError
 
     def _output_factor(self, x, ds, replicas: int) -> tf.Tensor:
         """The batch `G` from the gradient `ds` at the output."""
         return curvature.output_factor(
             ds, tf.shape(x)[0], replicas, self._channels_axis()
         )
-
-    def _input_rows(self, x: tf.Tensor) -> tf.Tensor:
-        raise NotImplementedError
 
     def _channels_axis(self) -> int:
         return -1

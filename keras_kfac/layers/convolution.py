@@ -5,11 +5,15 @@ import keras
 import tensorflow as tf
 
 from keras_kfac import curvature
-from keras_kfac.layers.base import KFACLayer
+from keras_kfac.layers.weight_sharing import WeightShared
 
 
-class _Convolution(KFACLayer):
-    """What the convolutions share: no groups, channels by format."""
+class _Convolution(WeightShared):
+    """What the convolutions share: no groups, channels by format, and
+    `weight_sharing` over the output positions: `"expand"` (the default,
+    every (example, patch) a row, Grosse & Martens 2016) or `"reduce"`
+    (each example's patches averaged in `a` and its positions' gradients
+    summed in `g`, `keras_kfac.layers.weight_sharing`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

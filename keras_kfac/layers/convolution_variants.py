@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from keras_kfac import blocks, channel_blocks, curvature, statistics
-from keras_kfac.layers.base import KFACLayer
+from keras_kfac.layers.weight_sharing import WeightShared
 
 
 def _add_bias(s: tf.Tensor, bias, channels_axis: int) -> tf.Tensor:
@@ -37,8 +37,10 @@ def _add_bias(s: tf.Tensor, bias, channels_axis: int) -> tf.Tensor:
     return s + tf.reshape(bias, shape)
 
 
-class _Variant(KFACLayer):
-    """What the variants share: the channels axis by data format."""
+class _Variant(WeightShared):
+    """What the variants share: the channels axis by data format, and
+    `weight_sharing` (`keras_kfac.layers.weight_sharing`) over the output
+    positions."""
 
     def _channels_first(self) -> bool:
         return self.data_format == "channels_first"
@@ -147,23 +149,25 @@ class _DepthwiseFactors(_Variant):
             data_format=layer.data_format,
         )
 
-    def _input_factor(self, x):
+    def _input_rows(self, x):
         E = curvature.depthwise_unit_kernel(
             self._geometry().kernel_size, self._input_channels
         )
         patches = self._depthwise(tf.cast(x, tf.float32), E)
+        return curvature.channel_rows(patches, self._channels_first())
+
+    def _input_factor(self, x):
         return curvature.channelwise_input_factor(
-            curvature.channel_rows(patches, self._channels_first()),
+            self._shared(self._input_rows(x), x, "mean"),
             self._input_channels,
             self.kfac_bias is not None,
         )
 
     def _output_factor(self, x, ds, replicas):
         return curvature.channelwise_output_factor(
-            ds,
+            self._shared(self._output_rows(ds), x, "sum"),
             tf.shape(x)[0],
             replicas,
-            self._channels_axis(),
             self._input_channels,
         )
 
@@ -204,6 +208,7 @@ class SeparableDepthwiseStage(_DepthwiseFactors):
         self.name = f"{layer.name}_depthwise"
         self.kfac_kind = f"{type(layer).__name__} depthwise"
         self.data_format = layer.data_format
+        self.weight_sharing = layer.weight_sharing
         self._build_statistics()
 
     def _geometry(self):

@@ -4,15 +4,19 @@ import keras
 import tensorflow as tf
 
 from keras_kfac import curvature
-from keras_kfac.layers.base import KFACLayer
+from keras_kfac.layers.weight_sharing import WeightShared
 
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
-class Dense(KFACLayer, keras.layers.Dense):
+class Dense(WeightShared, keras.layers.Dense):
     """`keras.layers.Dense` that records its K-FAC factors when training.
 
-    Same arguments and weights as `keras.layers.Dense`. Inputs of rank > 2
-    treat every leading position as a row of `a`.
+    Same arguments and weights as `keras.layers.Dense`, and
+    `weight_sharing` for inputs of rank > 2, whose leading axes after the
+    batch are positions sharing the kernel: `"expand"` (the default) makes
+    every (example, position) a row of `A` and `G`, `"reduce"` averages
+    each example's positions in `a` and sums them in `g` first
+    (`keras_kfac.layers.weight_sharing`).
     """
 
     def _input_rows(self, x):

@@ -17,9 +17,7 @@ import keras
 import tensorflow as tf
 
 from keras_kfac import blocks, curvature
-from keras_kfac.layers.base import KFACLayer
-
-WEIGHT_SHARING = ("expand", "reduce")
+from keras_kfac.layers.weight_sharing import WeightShared, check_weight_sharing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +104,6 @@ class EinsumRoles:
         return True
 
 
-def _check_weight_sharing(weight_sharing) -> None:
-    if weight_sharing not in WEIGHT_SHARING:
-        raise ValueError(
-            f"weight_sharing must be one of {WEIGHT_SHARING}. "
-            f"Received: weight_sharing={weight_sharing!r}"
-        )
-
-
 def _expand_ellipsis(equation: str, input_rank: int) -> tuple[str, str, str]:
     """`(inputs, kernel, output)` with `...` replaced by unused letters."""
     try:
@@ -140,7 +130,7 @@ def _permutation(letters: str, order) -> tuple | None:
 
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
-class EinsumDense(KFACLayer, keras.layers.EinsumDense):
+class EinsumDense(WeightShared, keras.layers.EinsumDense):
     """`keras.layers.EinsumDense` that records its K-FAC factors when
     training.
 
@@ -163,15 +153,13 @@ class EinsumDense(KFACLayer, keras.layers.EinsumDense):
 
     block_type = blocks.PermutedKroneckerBlock
 
-    def __init__(self, *args, weight_sharing: str = "expand", **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        _check_weight_sharing(weight_sharing)
         if self.lora_rank:
             raise ValueError(
                 "keras_kfac.layers.EinsumDense does not support LoRA. "
                 f"Received: lora_rank={self.lora_rank}"
             )
-        self.weight_sharing = weight_sharing
 
     def build(self, input_shape):
         # Checked before any weight exists: a bad equation fails alone.
@@ -211,25 +199,19 @@ class EinsumDense(KFACLayer, keras.layers.EinsumDense):
     def _kernel_letters(self) -> str:
         return self.equation.replace(" ", "").split("->")[0].split(",")[1]
 
-    def _reduction(self, reduced: str) -> str | None:
-        return reduced if self.weight_sharing == "reduce" else None
-
     def _input_rows(self, x):
         return curvature.shared_rows(
             tf.cast(x, tf.float32),
             self.roles.input_permutation,
             self.kfac_dimensions()[0] - self.use_bias,
-            self._reduction("mean"),
         )
 
-    def _output_factor(self, x, ds, replicas):
-        rows = curvature.shared_rows(
+    def _output_rows(self, ds):
+        return curvature.shared_rows(
             tf.cast(ds, tf.float32),
             self.roles.output_permutation,
             self.kfac_dimensions()[1],
-            self._reduction("sum"),
         )
-        return curvature.output_factor(rows, tf.shape(x)[0], replicas, -1)
 
     def enable_lora(self, *args, **kwargs):
         raise ValueError(
@@ -250,9 +232,6 @@ class EinsumDense(KFACLayer, keras.layers.EinsumDense):
             s = s + self.bias
         return self._finish(inputs, s, training)
 
-    def get_config(self):
-        return {**super().get_config(), "weight_sharing": self.weight_sharing}
-
 
 @keras.saving.register_keras_serializable(package="keras_kfac")
 class MultiHeadAttention(keras.layers.MultiHeadAttention):
@@ -269,7 +248,7 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
 
     def __init__(self, *args, weight_sharing: str = "expand", **kwargs):
         super().__init__(*args, **kwargs)
-        _check_weight_sharing(weight_sharing)
+        check_weight_sharing(weight_sharing)
         self.weight_sharing = weight_sharing
 
     def build(self, query_shape, value_shape, key_shape=None):
