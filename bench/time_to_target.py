@@ -9,7 +9,9 @@ models of `bench/workloads.py`.
 
 Optimizers: `kfac-recommended` (the README's recommendation for a user who
 does not tune: `keras_kfac.TrueFisherModel` around `keras_kfac.convert` of
-the model, compiled with its default, the adaptive `KFAC`), `kfac` (the
+the model, compiled with its default, the adaptive `KFAC`), `kfac-reduce`
+(the same with `convert(model, weight_sharing="reduce")`: K-FAC-reduce
+for the convolutions, attention and Dense layers on sequences), `kfac` (the
 KL-clipped `keras_kfac.KFAC()` on the converted model), and Keras' `adam`,
 `adamw`, `muon` and `sgd` (momentum 0.9). Trial 0 of each is its defaults;
 `--trials N` adds N settings drawn from its declared search space (the same
@@ -64,6 +66,13 @@ SEARCH_SPACES = {
     "adamw": {"learning_rate": (1e-4, 1e-2), "weight_decay": (1e-4, 0.1)},
     "muon": {"learning_rate": (1e-3, 0.1)},
     "sgd": {"learning_rate": (1e-3, 0.3)},
+    "kfac-reduce": {"kl_clip": (1e-2, 1.0), "damping": (1e-3, 1.0)},
+}
+# The adaptive K-FAC through `TrueFisherModel`, by how `convert` shares
+# weights over positions.
+TRUE_FISHER_WEIGHT_SHARING = {
+    "kfac-recommended": "expand",
+    "kfac-reduce": "reduce",
 }
 OPTIMIZERS = tuple(SEARCH_SPACES)
 
@@ -88,10 +97,11 @@ def compiled_model(workload, optimizer: str, settings: dict):
 
     model = workload.build()
     metrics = [] if workload.metric == "loss" else [workload.metric]
-    if optimizer == "kfac-recommended":
-        model = keras_kfac.TrueFisherModel(
-            keras_kfac.convert(model), workload.distribution
+    if optimizer in TRUE_FISHER_WEIGHT_SHARING:
+        converted = keras_kfac.convert(
+            model, TRUE_FISHER_WEIGHT_SHARING[optimizer]
         )
+        model = keras_kfac.TrueFisherModel(converted, workload.distribution)
         chosen = keras_kfac.KFAC(adaptive=True, **settings)
     elif optimizer == "kfac":
         model = keras_kfac.convert(model)
