@@ -3,6 +3,8 @@
     python bench/step_cost.py                 # about 45 minutes
     python bench/step_cost.py --steps 60      # a quick look
     python bench/step_cost.py --models transformer --batch-sizes 32 128
+    python bench/step_cost.py --models "CNN 2xconv32-128-10" \
+        --weight-sharing reduce
 
 For each model (MLP 64-256-256-10, MLP 64-1024-1024-10, the digits CNN;
 `--models transformer`: the time-to-target suite's transformer classifier
@@ -34,7 +36,10 @@ process, each from the same weights:
   `statistics_update_freq=10` (the Fisher pass and the factors on one
   step in ten).
 
-`--jit` compiles every train step with XLA (`jit_compile=True`).
+`--jit` compiles every train step with XLA (`jit_compile=True`);
+`--weight-sharing reduce` converts the `keras_kfac` rows' models with
+K-FAC-reduce (`keras_kfac.convert(model, weight_sharing="reduce")`);
+`--optimizers` times a subset of the rows.
 Prints Markdown for BENCHMARKS.md.
 """
 
@@ -73,13 +78,13 @@ class BatchTimer(keras.callbacks.Callback):
 
 
 def mlp(width):
-    def build(layers):
+    def build():
         return keras.Sequential(
             [
                 keras.Input((64,)),
-                layers.Dense(width, activation="tanh"),
-                layers.Dense(width, activation="tanh"),
-                layers.Dense(10),
+                keras.layers.Dense(width, activation="tanh"),
+                keras.layers.Dense(width, activation="tanh"),
+                keras.layers.Dense(10),
             ]
         )
 
@@ -104,57 +109,54 @@ def digits_batches(shape):
     return batches
 
 
-def suite_transformer(layers):
-    """The time-to-target suite's transformer classifier, of Keras' layers
-    or converted to `keras_kfac`'s."""
-    model = WORKLOADS["transformer"].build()
-    return model if layers is keras.layers else keras_kfac.convert(model)
-
-
 def transformer_batches(batch_size, steps):
     """The suite's byte sequences, in `steps` batches of `batch_size`."""
     x, y, _, _ = WORKLOADS["transformer"].data(0)
     return repeated(x, y, batch_size, steps)
 
 
-# label -> (build(layers), batches(batch_size, steps))
+# label -> (build() of Keras' layers, batches(batch_size, steps))
 MODELS = {
     "MLP 64-256-256-10": (mlp(256), digits_batches((64,))),
     "MLP 64-1024-1024-10": (mlp(1024), digits_batches((64,))),
-    "CNN 2xconv32-128-10": (cnn, digits_batches((8, 8, 1))),
-    "transformer": (suite_transformer, transformer_batches),
+    "CNN 2xconv32-128-10": (
+        lambda: cnn(keras.layers),
+        digits_batches((8, 8, 1)),
+    ),
+    "transformer": (WORKLOADS["transformer"].build, transformer_batches),
 }
 DIGITS_MODELS = [label for label in MODELS if label != "transformer"]
 
-# name -> (optimizer, the layers of the model it trains, the model's wrapper)
+# name -> (optimizer, whether it trains the model `keras_kfac.convert`ed,
+# the model's wrapper)
 OPTIMIZERS = {
-    "Adam": (lambda: keras.optimizers.Adam(1e-3), keras.layers, None),
+    "Adam": (lambda: keras.optimizers.Adam(1e-3), False, None),
     "Adam, keras_kfac layers": (
         lambda: keras.optimizers.Adam(1e-3),
-        keras_kfac.layers,
+        True,
         None,
     ),
-    "KFAC": (lambda: keras_kfac.KFAC(), keras_kfac.layers, None),
+    "KFAC": (lambda: keras_kfac.KFAC(), True, None),
     "KFAC factored": (
         lambda: keras_kfac.KFAC(damping_mode="factored"),
-        keras_kfac.layers,
+        True,
         None,
     ),
     "KFAC factored, statistics every 10": (
         lambda: keras_kfac.KFAC(
             damping_mode="factored", statistics_update_freq=10
         ),
-        keras_kfac.layers,
+        True,
         None,
     ),
     "KFAC adaptive, TrueFisherModel": (
         lambda: keras_kfac.KFAC(adaptive=True),
-        keras_kfac.layers,
+        True,
         lambda model: keras_kfac.TrueFisherModel(model, "categorical"),
     ),
     "KFAC adaptive, TrueFisherModel, statistics every 10": (
         lambda: keras_kfac.KFAC(adaptive=True, statistics_update_freq=10),
-        keras_kfac.layers,
+        True,
         lambda model: keras_kfac.TrueFisherModel(model, "categorical"),
     ),
 }
@@ -184,7 +186,25 @@ def main():
         "--models", nargs="+", choices=list(MODELS), default=DIGITS_MODELS
     )
     parser.add_argument("--jit", action="store_true")
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        choices=list(OPTIMIZERS),
+        default=list(OPTIMIZERS),
+        help="the rows to time (Adam's, the ratios' base, always)",
+    )
+    parser.add_argument(
+        "--weight-sharing",
+        choices=("expand", "reduce"),
+        default="expand",
+        help="how `keras_kfac.convert` treats positions sharing weights",
+    )
     args = parser.parse_args()
+    rows = {
+        name: OPTIMIZERS[name]
+        for name in OPTIMIZERS
+        if name == "Adam" or name in args.optimizers
+    }
     keras.utils.set_random_seed(0)
 
     print(
@@ -202,20 +222,22 @@ def main():
     print("|---|---|" + "---|" * len(sizes))
     for label in args.models:
         build, batches = MODELS[label]
-        initial = build(keras.layers).get_weights()
-        means = {name: [] for name in OPTIMIZERS}
+        initial = build().get_weights()
+        means = {name: [] for name in rows}
         for batch_size in sizes:
             x, y = batches(batch_size, args.steps)
-            times = {name: [] for name in OPTIMIZERS}
+            times = {name: [] for name in rows}
             for _ in range(args.repeats):
-                for name, (make, layers, wrap) in OPTIMIZERS.items():
-                    model = build(layers)
+                for name, (make, converted, wrap) in rows.items():
+                    model = build()
                     model.set_weights(initial)
+                    if converted:
+                        model = keras_kfac.convert(model, args.weight_sharing)
                     model = wrap(model) if wrap else model
                     times[name] += step_times(
                         model, make(), x, y, batch_size, args.steps, args.jit
                     )
-            for name in OPTIMIZERS:
+            for name in rows:
                 means[name].append(statistics.mean(times[name]))
         for name, row in means.items():
             cells = " | ".join(

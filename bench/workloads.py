@@ -37,6 +37,10 @@ it becomes a default:
   target.
 - `bn_mlp`: the flattened digits by a 256-256 MLP with batch
   normalization before each ReLU; validation accuracy.
+- `vit`: the digits as a sequence of 16 patches of 2 x 2 pixels, by a
+  one-block vision transformer (a Dense patch embedding, learned position
+  embeddings, multi-head attention, layer normalization, a feed-forward
+  block, average pooling over the patches); validation accuracy.
 """
 
 import dataclasses
@@ -216,6 +220,19 @@ def frequency_data(seed: int, examples: int = 4000, steps: int = 30):
     )
 
 
+def patch_data(seed: int, patch: int = 2):
+    """The digits as sequences of their `patch` x `patch` patches, row by
+    row, each flattened: shape `(examples, (8 / patch)², patch²)`."""
+    x_train, y_train, x_val, y_val = digits_data(seed, images=False)
+
+    def patches(x):
+        side = 8 // patch
+        x = x.reshape(-1, side, patch, side, patch).transpose(0, 1, 3, 2, 4)
+        return x.reshape(-1, side * side, patch * patch)
+
+    return patches(x_train), y_train, patches(x_val), y_val
+
+
 def friedman_data(seed: int, examples: int = 5000):
     from sklearn.datasets import make_friedman1
 
@@ -366,6 +383,21 @@ def bn_mlp_model():
     return keras.Sequential(layers + [keras.layers.Dense(10)])
 
 
+def vit_model():
+    import keras
+
+    inputs = keras.Input((16, 4))
+    h = keras.layers.Dense(32)(inputs)
+    h = h + keras.layers.Embedding(16, 32)(keras.ops.arange(16))
+    a = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([h, a]))
+    f = keras.layers.Dense(64, activation="relu")(h)
+    f = keras.layers.Dense(32)(f)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([h, f]))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10)(h))
+
+
 def _sparse_crossentropy():
     import keras
 
@@ -438,5 +470,6 @@ HELD_OUT = {
             20,
             2,
         ),
+        _classifier("vit", vit_model, patch_data, 30, 2),
     )
 }

@@ -147,6 +147,17 @@ def test_the_source_lines_are_labelled_by_package():
     assert all(24 <= len(line) <= workloads.SEQUENCE_LENGTH for line in lines)
 
 
+def test_the_patches_are_the_images_2x2_blocks_row_by_row():
+    x, y, _, _ = workloads.patch_data(0)
+    images, labels, _, _ = workloads.digits_data(0, images=True)
+    np.testing.assert_array_equal(y, labels)
+    assert x.shape == (len(images), 16, 4)
+    for k in range(16):
+        r, c = divmod(k, 4)
+        block = images[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2, 0]
+        np.testing.assert_array_equal(x[:, k], block.reshape(-1, 4))
+
+
 def test_the_language_targets_are_the_inputs_shifted_by_one():
     x, y, _, _ = workloads.source_language_data(0, examples=50)
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])

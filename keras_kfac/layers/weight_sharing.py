@@ -55,8 +55,9 @@ class WeightShared(KFACLayer):
 
     def _shared(self, rows, x, reduction: str) -> tf.Tensor:
         """`rows`, or under reduce each example's positions reduced by
-        `reduction` (`"mean"` or `"sum"`)."""
-        if self.weight_sharing == "expand":
+        `reduction` (`"mean"` or `"sum"`). An input of rank 2 (vectors)
+        has one position per example: both are the same rows."""
+        if self.weight_sharing == "expand" or x.shape.rank == 2:
             return rows
         return curvature.reduce_positions(rows, tf.shape(x)[0], reduction)
 
