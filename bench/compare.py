@@ -165,14 +165,6 @@ ALGOS = {
     "ours-npg": ("run_ours.py", ["--algo", "npg"]),
     "ours-ppo": ("run_ours.py", ["--algo", "ppo"]),
     "ours-reinforce": ("run_ours.py", ["--algo", "reinforce"]),
-    "ours-acktr-default": (
-        "run_ours.py",
-        ["--algo", "acktr", "--preset", "default"],
-    ),
-    "ours-acktr-mujoco": (
-        "run_ours.py",
-        ["--algo", "acktr", "--preset", "mujoco"],
-    ),
     "sb3-a2c": ("run_sb3.py", ["--algo", "a2c"]),
     "sb3-ppo": ("run_sb3.py", ["--algo", "ppo"]),
     # SB3's PPO on our PPO's settings (`run_sb3.py --settings ours`).
@@ -183,6 +175,21 @@ ALGOS = {
     "sb3-trpo": ("run_sb3.py", ["--algo", "trpo"]),
     "tfagents-ppo": ("run_tfagents_ppo.py", []),
 }
+# Our algorithms that have both presets for Box actions, each preset named
+# (`ours-ppo-default`, `ours-ppo-mujoco`, ...): what `--preset auto`
+# should pick off MuJoCo.
+PRESET_ALGOS = ("acktr", "ppo", "trpo", "a2c")
+PRESETS = ("default", "mujoco")
+ALGOS.update(
+    {
+        f"ours-{algo}-{preset}": (
+            "run_ours.py",
+            ["--algo", algo, "--preset", preset],
+        )
+        for algo in PRESET_ALGOS
+        for preset in PRESETS
+    }
+)
 
 # suite -> its tasks, its algorithms (the default for --algos), the
 # directories under RESULTS of its full and quick runs, and the metric its
@@ -209,7 +216,11 @@ SUITES = {
     ),
     "box": dict(
         tasks=BOX_TASKS,
-        algos=("ours-acktr-default", "ours-acktr-mujoco"),
+        algos=tuple(
+            f"ours-{algo}-{preset}"
+            for algo in PRESET_ALGOS
+            for preset in PRESETS
+        ),
         directories=("box", "box-quick"),
         metric="area under the curve",
     ),
