@@ -346,7 +346,8 @@ class UpdateWarnings:
 
 def summary_rows(blocks, variables) -> list[tuple[str, tuple, str]]:
     """`(path, shape, update)` for every variable; `update` names the
-    K-FAC block (its layer kind, number and factor sizes) or says
+    K-FAC block (its layer kind, number and factor sizes, and `reduce`
+    for a layer taking K-FAC-reduce over its positions) or says
     first-order."""
     update_of = {}
     for number, block in enumerate(blocks, 1):
@@ -364,8 +365,10 @@ def summary_rows(blocks, variables) -> list[tuple[str, tuple, str]]:
                 ("G", block.dim_G, block.diagonal_G),
             )
         )
+        reduce = getattr(block.layer, "weight_sharing", None) == "reduce"
         update_of[block.kernel_index] = (
-            f"K-FAC {kind} block {number} ({A}, {G})"
+            f"K-FAC {kind} block {number} ({A}, {G}"
+            f"{', reduce' if reduce else ''})"
         )
         for index in block.variable_indices[1:]:
             if index is None:

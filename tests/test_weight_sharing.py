@@ -210,6 +210,30 @@ def test_convert_gives_every_weight_shared_layer_the_choice(tmp_path):
     } == {"reduce"}
 
 
+def test_the_summary_names_the_reduced_blocks():
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(3, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    updates = []
+    for weight_sharing in ("expand", "reduce"):
+        converted = keras_kfac.convert(model, weight_sharing=weight_sharing)
+        optimizer = keras_kfac.KFAC()
+        optimizer.build(converted.trainable_variables)
+        updates.append([row[2] for row in optimizer.summary_rows()])
+    expand, reduce = updates
+    assert reduce[0] == "K-FAC Conv2D block 1 (A 19x19, G 3x3, reduce)"
+    assert expand[0] == "K-FAC Conv2D block 1 (A 19x19, G 3x3)"
+    # A Dense layer on vectors takes the setting too, and says so.
+    assert reduce[2].endswith(", reduce)") and not expand[2].endswith(
+        ", reduce)"
+    )
+
+
 def test_an_unknown_weight_sharing_is_refused():
     model = keras.Sequential([keras.Input((3, 2)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="Received: weight_sharing='mean'"):
