@@ -240,3 +240,39 @@ def test_an_unknown_weight_sharing_is_refused():
         keras_kfac.convert(model, weight_sharing="mean")
     with pytest.raises(ValueError, match="Received: weight_sharing='pool'"):
         layers.Conv2D(2, 3, weight_sharing="pool")
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_a_reduced_model_trains_through_true_fisher_model(rng, policy):
+    """A pooled convolutional classifier converted with reduce, trained by
+    the adaptive K-FAC (under `mixed_float16` too, where the reduced rows
+    are summed in float32): the training loss falls and every factor is
+    finite float32."""
+    x = rng.normal(size=(64, 6, 6, 2)).astype("float32")
+    y = (x[:, :3].mean(axis=(1, 2, 3)) > 0).astype("int32")
+    keras.config.set_dtype_policy(policy)
+    try:
+        plain = keras.Sequential(
+            [
+                keras.Input((6, 6, 2)),
+                keras.layers.Conv2D(4, 3, activation="tanh"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(2),
+            ]
+        )
+        model = keras_kfac.TrueFisherModel(
+            keras_kfac.convert(plain, weight_sharing="reduce")
+        )
+        model.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        history = model.fit(x, y, batch_size=16, epochs=4, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    conv = model.model.layers[0]
+    assert conv.weight_sharing == "reduce"
+    for factor in (conv.statistics.A, conv.statistics.G):
+        assert factor.dtype == "float32"
+        assert np.all(np.isfinite(factor.numpy()))
