@@ -9,7 +9,7 @@ from tf_agents.environments import tf_py_environment
 from agents import a2c, acktr, npg, ppo, reinforce, trpo
 from agents.config import TARGET_KL_END, Config, resolve
 from agents.envs import GymnasiumEnvironment
-from agents.networks import ActorCriticNetwork
+from agents.networks import ActorCriticNetwork, torso_for
 from agents.optimizers import (
     a2c_optimizer,
     acktr_optimizer,
@@ -42,13 +42,13 @@ def build(config: Config):
 
 
 def _network(config: Config, tf_env) -> ActorCriticNetwork:
-    """The actor-critic network: the Atari CNN for image observations,
-    the MLP otherwise."""
-    image = len(tf_env.observation_spec().shape) == 3
+    """The actor-critic network, its torso `config.network`
+    (`agents.networks.torso_for`)."""
+    observation_spec = tf_env.observation_spec()
     return ActorCriticNetwork(
-        tf_env.observation_spec(),
+        observation_spec,
         tf_env.action_spec(),
-        torso="atari" if image else "mlp",
+        torso=torso_for(observation_spec.shape, config.network),
         hidden_units=config.hidden_units,
         shared_torso=config.shared_torso,
         normalize_observations=config.normalize_observations,

@@ -29,6 +29,7 @@ from agents.presets import (
     AUTO,
     CRITICS,
     FROM_PRESET,
+    NETWORKS,
     PRESETS,
     preset_for,
     settings,
@@ -266,6 +267,14 @@ class Config:
             "acktr": "backtrack a step whose measured KL exceeds this times "
             "--kl-clip; 'none': no guard"
         },
+    )
+    network: str = option(
+        "auto",
+        "the torso: the Nature CNN (images of at least 36 x 36), a small "
+        "CNN (any image size), an MLP over the flattened observation, or "
+        "'auto' (the Nature CNN for images it fits, the small CNN for "
+        "smaller ones, the MLP otherwise)",
+        choices=NETWORKS,
     )
     hidden_units: tuple[int, ...] = option(
         FROM_PRESET, "comma-separated widths of the MLP torso, e.g. 64,64"

@@ -8,9 +8,13 @@ must be `keras_kfac.layers` for K-FAC to precondition them.
 
 `ActorCriticNetwork` builds the ones of the ACKTR paper:
 
-- torso `"mlp"` (dense, tanh) or `"atari"` (the convolutional network of
-  Mnih et al. 2015 for `84×84×4` frames, ReLU), shared by both heads
-  (`shared_torso=True`, one joint Fisher over the torso) or one each;
+- torso `"mlp"` (dense, tanh, over the flattened observation), `"nature"`
+  (the convolutional network of Mnih et al. 2015 for `84×84×4` frames,
+  ReLU; images of at least 36 x 36) or `"small"` (3 x 3 convolutions that
+  halve the image until it is at most 4 x 4, then a dense layer: any
+  image size), shared by both heads (`shared_torso=True`, one joint
+  Fisher over the torso) or one each; `torso_for` picks one for an
+  observation;
 - a Categorical head (logits) for `Discrete` actions, a diagonal Gaussian
   head (mean, learned state-independent `log σ`) for `Box` actions;
 - optional observation normalization, kept in the network so that an
@@ -28,7 +32,44 @@ from tf_agents.specs import tensor_spec
 
 import keras_kfac
 
-TORSOS = ("mlp", "atari")
+TORSOS = ("mlp", "nature", "small")
+# The Nature CNN's valid convolutions (8 stride 4, 4 stride 2, 3 stride 1)
+# leave a position of an image of at least this side.
+NATURE_MIN_SIDE = 36
+# The small CNN halves the image until neither side exceeds this.
+SMALL_CNN_SIDE = 4
+
+
+def torso_for(observation_shape, network: str = "auto") -> str:
+    """The torso of `network` (`"auto"` or one of `TORSOS`) for
+    observations of `observation_shape`: under `"auto"`, the Nature CNN
+    for an image (`(height, width, channels)`) it fits, the small CNN for
+    a smaller image, the MLP for anything else. Raises `ValueError` for an
+    unknown network or a convolutional one the observations do not fit."""
+    shape = tuple(observation_shape)
+    image = len(shape) == 3
+    if network == "auto":
+        if not image:
+            return "mlp"
+        return "nature" if min(shape[:2]) >= NATURE_MIN_SIDE else "small"
+    if network not in TORSOS:
+        raise ValueError(
+            f"network must be 'auto' or one of {TORSOS}. "
+            f"Received: network={network!r}"
+        )
+    if network != "mlp" and not image:
+        raise ValueError(
+            f"The {network} network convolves images of shape (height, "
+            f"width, channels). Received: observations of shape {shape}; "
+            "use network 'mlp' (or 'auto')."
+        )
+    if network == "nature" and min(shape[:2]) < NATURE_MIN_SIDE:
+        raise ValueError(
+            f"The nature network needs images of at least {NATURE_MIN_SIDE}"
+            f" x {NATURE_MIN_SIDE}. Received: observations of shape {shape}; "
+            "use network 'small' (or 'auto')."
+        )
+    return network
 
 
 class ObservationNormalizer(keras.layers.Layer):
@@ -87,8 +128,17 @@ def _orthogonal(gain: float) -> keras.initializers.Initializer:
     return keras.initializers.Orthogonal(gain=gain)
 
 
-def _torso(kind: str, hidden_units: Sequence[int], activation: str, name: str):
-    """The layers of one torso, in call order."""
+def _torso(
+    kind: str,
+    hidden_units: Sequence[int],
+    activation: str,
+    name: str,
+    image_side: tuple[int, int],
+):
+    """The layers of one torso, in call order; `image_side` is the
+    observations' `(height, width)` (for the small CNN)."""
+    if kind == "small":
+        return _small_cnn(image_side, name)
     if kind == "mlp":
         layers = [keras.layers.Flatten()]
         for i, units in enumerate(hidden_units):
@@ -115,6 +165,39 @@ def _torso(kind: str, hidden_units: Sequence[int], activation: str, name: str):
         ),
         keras.layers.Flatten(),
         keras_kfac.layers.Dense(512, name=f"{name}_dense", **conv),
+    ]
+
+
+def _small_cnn(image_side: tuple[int, int], name: str) -> list:
+    """A 3 x 3 convolution of 32 filters, then 3 x 3 convolutions of 64
+    filters with stride 2 ("same" padding) until neither side exceeds
+    `SMALL_CNN_SIDE` (one at least), then a dense layer of 256: at most
+    `4 · 4 · 64` flattened inputs whatever the image's size, so the dense
+    layer's K-FAC factor stays small."""
+    conv = dict(
+        activation="relu",
+        padding="same",
+        kernel_initializer=_orthogonal(np.sqrt(2.0)),
+    )
+    layers = [keras_kfac.layers.Conv2D(32, 3, name=f"{name}_conv_0", **conv)]
+    side = max(image_side)
+    while True:
+        layers.append(
+            keras_kfac.layers.Conv2D(
+                64, 3, strides=2, name=f"{name}_conv_{len(layers)}", **conv
+            )
+        )
+        side = -(-side // 2)
+        if side <= SMALL_CNN_SIDE:
+            break
+    return layers + [
+        keras.layers.Flatten(),
+        keras_kfac.layers.Dense(
+            256,
+            activation="relu",
+            kernel_initializer=_orthogonal(np.sqrt(2.0)),
+            name=f"{name}_dense",
+        ),
     ]
 
 
@@ -174,11 +257,13 @@ class ActorCriticNetwork(network.Network):
             (`uint8`) are scaled to `[0, 1]`.
         action_spec: `BoundedTensorSpec`, a scalar integer (Categorical
             head) or a float vector (diagonal Gaussian head).
-        torso: `"mlp"` or `"atari"`. Defaults to `"mlp"`.
+        torso: `"mlp"`, `"nature"` or `"small"` (see the module
+            docstring; `torso_for` picks one). Defaults to `"mlp"`.
         hidden_units: Widths of the `"mlp"` torso. Defaults to `(64, 64)`.
         activation: Activation of the `"mlp"` torso. Defaults to `"tanh"`.
         shared_torso: One torso for both heads. Defaults to `False` for
-            `"mlp"` and `True` for `"atari"` (as in the paper).
+            `"mlp"` and `True` for the convolutional torsos (as in the
+            paper).
         normalize_observations: Normalize observations with running
             moments (`ObservationNormalizer`; the agents update them).
             Defaults to `False`.
@@ -207,6 +292,7 @@ class ActorCriticNetwork(network.Network):
             raise ValueError(
                 f"torso must be one of {TORSOS}. Received: torso={torso!r}"
             )
+        torso_for(observation_spec.shape, torso)  # raises where it won't fit
         if tf.nest.flatten(action_spec) != [action_spec]:
             raise ValueError(
                 "Nested action specs are not supported. "
@@ -219,14 +305,8 @@ class ActorCriticNetwork(network.Network):
             )
         self._discrete = action_spec.dtype.is_integer
         outputs = _policy_outputs(action_spec, initial_log_std)
-        if torso == "atari" and observation_spec.shape.rank != 3:
-            raise ValueError(
-                "The atari torso needs (height, width, channels) observations. "
-                f"Received: observation_spec.shape={observation_spec.shape}"
-            )
-        shared = (
-            torso == "atari" if shared_torso is None else bool(shared_torso)
-        )
+        shared = torso != "mlp" if shared_torso is None else bool(shared_torso)
+        side = tuple(observation_spec.shape[:2])
         self._action_spec = action_spec
         self._rescale = observation_spec.dtype == tf.uint8
         self._normalizer = (
@@ -234,9 +314,13 @@ class ActorCriticNetwork(network.Network):
             if normalize_observations
             else None
         )
-        self._policy_torso = _torso(torso, hidden_units, activation, "policy")
+        self._policy_torso = _torso(
+            torso, hidden_units, activation, "policy", side
+        )
         self._value_torso = (
-            None if shared else _torso(torso, hidden_units, activation, "value")
+            None
+            if shared
+            else _torso(torso, hidden_units, activation, "value", side)
         )
         self._policy_head = keras_kfac.layers.Dense(
             outputs, kernel_initializer=_orthogonal(0.01), name="policy_head"

@@ -27,6 +27,10 @@ ALGORITHMS = ("acktr", "a2c", "trpo", "npg", "ppo", "reinforce")
 # "kfac", fitted apart by K-FAC Gauss-Newton steps; "joint", in the
 # policy's own update (not for trpo and npg).
 CRITICS = ("adam", "kfac", "joint")
+# The actor-critic network's torso (`agents.networks.torso_for`): `auto`
+# takes the Nature CNN for images it fits, the small CNN for smaller
+# images, the MLP for the rest.
+NETWORKS = ("auto", "nature", "small", "mlp")
 AUTO = "auto"
 
 

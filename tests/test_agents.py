@@ -326,14 +326,14 @@ def test_gaussian_policy_on_box_actions():
     py_env.close()
 
 
-def test_atari_torso_on_frames():
+def test_nature_torso_on_frames():
     from tf_agents.specs import tensor_spec
 
     observation_spec = tensor_spec.BoundedTensorSpec(
         (84, 84, 4), tf.uint8, 0, 255
     )
     action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 5)
-    net = ActorCriticNetwork(observation_spec, action_spec, torso="atari")
+    net = ActorCriticNetwork(observation_spec, action_spec, torso="nature")
     frames = tf.zeros((3, 84, 84, 4), tf.uint8)
     (dist, value), _ = net(frames)
     assert dist.logits.shape == (3, 6) and value.shape == (3,)
@@ -503,3 +503,38 @@ def test_networks_of_another_shape_get_a_clear_error():
     with pytest.raises(ValueError, match=r"must return \(\(distribution"):
         A2CAgent(*specs, critic)
     py_env.close()
+
+
+@pytest.mark.slow
+def test_an_image_smaller_than_the_nature_cnn_trains_with_the_small_cnn(
+    tmp_path,
+):
+    """A 10 x 10 x 4 image, too small for the Nature CNN's 36 x 36:
+    `network="auto"` builds the small CNN, and ACKTR learns to tell a
+    bright image from a dark one (a blind policy's mean return is 10, the
+    best 20)."""
+    import toy_envs  # noqa: F401  (registers the environments)
+
+    from agents.build import build
+    from agents.config import Config, resolve
+    from agents.training import run
+
+    config = Config(
+        env="toy_envs:BrightOrDark-v0",
+        total_steps=3000,
+        num_envs=2,
+        n_steps=32,
+        gamma=0.0,
+        seed=0,
+        logdir=str(tmp_path / "run"),
+    )
+    py_env, _, agent = build(resolve(config))
+    py_env.close()
+    strides = [
+        layer.strides
+        for layer in agent._network._policy_torso
+        if isinstance(layer, keras.layers.Conv2D)
+    ]
+    assert strides == [(1, 1), (2, 2), (2, 2)]
+    summary = run(config, progress=False)
+    assert summary.mean_return_last_100 >= 17.0

@@ -191,6 +191,11 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
             "within [-40, 40]",
         ),
         (["--initial-log-std", "-1"], "initial_log_std=-1.0 for the action"),
+        (["--network", "nature"], "shape (4,); use network 'mlp'"),
+        (
+            ["--env", "toy_envs:BrightOrDark-v0", "--network", "nature"],
+            "at least 36 x 36. Received: observations of shape (10, 10, 4)",
+        ),
     ):
         assert train.main(argv + ["--logdir", str(logdir)]) == 2
         assert received in capsys.readouterr().err

@@ -232,7 +232,8 @@ def test_a_config_json_of_the_previous_version_loads(tmp_path):
         )
     )
     # The settings added since: PPO's are none of trpo's (None); reward
-    # scaling is off in every preset trpo has.
+    # scaling is off in every preset trpo has; the network is picked for
+    # the observations, as it was.
     added = dict.fromkeys(
         ("objective", "clip_range", "kl_penalty_target", "n_epochs"), None
     )
@@ -242,6 +243,7 @@ def test_a_config_json_of_the_previous_version_loads(tmp_path):
         "minibatch_size": None,
         "baseline": None,
         "scale_rewards": False,
+        "network": "auto",
         "hidden_units": (8,),
     }
 

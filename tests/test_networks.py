@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from tf_agents.specs import tensor_spec
 
-from agents.networks import ActorCriticNetwork
+from agents.networks import ActorCriticNetwork, torso_for
 
 OBSERVATION_SPEC = tf.TensorSpec((3,), tf.float32)
 
@@ -68,3 +68,69 @@ def test_other_action_specs_raise_with_what_was_received(
         ActorCriticNetwork(
             OBSERVATION_SPEC, action_spec, initial_log_std=initial_log_std
         )
+
+
+@pytest.mark.parametrize(
+    "shape, torso",
+    [
+        ((84, 84, 4), "nature"),
+        ((36, 40, 1), "nature"),  # the Nature CNN's smallest image
+        ((35, 84, 4), "small"),
+        ((10, 10, 4), "small"),
+        ((8, 8, 1), "small"),
+        ((1, 1, 3), "small"),
+        ((4,), "mlp"),
+        ((3, 4), "mlp"),
+    ],
+)
+def test_auto_picks_the_torso_the_observations_fit(shape, torso):
+    assert torso_for(shape, "auto") == torso
+
+
+@pytest.mark.parametrize(
+    "shape, network, message",
+    [
+        ((10, 10, 4), "nature", r"at least 36 x 36.*\(10, 10, 4\)"),
+        ((4,), "small", r"\(height, width, channels\).*\(4,\)"),
+        ((4,), "nature", r"\(height, width, channels\).*\(4,\)"),
+        ((84, 84, 4), "resnet", "network='resnet'"),
+    ],
+)
+def test_a_network_the_observations_do_not_fit_is_refused(
+    shape, network, message
+):
+    with pytest.raises(ValueError, match=message):
+        torso_for(shape, network)
+
+
+@pytest.mark.parametrize(
+    "side, strided, flattened",
+    [
+        # Each stride-2 "same" convolution takes a side s to ceil(s / 2),
+        # until it is at most 4 (one at least): 64 channels remain.
+        (1, 1, 64 * 1 * 1),
+        (4, 1, 64 * 2 * 2),
+        (8, 1, 64 * 4 * 4),
+        (10, 2, 64 * 3 * 3),
+        (35, 4, 64 * 3 * 3),
+        (84, 5, 64 * 3 * 3),
+    ],
+)
+def test_the_small_cnn_halves_any_image_to_at_most_4_x_4(
+    side, strided, flattened
+):
+    observation_spec = tensor_spec.BoundedTensorSpec(
+        (side, side, 4), tf.uint8, 0, 255
+    )
+    net = ActorCriticNetwork(
+        observation_spec, _spec((), tf.int32, 0, 2), torso="small"
+    )
+    (distribution, value), _ = net(tf.zeros((2, side, side, 4), tf.uint8))
+    assert distribution.logits.shape == (2, 3) and value.shape == (2,)
+    convolutions = [
+        layer for layer in net._policy_torso if "conv" in layer.name
+    ]
+    assert [c.strides for c in convolutions] == [(1, 1)] + [(2, 2)] * strided
+    dense = net._policy_torso[-1]
+    assert dense.kernel.shape == (flattened, 256)
+    assert net._value_torso is None  # shared, as the Nature CNN's

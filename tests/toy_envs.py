@@ -167,7 +167,37 @@ class Noisy(Countdown):
         return observation, reward, terminated, truncated, info
 
 
+class BrightOrDark(gymnasium.Env):
+    """Observation: a `side x side x 4` uint8 image, all bright (200) or
+    all dark (50) with noise. Reward 1 for action 1 on a bright image or
+    action 0 on a dark one, else 0; 20 steps an episode. A policy that
+    reads the image gets 20, a blind one 10 on average."""
+
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def __init__(self, side: int = 10):
+        self.observation_space = gymnasium.spaces.Box(
+            0, 255, (side, side, 4), np.uint8
+        )
+
+    def _draw(self):
+        self.bright = bool(self.np_random.integers(2))
+        noise = self.np_random.integers(-40, 41, self.observation_space.shape)
+        return (noise + (200 if self.bright else 50)).astype(np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._draw(), {}
+
+    def step(self, action):
+        reward = float(int(action) == int(self.bright))
+        self.t += 1
+        return self._draw(), reward, self.t == 20, False, {}
+
+
 gymnasium.register("Countdown-v0", entry_point=Countdown)
+gymnasium.register("BrightOrDark-v0", entry_point=BrightOrDark)
 gymnasium.register("FreeSlider-v0", entry_point=FreeSlider)
 gymnasium.register(
     "NanReward-v0", entry_point=NanAt, kwargs={"what": "reward", "at": 50}
