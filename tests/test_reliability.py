@@ -752,10 +752,24 @@ def _wait_for_checkpoint(directory, step, process, seconds=120):
         time.sleep(0.05)
 
 
+# `python -m agents.train` with SIGINT raising KeyboardInterrupt, as a
+# terminal starts it, even where this test process was started with SIGINT
+# ignored (a background job of a non-interactive shell), which its children
+# would inherit: before the run installs its own handler, only Python's
+# default one stops it.
+TRAIN_AS_FROM_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import runpy, signal; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('agents.train', run_name='__main__', alter_sys=True)",
+]
+
+
 def test_ctrl_c_while_the_environment_hangs_in_start_up_is_one_line(tmp_path):
     marker = str(tmp_path / "hanging")
     process = subprocess.Popen(
-        [sys.executable, "-m", "agents.train", *TINY]
+        [*TRAIN_AS_FROM_A_TERMINAL, *TINY]
         + ["--env", "toy_envs:HangsAtStart-v0", "--preset", "default"]
         + ["--logdir", str(tmp_path / "run")],
         stdout=subprocess.PIPE,
