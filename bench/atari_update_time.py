@@ -1,0 +1,103 @@
+"""What one batch of Pong costs: collecting it, and each agent's update.
+
+    python bench/atari_update_time.py               # about 5 minutes
+    python bench/atari_update_time.py --repeats 3   # a quick look
+
+The agents are built as `python -m agents.train --env ALE/Pong-v5` builds
+them (the `atari` preset, the Nature CNN from 84 x 84 x 4 frames), on one
+thread. Rows, each timed over `--repeats` batches after two untimed ones
+(tracing, the first refresh):
+
+- `collect`: `RolloutCollector.collect` of one ACKTR batch (32 copies x 20
+  steps): the emulator, the frame pipeline and the policy's forward pass;
+- `acktr`: ACKTR's update of that batch (K-FAC with inverses every 10
+  updates, the trust-region guard, the critic in the joint step);
+- `acktr, no refresh`: the same with `inverse_update_freq` past the run,
+  so only the first update decomposes the factors;
+- `a2c, same batch`: A2C's update of a batch of the same size (its
+  `atari` preset otherwise), the gradient step ACKTR's is measured
+  against;
+- `a2c`: A2C's update of its own preset's batch (16 x 5 steps).
+
+The mean, not the median: refreshes come every 10th update. Prints
+Markdown for BENCHMARKS.md.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ENV = "ALE/Pong-v5"
+# name -> (algorithm, settings over the `atari` preset's)
+ROWS = {
+    "acktr": ("acktr", {}),
+    "acktr, no refresh": ("acktr", {"inverse_update_freq": 10**9}),
+    "a2c, same batch": ("a2c", {"num_envs": 32, "n_steps": 20}),
+    "a2c": ("a2c", {}),
+}
+
+
+def time_row(algo: str, settings: dict, repeats: int) -> dict:
+    """`{"collect": [s], "update": [s], "steps": batch}` of one agent."""
+    from agents.build import build
+    from agents.config import Config, resolve
+    from agents.rollout import RolloutCollector
+
+    config = resolve(
+        Config(algo=algo, env=ENV, seed=0, logdir="/dev/null", **settings)
+    )
+    py_env, tf_env, agent = build(config)
+    try:
+        agent.initialize()
+        collector = RolloutCollector(
+            tf_env, agent.collect_policy, config.n_steps
+        )
+        collect, update = [], []
+        for k in range(repeats + 2):
+            start = time.perf_counter()
+            experience = collector.collect()
+            collected = time.perf_counter()
+            agent.train(experience).loss.numpy()
+            if k >= 2:
+                collect.append(collected - start)
+                update.append(time.perf_counter() - collected)
+    finally:
+        py_env.close()
+    return dict(
+        collect=collect, update=update, steps=config.num_envs * config.n_steps
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    print(f"{ENV}, one thread, mean over {args.repeats} batches.\n")
+    print("| row | batch | ms per batch | steps/s |")
+    print("|---|---|---|---|")
+    for name, (algo, settings) in ROWS.items():
+        timed = time_row(algo, settings, args.repeats)
+        steps = timed["steps"]
+        if name == "acktr":
+            seconds = statistics.mean(timed["collect"])
+            print(
+                f"| collect | {steps} | {1e3 * seconds:.0f} | "
+                f"{steps / seconds:.0f} |"
+            )
+        seconds = statistics.mean(timed["update"])
+        print(
+            f"| {name} | {steps} | {1e3 * seconds:.0f} | "
+            f"{steps / seconds:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
