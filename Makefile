@@ -82,6 +82,7 @@ bench: $(BENCH_STAMP) bench-kfac-jax
 	$(BENCH_PY) bench/supervised.py --problem cnn
 	$(BENCH_PY) bench/cartpole.py
 	$(BENCH_PY) bench/update_time.py
+	$(BENCH_PY) bench/atari_update_time.py
 	$(BENCH_PY) bench/compare.py
 	$(BENCH_PY) bench/time_to_target.py --set-targets
 	$(BENCH_PY) bench/time_to_target.py --trials 8
