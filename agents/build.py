@@ -53,6 +53,7 @@ def _network(config: Config, tf_env) -> ActorCriticNetwork:
         shared_torso=config.shared_torso,
         normalize_observations=config.normalize_observations,
         initial_log_std=config.initial_log_std,
+        weight_sharing=config.weight_sharing,
     )
 
 

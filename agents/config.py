@@ -31,6 +31,7 @@ from agents.presets import (
     FROM_PRESET,
     NETWORKS,
     PRESETS,
+    WEIGHT_SHARING,
     preset_for,
     settings,
 )
@@ -275,6 +276,14 @@ class Config:
         "'auto' (the Nature CNN for images it fits, the small CNN for "
         "smaller ones, the MLP otherwise)",
         choices=NETWORKS,
+    )
+    weight_sharing: str = option(
+        "expand",
+        "how K-FAC's factors of a convolutional torso treat the patch "
+        "positions: 'expand' (every patch a row) or 'reduce' (each "
+        "example's patches averaged first: a fraction of the cost)",
+        choices=WEIGHT_SHARING,
+        algos=("acktr",),
     )
     hidden_units: tuple[int, ...] = option(
         FROM_PRESET, "comma-separated widths of the MLP torso, e.g. 64,64"

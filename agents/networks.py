@@ -21,6 +21,7 @@ must be `keras_kfac.layers` for K-FAC to precondition them.
   exported policy normalizes the same way without this package.
 """
 
+import functools
 from collections.abc import Sequence
 
 import keras
@@ -31,6 +32,7 @@ from tf_agents.networks import network
 from tf_agents.specs import tensor_spec
 
 import keras_kfac
+from keras_kfac.layers.weight_sharing import check_weight_sharing
 
 TORSOS = ("mlp", "nature", "small")
 # The Nature CNN's valid convolutions (8 stride 4, 4 stride 2, 3 stride 1)
@@ -134,11 +136,13 @@ def _torso(
     activation: str,
     name: str,
     image_side: tuple[int, int],
+    weight_sharing: str,
 ):
     """The layers of one torso, in call order; `image_side` is the
-    observations' `(height, width)` (for the small CNN)."""
+    observations' `(height, width)` (for the small CNN), `weight_sharing`
+    the convolutions' (`keras_kfac.layers.weight_sharing`)."""
     if kind == "small":
-        return _small_cnn(image_side, name)
+        return _small_cnn(image_side, name, weight_sharing)
     if kind == "mlp":
         layers = [keras.layers.Flatten()]
         for i, units in enumerate(hidden_units):
@@ -152,7 +156,11 @@ def _torso(
             )
         return layers
     # Mnih et al. 2015, as used by the ACKTR paper for Atari.
-    conv = dict(activation="relu", kernel_initializer=_orthogonal(np.sqrt(2.0)))
+    conv = dict(
+        activation="relu",
+        kernel_initializer=_orthogonal(np.sqrt(2.0)),
+        weight_sharing=weight_sharing,
+    )
     return [
         keras_kfac.layers.Conv2D(
             32, 8, strides=4, name=f"{name}_conv_0", **conv
@@ -168,7 +176,9 @@ def _torso(
     ]
 
 
-def _small_cnn(image_side: tuple[int, int], name: str) -> list:
+def _small_cnn(
+    image_side: tuple[int, int], name: str, weight_sharing: str
+) -> list:
     """A 3 x 3 convolution of 32 filters, then 3 x 3 convolutions of 64
     filters with stride 2 ("same" padding) until neither side exceeds
     `SMALL_CNN_SIDE` (one at least), then a dense layer of 256: at most
@@ -178,6 +188,7 @@ def _small_cnn(image_side: tuple[int, int], name: str) -> list:
         activation="relu",
         padding="same",
         kernel_initializer=_orthogonal(np.sqrt(2.0)),
+        weight_sharing=weight_sharing,
     )
     layers = [keras_kfac.layers.Conv2D(32, 3, name=f"{name}_conv_0", **conv)]
     side = max(image_side)
@@ -270,6 +281,11 @@ class ActorCriticNetwork(network.Network):
         initial_log_std: Initial `log σ` of the Gaussian head, the same
             for every action dimension (SB3's `log_std_init`); only for
             continuous actions. Defaults to `0.0`.
+        weight_sharing: How K-FAC's factors of the convolutional torsos
+            treat the patch positions: `"expand"` (every patch a row) or
+            `"reduce"` (each example's patches averaged first; a fraction
+            of the cost, `keras_kfac.layers.weight_sharing`). Defaults to
+            `"expand"`.
         name: Defaults to `"ActorCriticNetwork"`.
     """
 
@@ -283,6 +299,7 @@ class ActorCriticNetwork(network.Network):
         shared_torso: bool | None = None,
         normalize_observations: bool = False,
         initial_log_std: float = 0.0,
+        weight_sharing: str = "expand",
         name: str = "ActorCriticNetwork",
     ):
         super().__init__(
@@ -314,14 +331,17 @@ class ActorCriticNetwork(network.Network):
             if normalize_observations
             else None
         )
-        self._policy_torso = _torso(
-            torso, hidden_units, activation, "policy", side
+        check_weight_sharing(weight_sharing)
+        layers_named = functools.partial(
+            _torso,
+            torso,
+            hidden_units,
+            activation,
+            image_side=side,
+            weight_sharing=weight_sharing,
         )
-        self._value_torso = (
-            None
-            if shared
-            else _torso(torso, hidden_units, activation, "value", side)
-        )
+        self._policy_torso = layers_named("policy")
+        self._value_torso = None if shared else layers_named("value")
         self._policy_head = keras_kfac.layers.Dense(
             outputs, kernel_initializer=_orthogonal(0.01), name="policy_head"
         )

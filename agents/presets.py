@@ -31,6 +31,10 @@ CRITICS = ("adam", "kfac", "joint")
 # takes the Nature CNN for images it fits, the small CNN for smaller
 # images, the MLP for the rest.
 NETWORKS = ("auto", "nature", "small", "mlp")
+# How K-FAC's factors of a convolutional torso treat the patch positions
+# (`keras_kfac.layers.weight_sharing`; named here, where `agents.config`
+# reads its choices without loading TensorFlow).
+WEIGHT_SHARING = ("expand", "reduce")
 AUTO = "auto"
 
 

@@ -14,6 +14,8 @@ thread. Rows, each timed over `--repeats` batches after two untimed ones
   updates, the trust-region guard, the critic in the joint step);
 - `acktr, no refresh`: the same with `inverse_update_freq` past the run,
   so only the first update decomposes the factors;
+- `acktr, reduced convolutions`: the same with `--weight-sharing reduce`
+  (each example's patches averaged before the convolutions' factors);
 - `a2c, same batch`: A2C's update of a batch of the same size (its
   `atari` preset otherwise), the gradient step ACKTR's is measured
   against;
@@ -35,6 +37,7 @@ ENV = "ALE/Pong-v5"
 ROWS = {
     "acktr": ("acktr", {}),
     "acktr, no refresh": ("acktr", {"inverse_update_freq": 10**9}),
+    "acktr, reduced convolutions": ("acktr", {"weight_sharing": "reduce"}),
     "a2c, same batch": ("a2c", {"num_envs": 32, "n_steps": 20}),
     "a2c": ("a2c", {}),
 }

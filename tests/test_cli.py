@@ -193,6 +193,10 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
         (["--initial-log-std", "-1"], "initial_log_std=-1.0 for the action"),
         (["--network", "nature"], "shape (4,); use network 'mlp'"),
         (
+            ["--algo", "a2c", "--weight-sharing", "reduce"],
+            "--weight-sharing is not a setting of a2c",
+        ),
+        (
             ["--env", "toy_envs:BrightOrDark-v0", "--network", "nature"],
             "at least 36 x 36. Received: observations of shape (10, 10, 4)",
         ),

@@ -244,6 +244,7 @@ def test_a_config_json_of_the_previous_version_loads(tmp_path):
         "baseline": None,
         "scale_rewards": False,
         "network": "auto",
+        "weight_sharing": "expand",
         "hidden_units": (8,),
     }
 

@@ -134,3 +134,31 @@ def test_the_small_cnn_halves_any_image_to_at_most_4_x_4(
     dense = net._policy_torso[-1]
     assert dense.kernel.shape == (flattened, 256)
     assert net._value_torso is None  # shared, as the Nature CNN's
+
+
+@pytest.mark.parametrize("torso, side", [("nature", 84), ("small", 10)])
+def test_the_convolutional_torsos_take_the_weight_sharing(torso, side):
+    import keras_kfac
+    from agents.presets import WEIGHT_SHARING
+    from keras_kfac.layers import weight_sharing
+
+    # agents.config names the choices without importing TensorFlow.
+    assert WEIGHT_SHARING == weight_sharing.WEIGHT_SHARING
+    observation_spec = tensor_spec.BoundedTensorSpec(
+        (side, side, 4), tf.uint8, 0, 255
+    )
+    action_spec = _spec((), tf.int32, 0, 2)
+    net = ActorCriticNetwork(
+        observation_spec, action_spec, torso=torso, weight_sharing="reduce"
+    )
+    convolutions = [
+        layer
+        for layer in net._policy_torso
+        if isinstance(layer, keras_kfac.layers.Conv2D)
+    ]
+    assert len(convolutions) >= 2
+    assert {c.weight_sharing for c in convolutions} == {"reduce"}
+    with pytest.raises(ValueError, match="weight_sharing='mean'"):
+        ActorCriticNetwork(
+            observation_spec, action_spec, torso=torso, weight_sharing="mean"
+        )
