@@ -32,6 +32,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from runner_common import one_thread  # noqa: E402
+
 ENV = "ALE/Pong-v5"
 # name -> (algorithm, settings over the `atari` preset's)
 ROWS = {
@@ -78,10 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    one_thread()
     print(f"{ENV}, one thread, mean over {args.repeats} batches.\n")
     print("| row | batch | ms per batch | steps/s |")
     print("|---|---|---|---|")

@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from runner_common import (  # noqa: E402
+    one_thread,
     parse_run_arguments,
     summary_line,
     write_summary,
@@ -42,10 +43,7 @@ def run(
     preset: str = AUTO,
 ):
     """Trains one run and writes its files; returns the summary."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    one_thread()
     from agents.run_directory import checkpoint_prefixes
 
     os.makedirs(out, exist_ok=True)

@@ -65,6 +65,7 @@ import tensorflow as tf
 import tf_agents
 from runner_common import (
     new_episode_log,
+    one_thread,
     parse_run_arguments,
     summary_line,
     write_summary,
@@ -368,8 +369,7 @@ def run(env_id: str, seed: int, total_steps: int, out: str) -> dict:
 def main(argv=None) -> None:
     """Parses the command line, trains, prints a one-line result."""
     _, args = parse_run_arguments(__doc__, env_id_type, argv)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    one_thread()
     summary = run(args.env, args.seed, args.total_steps, args.out)
     print(summary_line(summary))
 

@@ -23,6 +23,15 @@ import os
 from agents.episode_log import EpisodeLog
 
 
+def one_thread() -> None:
+    """TensorFlow on one intra-op and one inter-op thread, so that two
+    runs share the machine's two cores (call before any op runs)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def int_at_least(minimum: int):
     """`argparse` type: an integer >= `minimum`."""
 

@@ -34,6 +34,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from runner_common import one_thread  # noqa: E402
+
 BATCHES = {"CartPole-v1": (8, 20), "HalfCheetah-v5": (4, 625)}
 
 # OpenAI baselines' Atari K-FAC (its kfac_clip=0.001 bounds 2δ), which
@@ -136,10 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    one_thread()
     print("| batch | agent | ms per update | vs A2C, same critic |")
     print("|---|---|---|---|")
     for env_id, (num_envs, n_steps) in BATCHES.items():
