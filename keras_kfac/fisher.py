@@ -15,6 +15,12 @@ import numpy as np
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
+from keras_kfac.loss_distributions import (
+    BERNOULLI,
+    CATEGORICAL,
+    DISTRIBUTIONS,
+    distribution_of,
+)
 from keras_kfac.optimizer import KFAC
 from keras_kfac.statistics import (
     collecting_statistics,
@@ -22,10 +28,6 @@ from keras_kfac.statistics import (
     untapped_forward,
 )
 
-CATEGORICAL = "categorical"
-BERNOULLI = "bernoulli"
-GAUSSIAN = "gaussian"
-DISTRIBUTIONS = (CATEGORICAL, BERNOULLI, GAUSSIAN)
 _FISHER_SEED_KEY = "fisher_seed"
 
 
@@ -203,7 +205,7 @@ class TrueFisherModel(keras.Model):
     forward pass from the variables' state before it (dropout seeds,
     batch-norm statistics) and change no variable.
 
-        model = keras_kfac.TrueFisherModel(net, distribution="categorical")
+        model = keras_kfac.TrueFisherModel(net)
         model.compile(loss=...)          # optimizer: KFAC(adaptive=True)
         model.fit(x, y)
 
@@ -212,6 +214,13 @@ class TrueFisherModel(keras.Model):
         distribution: `"categorical"` (outputs are logits), `"bernoulli"`
             (outputs are the logits of independent binary variables, such
             as pixels) or `"gaussian"` (outputs are means, for regression).
+            Defaults to `None`: the one the compiled loss is the negative
+            log-likelihood of (`keras_kfac.loss_distributions`), read by
+            `compile`: cross-entropy on logits, binary cross-entropy on
+            logits, mean squared error. `compile` refuses a loss on
+            probabilities (`from_logits=False`), a loss of another family
+            than a given `distribution`, and, without one, a loss of no
+            known family.
         variance: `σ²` of the `"gaussian"` distribution. Defaults to half the
             output width, which matches Keras' `"mse"` loss.
         **kwargs: Passed to `keras.Model`.
@@ -220,7 +229,7 @@ class TrueFisherModel(keras.Model):
     def __init__(
         self,
         model: keras.Model,
-        distribution: str = CATEGORICAL,
+        distribution: str | None = None,
         variance: float | None = None,
         **kwargs,
     ):
@@ -230,7 +239,7 @@ class TrueFisherModel(keras.Model):
                 "TrueFisherModel wraps a keras.Model. "
                 f"Received: {type(model).__name__}"
             )
-        if distribution not in DISTRIBUTIONS:
+        if distribution is not None and distribution not in DISTRIBUTIONS:
             raise ValueError(
                 f"distribution must be one of {DISTRIBUTIONS}. "
                 f"Received: distribution={distribution!r}"
@@ -243,6 +252,8 @@ class TrueFisherModel(keras.Model):
         if len(outputs) > 1:
             raise ValueError(_one_output_message(model.name, len(outputs)))
         self.model = model
+        # As given, and as `compile` resolved it from the loss.
+        self._given_distribution = distribution
         self.distribution = distribution
         self.variance = variance
         # Model state, so a checkpoint (`BackupAndRestore`) resumes the
@@ -253,10 +264,16 @@ class TrueFisherModel(keras.Model):
         """`keras.Model.compile`, whose default optimizer here, also by the
         name `"kfac"`, is `keras_kfac.KFAC(adaptive=True)`: the K-FAC of
         Martens & Grosse (2015) for supervised training, with no step size
-        or damping to tune."""
+        or damping to tune. The loss fixes `distribution` when it was not
+        given, and must agree with it when it was
+        (`keras_kfac.loss_distributions.distribution_of`)."""
+        distribution = distribution_of(
+            kwargs.get("loss"), self._given_distribution
+        )
         if isinstance(optimizer, str) and optimizer.lower() == "kfac":
             optimizer = KFAC(adaptive=True)
         super().compile(optimizer=optimizer, **kwargs)
+        self.distribution = distribution
 
     def compile_from_config(self, config):
         """What `keras.Model` does when loading a compiled model. Keras

@@ -14,7 +14,7 @@ from agents import Config, run
 # A distinctive line of each block -> the test that runs it.
 RUN_BY = {
     "x = np.random.default_rng(0).normal(size=(2048, 64))": "the K-FAC tour",
-    'net, distribution="categorical"': "the K-FAC tour",
+    "model = keras_kfac.TrueFisherModel(net)": "the K-FAC tour",
     "keras.models.clone_model(net)": "the K-FAC tour",
     "tensorflow_probability": (
         "test_evaluate.py::test_the_readme_loads_a_policy_in_plain_tensorflow"
