@@ -43,9 +43,9 @@ def convert(model: keras.Model, weight_sharing: str = "expand") -> keras.Model:
 
     The copy has the same architecture, configuration and weights; every
     layer of exactly those Keras classes (not subclasses; not one with
-    LoRA or a quantized kernel, a BatchNormalization with renorm, a dilated
-    Conv3D, a recurrent layer with recurrent dropout, a GRU with
-    `reset_after=False`, nor an EinsumDense
+    LoRA or a quantized kernel, a BatchNormalization with renorm, a grouped
+    convolution (`groups > 1`), a dilated Conv3D, a recurrent layer with
+    recurrent dropout, a GRU with `reset_after=False`, nor an EinsumDense
     whose equation `keras_kfac.layers.EinsumDense` does not take) becomes its
     `keras_kfac.layers` counterpart, inside nested
     Sequential and functional models too. Other layers are cloned
@@ -79,23 +79,7 @@ def convert(model: keras.Model, weight_sharing: str = "expand") -> keras.Model:
         if type(layer) is keras.layers.Bidirectional:
             return _bidirectional(layer, clone)
         kind = _REPLACEMENTS.get(type(layer))
-        if (
-            getattr(layer, "recurrent_dropout", 0)
-            or getattr(layer, "lora_enabled", False)
-            or getattr(layer, "quantization_mode", None)
-            or getattr(layer, "renorm", False)
-            or (kind is layers.GRU and not layer.reset_after)
-            or (
-                kind is layers.Conv3D
-                and tuple(layer.dilation_rate) != (1, 1, 1)
-            )
-            or (
-                kind is layers.EinsumDense
-                and not EinsumRoles.supports(layer.equation)
-            )
-        ):
-            kind = None
-        if kind is None:
+        if kind is None or _stays_plain(layer, kind):
             return layer.__class__.from_config(layer.get_config())
         config = layer.get_config()
         if issubclass(kind, (WeightShared, layers.MultiHeadAttention)):
@@ -113,6 +97,24 @@ def convert(model: keras.Model, weight_sharing: str = "expand") -> keras.Model:
         ) from error
     converted.set_weights(model.get_weights())
     return converted
+
+
+def _stays_plain(layer, kind) -> bool:
+    """Whether `layer`, of a class `kind` replaces, has a setting its
+    `keras_kfac` counterpart does not take (see `convert`)."""
+    return bool(
+        getattr(layer, "recurrent_dropout", 0)
+        or getattr(layer, "lora_enabled", False)
+        or getattr(layer, "quantization_mode", None)
+        or getattr(layer, "renorm", False)
+        or getattr(layer, "groups", 1) != 1
+        or (kind is layers.GRU and not layer.reset_after)
+        or (kind is layers.Conv3D and tuple(layer.dilation_rate) != (1, 1, 1))
+        or (
+            kind is layers.EinsumDense
+            and not EinsumRoles.supports(layer.equation)
+        )
+    )
 
 
 def _bidirectional(layer, clone):

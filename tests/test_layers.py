@@ -237,9 +237,20 @@ def test_convert_reaches_into_nested_models(rng):
     assert all(update.startswith("K-FAC Dense") for update in updates)
 
 
-def test_grouped_conv_is_rejected():
+def test_grouped_conv_is_rejected_and_left_to_keras_by_convert(rng):
     with pytest.raises(ValueError, match="groups=2"):
         layers.Conv2D(4, 3, groups=2)
+    inputs = keras.Input((6, 6, 4))
+    hidden = keras.layers.Conv2D(4, 3, groups=2)(inputs)
+    hidden = keras.layers.Conv1D(4, 2, groups=4)(
+        keras.layers.Reshape((16, 4))(hidden)
+    )
+    plain = keras.Model(inputs, keras.layers.Conv1D(2, 2)(hidden))
+    ours = keras_kfac.convert(plain)
+    kinds = [type(l) for l in ours.layers if "conv" in l.name]
+    assert kinds == [keras.layers.Conv2D, keras.layers.Conv1D, layers.Conv1D]
+    x = rng.normal(size=(2, 6, 6, 4)).astype("float32")
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
 
 
 def test_convert_rejects_bad_input():

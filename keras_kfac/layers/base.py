@@ -5,11 +5,59 @@ batch `G` from the gradient reaching its pre-activation `s`, through an
 identity on `s` with a custom gradient, and `‖∇W‖²` through an identity on
 its kernel (`keras_kfac.curvature` has the formulas,
 `keras_kfac.statistics` decides when they are recorded).
+
+A layer called several times in one forward pass (its weights shared
+between inputs, as in a siamese pair or `keras.layers.TimeDistributed`)
+records all its calls, each call's positions taken as more positions of
+the same examples (K-FAC-expand over the calls): `A` is the mean of the
+calls' `A`, `G` the sum of their `G`, and `‖∇W‖²` the squared norm of the
+summed kernel gradient.
 """
 
 import tensorflow as tf
 
 from keras_kfac import blocks, curvature, statistics
+
+
+class CallsInBackwardPass:
+    """Numbers the calls of one layer in the order a backward pass reaches
+    them.
+
+    A call belongs to the forward pass it was made in: the calls made
+    before a gradient reached any of them. A backward pass is a run of
+    gradients reaching distinct calls of one forward pass; reaching a call
+    again (the loss pass after the Fisher pass) or a call of a newer
+    forward pass starts the next. `reach` returns `j`, 1 for the first
+    call a pass reaches; `carried` holds what a pass passes from one call
+    to the next. In a traced function this runs while the step is traced,
+    and TensorFlow then runs the calls' updates of one variable in that
+    order.
+    """
+
+    def __init__(self):
+        self._forward = 0
+        self._forward_reached = False
+        self._pass_forward = None
+        self._pass_calls = set()
+        self.carried = None
+
+    def call(self) -> tuple:
+        """A new call's identity, `(forward pass, token)`."""
+        if self._forward_reached:
+            self._forward += 1
+            self._forward_reached = False
+        return self._forward, object()
+
+    def reach(self, call: tuple) -> int:
+        """`j` of `call` in the backward pass now running."""
+        forward, token = call
+        if forward == self._forward:
+            self._forward_reached = True
+        if forward != self._pass_forward or token in self._pass_calls:
+            self._pass_forward, self._pass_calls = forward, set()
+            self.carried = None
+        self._pass_calls.add(token)
+        return len(self._pass_calls)
 
 
 class KFACLayer:
@@ -69,6 +117,13 @@ class KFACLayer:
     def _channels_axis(self) -> int:
         return -1
 
+    def _calls_reached(self, name: str) -> CallsInBackwardPass:
+        """The layer's `CallsInBackwardPass` named `name`, made on first
+        use."""
+        if name not in self.__dict__:
+            self.__dict__[name] = CallsInBackwardPass()
+        return self.__dict__[name]
+
     def _kernel_for(self, kernel, training) -> tf.Tensor:
         """`kernel`, watched by `_watch_kernel` when training."""
         return self._watch_kernel(kernel) if training else kernel
@@ -80,15 +135,20 @@ class KFACLayer:
         if not statistics.inserts_taps():
             return kernel
         recorded = self.statistics
+        order = self._calls_reached("_kernel_watches_reached")
+        call = order.call()
 
         @tf.custom_gradient
         def identity(k):
             def grad(dk):
                 if statistics.records_kernel_gradient(self):
                     # An embedding's gradient is sparse, with repeated rows.
-                    dense = tf.convert_to_tensor(dk)
+                    dense = tf.cast(tf.convert_to_tensor(dk), tf.float32)
+                    if order.reach(call) > 1:  # the calls' gradients add
+                        dense = order.carried + dense
+                    order.carried = dense
                     recorded.kernel_grad_sq.assign(
-                        tf.reduce_sum(tf.square(tf.cast(dense, tf.float32)))
+                        tf.reduce_sum(tf.square(dense))
                     )
                 return dk
 
@@ -101,6 +161,8 @@ class KFACLayer:
         if not statistics.inserts_taps():
             return s
         recorded = self.statistics
+        order = self._calls_reached("_taps_reached")
+        call = order.call()
 
         @tf.custom_gradient
         def identity(pre_activation):
@@ -108,12 +170,20 @@ class KFACLayer:
                 def record():
                     context = tf.distribute.get_replica_context()
                     replicas = context.num_replicas_in_sync if context else 1
-                    recorded.A.assign(self._input_factor(x))
-                    recorded.G.assign(self._output_factor(x, ds, replicas))
+                    A = self._input_factor(x)
+                    G = self._output_factor(x, ds, replicas)
+                    if j == 1:
+                        recorded.A.assign(A)
+                        recorded.G.assign(G)
+                    else:  # the j-th call of the pass: A's mean, G's sum
+                        before = tf.convert_to_tensor(recorded.A)
+                        recorded.A.assign(before + (A - before) / j)
+                        recorded.G.assign_add(G)
                     recorded.fresh.assign(1.0)
                     return tf.constant(True)
 
                 if statistics.is_collecting_statistics(self):
+                    j = order.reach(call)
                     due = statistics.statistics_due(self)
                     if due is None:
                         record()
