@@ -48,7 +48,8 @@ def convert(model: keras.Model, weight_sharing: str = "expand") -> keras.Model:
     recurrent dropout, a GRU with `reset_after=False`, nor an EinsumDense
     whose equation `keras_kfac.layers.EinsumDense` does not take) becomes its
     `keras_kfac.layers` counterpart, inside nested
-    Sequential and functional models too. Other layers are cloned
+    Sequential and functional models, `Bidirectional` and `TimeDistributed`
+    too. Other layers are cloned
     unchanged and train first-order under `keras_kfac.KFAC`
     (`KFAC.summary()` lists which).
 
@@ -78,6 +79,8 @@ def convert(model: keras.Model, weight_sharing: str = "expand") -> keras.Model:
     def clone(layer):
         if type(layer) is keras.layers.Bidirectional:
             return _bidirectional(layer, clone)
+        if type(layer) is keras.layers.TimeDistributed:
+            return _time_distributed(layer, clone)
         kind = _REPLACEMENTS.get(type(layer))
         if kind is None or _stays_plain(layer, kind):
             return layer.__class__.from_config(layer.get_config())
@@ -115,6 +118,14 @@ def _stays_plain(layer, kind) -> bool:
             and not EinsumRoles.supports(layer.equation)
         )
     )
+
+
+def _time_distributed(layer, clone):
+    """A copy of the `TimeDistributed` wrapper `layer` around a copy of its
+    layer by `clone` (which then records every step's call)."""
+    config = layer.get_config()
+    config["layer"] = keras.saving.serialize_keras_object(clone(layer.layer))
+    return keras.layers.TimeDistributed.from_config(config)
 
 
 def _bidirectional(layer, clone):
