@@ -14,9 +14,18 @@ calls' `A`, `G` the sum of their `G`, and `‖∇W‖²` the squared norm of the
 summed kernel gradient.
 """
 
+import weakref
+
 import tensorflow as tf
 
 from keras_kfac import blocks, curvature, statistics
+
+
+class _CrossReplica:
+    """The key of the calls made in a strategy's cross-replica context."""
+
+
+_CROSS_REPLICA = _CrossReplica()
 
 
 class CallsInBackwardPass:
@@ -118,11 +127,16 @@ class KFACLayer:
         return -1
 
     def _calls_reached(self, name: str) -> CallsInBackwardPass:
-        """The layer's `CallsInBackwardPass` named `name`, made on first
-        use."""
-        if name not in self.__dict__:
-            self.__dict__[name] = CallsInBackwardPass()
-        return self.__dict__[name]
+        """The layer's `CallsInBackwardPass` named `name` for the replica
+        now running, made on first use. Each replica of a
+        `tf.distribute` strategy has its own: the replicas' calls are not
+        calls of one forward pass, and their steps are traced interleaved
+        (at every cross-replica update)."""
+        by_replica = self.__dict__.setdefault(name, weakref.WeakKeyDictionary())
+        replica = tf.distribute.get_replica_context() or _CROSS_REPLICA
+        if replica not in by_replica:
+            by_replica[replica] = CallsInBackwardPass()
+        return by_replica[replica]
 
     def _kernel_for(self, kernel, training) -> tf.Tensor:
         """`kernel`, watched by `_watch_kernel` when training."""
