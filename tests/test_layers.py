@@ -218,6 +218,13 @@ def test_layers_match_keras_outputs_and_serialize(rng):
     assert type(clone.layers[0]) is layers.Conv2D
 
 
+def assert_every_update_is_a_dense_block(model):
+    optimizer = keras_kfac.KFAC()
+    optimizer.build(model.trainable_variables)
+    updates = [update for _, _, update in optimizer.summary_rows()]
+    assert all(update.startswith("K-FAC Dense") for update in updates)
+
+
 def test_convert_reaches_into_nested_models(rng):
     inner = keras.Sequential(
         [keras.Input((4,)), keras.layers.Dense(5, activation="tanh")],
@@ -231,10 +238,20 @@ def test_convert_reaches_into_nested_models(rng):
     assert type(ours.layers[-1]) is layers.Dense
     x = rng.normal(size=(3, 4)).astype("float32")
     np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
-    optimizer = keras_kfac.KFAC()
-    optimizer.build(ours.trainable_variables)
-    updates = [update for _, _, update in optimizer.summary_rows()]
-    assert all(update.startswith("K-FAC Dense") for update in updates)
+    assert_every_update_is_a_dense_block(ours)
+
+
+def test_convert_turns_the_layer_inside_time_distributed(rng):
+    inputs = keras.Input((6, 4))
+    hidden = keras.layers.TimeDistributed(keras.layers.Dense(5))(inputs)
+    plain = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    ours = keras_kfac.convert(plain)
+    wrapper = ours.layers[1]
+    assert type(wrapper) is keras.layers.TimeDistributed
+    assert type(wrapper.layer) is layers.Dense
+    x = rng.normal(size=(3, 6, 4)).astype("float32")
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
+    assert_every_update_is_a_dense_block(ours)
 
 
 def test_grouped_conv_is_rejected_and_left_to_keras_by_convert(rng):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_kfac
 from keras_kfac import layers
 
 pytestmark = pytest.mark.usefixtures("recording_statistics")
@@ -100,22 +99,6 @@ def test_time_distributed_records_every_step(rng):
             loss = squared_error(call(x, training=True), targets)
         tape.gradient(loss, layer.trainable_variables)
     assert_same_factors(shared, stacked)
-
-
-def test_convert_turns_the_layer_inside_time_distributed(rng):
-    inputs = keras.Input((6, 4))
-    hidden = keras.layers.TimeDistributed(keras.layers.Dense(5))(inputs)
-    plain = keras.Model(inputs, keras.layers.Dense(2)(hidden))
-    ours = keras_kfac.convert(plain)
-    wrapper = ours.layers[1]
-    assert type(wrapper) is keras.layers.TimeDistributed
-    assert type(wrapper.layer) is layers.Dense
-    x = rng.normal(size=(3, 6, 4)).astype("float32")
-    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
-    optimizer = keras_kfac.KFAC()
-    optimizer.build(ours.trainable_variables)
-    updates = [update for _, _, update in optimizer.summary_rows()]
-    assert all(update.startswith("K-FAC Dense") for update in updates)
 
 
 def test_a_new_backward_pass_or_step_replaces_the_factors(rng):
