@@ -51,8 +51,13 @@ import tensorflow as tf
 
 
 def _append_homogeneous(a: tf.Tensor) -> tf.Tensor:
-    ones = tf.ones_like(a[:, :1])
-    return tf.concat([a, ones], axis=1)
+    return tf.pad(a, [[0, 0], [0, 1]], constant_values=1.0)
+
+
+def _width(t: tf.Tensor):
+    """The size of `t`'s last axis: a Python int where the shape is
+    static (fewer ops in the traced step), else a tensor."""
+    return t.shape[-1] if t.shape[-1] is not None else tf.shape(t)[-1]
 
 
 def input_factor(a: tf.Tensor, use_bias: bool) -> tf.Tensor:
@@ -81,7 +86,7 @@ def token_frequencies(ids: tf.Tensor, vocabulary: int) -> tf.Tensor:
 
 def dense_inputs(x: tf.Tensor) -> tf.Tensor:
     """Rows of `a` for a Dense layer: all leading axes become rows."""
-    return tf.reshape(x, (-1, tf.shape(x)[-1]))
+    return tf.reshape(x, (-1, _width(x)))
 
 
 def shared_rows(t: tf.Tensor, permutation, width: int) -> tf.Tensor:
@@ -106,7 +111,7 @@ def reduce_positions(
     `(batch_size · R, width)`, example-major) reduced to one row,
     `reduction="mean"` for `â = (1/R) Σ_r a`, `"sum"` for `ĝ = Σ_r g`."""
     rows = tf.cast(rows, tf.float32)
-    rows = tf.reshape(rows, (batch_size, -1, tf.shape(rows)[-1]))
+    rows = tf.reshape(rows, (batch_size, -1, _width(rows)))
     if reduction == "mean":
         return tf.reduce_mean(rows, axis=1)
     return tf.reduce_sum(rows, axis=1)
@@ -134,7 +139,7 @@ def conv2d_patches(
         rates=(1, *dilation_rate, 1),
         padding=padding.upper(),
     )
-    return tf.reshape(patches, (-1, tf.shape(patches)[-1]))
+    return tf.reshape(patches, (-1, _width(patches)))
 
 
 def conv3d_patches(
@@ -156,7 +161,7 @@ def conv3d_patches(
         strides=(1, *strides, 1),
         padding=padding.upper(),
     )
-    return tf.reshape(patches, (-1, tf.shape(patches)[-1]))
+    return tf.reshape(patches, (-1, _width(patches)))
 
 
 def conv1d_patches(
@@ -205,7 +210,7 @@ def output_factor(
     ds = tf.cast(ds, tf.float32)
     if channels_axis != -1 and channels_axis != len(ds.shape) - 1:
         ds = tf.experimental.numpy.moveaxis(ds, channels_axis, -1)
-    ds = tf.reshape(ds, (-1, tf.shape(ds)[-1]))
+    ds = tf.reshape(ds, (-1, _width(ds)))
     n_local = tf.cast(batch_size, tf.float32)
     n_global = n_local * num_replicas
     # (1/n_local) Σ (n_global ds)(n_global ds)ᵀ; averaging that over the
@@ -258,7 +263,7 @@ def channel_rows(t: tf.Tensor, channels_first: bool) -> tf.Tensor:
     as the columns and every other axis flattened into rows."""
     if channels_first:
         t = tf.experimental.numpy.moveaxis(t, 1, -1)
-    return tf.reshape(t, (-1, tf.shape(t)[-1]))
+    return tf.reshape(t, (-1, _width(t)))
 
 
 def transposed_unit_kernel(kernel_size, c_in: int) -> tf.Tensor:

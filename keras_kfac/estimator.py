@@ -132,28 +132,30 @@ class KroneckerFactoredCurvature:
         self, batches: list[BatchFactors], scale_sq: tf.Tensor, ok: tf.Tensor
     ) -> None:
         """Folds every fresh batch `A`, `G / scale²` into the running
-        factors if `ok`; stale statistics cost nothing but the test. Marks
-        every layer's statistics as read."""
-        for block, state, (A_batch, G_batch, fresh) in zip(
-            self.blocks, self.states, batches
-        ):
+        factors if `ok`; a block whose statistics are stale keeps its
+        factors. Marks every layer's statistics as read.
 
-            def fold(state=state, A_batch=A_batch, G_batch=G_batch):
+        One `tf.cond` for all the blocks, skipped when none is fresh (the
+        steps between statistics updates): a cond per block traced two
+        branch functions each into the step."""
+
+        def fold():
+            for state, (A_batch, G_batch, fresh) in zip(self.states, batches):
                 decay = linalg.warm_start_decay(self.stats_decay, state.updates)
                 for running, batch in (
                     (state.A, A_batch),
                     (state.G, G_batch / scale_sq),
                 ):
-                    self._assign(
-                        running,
-                        linalg.running_average(
-                            tf.convert_to_tensor(running), batch, decay
-                        ),
-                    )
-                self._assign_add(state.updates, 1.0)
-                return tf.constant(True)
+                    old = tf.convert_to_tensor(running)
+                    new = linalg.running_average(old, batch, decay)
+                    self._assign(running, tf.where(fresh, new, old))
+                self._assign_add(state.updates, tf.cast(fresh, tf.float32))
+            return tf.constant(True)
 
+        if batches:
+            fresh = tf.reduce_any(tf.stack([f for _, _, f in batches]))
             tf.cond(tf.logical_and(fresh, ok), fold, lambda: tf.constant(False))
+        for block in self.blocks:
             block.layer.statistics.fresh.assign(0.0)
 
     def update_inverses(self, damping) -> tf.Operation:

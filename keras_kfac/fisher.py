@@ -405,11 +405,16 @@ class TrueFisherModel(keras.Model):
         def exact_curvature(variables, vectors):
             tangents = []
             for vector in vectors:
-                full = [tf.zeros_like(v) for v in values]
+                full = [None] * len(values)
                 for variable, tensor in zip(variables, vector):
                     k = position[id(variable)]
                     full[k] = tf.cast(tensor, values[k].dtype)
-                tangents.append(full)
+                tangents.append(
+                    [
+                        tf.zeros_like(v) if t is None else t
+                        for v, t in zip(values, full)
+                    ]
+                )
             return self.gauss_newton_products(
                 batch, state, values, tangents, outputs
             )

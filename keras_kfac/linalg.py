@@ -81,11 +81,12 @@ def factored_inverses(
     """
     finite = all_finite([A, G])
     root = tf.sqrt(damping)
-    A = _symmetric_or_identity(A, finite)
-    G = _symmetric_or_identity(G, finite)
+    eye_A, eye_G = identity_like(A), identity_like(G)
+    A = _symmetric_or_identity(A, finite, eye_A)
+    G = _symmetric_or_identity(G, finite, eye_G)
     pi = pi_adjustment(_diagonal(A), _diagonal(G))
-    A_inverse = _damped_inverse(A, pi * root)
-    G_inverse = _damped_inverse(G, root / pi)
+    A_inverse = _damped_inverse(A, pi * root, eye_A)
+    G_inverse = _damped_inverse(G, root / pi, eye_G)
     ok = tf.logical_and(finite, all_finite([A_inverse, G_inverse]))
     return A_inverse, G_inverse, ok
 
@@ -94,17 +95,31 @@ def _diagonal(M: tf.Tensor) -> tf.Tensor:
     return M if M.shape.rank == 1 else tf.linalg.diag_part(M)
 
 
-def _symmetric_or_identity(M: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
-    """`M` symmetrized, or the identity where the factors are not finite;
-    a diagonal factor (a vector) stays a vector."""
+def identity_like(M: tf.Tensor) -> tf.Tensor | None:
+    """The identity matrix of `M`'s shape, `None` for a diagonal factor
+    (a vector). Sized from the static shape where there is one, which
+    traces a few ops instead of the dozen of a dynamic `tf.eye`."""
+    if M.shape.rank == 1:
+        return None
+    size = M.shape[0] if M.shape[0] is not None else tf.shape(M)[0]
+    return tf.eye(size, dtype=M.dtype)
+
+
+def _symmetric_or_identity(
+    M: tf.Tensor, finite: tf.Tensor, eye: tf.Tensor | None
+) -> tf.Tensor:
+    """`M` symmetrized, or the identity `eye` where the factors are not
+    finite; a diagonal factor (a vector) stays a vector."""
     if M.shape.rank == 1:
         return tf.where(finite, M, tf.ones_like(M))
-    eye = tf.eye(tf.shape(M)[0], dtype=M.dtype)
     return tf.where(finite, 0.5 * (M + tf.transpose(M)), eye)
 
 
-def _damped_inverse(M: tf.Tensor, damping: tf.Tensor) -> tf.Tensor:
-    """`(M + damping I)⁻¹`, elementwise for a diagonal factor.
+def _damped_inverse(
+    M: tf.Tensor, damping: tf.Tensor, eye: tf.Tensor | None
+) -> tf.Tensor:
+    """`(M + damping I)⁻¹` (`eye` is `I`), elementwise for a diagonal
+    factor.
 
     `M + damping I` is symmetric positive definite (a PSD factor plus a
     positive damping), so the inverse is solved from its Cholesky factor,
@@ -114,7 +129,6 @@ def _damped_inverse(M: tf.Tensor, damping: tf.Tensor) -> tf.Tensor:
     """
     if M.shape.rank == 1:
         return 1.0 / (M + damping)
-    eye = tf.eye(tf.shape(M)[0], dtype=M.dtype)
     return tf.linalg.cholesky_solve(tf.linalg.cholesky(M + damping * eye), eye)
 
 
