@@ -175,3 +175,18 @@ def agent_arguments(algo: str, arguments: dict) -> dict:
             preset["critic"], preset["value_learning_rate"]
         )
     return {**completed, **arguments}
+
+
+def curvature_scalars(optimizer) -> dict[str, float]:
+    """What an update's log shows of a K-FAC optimizer beside the losses:
+    `step_size` (`η` of its last update), `damping` (`λ`) and the running
+    factors' spectra per block
+    (`keras_kfac.estimator.KroneckerFactoredCurvature.factor_statistics`);
+    empty for another optimizer, or for one not built yet."""
+    if not isinstance(optimizer, keras_kfac.KFAC) or not optimizer.built:
+        return {}
+    return {
+        "step_size": float(optimizer.step_size),
+        "damping": float(optimizer.current_damping),
+        **optimizer.estimator.factor_statistics(),
+    }

@@ -36,6 +36,7 @@ from agents import files, plot
 from agents.build import build
 from agents.config import Config, Summary, load_saved_config, resolve
 from agents.episode_log import EpisodeLog
+from agents.optimizers import curvature_scalars
 from agents.quiet import held_back
 from agents.rollout import RolloutCollector
 from agents.run_directory import (
@@ -352,6 +353,8 @@ class _Log:
                 tf.summary.scalar(f"train/{name}", value)
             for name, value in step_size.items():
                 tf.summary.scalar(f"train/{name}", value)
+            for name, value in curvature_scalars(agent.optimizer).items():
+                tf.summary.scalar(f"kfac/{name}", value)
             tf.summary.scalar("train/steps_per_second", rate)
             tf.summary.scalar("train/skipped_updates", agent.skipped_updates)
         self._advance(steps)

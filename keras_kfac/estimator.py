@@ -16,10 +16,11 @@ all blocks, what an update needs of the curvature (Martens & Grosse 2015):
 
 import warnings
 
+import numpy as np
 import tensorflow as tf
 
 from keras_kfac import linalg
-from keras_kfac.blocks import BlockState, KroneckerBlock
+from keras_kfac.blocks import BlockState, Eigenbases, KroneckerBlock
 from keras_kfac.statistics import kfac_layers_of
 
 # A batch's `(A, G, fresh)`: `fresh` says whether the layer recorded them
@@ -211,6 +212,36 @@ class KroneckerFactoredCurvature:
         terms += [tf.reduce_sum(tf.square(v)) for v in outside.values()]
         return tf.add_n(terms) if terms else tf.constant(0.0)
 
+    def factor_statistics(self) -> dict[str, float]:
+        """The running factors' spectra now, per block, for a log.
+
+        `<layer>/A_mean` and `<layer>/G_mean` are the mean eigenvalues of
+        `A` and `G` (trace over size; the mean over a block's channels
+        where it has one factor per channel); in the `"eigen"` mode
+        `<layer>/A_max`, `A_min`, `G_max` and `G_min` are the extreme
+        eigenvalues of the latest refresh, which set how far `λ` damps
+        the block (`D = λ_A λ_Gᵀ + λ`). A second block of the same layer
+        (a stage) gets `#2` after the name. Eager reads: called between
+        updates, it changes nothing.
+        """
+        statistics, seen = {}, {}
+        for block, state in zip(self.blocks, self.states):
+            name = block.layer.name
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                name = f"{name}#{seen[name]}"
+            for key, factor in (("A", state.A), ("G", state.G)):
+                statistics[f"{name}/{key}_mean"] = _mean_eigenvalue(factor)
+            if isinstance(state.derived, Eigenbases):
+                for key, eigenvalues in (
+                    ("A", state.derived.eigenvalues_A),
+                    ("G", state.derived.eigenvalues_G),
+                ):
+                    values = np.asarray(eigenvalues)
+                    statistics[f"{name}/{key}_max"] = float(values.max())
+                    statistics[f"{name}/{key}_min"] = float(values.min())
+        return statistics
+
     def backward_scale_sq(
         self, grads, indices, loss_scale_factor: float | None
     ) -> tf.Tensor:
@@ -262,3 +293,12 @@ def _block_gradients(block: KroneckerBlock, grad_of: dict) -> list:
             grad = tf.zeros(tuple(variable.shape), tf.float32)
         grads.append(grad)
     return grads
+
+
+def _mean_eigenvalue(factor) -> float:
+    """`tr(M) / dim M` of a factor held as a matrix, a stack of matrices
+    (averaged) or the vector of its diagonal."""
+    values = np.asarray(factor, dtype=np.float64)
+    if values.ndim == 1:
+        return float(values.mean())
+    return float(np.trace(values, axis1=-2, axis2=-1).mean() / values.shape[-1])
