@@ -405,14 +405,16 @@ class TrueFisherModel(keras.Model):
         def exact_curvature(variables, vectors):
             tangents = []
             for vector in vectors:
-                full = [None] * len(values)
-                for variable, tensor in zip(variables, vector):
-                    k = position[id(variable)]
-                    full[k] = tf.cast(tensor, values[k].dtype)
+                given = {
+                    position[id(variable)]: tensor
+                    for variable, tensor in zip(variables, vector)
+                }
                 tangents.append(
                     [
-                        tf.zeros_like(v) if t is None else t
-                        for v, t in zip(values, full)
+                        tf.cast(given[k], v.dtype)
+                        if k in given
+                        else tf.zeros_like(v)
+                        for k, v in enumerate(values)
                     ]
                 )
             return self.gauss_newton_products(

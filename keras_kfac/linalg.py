@@ -81,7 +81,7 @@ def factored_inverses(
     """
     finite = all_finite([A, G])
     root = tf.sqrt(damping)
-    eye_A, eye_G = identity_like(A), identity_like(G)
+    eye_A, eye_G = _identity_like(A), _identity_like(G)
     A = _symmetric_or_identity(A, finite, eye_A)
     G = _symmetric_or_identity(G, finite, eye_G)
     pi = pi_adjustment(_diagonal(A), _diagonal(G))
@@ -95,7 +95,7 @@ def _diagonal(M: tf.Tensor) -> tf.Tensor:
     return M if M.shape.rank == 1 else tf.linalg.diag_part(M)
 
 
-def identity_like(M: tf.Tensor) -> tf.Tensor | None:
+def _identity_like(M: tf.Tensor) -> tf.Tensor | None:
     """The identity matrix of `M`'s shape, `None` for a diagonal factor
     (a vector). Sized from the static shape where there is one, which
     traces a few ops instead of the dozen of a dynamic `tf.eye`."""

@@ -511,3 +511,18 @@ def test_a_linear_schedule_with_a_target_kl_decays_the_target(tmp_path):
     assert target.keys() == expected.keys()
     for step, value in expected.items():
         assert target[step] == pytest.approx(value, rel=1e-6)
+
+
+def test_an_acktr_run_logs_its_curvature_and_an_a2c_run_none(tmp_path):
+    # ACKTR's λ is fixed at its preset's damping; A2C has no K-FAC.
+    logdirs = {}
+    for algo in ("acktr", "a2c"):
+        logdirs[algo] = str(tmp_path / algo)
+        argv = TINY + ["--algo", algo, "--total-steps", "80"]
+        assert train.main(argv + ["--logdir", logdirs[algo]]) == 0
+    damping = _scalars(logdirs["acktr"], "kfac/damping")
+    assert list(damping) == [40, 80]
+    expected = PRESETS["default"]["acktr"]["damping"]
+    assert all(v == pytest.approx(expected, rel=1e-6) for v in damping.values())
+    assert _scalars(logdirs["acktr"], "kfac/step_size")
+    assert _scalars(logdirs["a2c"], "kfac/damping") == {}

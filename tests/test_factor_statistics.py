@@ -1,14 +1,11 @@
 """`KroneckerFactoredCurvature.factor_statistics` against the factors it
-reports on, and the K-FAC scalars an agent's run logs from it."""
+reports on (an agent run's `kfac/` scalars: `tests/test_cli.py`)."""
 
 import keras
 import numpy as np
 import pytest
-from test_cli import TINY, _scalars
 
 import keras_kfac
-from agents import train
-from agents.presets import PRESETS
 from keras_kfac import layers
 
 
@@ -47,7 +44,8 @@ def test_means_are_traces_over_size_and_extremes_the_refreshed_spectrum(rng):
             assert statistics[f"{name}/{key}_mean"] == pytest.approx(
                 np.trace(M) / M.shape[0], rel=1e-12
             )
-            # float32 eigh of a float32 factor: errors near ε · λ_max.
+            # float32 eigh of an n x n factor (n ≤ 19 here): backward
+            # stable, eigenvalue errors about n ε λ_max ≈ 2.3e-6 λ_max.
             tolerance = 1e-5 * scale
             assert abs(statistics[f"{name}/{key}_max"] - scale) <= tolerance
             assert (
@@ -82,18 +80,3 @@ def test_blocks_of_layers_with_one_name_are_told_apart():
         for key in "AG"
         for kind in ("max", "mean", "min")
     )
-
-
-def test_an_acktr_run_logs_its_curvature_and_an_a2c_run_none(tmp_path):
-    # ACKTR's λ is fixed at its preset's damping; A2C has no K-FAC.
-    logdirs = {}
-    for algo in ("acktr", "a2c"):
-        logdirs[algo] = str(tmp_path / algo)
-        argv = TINY + ["--algo", algo, "--total-steps", "80"]
-        assert train.main(argv + ["--logdir", logdirs[algo]]) == 0
-    damping = _scalars(logdirs["acktr"], "kfac/damping")
-    assert list(damping) == [40, 80]
-    expected = PRESETS["default"]["acktr"]["damping"]
-    assert all(v == pytest.approx(expected, rel=1e-6) for v in damping.values())
-    assert _scalars(logdirs["acktr"], "kfac/step_size")
-    assert _scalars(logdirs["a2c"], "kfac/damping") == {}
