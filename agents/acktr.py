@@ -7,7 +7,11 @@ update, as OpenAI baselines' `acktr.py` does it:
 1. the backward pass of `joint_fisher = pg_fisher + vf_fisher`
    (`agents.losses`) with factor collection on: K-FAC's `A` and `G` come
    from it, and from it only (`pg_fisher` alone when a `value_optimizer`
-   fits the critic apart, as the paper does for continuous control);
+   fits the critic apart, as the paper does for continuous control). With
+   `fisher_rows = m` it is taken through a forward pass of `m` rows of
+   the batch drawn at random, not of the whole batch: the factors are
+   running averages over many batches, and on a convolutional torso
+   their statistics cost more than the rest of the update;
 2. the backward pass of `pg_loss - ent_coef · H + vf_coef · vf_loss` with
    collection off: the gradient;
 3. `keras_kfac.KFAC` preconditions that gradient with the running factors
@@ -29,7 +33,7 @@ paper's continuous-control experiments do.
 import tensorflow as tf
 
 import keras_kfac
-from agents import losses, trust_region
+from agents import losses, minibatches, trust_region
 from agents.checks import check_positive_integer
 from agents.gradients import apply_gradients, fisher_then_loss_gradients
 from agents.on_policy import OnPolicyActorCriticAgent, TrustRegionLossInfo
@@ -58,6 +62,9 @@ class AcktrAgent(OnPolicyActorCriticAgent):
             Defaults to the `"default"` preset's.
         guard_steps: Halvings the guard tries before it keeps `θ_old`.
             Defaults to `10`.
+        fisher_rows: The rows of each batch, drawn at random, whose Fisher
+            pass gives the factors (step 1); `None` takes every row.
+            Defaults to `None`.
         **kwargs: `gamma`, `gae_lambda`, `ent_coef`, `vf_coef`,
             `value_optimizer`, ... as in
             `agents.on_policy.OnPolicyActorCriticAgent`; those not given
@@ -76,6 +83,7 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         vf_fisher_coef: float = _DEFAULTS["vf_fisher_coef"],
         max_kl_ratio: float | None = _DEFAULTS["max_kl_ratio"],
         guard_steps: int = 10,
+        fisher_rows: int | None = None,
         name: str = "AcktrAgent",
         **kwargs,
     ):
@@ -104,6 +112,9 @@ class AcktrAgent(OnPolicyActorCriticAgent):
                     "max_kl_ratio=None or give the optimizer a kl_clip."
                 )
         check_positive_integer("guard_steps", guard_steps)
+        if fisher_rows is not None:
+            check_positive_integer("fisher_rows", fisher_rows)
+        self._fisher_rows = fisher_rows
         self._max_kl = (
             None
             if max_kl_ratio is None
@@ -126,7 +137,20 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         """The guard's bound on the measured KL of a kept step, or `None`."""
         return self._max_kl
 
-    def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
+    def _fisher_loss(
+        self, observation, distribution, actions, values, weights, noise_seed
+    ):
+        if self._fisher_rows is not None:
+            rows = minibatches.sampled_rows(
+                tf.shape(actions)[0],
+                self._fisher_rows,
+                tf.random.experimental.stateless_fold_in(noise_seed, 1),
+            )
+            (distribution, values), _ = self._network(
+                tf.gather(observation, rows), training=True
+            )
+            actions = tf.gather(actions, rows)
+            weights = tf.gather(weights, rows)
         # The actions were sampled from the policy being trained, so their
         # log-likelihood gradients give the true Fisher (not the empirical).
         pg_fisher = losses.policy_fisher_loss(

@@ -113,6 +113,7 @@ def _acktr(config, specs, common, learning_rate, target_kl):
         momentum=config.momentum,
         stats_decay=config.stats_decay,
         max_grad_norm=config.max_grad_norm,
+        damping_mode=config.damping_mode,
     )
     return acktr.AcktrAgent(
         *specs,
@@ -122,6 +123,7 @@ def _acktr(config, specs, common, learning_rate, target_kl):
         target_kl=target_kl,
         warm_start=config.warm_start,
         max_kl_ratio=config.max_kl_ratio,
+        fisher_rows=config.fisher_rows,
         **common,
     )
 

@@ -269,6 +269,22 @@ class Config:
             "--kl-clip; 'none': no guard"
         },
     )
+    fisher_rows: int | None = option(
+        None,
+        "rows of each batch, drawn at random, whose Fisher pass gives "
+        "K-FAC's factors (a fraction of the cost on a convolutional "
+        "torso); 'none': every row",
+        algos=("acktr",),
+        positive=True,
+    )
+    damping_mode: str = option(
+        "eigen",
+        "how K-FAC damps its factors: 'eigen' (λ added to the Kronecker "
+        "product, from eigendecompositions) or 'factored' (λ split between "
+        "A and G, from Cholesky inverses: far cheaper for wide layers)",
+        choices=("eigen", "factored"),
+        algos=("acktr",),
+    )
     network: str = option(
         "auto",
         "the torso: the Nature CNN (images of at least 36 x 36), a small "

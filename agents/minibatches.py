@@ -1,5 +1,6 @@
-"""Seeded minibatch orders for the updates that pass over a batch several
-times (PPO's policy epochs, the separate value fit)."""
+"""Seeded row orders: minibatches for the updates that pass over a batch
+several times (PPO's policy epochs, the separate value fit), and the
+random rows of ACKTR's Fisher pass."""
 
 import tensorflow as tf
 
@@ -19,3 +20,12 @@ def shuffled_rows(
         ]
     )
     return tf.random.experimental.stateless_shuffle(tf.range(rows), pass_seed)
+
+
+def sampled_rows(rows: tf.Tensor, count: int, seed: tf.Tensor) -> tf.Tensor:
+    """`count` distinct indices of `range(rows)` drawn uniformly at random
+    (all `rows` of them, shuffled, when `count ≥ rows`), from the stateless
+    `seed` (shape `[2]`): a rerun draws the same ones."""
+    return tf.random.experimental.stateless_shuffle(tf.range(rows), seed)[
+        :count
+    ]

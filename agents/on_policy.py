@@ -344,8 +344,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
         del continues
         return valid
 
-    def _fisher_loss(self, distribution, actions, values, weights, noise_seed):
-        """The loss whose backward pass feeds K-FAC; `None` if unused."""
+    def _fisher_loss(
+        self, observation, distribution, actions, values, weights, noise_seed
+    ):
+        """The loss whose backward pass feeds K-FAC; `None` if unused.
+        `distribution` and `values` are the network's at `observation`, in
+        the forward pass the loss's gradient is taken through."""
         return None
 
     def _update(
@@ -497,7 +501,12 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
             if self._value_optimizer is None:
                 total += self._vf_coef * value_loss
             fisher = self._fisher_loss(
-                distribution, actions, values, fisher_weights, noise_seed
+                observation,
+                distribution,
+                actions,
+                values,
+                fisher_weights,
+                noise_seed,
             )
         terms = LossTerms(total, policy_loss, value_loss, entropy, fisher)
         batch = UpdateBatch(

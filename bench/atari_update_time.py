@@ -1,12 +1,13 @@
 """What one batch of Pong costs: collecting it, and each agent's update.
 
-    python bench/atari_update_time.py               # about 5 minutes
+    python bench/atari_update_time.py               # about 15 minutes
     python bench/atari_update_time.py --repeats 3   # a quick look
 
 The agents are built as `python -m agents.train --env ALE/Pong-v5` builds
 them (the `atari` preset, the Nature CNN from 84 x 84 x 4 frames), on one
-thread. Rows, each timed over `--repeats` batches after two untimed ones
-(tracing, the first refresh):
+thread. Rows, each timed over `--repeats` batches after untimed ones:
+two (tracing, the first refresh), and for ACKTR its cold steps before
+them (first-order updates, which skip the preconditioning):
 
 - `collect`: `RolloutCollector.collect` of one ACKTR batch (32 copies x 20
   steps): the emulator, the frame pipeline and the policy's forward pass;
@@ -16,6 +17,11 @@ thread. Rows, each timed over `--repeats` batches after two untimed ones
   so only the first update decomposes the factors;
 - `acktr, reduced convolutions`: the same with `--weight-sharing reduce`
   (each example's patches averaged before the convolutions' factors);
+- `acktr, fisher rows 160`: the Fisher pass over 160 random rows of the
+  640 (`--fisher-rows 160`);
+- `acktr, factored damping`: Cholesky inverses instead of
+  eigendecompositions (`--damping-mode factored`);
+- `acktr, both`: the two together;
 - `a2c, same batch`: A2C's update of a batch of the same size (its
   `atari` preset otherwise), the gradient step ACKTR's is measured
   against;
@@ -40,6 +46,12 @@ ROWS = {
     "acktr": ("acktr", {}),
     "acktr, no refresh": ("acktr", {"inverse_update_freq": 10**9}),
     "acktr, reduced convolutions": ("acktr", {"weight_sharing": "reduce"}),
+    "acktr, fisher rows 160": ("acktr", {"fisher_rows": 160}),
+    "acktr, factored damping": ("acktr", {"damping_mode": "factored"}),
+    "acktr, both": (
+        "acktr",
+        {"fisher_rows": 160, "damping_mode": "factored"},
+    ),
     "a2c, same batch": ("a2c", {"num_envs": 32, "n_steps": 20}),
     "a2c": ("a2c", {}),
 }
@@ -61,12 +73,13 @@ def time_row(algo: str, settings: dict, repeats: int) -> dict:
             tf_env, agent.collect_policy, config.n_steps
         )
         collect, update = [], []
-        for k in range(repeats + 2):
+        untimed = 2 + (config.cold_steps if algo == "acktr" else 0)
+        for k in range(repeats + untimed):
             start = time.perf_counter()
             experience = collector.collect()
             collected = time.perf_counter()
             agent.train(experience).loss.numpy()
-            if k >= 2:
+            if k >= untimed:
                 collect.append(collected - start)
                 update.append(time.perf_counter() - collected)
     finally:

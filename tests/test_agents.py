@@ -19,7 +19,7 @@ from tf_agents.replay_buffers import tf_uniform_replay_buffer
 from tf_agents.trajectories import time_step as ts
 
 import keras_kfac
-from agents import A2CAgent, AcktrAgent, acktr_optimizer
+from agents import A2CAgent, AcktrAgent, acktr_optimizer, minibatches
 from agents.envs import GymnasiumEnvironment
 from agents.networks import ActorCriticNetwork, ObservationNormalizer
 from agents.rollout import RolloutCollector
@@ -139,6 +139,71 @@ def test_factors_come_from_the_fisher_pass_only():
     G_value = factors[id(net._value_head)].G.numpy()
     np.testing.assert_allclose(G_value, [[np.mean(4 * noise**2)]], rtol=1e-4)
     py_env.close()
+
+
+def test_fisher_rows_take_the_factors_from_the_sampled_rows():
+    # As above, with the Fisher pass over m = 5 of the 24 rows: the
+    # factors are those of the rows `sampled_rows` draws from the seed
+    # the agent derives, with the critic's noise drawn for those m rows.
+    m = 5
+    optimizer = acktr_optimizer(cold_steps=0)
+    py_env, env, agent = _setup(
+        optimizer=optimizer, value_optimizer=None, seed=7, fisher_rows=m
+    )
+    experience = _rollout(env, agent)
+    net = agent.actor_critic_network
+    rows = tf.reshape(experience.observation[:, :-1], (-1, 4))
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([7, 0], tf.int64), 1
+    )
+    sampled = minibatches.sampled_rows(rows.shape[0], m, seed).numpy()
+    assert len(set(sampled)) == m < rows.shape[0]
+    (dist, _), _ = net(tf.gather(rows, sampled), training=False)
+    actions = tf.reshape(experience.action[:, :-1], (-1,)).numpy()[sampled]
+    p = tf.nn.softmax(dist.logits).numpy()
+
+    agent.train(experience)
+    factors = {
+        id(b.layer): f
+        for b, f in zip(optimizer.estimator.blocks, optimizer.estimator.states)
+    }
+    g = np.eye(2)[actions] - p
+    G_policy = factors[id(net._policy_head)].G.numpy()
+    np.testing.assert_allclose(G_policy, g.T @ g / m, rtol=1e-4, atol=1e-7)
+    noise = tf.random.stateless_normal(
+        (m,), tf.constant([7, 0], tf.int64)
+    ).numpy()
+    G_value = factors[id(net._value_head)].G.numpy()
+    np.testing.assert_allclose(G_value, [[np.mean(4 * noise**2)]], rtol=1e-4)
+    # The first layer's A: [x; 1][x; 1]ᵀ over the sampled rows.
+    first = min(optimizer.estimator.blocks, key=lambda b: b.kernel_index).layer
+    x = np.concatenate([rows.numpy()[sampled], np.ones((m, 1))], axis=1)
+    np.testing.assert_allclose(
+        factors[id(first)].A.numpy(), x.T @ x / m, rtol=1e-5, atol=1e-6
+    )
+    py_env.close()
+
+
+def test_sampled_rows_are_distinct_and_uniform():
+    # Each of 10 rows is among 3 drawn with probability 0.3: over 2000
+    # seeds its frequency is within 4 standard deviations of it.
+    counts = np.zeros(10)
+    for k in range(2000):
+        drawn = minibatches.sampled_rows(10, 3, tf.constant([k, 1])).numpy()
+        assert len(set(drawn)) == 3 and set(drawn) <= set(range(10))
+        counts[drawn] += 1
+    np.testing.assert_allclose(
+        counts / 2000, 0.3, atol=4 * np.sqrt(0.3 * 0.7 / 2000)
+    )
+    # More rows asked for than there are: every row, once.
+    every = minibatches.sampled_rows(4, 9, tf.constant([0, 1])).numpy()
+    assert sorted(every) == [0, 1, 2, 3]
+
+
+def test_fisher_rows_must_be_a_positive_integer():
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=f"fisher_rows={bad!r}"):
+            _setup(fisher_rows=bad)
 
 
 def test_loss_pass_alone_records_no_statistics():

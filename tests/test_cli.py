@@ -185,6 +185,11 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
         (["--warm-start", "--target-kl", "none"], "warm_start=True"),
         (["--value-minibatch-size", "0"], "value_minibatch_size=0"),
         (["--max-kl-ratio", "0"], "max_kl_ratio=0.0"),
+        (["--fisher-rows", "0"], "fisher_rows=0"),
+        (
+            ["--algo", "a2c", "--damping-mode", "factored"],
+            "--damping-mode is not a setting of a2c",
+        ),
         (["--initial-log-std", "nan"], "initial_log_std=nan"),
         (
             ["--env", "Pendulum-v1", "--initial-log-std", "1e6"],
@@ -355,6 +360,19 @@ def test_kfac_momentum_and_statistics_decay_reach_the_optimizer(tmp_path):
         preset = resolve(Config(algo="acktr", preset=name))
         assert (preset.momentum, preset.stats_decay) == expected, name
     assert resolve(Config(algo="a2c")).momentum is None  # not an a2c setting
+
+
+def test_fisher_rows_and_damping_mode_reach_the_agent(tmp_path):
+    logdir = str(tmp_path / "run")
+    argv = TINY + ["--total-steps", "40", "--logdir", logdir]
+    extra = ["--fisher-rows", "7", "--damping-mode", "factored"]
+    assert train.main(argv + extra) == 0
+    config = _config(logdir)
+    assert (config["fisher_rows"], config["damping_mode"]) == (7, "factored")
+    py_env, _, agent = build(load_saved_config(logdir))
+    py_env.close()
+    assert agent._fisher_rows == 7
+    assert agent.optimizer.damping_mode == "factored"
 
 
 def test_the_preset_follows_the_action_space_unless_one_is_given():

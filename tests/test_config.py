@@ -245,6 +245,8 @@ def test_a_config_json_of_the_previous_version_loads(tmp_path):
         "scale_rewards": False,
         "network": "auto",
         "weight_sharing": "expand",
+        "fisher_rows": None,
+        "damping_mode": "eigen",
         "hidden_units": (8,),
     }
 
