@@ -1,0 +1,184 @@
+"""Agent steps per second of whole Atari runs: ours and Stable-Baselines3's.
+
+    python bench/atari_throughput.py               # about 25 minutes
+    python bench/atari_throughput.py --threads 1   # one thread each
+
+Each row trains a fresh run on `ALE/Pong-v5` twice, for `--steps` and for
+`3 · --steps` agent steps, each in its own process, and reports the rate
+of the difference, `2 · steps / (T₃ - T₁)`: building the agent, tracing
+its functions, starting the emulators and exporting the policy are paid
+once by both runs and drop out. Rows:
+
+- `ours-acktr`: `python -m agents.train --algo acktr` with the `atari`
+  preset (32 copies x 20 steps);
+- `ours-acktr-fast`: the same with `--fisher-rows 160 --damping-mode
+  factored` (BENCHMARKS.md, "Two levers that halve ACKTR's update on
+  images");
+- `ours-a2c`: `--algo a2c`, the `atari` preset (16 copies x 5 steps);
+- `sb3-a2c`: Stable-Baselines3's A2C with rl-baselines3-zoo's Atari
+  settings (16 copies x 5 steps, `CnnPolicy`, RMSprop with ε 1e-5, entropy
+  0.01, value coefficient 0.25), its `AtariWrapper` and 4 stacked frames,
+  the copies in one process (`DummyVecEnv`), as ours are;
+- `sb3-ppo`: its PPO with the zoo's Atari settings (8 copies x 128 steps,
+  4 passes of 256-row minibatches).
+
+SB3's runs need `requirements-bench.lock` (`.venv-bench`). TensorFlow and
+torch take `--threads` intra-op threads (2, both cores, by default);
+nothing else should run meanwhile. Prints Markdown for BENCHMARKS.md.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ENV = "ALE/Pong-v5"
+OURS = {
+    "ours-acktr": ["--algo", "acktr"],
+    "ours-acktr-fast": [
+        "--algo",
+        "acktr",
+        "--fisher-rows",
+        "160",
+        "--damping-mode",
+        "factored",
+    ],
+    "ours-a2c": ["--algo", "a2c"],
+}
+SB3 = ("sb3-a2c", "sb3-ppo")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def _thread_environment(threads: int) -> dict:
+    return dict(
+        os.environ,
+        TF_NUM_INTRAOP_THREADS=str(threads),
+        TF_NUM_INTEROP_THREADS=str(threads),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+
+
+def train_sb3(row: str, steps: int, threads: int) -> None:
+    """One SB3 run of `steps` agent steps (in this process)."""
+    import ale_py
+    import gymnasium
+    import torch
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gymnasium.register_envs(ale_py)
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+    copies = 16 if row == "sb3-a2c" else 8
+    # The `v5` game's own frameskip is 1: `AtariWrapper` repeats actions.
+    env = VecFrameStack(
+        make_atari_env(
+            ENV, n_envs=copies, seed=0, env_kwargs=dict(frameskip=1)
+        ),
+        n_stack=4,
+    )
+    if row == "sb3-a2c":
+        model = A2C(
+            "CnnPolicy",
+            env,
+            ent_coef=0.01,
+            vf_coef=0.25,
+            policy_kwargs=dict(
+                optimizer_class=torch.optim.RMSprop,
+                optimizer_kwargs=dict(alpha=0.99, eps=1e-5, weight_decay=0),
+            ),
+            seed=0,
+            device="cpu",
+        )
+    else:
+        model = PPO(
+            "CnnPolicy",
+            env,
+            n_steps=128,
+            n_epochs=4,
+            batch_size=256,
+            learning_rate=2.5e-4,
+            clip_range=0.1,
+            vf_coef=0.5,
+            ent_coef=0.01,
+            seed=0,
+            device="cpu",
+        )
+    model.learn(total_timesteps=steps)
+    env.close()
+
+
+def seconds_of(row: str, steps: int, threads: int) -> float:
+    """Wall seconds of one whole run of `steps` steps, in a new process."""
+    env = _thread_environment(threads)
+    with tempfile.TemporaryDirectory() as logdir:
+        if row in OURS:
+            command = [
+                sys.executable,
+                "-m",
+                "agents.train",
+                *OURS[row],
+                "--env",
+                ENV,
+                "--seed",
+                "0",
+                "--total-steps",
+                str(steps),
+                "--logdir",
+                os.path.join(logdir, "run"),
+            ]
+        else:
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--sb3-run",
+                row,
+                "--steps",
+                str(steps),
+                "--threads",
+                str(threads),
+            ]
+        start = time.perf_counter()
+        subprocess.run(
+            command,
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=12800)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rows", nargs="+", default=[*OURS, *SB3], choices=[*OURS, *SB3]
+    )
+    parser.add_argument("--sb3-run", choices=SB3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sb3_run:
+        train_sb3(args.sb3_run, args.steps, args.threads)
+        return
+    print(
+        f"{ENV}, {args.threads} thread(s), steps/s between runs of "
+        f"{args.steps} and {3 * args.steps} steps.\n"
+    )
+    print("| run | s for the first | s for the second | steps/s |")
+    print("|---|---|---|---|")
+    for row in args.rows:
+        short = seconds_of(row, args.steps, args.threads)
+        long = seconds_of(row, 3 * args.steps, args.threads)
+        rate = 2 * args.steps / (long - short)
+        print(
+            f"| {row} | {short:.0f} | {long:.0f} | {rate:.0f} |", flush=True
+        )
+
+
+if __name__ == "__main__":
+    main()
