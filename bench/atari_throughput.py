@@ -175,9 +175,7 @@ def main() -> None:
         short = seconds_of(row, args.steps, args.threads)
         long = seconds_of(row, 3 * args.steps, args.threads)
         rate = 2 * args.steps / (long - short)
-        print(
-            f"| {row} | {short:.0f} | {long:.0f} | {rate:.0f} |", flush=True
-        )
+        print(f"| {row} | {short:.0f} | {long:.0f} | {rate:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
