@@ -28,6 +28,7 @@ from agents.presets import (
     ALGORITHMS,
     AUTO,
     CRITICS,
+    DAMPING_MODES,
     FROM_PRESET,
     NETWORKS,
     PRESETS,
@@ -282,7 +283,7 @@ class Config:
         "how K-FAC damps its factors: 'eigen' (λ added to the Kronecker "
         "product, from eigendecompositions) or 'factored' (λ split between "
         "A and G, from Cholesky inverses: far cheaper for wide layers)",
-        choices=("eigen", "factored"),
+        choices=DAMPING_MODES,
         algos=("acktr",),
     )
     network: str = option(

@@ -35,6 +35,9 @@ NETWORKS = ("auto", "nature", "small", "mlp")
 # (`keras_kfac.layers.weight_sharing`; named here, where `agents.config`
 # reads its choices without loading TensorFlow).
 WEIGHT_SHARING = ("expand", "reduce")
+# How K-FAC damps its factors (`keras_kfac.linalg.DAMPING_MODES`, named
+# here for the same reason).
+DAMPING_MODES = ("eigen", "factored")
 AUTO = "auto"
 
 

@@ -108,37 +108,61 @@ def test_loss_info_matches_formulas_on_the_batch():
     py_env.close()
 
 
-def test_factors_come_from_the_fisher_pass_only():
-    # First update, so the running factors equal the batch ones (ε = 0);
-    # the joint step (no separate critic), so the value head has a block.
+def _factors_after_one_train(fisher_rows=None):
+    """`(factors by layer id, network, rows, sampled, p, actions)` of a
+    first ACKTR update with seed 7 (so the running factors equal the batch
+    ones, ε = 0) in the joint step (so the value head has a block):
+    `sampled` the rows the Fisher pass took, `p` the policy's
+    probabilities and `actions` the actions at those rows."""
     optimizer = acktr_optimizer(cold_steps=0)
     py_env, env, agent = _setup(
-        optimizer=optimizer, value_optimizer=None, seed=7
+        optimizer=optimizer,
+        value_optimizer=None,
+        seed=7,
+        fisher_rows=fisher_rows,
     )
     experience = _rollout(env, agent)
     net = agent.actor_critic_network
     rows = tf.reshape(experience.observation[:, :-1], (-1, 4))
-    (dist, values), _ = net(rows, training=False)
-    actions = tf.reshape(experience.action[:, :-1], (-1,)).numpy()
+    sampled = np.arange(rows.shape[0])
+    if fisher_rows is not None:
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([7, 0], tf.int64), 1
+        )
+        sampled = minibatches.sampled_rows(
+            rows.shape[0], fisher_rows, seed
+        ).numpy()
+    (dist, _), _ = net(tf.gather(rows, sampled), training=False)
+    actions = tf.reshape(experience.action[:, :-1], (-1,)).numpy()[sampled]
     p = tf.nn.softmax(dist.logits).numpy()
-    n = len(actions)
-
     agent.train(experience)
+    py_env.close()
     factors = {
         id(b.layer): f
         for b, f in zip(optimizer.estimator.blocks, optimizer.estimator.states)
     }
+    return factors, net, rows.numpy(), sampled, p, actions
+
+
+def _assert_head_factors(factors, net, p, actions):
+    """The heads' `G` over the rows of `p` and `actions`."""
+    n = len(actions)
     # Policy head: g = ∇_logits log π(a|s) = onehot(a) - p, G = E[g gᵀ].
     g = np.eye(2)[actions] - p
     G_policy = factors[id(net._policy_head)].G.numpy()
     np.testing.assert_allclose(G_policy, g.T @ g / n, rtol=1e-4, atol=1e-7)
-    # Value head: g = 2ε with the agent's noise for train step 0, G = E[4ε²].
+    # Value head: g = 2ε with the agent's noise for train step 0 drawn
+    # for the n rows, G = E[4ε²].
     noise = tf.random.stateless_normal(
         (n,), tf.constant([7, 0], tf.int64)
     ).numpy()
     G_value = factors[id(net._value_head)].G.numpy()
     np.testing.assert_allclose(G_value, [[np.mean(4 * noise**2)]], rtol=1e-4)
-    py_env.close()
+
+
+def test_factors_come_from_the_fisher_pass_only():
+    factors, net, _, _, p, actions = _factors_after_one_train()
+    _assert_head_factors(factors, net, p, actions)
 
 
 def test_fisher_rows_take_the_factors_from_the_sampled_rows():
@@ -146,42 +170,16 @@ def test_fisher_rows_take_the_factors_from_the_sampled_rows():
     # factors are those of the rows `sampled_rows` draws from the seed
     # the agent derives, with the critic's noise drawn for those m rows.
     m = 5
-    optimizer = acktr_optimizer(cold_steps=0)
-    py_env, env, agent = _setup(
-        optimizer=optimizer, value_optimizer=None, seed=7, fisher_rows=m
-    )
-    experience = _rollout(env, agent)
-    net = agent.actor_critic_network
-    rows = tf.reshape(experience.observation[:, :-1], (-1, 4))
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([7, 0], tf.int64), 1
-    )
-    sampled = minibatches.sampled_rows(rows.shape[0], m, seed).numpy()
-    assert len(set(sampled)) == m < rows.shape[0]
-    (dist, _), _ = net(tf.gather(rows, sampled), training=False)
-    actions = tf.reshape(experience.action[:, :-1], (-1,)).numpy()[sampled]
-    p = tf.nn.softmax(dist.logits).numpy()
-
-    agent.train(experience)
-    factors = {
-        id(b.layer): f
-        for b, f in zip(optimizer.estimator.blocks, optimizer.estimator.states)
-    }
-    g = np.eye(2)[actions] - p
-    G_policy = factors[id(net._policy_head)].G.numpy()
-    np.testing.assert_allclose(G_policy, g.T @ g / m, rtol=1e-4, atol=1e-7)
-    noise = tf.random.stateless_normal(
-        (m,), tf.constant([7, 0], tf.int64)
-    ).numpy()
-    G_value = factors[id(net._value_head)].G.numpy()
-    np.testing.assert_allclose(G_value, [[np.mean(4 * noise**2)]], rtol=1e-4)
-    # The first layer's A: [x; 1][x; 1]ᵀ over the sampled rows.
-    first = min(optimizer.estimator.blocks, key=lambda b: b.kernel_index).layer
-    x = np.concatenate([rows.numpy()[sampled], np.ones((m, 1))], axis=1)
-    np.testing.assert_allclose(
-        factors[id(first)].A.numpy(), x.T @ x / m, rtol=1e-5, atol=1e-6
-    )
-    py_env.close()
+    factors, net, rows, sampled, p, actions = _factors_after_one_train(m)
+    assert len(set(sampled)) == m < len(rows)
+    _assert_head_factors(factors, net, p, actions)
+    # The A of each layer on the observations: [x; 1][x; 1]ᵀ over the
+    # sampled rows (the layers after them see 8 units, not 4).
+    x = np.concatenate([rows[sampled], np.ones((m, 1))], axis=1)
+    on_inputs = [f.A.numpy() for f in factors.values() if f.A.shape == (5, 5)]
+    assert on_inputs
+    for A in on_inputs:
+        np.testing.assert_allclose(A, x.T @ x / m, rtol=1e-5, atol=1e-6)
 
 
 def test_sampled_rows_are_distinct_and_uniform():

@@ -139,11 +139,12 @@ def test_the_small_cnn_halves_any_image_to_at_most_4_x_4(
 @pytest.mark.parametrize("torso, side", [("nature", 84), ("small", 10)])
 def test_the_convolutional_torsos_take_the_weight_sharing(torso, side):
     import keras_kfac
-    from agents.presets import WEIGHT_SHARING
+    from agents.presets import DAMPING_MODES, WEIGHT_SHARING
     from keras_kfac.layers import weight_sharing
 
     # agents.config names the choices without importing TensorFlow.
     assert WEIGHT_SHARING == weight_sharing.WEIGHT_SHARING
+    assert DAMPING_MODES == keras_kfac.linalg.DAMPING_MODES
     observation_spec = tensor_spec.BoundedTensorSpec(
         (side, side, 4), tf.uint8, 0, 255
     )
