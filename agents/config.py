@@ -288,7 +288,9 @@ class Config:
     )
     network: str = option(
         "auto",
-        "the torso: the Nature CNN (images of at least 36 x 36), a small "
+        "the torso: the Nature CNN (images of at least 36 x 36), "
+        "'nature32' (the same with 32 filters in its last convolution, "
+        "as baselines' Atari ACKTR: a cheaper K-FAC update), a small "
         "CNN (any image size), an MLP over the flattened observation, or "
         "'auto' (the Nature CNN for images it fits, the small CNN for "
         "smaller ones, the MLP otherwise)",

@@ -10,7 +10,10 @@ must be `keras_kfac.layers` for K-FAC to precondition them.
 
 - torso `"mlp"` (dense, tanh, over the flattened observation), `"nature"`
   (the convolutional network of Mnih et al. 2015 for `84×84×4` frames,
-  ReLU; images of at least 36 x 36) or `"small"` (3 x 3 convolutions that
+  ReLU; images of at least 36 x 36), `"nature32"` (the same with 32
+  filters in its last convolution, as baselines' Atari ACKTR has it: the
+  dense layer's K-FAC factor `A` is half as wide, 1569 instead of 3137
+  on 84 x 84 frames) or `"small"` (3 x 3 convolutions that
   halve the image until it is at most 4 x 4, then a dense layer: any
   image size), shared by both heads (`shared_torso=True`, one joint
   Fisher over the torso) or one each; `torso_for` picks one for an
@@ -34,8 +37,9 @@ from tf_agents.specs import tensor_spec
 import keras_kfac
 from keras_kfac.layers.weight_sharing import check_weight_sharing
 
-TORSOS = ("mlp", "nature", "small")
-# The Nature CNN's valid convolutions (8 stride 4, 4 stride 2, 3 stride 1)
+TORSOS = ("mlp", "nature", "nature32", "small")
+NATURE_TORSOS = ("nature", "nature32")
+# The Nature CNNs' valid convolutions (8 stride 4, 4 stride 2, 3 stride 1)
 # leave a position of an image of at least this side.
 NATURE_MIN_SIDE = 36
 # The small CNN halves the image until neither side exceeds this.
@@ -65,9 +69,9 @@ def torso_for(observation_shape, network: str = "auto") -> str:
             f"width, channels). Received: observations of shape {shape}; "
             "use network 'mlp' (or 'auto')."
         )
-    if network == "nature" and min(shape[:2]) < NATURE_MIN_SIDE:
+    if network in NATURE_TORSOS and min(shape[:2]) < NATURE_MIN_SIDE:
         raise ValueError(
-            f"The nature network needs images of at least {NATURE_MIN_SIDE}"
+            f"The {network} network needs images of at least {NATURE_MIN_SIDE}"
             f" x {NATURE_MIN_SIDE}. Received: observations of shape {shape}; "
             "use network 'small' (or 'auto')."
         )
@@ -155,7 +159,9 @@ def _torso(
                 )
             )
         return layers
-    # Mnih et al. 2015, as used by the ACKTR paper for Atari.
+    # Mnih et al. 2015, as used by the ACKTR paper for Atari; "nature32"
+    # narrows the last convolution to 32 filters.
+    last_filters = 32 if kind == "nature32" else 64
     conv = dict(
         activation="relu",
         kernel_initializer=_orthogonal(np.sqrt(2.0)),
@@ -169,7 +175,7 @@ def _torso(
             64, 4, strides=2, name=f"{name}_conv_1", **conv
         ),
         keras_kfac.layers.Conv2D(
-            64, 3, strides=1, name=f"{name}_conv_2", **conv
+            last_filters, 3, strides=1, name=f"{name}_conv_2", **conv
         ),
         keras.layers.Flatten(),
         keras_kfac.layers.Dense(512, name=f"{name}_dense", **conv),
@@ -268,8 +274,8 @@ class ActorCriticNetwork(network.Network):
             (`uint8`) are scaled to `[0, 1]`.
         action_spec: `BoundedTensorSpec`, a scalar integer (Categorical
             head) or a float vector (diagonal Gaussian head).
-        torso: `"mlp"`, `"nature"` or `"small"` (see the module
-            docstring; `torso_for` picks one). Defaults to `"mlp"`.
+        torso: `"mlp"`, `"nature"`, `"nature32"` or `"small"` (see the
+            module docstring; `torso_for` picks one). Defaults to `"mlp"`.
         hidden_units: Widths of the `"mlp"` torso. Defaults to `(64, 64)`.
         activation: Activation of the `"mlp"` torso. Defaults to `"tanh"`.
         shared_torso: One torso for both heads. Defaults to `False` for

@@ -30,7 +30,7 @@ CRITICS = ("adam", "kfac", "joint")
 # The actor-critic network's torso (`agents.networks.torso_for`): `auto`
 # takes the Nature CNN for images it fits, the small CNN for smaller
 # images, the MLP for the rest.
-NETWORKS = ("auto", "nature", "small", "mlp")
+NETWORKS = ("auto", "nature", "nature32", "small", "mlp")
 # How K-FAC's factors of a convolutional torso treat the patch positions
 # (`keras_kfac.layers.weight_sharing`; named here, where `agents.config`
 # reads its choices without loading TensorFlow).

@@ -2,6 +2,7 @@
 
     python bench/atari_update_time.py               # about 15 minutes
     python bench/atari_update_time.py --repeats 3   # a quick look
+    python bench/atari_update_time.py --rows "acktr, both" a2c
 
 The agents are built as `python -m agents.train --env ALE/Pong-v5` builds
 them (the `atari` preset, the Nature CNN from 84 x 84 x 4 frames), on one
@@ -22,6 +23,11 @@ them (first-order updates, which skip the preconditioning):
 - `acktr, factored damping`: Cholesky inverses instead of
   eigendecompositions (`--damping-mode factored`);
 - `acktr, both`: the two together;
+- `acktr, both, fisher rows 64`: the same with 64 rows;
+- `acktr, both, nature32`: both levers on `--network nature32` (32
+  filters in the last convolution, the dense layer's `A` 1569 wide);
+- `a2c, same batch, nature32`: A2C's update of that batch on that
+  network;
 - `a2c, same batch`: A2C's update of a batch of the same size (its
   `atari` preset otherwise), the gradient step ACKTR's is measured
   against;
@@ -52,7 +58,19 @@ ROWS = {
         "acktr",
         {"fisher_rows": 160, "damping_mode": "factored"},
     ),
+    "acktr, both, fisher rows 64": (
+        "acktr",
+        {"fisher_rows": 64, "damping_mode": "factored"},
+    ),
+    "acktr, both, nature32": (
+        "acktr",
+        {"fisher_rows": 160, "damping_mode": "factored", "network": "nature32"},
+    ),
     "a2c, same batch": ("a2c", {"num_envs": 32, "n_steps": 20}),
+    "a2c, same batch, nature32": (
+        "a2c",
+        {"num_envs": 32, "n_steps": 20, "network": "nature32"},
+    ),
     "a2c": ("a2c", {}),
 }
 
@@ -92,15 +110,24 @@ def time_row(algo: str, settings: dict, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=list(ROWS),
+        default=list(ROWS),
+        metavar="ROW",
+        help="the rows to time (default: all of them)",
+    )
     args = parser.parse_args()
     one_thread()
     print(f"{ENV}, one thread, mean over {args.repeats} batches.\n")
     print("| row | batch | ms per batch | steps/s |")
     print("|---|---|---|---|")
-    for name, (algo, settings) in ROWS.items():
+    for name in args.rows:
+        algo, settings = ROWS[name]
         timed = time_row(algo, settings, args.repeats)
         steps = timed["steps"]
-        if name == "acktr":
+        if algo == "acktr" and name == args.rows[0]:
             seconds = statistics.mean(timed["collect"])
             print(
                 f"| collect | {steps} | {1e3 * seconds:.0f} | "

@@ -205,6 +205,10 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys):
             ["--env", "toy_envs:BrightOrDark-v0", "--network", "nature"],
             "at least 36 x 36. Received: observations of shape (10, 10, 4)",
         ),
+        (
+            ["--env", "toy_envs:BrightOrDark-v0", "--network", "nature32"],
+            "The nature32 network needs images of at least 36 x 36",
+        ),
     ):
         assert train.main(argv + ["--logdir", str(logdir)]) == 2
         assert received in capsys.readouterr().err

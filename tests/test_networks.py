@@ -91,6 +91,7 @@ def test_auto_picks_the_torso_the_observations_fit(shape, torso):
     "shape, network, message",
     [
         ((10, 10, 4), "nature", r"at least 36 x 36.*\(10, 10, 4\)"),
+        ((35, 84, 4), "nature32", r"nature32 network.*\(35, 84, 4\)"),
         ((4,), "small", r"\(height, width, channels\).*\(4,\)"),
         ((4,), "nature", r"\(height, width, channels\).*\(4,\)"),
         ((84, 84, 4), "resnet", "network='resnet'"),
@@ -136,7 +137,32 @@ def test_the_small_cnn_halves_any_image_to_at_most_4_x_4(
     assert net._value_torso is None  # shared, as the Nature CNN's
 
 
-@pytest.mark.parametrize("torso, side", [("nature", 84), ("small", 10)])
+@pytest.mark.parametrize(
+    "side, last_filters, torso",
+    [(84, 64, "nature"), (84, 32, "nature32"), (36, 32, "nature32")],
+)
+def test_the_nature_cnns_flatten_their_last_convolution(
+    side, last_filters, torso
+):
+    observation_spec = tensor_spec.BoundedTensorSpec(
+        (side, side, 4), tf.uint8, 0, 255
+    )
+    net = ActorCriticNetwork(
+        observation_spec, _spec((), tf.int32, 0, 2), torso=torso
+    )
+    (distribution, value), _ = net(tf.zeros((2, side, side, 4), tf.uint8))
+    assert distribution.logits.shape == (2, 3) and value.shape == (2,)
+    # Valid convolutions 8/4, 4/2, 3/1: s -> (s - 8) // 4 + 1, then
+    # (s - 4) // 2 + 1, then s - 2 (84 -> 20 -> 9 -> 7, 36 -> 8 -> 3 -> 1).
+    out = (((side - 8) // 4 + 1) - 4) // 2 + 1 - 2
+    dense = net._policy_torso[-1]
+    assert dense.kernel.shape == (out * out * last_filters, 512)
+    assert net._value_torso is None
+
+
+@pytest.mark.parametrize(
+    "torso, side", [("nature", 84), ("nature32", 84), ("small", 10)]
+)
 def test_the_convolutional_torsos_take_the_weight_sharing(torso, side):
     import keras_kfac
     from agents.presets import DAMPING_MODES, WEIGHT_SHARING
