@@ -20,7 +20,17 @@ is the library's defaults. Interpreted as the zoo does:
   (here over `--total-steps`, where the zoo uses its own `n_timesteps`,
   kept as `zoo_n_timesteps` in `summary.json` for reference).
 - a `policy_kwargs` string (`"dict(..., activation_fn=nn.ReLU, ...)"`)
-  is written out as the dict it evaluates to, the activation by name.
+  is written out as the dict it evaluates to, the activation and the
+  optimizer class by name.
+
+An ALE game (`ALE/Pong-v5`) takes the zoo's `atari` entry: its
+`AtariWrapper` (up to 30 no-ops after a reset, each action repeated for 4
+frames with the last two max-pooled, 84 x 84 grayscale, a lost life ends
+the learner's episode, rewards clipped to their sign) over the game with
+its own frame skip set to 1 and its sticky actions kept, 4 frames stacked,
+and `CnnPolicy` (the Nature CNN): the preprocessing of `agents.atari`.
+The `Monitor` sits under the wrapper, so `episodes.csv` holds whole games
+and their unclipped scores, as our runs report them.
 
 `--settings ours` trains SB3 PPO instead with this project's own PPO
 settings for the task (`agents.presets`, the preset `--preset auto` picks):
@@ -51,15 +61,24 @@ from runner_common import (
 from sb3_contrib import TRPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecFrameStack,
+    VecNormalize,
+)
 
+from agents import atari
 from agents.episode_log import EpisodeLog
 
 ALGORITHMS = {"a2c": A2C, "ppo": PPO, "trpo": TRPO}
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+OPTIMIZERS = {"RMSpropTFLike": RMSpropTFLike}
+# The key of the zoo's entry for every ALE game.
+ATARI = "atari"
 
 # MuJoCo-tuned PPO policy of the zoo (its `nn.ReLU` written as "relu").
 _PPO_MUJOCO_POLICY = {
@@ -91,8 +110,22 @@ _TRPO_MUJOCO = {
 # read from DLR-RM/rl-baselines3-zoo at commits c6c209e7 (a2c.yml),
 # 208b6fdf (ppo.yml: CartPole to HalfCheetah) and 22e3ff24 (ppo.yml:
 # InvertedDoublePendulum, Hopper, Walker2d; trpo.yml).
+# The `atari` entries: a2c.yml at 02846e4d, ppo.yml at 00128b5d.
 ZOO = {
     "a2c": {
+        ATARI: {
+            "source": "a2c.yml: atari",
+            "n_timesteps": 10_000_000,
+            "hyperparameters": {
+                "n_envs": 16,
+                "ent_coef": 0.01,
+                "vf_coef": 0.25,
+                "policy_kwargs": {
+                    "optimizer_class": "RMSpropTFLike",
+                    "optimizer_kwargs": {"eps": 1e-5},
+                },
+            },
+        },
         "CartPole-v1": {
             "source": "a2c.yml: CartPole-v1",
             "n_timesteps": 500_000,
@@ -141,6 +174,20 @@ ZOO = {
         },
     },
     "ppo": {
+        ATARI: {
+            "source": "ppo.yml: atari",
+            "n_timesteps": 10_000_000,
+            "hyperparameters": {
+                "n_envs": 8,
+                "n_steps": 128,
+                "n_epochs": 4,
+                "batch_size": 256,
+                "learning_rate": "lin_2.5e-4",
+                "clip_range": "lin_0.1",
+                "vf_coef": 0.5,
+                "ent_coef": 0.01,
+            },
+        },
         "CartPole-v1": {
             "source": "ppo.yml: CartPole-v1 (tuned)",
             "n_timesteps": 100_000,
@@ -335,6 +382,8 @@ def model_arguments(hyperparameters: dict) -> tuple[int, bool, dict]:
         policy = dict(kwargs["policy_kwargs"])
         if "activation_fn" in policy:
             policy["activation_fn"] = ACTIVATIONS[policy["activation_fn"]]
+        if "optimizer_class" in policy:
+            policy["optimizer_class"] = OPTIMIZERS[policy["optimizer_class"]]
         kwargs["policy_kwargs"] = policy
     return n_envs, normalize, kwargs
 
@@ -399,6 +448,13 @@ def our_ppo_entry(env_id: str) -> dict:
     }
 
 
+def zoo_entry(algo: str, env_id: str) -> dict | None:
+    """The zoo's entry for `algo` on `env_id` (its `atari` one for an ALE
+    game), or `None` where `ZOO` has none."""
+    key = ATARI if atari.is_atari(env_id) else env_id
+    return ZOO[algo].get(key)
+
+
 def run(
     algo: str,
     env_id: str,
@@ -408,19 +464,38 @@ def run(
     entry: dict | None = None,
 ) -> dict:
     """Trains one run and writes its files; returns the summary. `entry`
-    defaults to the zoo's, `ZOO[algo][env_id]`."""
-    entry = ZOO[algo][env_id] if entry is None else entry
+    defaults to the zoo's, `ZOO[algo][env_id]` (`ZOO[algo]["atari"]` for
+    an ALE game)."""
+    game = atari.is_atari(env_id)
+    entry = zoo_entry(algo, env_id) if entry is None else entry
     n_envs, normalize, kwargs = model_arguments(entry["hyperparameters"])
-    env = make_vec_env(
-        env_id, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv
-    )
+    if game:
+        env = VecFrameStack(
+            make_atari_env(
+                env_id,
+                n_envs=n_envs,
+                seed=seed,
+                env_kwargs=dict(frameskip=1),
+                vec_env_cls=DummyVecEnv,
+            ),
+            n_stack=atari.FRAME_STACK,
+        )
+    else:
+        env = make_vec_env(
+            env_id, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv
+        )
     if normalize:  # as the zoo: VecNormalize discounts with the algo's gamma
         env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
     wanted = entry.get("normalize")
     if wanted and any(wanted.values()):
         env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99), **wanted)
     model = ALGORITHMS[algo](
-        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs
+        "CnnPolicy" if game else "MlpPolicy",
+        env,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+        **kwargs,
     )
     log = new_episode_log(out)
     try:
@@ -481,10 +556,11 @@ def main(argv=None) -> None:
                 f"{args.algo}"
             )
         entry = our_ppo_entry(args.env)
-    elif args.env not in ZOO[args.algo]:
+    elif zoo_entry(args.algo, args.env) is None:
         parser.error(
             f"no zoo settings for {args.algo} on {args.env} (it has "
-            f"{', '.join(sorted(ZOO[args.algo]))}). Received: --algo "
+            f"{', '.join(sorted(ZOO[args.algo]))}; 'atari' is any ALE "
+            f"game). Received: --algo "
             f"{args.algo} --env {args.env}"
         )
     torch.set_num_threads(1)
