@@ -179,8 +179,9 @@ def agent_arguments(algo: str, arguments: dict) -> dict:
 
 def curvature_scalars(optimizer) -> dict[str, float]:
     """What an update's log shows of a K-FAC optimizer beside the losses:
-    `step_size` (`η` of its last update), `damping` (`λ`) and the running
-    factors' spectra per block
+    `step_size` (`η` of its last update), `damping` (`λ`),
+    `failed_refreshes` (block refreshes so far whose result was not
+    finite) and the running factors' spectra per block
     (`keras_kfac.estimator.KroneckerFactoredCurvature.factor_statistics`);
     empty for another optimizer, or for one not built yet."""
     if not isinstance(optimizer, keras_kfac.KFAC) or not optimizer.built:
@@ -188,5 +189,6 @@ def curvature_scalars(optimizer) -> dict[str, float]:
     return {
         "step_size": float(optimizer.step_size),
         "damping": float(optimizer.current_damping),
+        "failed_refreshes": float(optimizer.failed_refreshes),
         **optimizer.estimator.factor_statistics(),
     }

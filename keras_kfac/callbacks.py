@@ -21,7 +21,9 @@ class KFACLogs(keras.callbacks.Callback):
       `ρ` of the latest update (with a finite one) and the updates undone
       so far;
     - `kfac_skipped_steps`: updates skipped so far because a gradient,
-      statistic or update was not finite.
+      statistic or update was not finite;
+    - `kfac_failed_refreshes`: block refreshes so far whose result was not
+      finite (the block kept its previous eigenbases or inverses).
 
     Put it before `keras.callbacks.TensorBoard` in `callbacks=[...]`: Keras
     calls callbacks in order, so TensorBoard then writes these too.
@@ -58,6 +60,7 @@ class KFACLogs(keras.callbacks.Callback):
             logs["kfac_reduction_ratio"] = value(optimizer.reduction_ratio)
             logs["kfac_rejected_steps"] = value(optimizer.rejected_steps)
         logs["kfac_skipped_steps"] = value(optimizer.skipped_steps)
+        logs["kfac_failed_refreshes"] = float(optimizer.failed_refreshes)
 
     def on_train_batch_end(self, batch, logs=None):
         self._add(logs)

@@ -289,6 +289,8 @@ class UpdateWarnings:
         self.damping_mode = damping_mode
         self.warned_skipped_updates = False
         self.warned_xla_refresh = False
+        # Block refreshes that were not finite (`if_refresh_failed`).
+        self.failed_refreshes = 0
 
     def if_most_updates_skipped(
         self, skipped_steps: tf.Tensor, update_count: tf.Tensor
@@ -329,6 +331,40 @@ class UpdateWarnings:
             ),
             stacklevel=2,
         )
+
+    def if_refresh_failed(self, failed: tf.Tensor, update_count) -> None:
+        """Traces the count of the `failed` block refreshes of an update
+        (an int32 scalar) into `failed_refreshes`, and a warning, given
+        once, for the first. Such a block keeps its previous eigenbases or
+        inverses, so training goes on with staler curvature; a count that
+        grows says the factors are indefinite beyond the damping. The host
+        callback runs only when a refresh failed, and is left out under
+        XLA."""
+        if xla.in_xla_context():
+            return
+
+        def count():
+            tf.py_function(
+                self._count_failed_refreshes, [failed, update_count], Tout=[]
+            )
+            return tf.constant(True)
+
+        tf.cond(failed > 0, count, lambda: tf.constant(False))
+
+    def _count_failed_refreshes(self, failed, update_count) -> None:
+        first = self.failed_refreshes == 0
+        self.failed_refreshes += int(failed)
+        if first:
+            warnings.warn(
+                f"KFAC optimizer {self.name!r}: the refresh of {int(failed)} "
+                "block(s) at update "
+                f"{int(update_count)} was not finite (damping_mode="
+                f"{self.damping_mode!r}, damping={self.damping}); they keep "
+                "their previous eigenbases or inverses. A larger damping "
+                "keeps the factors positive definite. "
+                "optimizer.failed_refreshes counts them.",
+                stacklevel=2,
+            )
 
     def if_refresh_compiled_for_cpu(self) -> None:
         """Warns once, while tracing, when XLA compiles the refresh of the

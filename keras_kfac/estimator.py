@@ -9,7 +9,8 @@ all blocks, what an update needs of the curvature (Martens & Grosse 2015):
    `A ← ε A + (1 - ε) A_batch`, `G ← ε G + (1 - ε) G_batch`,
    `ε = min(stats_decay, k / (k + 1))` after `k` earlier batches
    (`update_factors`);
-2. refresh what the damping mode derives from them (`update_inverses`);
+2. refresh what the damping mode derives from them (`update_inverses`,
+   on the optimizer's schedule `update_inverses_when_due`);
 3. precondition, `Δ = F̂⁻¹ ∇` per block (`precondition`);
 4. measure `vᵀ F̂ v` of a step (`quadratic_form`).
 """
@@ -159,18 +160,36 @@ class KroneckerFactoredCurvature:
         for block in self.blocks:
             block.layer.statistics.fresh.assign(0.0)
 
-    def update_inverses(self, damping) -> tf.Operation:
+    def update_inverses(self, damping) -> tf.Tensor:
         """Refreshes every block's eigenbases or inverses from its running
         factors, with `λ = damping` (a tensor or variable); a block whose
-        refresh is not finite keeps its previous ones."""
+        refresh is not finite keeps its previous ones. Returns the number
+        of those blocks (an int32 scalar)."""
         damping = tf.convert_to_tensor(damping)
+        failed = tf.constant(0)
         for block, state in zip(self.blocks, self.states):
             new, ok = block.refresh(state, damping, self.damping_mode)
+            failed += 1 - tf.cast(ok, tf.int32)
             for variable, value in zip(state.derived, new):
                 if variable is not None:
                     old = tf.convert_to_tensor(variable)
                     self._assign(variable, tf.where(ok, value, old))
-        return tf.no_op()
+        return failed
+
+    def update_inverses_when_due(
+        self, warm, interval: int, inputs_finite, damping
+    ) -> tf.Tensor:
+        """`update_inverses` on the first warm update (`warm`, the updates
+        since the cold steps, is 0) and every `interval` after it, when
+        the update's inputs are finite; returns the number of blocks whose
+        refresh was not finite (0 when none was due)."""
+        due = tf.logical_and(
+            tf.logical_and(inputs_finite, warm >= 0),
+            tf.math.floormod(warm, interval) == 0,
+        )
+        return tf.cond(
+            due, lambda: self.update_inverses(damping), lambda: tf.constant(0)
+        )
 
     def precondition(self, grad_of: dict, damping) -> dict:
         """`{index: Δ}` for every variable of a block whose kernel is in

@@ -173,7 +173,9 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
     still applies weight constraints and, with `use_ema`, averages the
     unchanged weights after every step. When most of at least 10 updates
     were skipped, the optimizer warns once (not under `jit_compile=True`,
-    which cannot call back into Python: read `skipped_steps` there).
+    which cannot call back into Python: read `skipped_steps` there). A
+    refresh whose result is not finite leaves that block's eigenbases or
+    inverses as they were, warns once and counts in `failed_refreshes`.
     """
 
     def __init__(
@@ -362,6 +364,14 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         return self._skipped_steps
 
     @property
+    def failed_refreshes(self) -> int:
+        """Block refreshes (eigendecompositions or inverses) whose result
+        was not finite, so the block kept its previous ones, since this
+        optimizer was built in this process (not counted under
+        `jit_compile=True`)."""
+        return self._warn.failed_refreshes
+
+    @property
     def update_count(self):
         """Updates applied (the iteration counter of the K-FAC schedule)."""
         return self._update_count
@@ -436,7 +446,14 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         #    never mix in a batch the weights did not see.
         inputs_finite = self._update_factors(grads, scale_sq)
         # 2. Refresh the eigenbases or inverses on their schedule.
-        self._update_inverses_when_due(count, inputs_finite)
+        self._warn.if_refresh_compiled_for_cpu()
+        failed = self._estimator.update_inverses_when_due(
+            count - self.cold_steps,
+            self.inverse_update_freq,
+            inputs_finite,
+            damping,
+        )
+        self._warn.if_refresh_failed(failed, count)
         # 3. The directions: `Δ = F̂⁻¹ ∇` in the blocks, `∇` elsewhere and
         #    during the cold steps (which skip the rotations altogether).
         raw = {i: tf.cast(grad_of[i], tf.float32) for i in indices}
@@ -491,21 +508,6 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         )
         self._estimator.update_factors(batches, scale_sq, inputs_finite)
         return inputs_finite
-
-    def _update_inverses_when_due(self, count, inputs_finite) -> None:
-        """Refreshes the eigenbases or inverses on the first warm update
-        and every `inverse_update_freq` after it."""
-        warm = count - self.cold_steps
-        refresh = tf.logical_and(
-            tf.logical_and(inputs_finite, warm >= 0),
-            tf.math.floormod(warm, self.inverse_update_freq) == 0,
-        )
-        self._warn.if_refresh_compiled_for_cpu()
-        tf.cond(
-            refresh,
-            lambda: self._estimator.update_inverses(self._current_damping),
-            lambda: tf.no_op(),
-        )
 
     def _apply_velocities(
         self,
@@ -566,11 +568,9 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             self.assign(state, tf.where(ok, value, tf.convert_to_tensor(state)))
 
     def _apply_weight_decay(self, variables):
-        """Nothing here: `_update_weight` decays inside the guarded update.
-
-        Keras decays every weight before the update step, outside any
-        check, so a skipped update would still shrink the weights.
-        """
+        """Nothing: Keras decays before the step, outside any check, so a
+        skipped update would still shrink the weights; `_update_weight`
+        decays inside the guarded update."""
 
     def _update_weight(self, variable, step, ok, learning_rate, decays):
         """`θ ← θ - wd · η_max · θ` (if `decays`), then `θ ← θ - v`.

@@ -547,4 +547,6 @@ def test_an_acktr_run_logs_its_curvature_and_an_a2c_run_none(tmp_path):
     expected = PRESETS["default"]["acktr"]["damping"]
     assert all(v == pytest.approx(expected, rel=1e-6) for v in damping.values())
     assert _scalars(logdirs["acktr"], "kfac/step_size")
+    failed = _scalars(logdirs["acktr"], "kfac/failed_refreshes")
+    assert failed == {40: 0.0, 80: 0.0}
     assert _scalars(logdirs["a2c"], "kfac/damping") == {}

@@ -115,6 +115,40 @@ def test_zero_damping_on_a_singular_factor_warns_once(rng, damping):
     assert "damping=0" in messages[0]
 
 
+def test_a_refresh_that_is_not_finite_keeps_the_inverses_and_counts(rng):
+    """Roundoff can leave a running factor indefinite beyond the damping;
+    here the first layer's `A` is made negative definite outright, so
+    `π = sqrt(mean diag A / mean diag G)` and the Cholesky factor of its
+    damped matrix are not finite at every refresh. That block keeps its
+    inverses bit for bit, the other one refreshes, no update is skipped,
+    and the optimizer counts each failed refresh and warns once."""
+    x = rng.normal(size=(48, 3)).astype("float32")
+    y = rng.normal(size=(48, 2)).astype("float32")
+    model = mlp()
+    optimizer = keras_kfac.KFAC(
+        damping_mode="factored", inverse_update_freq=1, name="indefinite"
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert optimizer.failed_refreshes == 0
+    first, second = optimizer.estimator.states
+    # The running average keeps it negative: `ε ≥ 6/7` weighs the -100.
+    first.A.assign(-100.0 * np.eye(4, dtype="float32"))
+    before = [snapshot(s.derived) for s in (first, second)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0)
+    assert optimizer.failed_refreshes == 2  # two updates, one block each
+    assert int(optimizer.skipped_steps) == 0
+    assert_bit_identical(before[0], snapshot(first.derived))
+    for (path, old), (_, new) in zip(before[1], snapshot(second.derived)):
+        assert not np.array_equal(old, new), path
+    messages = kfac_warnings(caught)
+    assert len(messages) == 1
+    assert "'indefinite': the refresh of 1 block(s) at update 6" in messages[0]
+    assert "optimizer.failed_refreshes" in messages[0]
+
+
 @pytest.mark.parametrize(
     "bad_batches,expected",
     [

@@ -575,6 +575,7 @@ def test_kfac_logs_reach_history_and_tensorboard(rng, tmp_path):
     assert logs["kfac_momentum"] == pytest.approx([0.9, 0.9], rel=1e-7)
     assert "kfac_reduction_ratio" not in logs
     assert logs["kfac_skipped_steps"] == [0.0, 0.0]
+    assert logs["kfac_failed_refreshes"] == [0.0, 0.0]
     tags = set()
     for root, _, files in os.walk(logdir):
         for name in files:
