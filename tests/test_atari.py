@@ -164,6 +164,34 @@ def test_atari_ids_get_the_atari_preset():
     assert config.lr_schedule == "linear"
 
 
+def _observations(env, actions, seed):
+    observation, _ = env.reset(seed=seed)
+    seen = [observation]
+    for action in actions:
+        observation, _, terminated, truncated, _ = env.step(action)
+        seen.append(observation)
+        if terminated or truncated:
+            break
+    env.close()
+    return np.stack(seen)
+
+
+def test_the_papers_noframeskip_v4_games_are_v5_without_sticky_actions():
+    """The paper's `NoFrameskip-v4` dynamics: the same game, preprocessing
+    and preset as `v5`, without its sticky actions (repeat probability
+    0.25). Same seed and actions: the v4 id plays exactly as v5 with them
+    off, and v5 as it is plays otherwise."""
+    assert atari.is_atari("PongNoFrameskip-v4")
+    assert preset_for("PongNoFrameskip-v4") == "atari"
+    actions = np.random.default_rng(0).integers(6, size=300)
+    paper = _observations(make_env("PongNoFrameskip-v4"), actions, seed=3)
+    assert paper.shape[1:] == (84, 84, 4)
+    unsticky = make_env("ALE/Pong-v5", {"repeat_action_probability": 0.0})
+    np.testing.assert_array_equal(paper, _observations(unsticky, actions, 3))
+    sticky = _observations(make_env("ALE/Pong-v5"), actions, seed=3)
+    assert not np.array_equal(paper, sticky)
+
+
 def test_bad_atari_settings_raise_with_what_was_received():
     with pytest.raises(ValueError, match="frameskip.*'frameskip': 4"):
         make_env("ALE/Pong-v5", {"frameskip": 4})
