@@ -170,23 +170,27 @@ class AcktrAgent(OnPolicyActorCriticAgent):
         )
         old = [tf.identity(v) for v in variables]
         apply_gradients(self._optimizer, gradients, variables)
-        fraction = tf.constant(1.0)
-        if self._max_kl is not None:
-            fraction = self._guard(batch, variables, old)
-            self._optimizer.scale_velocities(fraction)
-        return dict(
+        statistics = dict(
             clip_coefficient=self._optimizer.clip_coefficient,
-            predicted_kl=self._optimizer.predicted_kl(),
-            step_fraction=fraction,
+            step_fraction=tf.constant(1.0),
         )
+        if self._max_kl is not None:
+            # The guard measured the KL of the step it kept: not again.
+            fraction, statistics["kl"] = self._guard(batch, variables, old)
+            statistics["step_fraction"] = fraction
+            self._optimizer.scale_velocities(fraction)
+        statistics["predicted_kl"] = self._optimizer.predicted_kl()
+        return statistics
 
-    def _guard(self, batch, variables, old) -> tf.Tensor:
-        """Step 4: the kept fraction of the step just taken."""
+    def _guard(self, batch, variables, old) -> tuple[tf.Tensor, tf.Tensor]:
+        """Step 4: the kept fraction of the step just taken, and the
+        measured KL of what was kept."""
         steps = [v - o for v, o in zip(variables, old)]
+
+        def acceptable(fraction):
+            kl = self._mean_kl(batch)
+            return kl <= self._max_kl, kl
+
         return trust_region.backtracking_line_search(
-            variables,
-            old,
-            steps,
-            lambda fraction: self._mean_kl(batch) <= self._max_kl,
-            self._guard_steps + 1,
+            variables, old, steps, acceptable, self._guard_steps + 1
         )

@@ -179,15 +179,21 @@ class NpgAgent(OnPolicyActorCriticAgent):
                 tf.tensordot(direction, direction, 1),
             )
         )
-        fraction = self._take_step(parameters, full_step, expected, evaluate)
-        return dict(
+        fraction, kl = self._take_step(
+            parameters, full_step, expected, evaluate
+        )
+        statistics = dict(
             clip_coefficient=fraction,
             predicted_kl=tf.square(fraction) * full_step_kl,
             step_fraction=fraction,
         )
+        if kl is not None:  # measured at the kept step: not again
+            statistics["kl"] = kl
+        return statistics
 
     def _take_step(self, parameters, full_step, expected, evaluate):
-        """Step 4: `θ ← θ_old + Δ`; returns the fraction of `Δ` taken, 1.
+        """Step 4: `θ ← θ_old + Δ`; returns `(fraction, kl)`, the fraction
+        of `Δ` taken, 1, and `None`: the KL of the step is measured after.
 
         `expected` (`gᵀΔ`) and `evaluate()` (`(L(θ), KL)` at the current
         parameters) are there for a step that checks what it took
@@ -196,4 +202,4 @@ class NpgAgent(OnPolicyActorCriticAgent):
         steps = trust_region.unflatten(full_step, parameters)
         for p, step in zip(parameters, steps):
             p.assign_add(step)
-        return tf.constant(1.0)
+        return tf.constant(1.0), None

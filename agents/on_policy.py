@@ -428,7 +428,11 @@ class OnPolicyActorCriticAgent(tf_agent.TFAgent):
                 self._seed,
                 self.train_step_counter,
             )
-        kl = self._mean_kl(batch)
+        # A trust-region update that measured the KL of the step it kept
+        # returns it (the value fit moves no policy parameter).
+        kl = update_statistics.pop("kl", None)
+        if kl is None:
+            kl = self._mean_kl(batch)
         if self._target_kl is not None:
             self._adapt_learning_rate(kl)
         normalizer = getattr(self._network, "observation_normalizer", None)

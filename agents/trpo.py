@@ -86,8 +86,9 @@ class TrpoAgent(NpgAgent):
 
     def _take_step(self, parameters, full_step, expected, evaluate):
         """Step 4: tries `θ_old + 2⁻ᵏ Δ`, keeps the first acceptable one or
-        restores `θ_old`; returns the accepted `2⁻ᵏ` or 0. `evaluate()`
-        gives `(L(θ), KL)` at the current parameters."""
+        restores `θ_old`; returns the accepted `2⁻ᵏ` (or 0) and the KL
+        measured there (or 0). `evaluate()` gives `(L(θ), KL)` at the
+        current parameters."""
         old = [tf.identity(p) for p in parameters]
         old_surrogate, _ = evaluate()
         steps = trust_region.unflatten(full_step, parameters)
@@ -97,7 +98,7 @@ class TrpoAgent(NpgAgent):
         def acceptable(fraction):
             surrogate, kl = evaluate()
             improvement = surrogate - old_surrogate
-            return tf.reduce_all(
+            ok = tf.reduce_all(
                 tf.stack(
                     [
                         tf.math.is_finite(surrogate),
@@ -107,6 +108,7 @@ class TrpoAgent(NpgAgent):
                     ]
                 )
             )
+            return ok, kl
 
         return trust_region.backtracking_line_search(
             parameters, old, steps, acceptable, self._line_search_steps

@@ -121,25 +121,32 @@ def backtracking_line_search(
     parameters: Sequence[tf.Variable],
     old: Sequence[tf.Tensor],
     steps: Sequence[tf.Tensor],
-    acceptable: Callable[[tf.Tensor], tf.Tensor],
+    acceptable: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]],
     max_tries: int,
-) -> tf.Tensor:
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Keeps the longest acceptable step `θ_old + 2⁻ᵏ Δ`, `k < max_tries`.
 
     Expects `parameters` to hold the full step `old + steps` already, so a
     step that is acceptable as taken is kept bit for bit. Otherwise the
     step is halved until `acceptable(2⁻ᵏ)`, evaluated at the current
     parameters, holds; if it holds for none of the `max_tries` steps, the
-    parameters go back to `old`.
+    parameters go back to `old`. `acceptable` returns `(ok, kl)`, `kl` the
+    mean `KL(π_old || π)` it measured at the current parameters, so that
+    the caller need not measure the kept step again.
 
     Returns:
-        The kept fraction `2⁻ᵏ`, or `0.0` when every step was rejected.
+        `(fraction, kl)`: the kept fraction `2⁻ᵏ` and the KL measured at
+        it, or `(0.0, 0.0)` when every step was rejected (`θ_old` is kept,
+        and `KL(π_old || π_old) = 0`).
     """
     accepted = tf.constant(0.0)
+    kept_kl = tf.constant(0.0)
     fraction = tf.constant(1.0)
     for _ in tf.range(max_tries):
-        if acceptable(fraction):
+        ok, kl = acceptable(fraction)
+        if ok:
             accepted = fraction
+            kept_kl = kl
             break
         fraction = 0.5 * fraction
         for p, p_old, step in zip(parameters, old, steps):
@@ -147,4 +154,4 @@ def backtracking_line_search(
     if accepted == 0.0:
         for p, p_old in zip(parameters, old):
             p.assign(p_old)
-    return accepted
+    return accepted, kept_kl

@@ -77,12 +77,15 @@ def _old_distribution(agent, experience):
 
 def test_a_step_inside_the_bound_is_kept_bit_for_bit():
     unguarded, experience = _acktr(max_kl_ratio=None)
-    unguarded.train(experience)
+    unguarded_kl = float(unguarded.train(experience).extra.kl)
     guarded, experience = _acktr(max_kl_ratio=1e6)
     info = guarded.train(experience)
     assert float(info.extra.step_fraction) == 1.0
     for a, b in zip(_weights(unguarded), _weights(guarded)):
         np.testing.assert_array_equal(a, b)
+    # The guard's own measurement is logged: the KL measured after an
+    # unguarded update of the same weights.
+    assert float(info.extra.kl) == pytest.approx(unguarded_kl, rel=1e-6)
 
 
 def test_a_step_outside_the_bound_is_halved_until_the_kl_is_inside():
@@ -184,23 +187,30 @@ def test_backtracking_keeps_the_longest_acceptable_step():
 
     def acceptable(fraction):
         tried.append(float(fraction))
-        return parameter[0] <= 1.0
+        # A stand-in for the KL: the squared distance from the old point.
+        kl = tf.reduce_sum(tf.square(parameter))
+        return parameter[0] <= 1.0, kl
 
-    fraction = trust_region.backtracking_line_search(
+    fraction, kl = trust_region.backtracking_line_search(
         [parameter], old, step, acceptable, max_tries=10
     )
     assert float(fraction) == 0.25
     assert tried == [1.0, 0.5, 0.25]
     np.testing.assert_array_equal(parameter.numpy(), [1.0, 0.0])
+    assert float(kl) == 1.0  # measured at the kept step, 0.25 · 4
 
 
 def test_backtracking_restores_the_old_parameters_when_nothing_passes():
     parameter = tf.Variable([1.0 + 4.0])
     old = [tf.constant([1.0])]
-    fraction = trust_region.backtracking_line_search(
-        [parameter], old, [tf.constant([4.0])], lambda f: False, max_tries=3
+    fraction, kl = trust_region.backtracking_line_search(
+        [parameter],
+        old,
+        [tf.constant([4.0])],
+        lambda f: (tf.constant(False), tf.constant(9.0)),
+        max_tries=3,
     )
-    assert float(fraction) == 0.0
+    assert float(fraction) == 0.0 and float(kl) == 0.0
     np.testing.assert_array_equal(parameter.numpy(), [1.0])
 
 
