@@ -14,7 +14,11 @@ once by both runs and drop out. Rows:
 - `ours-acktr-fast`: the same with `--fisher-rows 160 --damping-mode
   factored` (BENCHMARKS.md, "Two levers that halve ACKTR's update on
   images");
+- `ours-acktr-nature32`: `ours-acktr-fast` on `--network nature32` (32
+  filters in the last convolution, as baselines' Atari ACKTR);
 - `ours-a2c`: `--algo a2c`, the `atari` preset (16 copies x 5 steps);
+- `ours-a2c-nature32`: the same on `--network nature32`, the network
+  `ours-acktr-nature32` is measured against;
 - `sb3-a2c`: Stable-Baselines3's A2C with rl-baselines3-zoo's Atari
   settings (16 copies x 5 steps, `CnnPolicy`, RMSprop with ε 1e-5, entropy
   0.01, value coefficient 0.25), its `AtariWrapper` and 4 stacked frames,
@@ -45,7 +49,18 @@ OURS = {
         "--damping-mode",
         "factored",
     ],
+    "ours-acktr-nature32": [
+        "--algo",
+        "acktr",
+        "--fisher-rows",
+        "160",
+        "--damping-mode",
+        "factored",
+        "--network",
+        "nature32",
+    ],
     "ours-a2c": ["--algo", "a2c"],
+    "ours-a2c-nature32": ["--algo", "a2c", "--network", "nature32"],
 }
 SB3 = ("sb3-a2c", "sb3-ppo")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
