@@ -55,5 +55,5 @@ class A2CAgent(OnPolicyActorCriticAgent):
 
     def _update(self, tape, terms, batch, variables):
         gradients = tape.gradient(terms.total, variables)
-        apply_gradients(self._optimizer, gradients, variables)
-        return dict(clip_coefficient=tf.constant(1.0))
+        norm = apply_gradients(self._optimizer, gradients, variables)
+        return dict(clip_coefficient=tf.constant(1.0), gradient_norm=norm)

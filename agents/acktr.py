@@ -169,10 +169,11 @@ class AcktrAgent(OnPolicyActorCriticAgent):
             tape, terms.fisher, terms.total, variables
         )
         old = [tf.identity(v) for v in variables]
-        apply_gradients(self._optimizer, gradients, variables)
+        norm = apply_gradients(self._optimizer, gradients, variables)
         statistics = dict(
             clip_coefficient=self._optimizer.clip_coefficient,
             step_fraction=tf.constant(1.0),
+            gradient_norm=norm,
         )
         if self._max_kl is not None:
             # The guard measured the KL of the step it kept: not again.

@@ -16,18 +16,22 @@ from keras_kfac.fisher import fisher_then_loss_gradients
 __all__ = ["apply_gradients", "fisher_then_loss_gradients"]
 
 
-def apply_gradients(optimizer, gradients, variables) -> None:
+def apply_gradients(optimizer, gradients, variables) -> tf.Tensor:
     """`optimizer.apply` on the variables that received a gradient; a
     first-order step whose gradients hold NaN or Inf is skipped whole
-    (`keras_kfac.KFAC` skips such steps itself)."""
+    (`keras_kfac.KFAC` skips such steps itself). Returns the gradients'
+    global norm `‖∇‖`, before the optimizer clips it to `max_grad_norm`
+    (its `global_clipnorm`)."""
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
     gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
+    norm = tf.linalg.global_norm(gradients)
     if isinstance(optimizer, keras_kfac.KFAC):
         optimizer.apply(gradients, variables)
-        return
+        return norm
     finite = linalg.all_finite(gradients)
     tf.cond(
         finite,
         lambda: optimizer.apply(gradients, variables) or tf.constant(True),
         lambda: tf.constant(False),
     )
+    return norm

@@ -186,6 +186,7 @@ class NpgAgent(OnPolicyActorCriticAgent):
             clip_coefficient=fraction,
             predicted_kl=tf.square(fraction) * full_step_kl,
             step_fraction=fraction,
+            gradient_norm=tf.norm(g),
         )
         if kl is not None:  # measured at the kept step: not again
             statistics["kl"] = kl

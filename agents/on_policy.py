@@ -50,14 +50,23 @@ __all__ = [
 
 ActorCriticLossInfo = collections.namedtuple(
     "ActorCriticLossInfo",
-    ("policy_loss", "value_loss", "entropy", "clip_coefficient", "kl"),
+    (
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "clip_coefficient",
+        "kl",
+        "gradient_norm",
+    ),
 )
 ActorCriticLossInfo.__doc__ = """`LossInfo.extra` of the actor-critic agents.
 
 `clip_coefficient` is `η / η_max` of the K-FAC step (1 for first-order
 agents, which have no trust region); `kl` is the mean
 `KL(π_old(·|s) || π_new(·|s))` over the batch's states, measured after the
-update."""
+update; `gradient_norm` is the global norm of the update's loss gradient
+in the policy's variables before `max_grad_norm` clips it (the mean over
+PPO's minibatch steps; the policy gradient `g` for TRPO and NPG)."""
 
 TrustRegionLossInfo = collections.namedtuple(
     "TrustRegionLossInfo",

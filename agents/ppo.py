@@ -177,17 +177,19 @@ class PpoAgent(OnPolicyActorCriticAgent):
         size = tf.minimum(self._minibatch_size, rows)
         clipped = tf.constant(0.0)
         weight = tf.constant(0.0)
+        norms = tf.constant(0.0)
         for epoch in tf.range(self._n_epochs):
             order = shuffled_rows(
                 rows, self._seed, self.train_step_counter, self._n_epochs, epoch
             )
             for i in tf.range(rows // size):
                 index = order[i * size : (i + 1) * size]
-                step_clipped, step_weight = self._minibatch_step(
+                step_clipped, step_weight, norm = self._minibatch_step(
                     batch, log_prob_old, index, variables
                 )
                 clipped += step_clipped
                 weight += step_weight
+                norms += norm
         if self._objective == KL_PENALTY:
             self._kl_coef.assign(
                 adapted_kl_coef(
@@ -197,13 +199,16 @@ class PpoAgent(OnPolicyActorCriticAgent):
         return dict(
             clip_coefficient=tf.constant(1.0),
             clip_fraction=tf.math.divide_no_nan(clipped, weight),
+            gradient_norm=norms
+            / tf.cast(self._n_epochs * (rows // size), tf.float32),
             kl_coef=tf.convert_to_tensor(self._kl_coef),
         )
 
     def _minibatch_step(self, batch, log_prob_old, index, variables):
         """One optimizer step on the rows `index` (step 2 of the module
         docstring); returns `(Σ w over rows with r outside [1 - ε, 1 + ε],
-        Σ w)` of the minibatch, before the step."""
+        Σ w)` of the minibatch, before the step, and its gradient's norm
+        before clipping."""
         weights = tf.gather(batch.weights, index)
         advantages = tf.gather(batch.advantages, index)
         if self._normalize_advantages:
@@ -234,11 +239,11 @@ class PpoAgent(OnPolicyActorCriticAgent):
                 loss += self._vf_coef * losses.value_loss(
                     values, tf.gather(batch.returns, index), weights
                 )
-        apply_gradients(
+        norm = apply_gradients(
             self._optimizer, tape.gradient(loss, variables), variables
         )
         outside = tf.cast(
             tf.abs(tf.stop_gradient(ratio) - 1.0) > self._clip_range,
             tf.float32,
         )
-        return tf.reduce_sum(weights * outside), tf.reduce_sum(weights)
+        return tf.reduce_sum(weights * outside), tf.reduce_sum(weights), norm

@@ -116,5 +116,5 @@ class ReinforceAgent(OnPolicyActorCriticAgent):
     def _update(self, tape, terms, batch, variables):
         # `terms.total` is `pg_loss - ent_coef · H`: `vf_coef` is 0.
         gradients = tape.gradient(terms.total, variables)
-        apply_gradients(self._optimizer, gradients, variables)
-        return dict(clip_coefficient=tf.constant(1.0))
+        norm = apply_gradients(self._optimizer, gradients, variables)
+        return dict(clip_coefficient=tf.constant(1.0), gradient_norm=norm)

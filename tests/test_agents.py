@@ -93,6 +93,26 @@ def test_loss_info_matches_formulas_on_the_batch():
     expected_pg = -(advantages * log_prob)[valid].mean()
     expected_vf = ((returns - values[:, :-1]) ** 2)[valid].mean()
     expected_entropy = (-(p * log_p).sum(-1))[:, :-1][valid].mean()
+    # The gradient of that loss (advantages and returns held fixed).
+    mask = tf.constant(valid, tf.float32)
+    with tf.GradientTape() as tape:
+        (dist_t, values_t), _ = net(experience.observation, training=False)
+        log_p_t = tf.nn.log_softmax(dist_t.logits)[:, :-1]
+        log_prob_t = tf.gather(log_p_t, actions, batch_dims=2)
+        entropy_t = -tf.reduce_sum(tf.exp(log_p_t) * log_p_t, -1)
+        squared = tf.square(returns - values_t[:, :-1])
+
+        def mean(x):
+            return tf.reduce_sum(mask * tf.cast(x, tf.float32)) / valid.sum()
+
+        total = (
+            -mean(advantages * log_prob_t)
+            - 0.1 * mean(entropy_t)
+            + 0.5 * mean(squared)
+        )
+    expected_norm = tf.linalg.global_norm(
+        tape.gradient(total, net.trainable_variables)
+    )
 
     info = agent.train(experience)
     np.testing.assert_allclose(
@@ -104,6 +124,10 @@ def test_loss_info_matches_formulas_on_the_batch():
         info.loss,
         expected_pg - 0.1 * expected_entropy + 0.5 * expected_vf,
         rtol=1e-4,
+    )
+    # Before the optimizer's clipping (max_grad_norm) shortens it.
+    np.testing.assert_allclose(
+        info.extra.gradient_norm, expected_norm, rtol=1e-4
     )
     py_env.close()
 
