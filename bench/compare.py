@@ -16,8 +16,9 @@ sb3-contrib TRPO with rl-baselines3-zoo's settings; results in
 `bench/results/compare/mujoco/` (`mujoco-quick/`). `atari`: the paper's
 Atari setting on Pong for the budget two cores allow (1M environment steps,
 4M frames, where the paper ran 10M steps), our ACKTR against our A2C, and
-SB3's A2C and PPO with rl-baselines3-zoo's Atari settings beside them, one
-seed each unless `--seeds`; results in `bench/results/compare/atari/`.
+SB3's A2C and PPO with rl-baselines3-zoo's Atari settings beside them
+(our PPO's `atari` preset is the zoo's), one seed each unless
+`--seeds`; results in `bench/results/compare/atari/`.
 `box`: Box action spaces beyond MuJoCo (Pendulum-v1,
 MountainCarContinuous-v0, LunarLanderContinuous-v3, BipedalWalker-v3 and
 `bench/box_tasks.py`'s PointMass-v0), our ACKTR with the `default` preset
@@ -227,7 +228,7 @@ SUITES = {
     ),
     "atari": dict(
         tasks=ATARI_TASKS,
-        algos=("ours-acktr", "ours-a2c", "sb3-a2c", "sb3-ppo"),
+        algos=("ours-acktr", "ours-a2c", "ours-ppo", "sb3-a2c", "sb3-ppo"),
         directories=("atari", "atari-quick"),
         metric="area under the curve",
         seeds=1,
