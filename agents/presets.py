@@ -221,7 +221,6 @@ PRESETS["atari"] = {
     "a2c": dict(PRESETS["default"]["a2c"], **_ATARI, num_envs=16),
     "trpo": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
     "npg": dict(PRESETS["default"]["trpo"], num_envs=8, n_steps=128),
-    # rl-baselines3-zoo's Atari PPO (its clip range fixed, not decayed).
     # Episodes of thousands of agent steps: 4096 steps per copy.
     "reinforce": dict(
         _REINFORCE,
@@ -230,6 +229,9 @@ PRESETS["atari"] = {
         ent_coef=0.01,
         lr_schedule="linear",
     ),
+    # rl-baselines3-zoo's Atari PPO, with the SB3 defaults its entry
+    # keeps (GAE with λ = 0.95, advantages standardized per minibatch);
+    # its clip range fixed, not decayed.
     "ppo": dict(
         _PPO,
         **_ATARI,
@@ -239,6 +241,8 @@ PRESETS["atari"] = {
         clip_range=0.1,
         n_epochs=4,
         minibatch_size=256,
+        gae_lambda=0.95,
+        normalize_advantages=True,
     ),
 }
 

@@ -162,6 +162,13 @@ def test_atari_ids_get_the_atari_preset():
     assert (config.num_envs, config.n_steps) == (32, 20)
     assert config.shared_torso and config.critic == "joint"
     assert config.lr_schedule == "linear"
+    # PPO's is rl-baselines3-zoo's `atari` entry over SB3's defaults.
+    ppo = resolve(Config(algo="ppo", env="ALE/Pong-v5"))
+    assert (ppo.num_envs, ppo.n_steps, ppo.n_epochs) == (8, 128, 4)
+    assert (ppo.minibatch_size, ppo.learning_rate) == (256, 2.5e-4)
+    assert (ppo.clip_range, ppo.vf_coef, ppo.ent_coef) == (0.1, 0.5, 0.01)
+    assert ppo.gae_lambda == 0.95 and ppo.normalize_advantages
+    assert ppo.max_grad_norm == 0.5 and ppo.gamma == 0.99
 
 
 def _observations(env, actions, seed):
