@@ -19,12 +19,10 @@ once by both runs and drop out. Rows:
 - `ours-a2c`: `--algo a2c`, the `atari` preset (16 copies x 5 steps);
 - `ours-a2c-nature32`: the same on `--network nature32`, the network
   `ours-acktr-nature32` is measured against;
-- `sb3-a2c`: Stable-Baselines3's A2C with rl-baselines3-zoo's Atari
-  settings (16 copies x 5 steps, `CnnPolicy`, RMSprop with ε 1e-5, entropy
-  0.01, value coefficient 0.25), its `AtariWrapper` and 4 stacked frames,
-  the copies in one process (`DummyVecEnv`), as ours are;
-- `sb3-ppo`: its PPO with the zoo's Atari settings (8 copies x 128 steps,
-  4 passes of 256-row minibatches).
+- `sb3-a2c`, `sb3-ppo`: Stable-Baselines3's A2C and PPO as
+  `bench/run_sb3.py` trains them, with rl-baselines3-zoo's `atari`
+  entries (its `AtariWrapper`, 4 stacked frames, `CnnPolicy`), the copies
+  in one process (`DummyVecEnv`), as ours are.
 
 SB3's runs need `requirements-bench.lock` (`.venv-bench`). TensorFlow and
 torch take `--threads` intra-op threads (2, both cores, by default);
@@ -39,23 +37,16 @@ import tempfile
 import time
 
 ENV = "ALE/Pong-v5"
+# ACKTR's two levers on images (BENCHMARKS.md, "Two levers that halve
+# ACKTR's update on images").
+LEVERS = ["--fisher-rows", "160", "--damping-mode", "factored"]
 OURS = {
     "ours-acktr": ["--algo", "acktr"],
-    "ours-acktr-fast": [
-        "--algo",
-        "acktr",
-        "--fisher-rows",
-        "160",
-        "--damping-mode",
-        "factored",
-    ],
+    "ours-acktr-fast": ["--algo", "acktr", *LEVERS],
     "ours-acktr-nature32": [
         "--algo",
         "acktr",
-        "--fisher-rows",
-        "160",
-        "--damping-mode",
-        "factored",
+        *LEVERS,
         "--network",
         "nature32",
     ],
@@ -76,54 +67,16 @@ def _thread_environment(threads: int) -> dict:
 
 
 def train_sb3(row: str, steps: int, threads: int) -> None:
-    """One SB3 run of `steps` agent steps (in this process)."""
-    import ale_py
-    import gymnasium
+    """One SB3 run of `steps` agent steps (in this process), as
+    `bench/run_sb3.py` trains it."""
+    import run_sb3
     import torch
-    from stable_baselines3 import A2C, PPO
-    from stable_baselines3.common.env_util import make_atari_env
-    from stable_baselines3.common.vec_env import VecFrameStack
 
-    gymnasium.register_envs(ale_py)
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(threads)
-    copies = 16 if row == "sb3-a2c" else 8
-    # The `v5` game's own frameskip is 1: `AtariWrapper` repeats actions.
-    env = VecFrameStack(
-        make_atari_env(
-            ENV, n_envs=copies, seed=0, env_kwargs=dict(frameskip=1)
-        ),
-        n_stack=4,
-    )
-    if row == "sb3-a2c":
-        model = A2C(
-            "CnnPolicy",
-            env,
-            ent_coef=0.01,
-            vf_coef=0.25,
-            policy_kwargs=dict(
-                optimizer_class=torch.optim.RMSprop,
-                optimizer_kwargs=dict(alpha=0.99, eps=1e-5, weight_decay=0),
-            ),
-            seed=0,
-            device="cpu",
-        )
-    else:
-        model = PPO(
-            "CnnPolicy",
-            env,
-            n_steps=128,
-            n_epochs=4,
-            batch_size=256,
-            learning_rate=2.5e-4,
-            clip_range=0.1,
-            vf_coef=0.5,
-            ent_coef=0.01,
-            seed=0,
-            device="cpu",
-        )
-    model.learn(total_timesteps=steps)
-    env.close()
+    algo = row.removeprefix("sb3-")
+    with tempfile.TemporaryDirectory() as out:
+        run_sb3.run(algo, ENV, 0, steps, out)
 
 
 def seconds_of(row: str, steps: int, threads: int) -> float:
