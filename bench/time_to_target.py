@@ -12,7 +12,10 @@ does not tune: `keras_kfac.TrueFisherModel` around `keras_kfac.convert` of
 the model, compiled with its default, the adaptive `KFAC`), `kfac-reduce`
 (the same with `convert(model, weight_sharing="reduce")`: K-FAC-reduce
 for the convolutions, attention and Dense layers on sequences; run only
-when `--optimizers` names it), `kfac` (the
+when `--optimizers` names it), `kfac-cosine` and `adam-cosine` (the
+recommended K-FAC and Adam with their learning rate decayed to 0 over the
+run by `keras.optimizers.schedules.CosineDecay`, which the adaptive K-FAC
+takes as the fraction of its update; also only when named), `kfac` (the
 KL-clipped `keras_kfac.KFAC()` on the converted model), and Keras' `adam`,
 `adamw`, `muon` and `sgd` (momentum 0.9). Trial 0 of each is its defaults;
 `--trials N` adds N settings drawn from its declared search space (the same
@@ -68,16 +71,26 @@ SEARCH_SPACES = {
     "muon": {"learning_rate": (1e-3, 0.1)},
     "sgd": {"learning_rate": (1e-3, 0.3)},
     "kfac-reduce": {"kl_clip": (1e-2, 1.0), "damping": (1e-3, 1.0)},
+    "kfac-cosine": {"kl_clip": (1e-2, 1.0), "damping": (1e-3, 1.0)},
+    "adam-cosine": {"learning_rate": (1e-4, 1e-2)},
 }
 # The adaptive K-FAC through `TrueFisherModel`, by how `convert` shares
 # weights over positions.
 TRUE_FISHER_WEIGHT_SHARING = {
     "kfac-recommended": "expand",
     "kfac-reduce": "reduce",
+    "kfac-cosine": "expand",
 }
+# The rows whose learning rate decays to 0 over the run's steps by a cosine
+# (`keras.optimizers.schedules.CosineDecay`) from its setting or default.
+COSINE_DECAYED = {"kfac-cosine": 0.25, "adam-cosine": 1e-3}
 OPTIMIZERS = tuple(SEARCH_SPACES)
-# The suite's rows; `kfac-reduce` runs when asked for (`--optimizers`).
-SUITE_OPTIMIZERS = tuple(o for o in OPTIMIZERS if o != "kfac-reduce")
+# The suite's rows; `kfac-reduce` and the cosine-decayed ones run when
+# asked for (`--optimizers`).
+SUITE_OPTIMIZERS = tuple(
+    o for o in OPTIMIZERS if o != "kfac-reduce" and o not in COSINE_DECAYED
+)
+BATCH_SIZE = 32  # Keras' default, which every run keeps
 
 
 def trial_settings(optimizer: str, trial: int) -> dict:
@@ -92,12 +105,18 @@ def trial_settings(optimizer: str, trial: int) -> dict:
     }
 
 
-def compiled_model(workload, optimizer: str, settings: dict):
-    """The workload's model, compiled as a user would for `optimizer`."""
+def compiled_model(workload, optimizer: str, settings: dict, steps=None):
+    """The workload's model, compiled as a user would for `optimizer`;
+    `steps`, the run's, is what a cosine-decayed row decays over."""
     import keras
 
     import keras_kfac
 
+    if optimizer in COSINE_DECAYED:
+        settings = dict(settings)
+        settings["learning_rate"] = keras.optimizers.schedules.CosineDecay(
+            settings.get("learning_rate", COSINE_DECAYED[optimizer]), steps
+        )
     model = workload.build()
     metrics = [] if workload.metric == "loss" else [workload.metric]
     if optimizer in TRUE_FISHER_WEIGHT_SHARING:
@@ -112,6 +131,7 @@ def compiled_model(workload, optimizer: str, settings: dict):
     else:
         kinds = {
             "adam": keras.optimizers.Adam,
+            "adam-cosine": keras.optimizers.Adam,
             "adamw": keras.optimizers.AdamW,
             "muon": keras.optimizers.Muon,
             "sgd": lambda **kw: keras.optimizers.SGD(momentum=0.9, **kw),
@@ -159,12 +179,14 @@ def run(workload, optimizer, trial, seed, epochs) -> dict:
     keras.utils.set_random_seed(seed)
     x, y, x_val, y_val = workload.data(seed)
     settings = trial_settings(optimizer, trial)
-    model = compiled_model(workload, optimizer, settings)
+    steps = epochs * math.ceil(len(x) / BATCH_SIZE)
+    model = compiled_model(workload, optimizer, settings, steps)
     clock = TrainingClock(workload.metric)
     model.fit(
         x,
         y,
         epochs=epochs,
+        batch_size=BATCH_SIZE,
         validation_data=(x_val, y_val),
         callbacks=[clock.callback, keras.callbacks.TerminateOnNaN()],
         verbose=0,
@@ -369,7 +391,7 @@ def parse_args(argv=None):
         nargs="+",
         choices=OPTIMIZERS,
         default=SUITE_OPTIMIZERS,
-        help="default: all but kfac-reduce",
+        help="default: all but kfac-reduce, kfac-cosine and adam-cosine",
     )
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
     parser.add_argument("--trials", type=int, default=0)

@@ -5,16 +5,31 @@ with `α` and `μ` minimizing the damped quadratic model under the exact
 curvature of the batch, which the model's train step supplies
 (`supplying_curvature`; `keras_kfac.TrueFisherModel` does); after the
 update the train step measures the batch loss and asks `review_update`
-whether to undo it, and `λ` adapts to the reduction ratio. The arithmetic
+whether to undo it, and `λ` adapts to the reduction ratio. A learning
+rate `η` below `reference_learning_rate` takes the fraction `η / η_ref` of
+the update (a schedule's decay shapes the steps). The arithmetic
 is `keras_kfac.quadratic_model`'s; this mixin keeps its state in the
 optimizer's variables.
 """
 
 import contextlib
 
+import keras
 import tensorflow as tf
 
 from keras_kfac import quadratic_model
+
+
+def initial_learning_rate(learning_rate) -> float:
+    """`learning_rate`'s value before the first step: a schedule's at step
+    0, a callable's return value, or the number itself (Keras' optimizer
+    has refused anything else)."""
+    schedule = keras.optimizers.schedules.LearningRateSchedule
+    if isinstance(learning_rate, schedule):
+        return float(learning_rate(0))
+    if callable(learning_rate):
+        return float(learning_rate())
+    return float(learning_rate)
 
 
 class AdaptiveUpdates:
@@ -26,8 +41,8 @@ class AdaptiveUpdates:
     `_predicted_change`, `_update_count`, `_reduction_ratio` and
     `_rejected_steps` variables, the curvature products
     `supplying_curvature` sets, and its `momentum` (the largest `μ`),
-    `kl_clip` (the trust region's radius), `damping_adaptation_*` and
-    `min_damping` settings.
+    `kl_clip` (the trust region's radius), `damping_adaptation_*`,
+    `min_damping` and `reference_learning_rate` settings.
     """
 
     @property
@@ -119,13 +134,14 @@ class AdaptiveUpdates:
         )
 
     def _adaptive_coefficients(
-        self, variables, indices, gradients, directions
+        self, variables, indices, gradients, directions, learning_rate
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """`(α, μ, M₀, clip)`: `α`, `μ ∈ [0, momentum]` minimizing the
         quadratic model in the span of `Δ` and the previous update `v`,
         from exact curvature products, then scaled by `clip` into the
-        trust region `½ δᵀ F δ ≤ kl_clip`, and the change `M₀` predicted
-        there."""
+        trust region `½ δᵀ F δ ≤ kl_clip` and by the learning rate's
+        fraction `min(1, η / reference_learning_rate)`, and the change
+        `M₀` predicted there."""
         if self._exact_curvature is None:
             raise ValueError(
                 "KFAC(adaptive=True) chooses its step from exact curvature "
@@ -149,5 +165,10 @@ class AdaptiveUpdates:
             self._current_damping,
             self.momentum,
             self.kl_clip,
+            tf.minimum(
+                1.0,
+                tf.cast(learning_rate, tf.float32)
+                / self.reference_learning_rate,
+            ),
         )
         return coefficients[0], coefficients[1], change, clip

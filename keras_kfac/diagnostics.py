@@ -86,6 +86,7 @@ def check_arguments(arguments: dict) -> None:
         a["damping_adaptation_decay"],
         a["min_damping"],
         a["gradient_accumulation_steps"],
+        a["reference_learning_rate"],
     )
 
 
@@ -176,9 +177,23 @@ def check_adaptive_arguments(
     damping_adaptation_decay,
     min_damping,
     gradient_accumulation_steps,
+    reference_learning_rate,
 ) -> None:
     """The adaptive mode's arguments, and what it and the factored damping
     need of the others."""
+    if adaptive is True:
+        check_float(
+            "reference_learning_rate",
+            reference_learning_rate,
+            "a finite number > 0 (by default the learning rate's initial "
+            "value: give it for a schedule that starts at 0)",
+            lambda v: v > 0,
+        )
+    elif reference_learning_rate is not None:
+        raise ValueError(
+            "reference_learning_rate applies only with adaptive=True. "
+            f"Received: reference_learning_rate={reference_learning_rate!r}"
+        )
     check_integer("damping_adaptation_interval", damping_adaptation_interval, 1)
     check_float(
         "damping_adaptation_decay",

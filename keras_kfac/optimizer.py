@@ -25,20 +25,20 @@ model's train step supplies the exact curvature (`keras_kfac.TrueFisherModel`).
 Where each part lives: steps 1-3 and the blocks' state in
 `keras_kfac.estimator` and `keras_kfac.blocks`; step 4 and the trust-region
 methods in `keras_kfac.kl_clip`; the adaptive rule in `keras_kfac.adaptive`;
+the counters and coefficients an update keeps in `keras_kfac.records`;
 argument checks, `summary` and the warnings in `keras_kfac.diagnostics`.
 This module keeps the Keras surface and the update as a recipe
 (`_distributed_kfac_step`).
 """
-
-from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 from keras.src import backend
 
 from keras_kfac import diagnostics, estimator, linalg
-from keras_kfac.adaptive import AdaptiveUpdates
+from keras_kfac.adaptive import AdaptiveUpdates, initial_learning_rate
 from keras_kfac.kl_clip import AUTO, KLClippedUpdates, default_kl_clip
+from keras_kfac.records import StepCoefficients, UpdateRecords
 from keras_kfac.statistics import add_statistics_reader
 
 # The arguments `KFAC.get_config` adds to the base optimizer's, each
@@ -56,6 +56,7 @@ _HYPERPARAMETERS = (
     "damping_adaptation_interval",
     "damping_adaptation_decay",
     "min_damping",
+    "reference_learning_rate",
 )
 # What `locals()` in `KFAC.__init__` holds besides its arguments.
 _NOT_ARGUMENTS = ("self", "kwargs", "__class__")
@@ -66,28 +67,13 @@ def _local(distribution, value):
     return distribution.experimental_local_results(value)[0]
 
 
-class StepCoefficients(NamedTuple):
-    """How one update combines the previous velocity and the direction:
-    `v ← momentum · v + direction_scale · Δ`.
-
-    Attributes:
-        step_size: `η` (KL-clipped) or `α` (adaptive).
-        momentum: `μ`.
-        direction_scale: `(1 - μ) η` (KL-clipped) or `α` (adaptive).
-        clip: `η / η_max` (KL-clipped) or the factor the trust region
-            scaled the update by (adaptive).
-        predicted_change: `M₀` of the update (adaptive only).
-    """
-
-    step_size: tf.Tensor
-    momentum: tf.Tensor
-    direction_scale: tf.Tensor
-    clip: tf.Tensor
-    predicted_change: tf.Tensor | None = None
-
-
 @keras.saving.register_keras_serializable(package="keras_kfac")
-class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
+class KFAC(
+    UpdateRecords,
+    KLClippedUpdates,
+    AdaptiveUpdates,
+    keras.optimizers.Optimizer,
+):
     """Kronecker-factored natural gradient with a KL trust region.
 
     Preconditions the variables of `keras_kfac.layers` (dense, attention,
@@ -151,9 +137,11 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
             `damping` is the initial `λ`, `momentum` the largest `μ`, and
             `kl_clip` bounds the update's KL (fitted freely to a small
             batch, `μ` swings far outside `[0, 1)` and the update changes
-            the predictions more than the batch justifies). `learning_rate`
-            is not used (Keras' decoupled `weight_decay` scales with it). The
-            curvature products need the model's loss, so train through
+            the predictions more than the batch justifies). A
+            `learning_rate` below `reference_learning_rate` takes that
+            fraction of the update, so a schedule's decay or
+            `ReduceLROnPlateau` shrinks the steps. The curvature products
+            need the model's loss, so train through
             `keras_kfac.TrueFisherModel`, on one device. Defaults to
             `False`: the KL-clipped step above, the one ACKTR takes.
         damping_adaptation_interval: With `adaptive`, adapt `λ` every
@@ -165,6 +153,10 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         min_damping: With `adaptive`, the smallest `λ` (`ρ`, measured on
             the batch the step was fitted to, keeps small batches near
             it). Defaults to `3e-5`.
+        reference_learning_rate: With `adaptive`, the learning rate at and
+            above which the update is the quadratic model's own, `η / η_ref`
+            of it below. Defaults to `learning_rate`'s initial value (a
+            schedule's at step 0), so only its later changes count.
         {{base_optimizer_keyword_args}}
 
     A step whose gradients, factor statistics or resulting update are not
@@ -193,6 +185,7 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         damping_adaptation_interval: int = 5,
         damping_adaptation_decay: float = 0.95,
         min_damping: float = 3e-5,
+        reference_learning_rate: float | None = None,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -224,6 +217,8 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         kl_clip = default_kl_clip(kl_clip, adaptive)
         if damping_mode is None:
             damping_mode = linalg.FACTORED if adaptive is True else linalg.EIGEN
+        if adaptive is True and reference_learning_rate is None:
+            reference_learning_rate = initial_learning_rate(learning_rate)
         # Every argument is checked before any is stored.
         diagnostics.check_arguments(
             {k: v for k, v in locals().items() if k not in _NOT_ARGUMENTS}
@@ -240,6 +235,7 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         self.damping_adaptation_interval = damping_adaptation_interval
         self.damping_adaptation_decay = float(damping_adaptation_decay)
         self.min_damping = float(min_damping)
+        self.reference_learning_rate = reference_learning_rate
         # Set by `supplying_curvature` around `apply` in adaptive mode.
         self._exact_curvature = None
         self._backward_scale_sq = None
@@ -358,40 +354,6 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         built."""
         return self._estimator
 
-    @property
-    def skipped_steps(self):
-        """Updates skipped because something was not finite."""
-        return self._skipped_steps
-
-    @property
-    def failed_refreshes(self) -> int:
-        """Block refreshes (eigendecompositions or inverses) whose result
-        was not finite, so the block kept its previous ones, since this
-        optimizer was built in this process (not counted under
-        `jit_compile=True`)."""
-        return self._warn.failed_refreshes
-
-    @property
-    def update_count(self):
-        """Updates applied (the iteration counter of the K-FAC schedule)."""
-        return self._update_count
-
-    @property
-    def step_size(self):
-        """`η` of the last applied update (`α` with `adaptive`)."""
-        return self._step_size
-
-    @property
-    def momentum_coefficient(self):
-        """`μ` of the last applied update (chosen each update with
-        `adaptive`; the `momentum` argument otherwise)."""
-        return self._momentum_coefficient
-
-    @property
-    def current_damping(self):
-        """`λ` now: `damping`, or where `adaptive` has taken it."""
-        return self._current_damping
-
     def apply(self, grads, trainable_variables=None):
         # Sparse gradients (an Embedding's `IndexedSlices`) become dense:
         # the step, its momentum and the trust region's quadratic are dense.
@@ -466,7 +428,7 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
         #    from the quadratic model with `adaptive`.
         if self.adaptive:
             alpha, mu, change, clip = self._adaptive_coefficients(
-                variables, indices, raw, directions
+                variables, indices, raw, directions, learning_rate
             )
             coefficients = StepCoefficients(
                 alpha, mu, alpha, clip=clip, predicted_change=change
@@ -554,18 +516,6 @@ class KFAC(KLClippedUpdates, AdaptiveUpdates, keras.optimizers.Optimizer):
                 group=False,
             )
         return ok
-
-    def _record(self, ok, coefficients: StepCoefficients) -> None:
-        """Counts the update as applied or skipped and keeps, for an
-        applied one, its coefficients."""
-        self.assign_add(self._update_count, tf.cast(ok, tf.int64))
-        self.assign_add(self._skipped_steps, 1 - tf.cast(ok, tf.int64))
-        for state, value in (
-            (self._clip_coefficient, coefficients.clip),
-            (self._step_size, coefficients.step_size),
-            (self._momentum_coefficient, coefficients.momentum),
-        ):
-            self.assign(state, tf.where(ok, value, tf.convert_to_tensor(state)))
 
     def _apply_weight_decay(self, variables):
         """Nothing: Keras decays before the step, outside any check, so a

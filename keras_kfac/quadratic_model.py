@@ -40,10 +40,12 @@ def coefficients_in_span(
     damping: tf.Tensor,
     max_momentum: float | None = None,
     max_kl: float | None = None,
+    fraction: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """`step_coefficients` of `vectors = [Δ, v]`, each a list of tensors,
     from their exact curvature products `curvature = [wᵢᵀ F wⱼ]` and the
-    `gradient` `∇` (a list of tensors alike), then `within_kl`.
+    `gradient` `∇` (a list of tensors alike), then `within_kl`, then
+    scaled by `fraction ∈ [0, 1]` (`None`: 1).
 
     Returns:
         `(w, M₀, clip)`: `w = (α, μ)`, the predicted change `M₀(w)` and
@@ -58,7 +60,23 @@ def coefficients_in_span(
         damping,
         max_momentum,
     )
-    return within_kl(w, curvature, b, max_kl)
+    w, change, clip = within_kl(w, curvature, b, max_kl)
+    if fraction is None:
+        return w, change, clip
+    w = tf.cast(fraction, tf.float32) * w
+    return w, predicted_change(w, curvature, b), clip
+
+
+def predicted_change(
+    w: tf.Tensor, curvature: tf.Tensor, gradient_terms: tf.Tensor
+) -> tf.Tensor:
+    """`M₀(w) = ½ wᵀ C w - wᵀ b`, the change of the batch loss the
+    undamped quadratic model predicts for the update `w = (α, μ)`."""
+    w = tf.cast(w, tf.float32)
+    curvature = tf.cast(curvature, tf.float32)
+    b = tf.cast(gradient_terms, tf.float32)
+    change = 0.5 * tf.tensordot(w, tf.linalg.matvec(curvature, w), 1)
+    return change - tf.tensordot(w, b, 1)
 
 
 def within_kl(
@@ -98,8 +116,7 @@ def within_kl(
         kl = 0.5 * tf.tensordot(w, tf.linalg.matvec(curvature, w), 1)
         clip = tf.minimum(1.0, tf.sqrt(max_kl / tf.maximum(kl, 1e-30)))
         w = clip * w
-    change = 0.5 * tf.tensordot(w, tf.linalg.matvec(curvature, w), 1)
-    return w, change - tf.tensordot(w, b, 1), clip
+    return w, predicted_change(w, curvature, b), clip
 
 
 def step_coefficients(
@@ -163,8 +180,7 @@ def step_coefficients(
         tf.stack([alpha_2d, mu_2d]),
         tf.stack([alpha_1d, 0.0]),
     )
-    change = 0.5 * tf.tensordot(w, tf.linalg.matvec(curvature, w), 1)
-    return w, change - tf.tensordot(w, b, 1)
+    return w, predicted_change(w, curvature, b)
 
 
 def reduction_ratio(

@@ -48,6 +48,32 @@ def test_trial_zero_is_the_defaults_and_draws_stay_in_the_space():
             assert low <= drawn[name] <= high
 
 
+@pytest.mark.parametrize(
+    "optimizer, settings, start",
+    [
+        ("kfac-cosine", {}, 0.25),
+        ("adam-cosine", {}, 1e-3),
+        ("adam-cosine", {"learning_rate": 3e-3}, 3e-3),
+    ],
+)
+def test_the_cosine_rows_decay_their_rate_to_zero_over_the_run(
+    optimizer, settings, start
+):
+    """`η(k) = η₀ (1 + cos(π k / K)) / 2` over the run's `K` steps, from the
+    trial's learning rate or the row's default; asked for, not the suite's."""
+    import keras_kfac
+
+    model = ttt.compiled_model(TABULAR, optimizer, settings, steps=200)
+    schedule = model.optimizer._learning_rate
+    for step, factor in ((0, 1.0), (50, (1 + math.cos(math.pi / 4)) / 2)):
+        assert float(schedule(step)) == pytest.approx(start * factor)
+    assert float(schedule(200)) == 0.0
+    assert optimizer not in ttt.SUITE_OPTIMIZERS
+    if optimizer == "kfac-cosine":
+        assert isinstance(model, keras_kfac.TrueFisherModel)
+        assert model.optimizer.reference_learning_rate == pytest.approx(start)
+
+
 def test_the_tuned_trial_is_the_fastest_on_seed_zero(tmp_path, monkeypatch):
     # Trial 2 reaches the target first on seed 0; it is rerun on seed 1.
     runs = {
