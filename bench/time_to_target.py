@@ -29,7 +29,8 @@ its training time (validation excluded) at the end of the first epoch
 whose validation metric reaches the target. Each workload's curves (the
 tuned settings with `--trials`, else the defaults; mean over the seeds,
 against steps and seconds) go to `bench/results/time_to_target/BUDGET/
-WORKLOAD-SETTING.png`. Every finished run is a JSON
+WORKLOAD-SETTING.png` (`WORKLOAD-SETTING-OPTIMIZERS.png` for other rows
+than the suite's). Every finished run is a JSON
 file under `bench/results/time_to_target/`, kept and skipped on a rerun,
 so the suite resumes after any stop.
 """
@@ -406,6 +407,14 @@ def parse_args(argv=None):
     return args
 
 
+def plot_name(workload: str, setting: str, optimizers) -> str:
+    """`WORKLOAD-SETTING.png` for the suite's rows; a run of other rows
+    (`--optimizers`) names them, so it leaves the suite's plot alone."""
+    if tuple(optimizers) == SUITE_OPTIMIZERS:
+        return f"{workload}-{setting}.png"
+    return f"{workload}-{setting}-{'+'.join(optimizers)}.png"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     names = args.workloads or sorted(HELD_OUT if args.held_out else WORKLOADS)
@@ -447,7 +456,7 @@ def main(argv=None) -> None:
             os.path.join(
                 RESULTS,
                 budget_name(args.quick),
-                f"{name}-{shown_settings[-1]}.png",
+                plot_name(name, shown_settings[-1], args.optimizers),
             ),
         )
         shown = {k: row for k, row in rows.items() if k[1] in shown_settings}

@@ -74,6 +74,13 @@ def test_the_cosine_rows_decay_their_rate_to_zero_over_the_run(
         assert model.optimizer.reference_learning_rate == pytest.approx(start)
 
 
+def test_a_run_of_other_rows_plots_beside_the_suites_plot():
+    suite = ttt.plot_name("cnn", "default", ttt.SUITE_OPTIMIZERS)
+    assert suite == "cnn-default.png"
+    other = ttt.plot_name("cnn", "default", ["kfac-recommended", "kfac-cosine"])
+    assert other == "cnn-default-kfac-recommended+kfac-cosine.png"
+
+
 def test_the_tuned_trial_is_the_fastest_on_seed_zero(tmp_path, monkeypatch):
     # Trial 2 reaches the target first on seed 0; it is rerun on seed 1.
     runs = {
