@@ -156,7 +156,8 @@ class KFAC(
         reference_learning_rate: With `adaptive`, the learning rate at and
             above which the update is the quadratic model's own, `η / η_ref`
             of it below. Defaults to `learning_rate`'s initial value (a
-            schedule's at step 0), so only its later changes count.
+            schedule's at step 0), so only its later changes count; give
+            the peak of a schedule that warms up.
         {{base_optimizer_keyword_args}}
 
     A step whose gradients, factor statistics or resulting update are not
