@@ -40,12 +40,12 @@ def coefficients_in_span(
     damping: tf.Tensor,
     max_momentum: float | None = None,
     max_kl: float | None = None,
-    fraction: tf.Tensor | None = None,
+    fraction: tf.Tensor | float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """`step_coefficients` of `vectors = [Δ, v]`, each a list of tensors,
     from their exact curvature products `curvature = [wᵢᵀ F wⱼ]` and the
     `gradient` `∇` (a list of tensors alike), then `within_kl`, then
-    scaled by `fraction ∈ [0, 1]` (`None`: 1).
+    scaled by `fraction ∈ [0, 1]` (the learning rate's share).
 
     Returns:
         `(w, M₀, clip)`: `w = (α, μ)`, the predicted change `M₀(w)` and
@@ -60,9 +60,7 @@ def coefficients_in_span(
         damping,
         max_momentum,
     )
-    w, change, clip = within_kl(w, curvature, b, max_kl)
-    if fraction is None:
-        return w, change, clip
+    w, _, clip = within_kl(w, curvature, b, max_kl)
     w = tf.cast(fraction, tf.float32) * w
     return w, predicted_change(w, curvature, b), clip
 
