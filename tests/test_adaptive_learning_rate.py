@@ -54,10 +54,12 @@ def one_step(model, x, y) -> np.ndarray:
     return weights(model) - before, before
 
 
-def assert_scaled(step, full, fraction, before):
-    """`step = fraction · full`, to the rounding of `θ - v` in float32 (a
-    few ulps of the weights and of the step)."""
-    bound = 4 * EPS * (np.abs(before) + np.abs(full))
+def assert_scaled(step, full, fraction, before, previous=0.0):
+    """`step = fraction · full`, to float32 rounding: of `θ - v` (the
+    weights), of `v = μ v_prev + α Δ` (its two terms, which may cancel:
+    `|v_prev|` bounds the first, `|v| + |v_prev|` the second) and of the
+    fraction itself, a few ulps of each."""
+    bound = 4 * EPS * (np.abs(before) + np.abs(full) + np.abs(previous))
     np.testing.assert_array_less(np.abs(step - fraction * full), bound + 1e-30)
 
 
@@ -93,13 +95,13 @@ def test_an_assigned_learning_rate_scales_the_next_update():
     reference, _ = twin()
     reduced, optimizer = twin()
     assert optimizer.reference_learning_rate == 0.25
-    one_step(reference, x, y)
+    previous, _ = one_step(reference, x, y)
     one_step(reduced, x, y)
     optimizer.learning_rate = 0.05
     full, before = one_step(reference, x, y)
     step, _ = one_step(reduced, x, y)
     assert np.abs(full).max() > 1e-3
-    assert_scaled(step, full, 0.2, before)
+    assert_scaled(step, full, 0.2, before, previous)
     clone = keras_kfac.KFAC.from_config(optimizer.get_config())
     assert clone.reference_learning_rate == 0.25
     assert float(clone.learning_rate) == pytest.approx(0.05)
